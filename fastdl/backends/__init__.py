@@ -1,0 +1,1 @@
+"""Built-in backends: ``numpy`` (reference) and ``cython`` (fast, default)."""

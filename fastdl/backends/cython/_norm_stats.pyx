@@ -1,0 +1,203 @@
+"""Fused mean/variance kernel behind ``fastdl.norm_stats`` (Cython backend).
+
+Every statistic group is cut into fixed work items (blocks of at most BLOCK
+contiguous elements, or chunks of rows for batch statistics over a short
+spatial extent).  Each item gets its mean and M2 from two passes while it sits
+in cache; items are then merged per group with Chan's formula in a fixed
+pairwise tree.  The cut does not depend on the thread count, so neither do the
+results.
+"""
+from cython.parallel cimport prange, parallel, threadid
+from libc.stdint cimport int64_t
+cimport cython
+from cython cimport floating
+
+import numpy as np
+
+from fastdl.backends.cython._cpu cimport simd_level
+
+cdef extern from "moments.h" nogil:
+    void fdl_moments_f32(const float *x, int64_t n, int level, double *mean, double *m2)
+    void fdl_moments_f64(const double *x, int64_t n, int level, double *mean, double *m2)
+    void fdl_colmoments_f32(const float *x, int64_t rows, int64_t C, int64_t S,
+                            double *work, double *mean, double *m2)
+    void fdl_colmoments_f64(const double *x, int64_t rows, int64_t C, int64_t S,
+                            double *work, double *mean, double *m2)
+
+# 16 KiB of float32 / 32 KiB of float64: both passes over a block hit L1/L2.
+cdef int64_t BLOCK = 4096
+# Batch statistics use the row-chunk path below this spatial extent.
+cdef int64_t SHORT_SPATIAL = 64
+# Target elements per row chunk in the row-chunk path, and its minimum rows.
+cdef int64_t CHUNK_ELEMS = 32768
+cdef int64_t MIN_CHUNK_ROWS = 16
+
+
+cdef inline void _merge(double na, double ma, double qa, double nb, double mb, double qb,
+                        double *n, double *m, double *q) noexcept nogil:
+    # Chan et al.: combine (count, mean, M2) of two disjoint parts
+    cdef double nn = na + nb
+    cdef double d = mb - ma
+    if nb == 0:
+        n[0] = na; m[0] = ma; q[0] = qa
+        return
+    if na == 0:
+        n[0] = nb; m[0] = mb; q[0] = qb
+        return
+    n[0] = nn
+    m[0] = ma + d * (nb / nn)
+    q[0] = qa + qb + d * d * (na / nn * nb)
+
+
+cdef void _merge_range(const double *cnt, const double *mu, const double *m2,
+                       int64_t lo, int64_t hi, int64_t G, int64_t g, int64_t nblk,
+                       double *out) noexcept nogil:
+    # Pairwise tree over the items j in [lo, hi) of group g; item j lives at
+    # ((j // nblk) * G + g) * nblk + j % nblk (memory order of the work items).
+    cdef int64_t idx, mid
+    cdef double a[3]
+    cdef double b[3]
+    if hi - lo == 1:
+        idx = ((lo // nblk) * G + g) * nblk + lo % nblk
+        out[0] = cnt[idx]; out[1] = mu[idx]; out[2] = m2[idx]
+        return
+    mid = lo + (hi - lo) // 2
+    _merge_range(cnt, mu, m2, lo, mid, G, g, nblk, a)
+    _merge_range(cnt, mu, m2, mid, hi, G, g, nblk, b)
+    _merge(a[0], a[1], a[2], b[0], b[1], b[2], &out[0], &out[1], &out[2])
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _segment_items(const floating[::1] x, int64_t G, int64_t P, int64_t L,
+                         int64_t gstride, int64_t pstride, double[::1] cnt,
+                         double[::1] mu, double[::1] m2, int nthreads) noexcept nogil:
+    # item it = ((p * G) + g) * nblk + b: block b of segment p of group g
+    cdef int64_t nblk = (L + BLOCK - 1) // BLOCK
+    cdef int64_t total = G * P * nblk
+    cdef int64_t it, b, t, g, p, off, ln
+    cdef int level = simd_level()
+    for it in prange(total, num_threads=nthreads, schedule="static"):
+        b = it % nblk
+        t = it // nblk
+        g = t % G
+        p = t // G
+        off = p * pstride + g * gstride + b * BLOCK
+        ln = min(BLOCK, L - b * BLOCK)
+        if floating is float:
+            fdl_moments_f32(&x[off], ln, level, &mu[it], &m2[it])
+        else:
+            fdl_moments_f64(&x[off], ln, level, &mu[it], &m2[it])
+        cnt[it] = <double>ln
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _row_chunk_items(const floating[::1] x, int64_t N, int64_t C, int64_t S,
+                           int64_t rpc, double[:, ::1] work, double[::1] cnt,
+                           double[::1] mu, double[::1] m2, int nthreads) noexcept nogil:
+    # item k * C + c: channel c over rows [k * rpc, (k + 1) * rpc)
+    cdef int64_t nch = (N + rpc - 1) // rpc
+    cdef int64_t k, c, r0, rows
+    cdef int64_t tid = 0
+    with parallel(num_threads=nthreads):
+        tid = threadid()
+        for k in prange(nch, schedule="static"):
+            r0 = k * rpc
+            rows = min(rpc, N - r0)
+            if floating is float:
+                fdl_colmoments_f32(&x[r0 * C * S], rows, C, S, &work[tid, 0],
+                                   &mu[k * C], &m2[k * C])
+            else:
+                fdl_colmoments_f64(&x[r0 * C * S], rows, C, S, &work[tid, 0],
+                                   &mu[k * C], &m2[k * C])
+            for c in range(C):
+                cnt[k * C + c] = <double>(rows * S)
+
+
+cdef void _merge_groups(double[::1] cnt, double[::1] mu, double[::1] m2, int64_t G,
+                        int64_t P, int64_t nblk, double[:, ::1] out,
+                        int nthreads) noexcept nogil:
+    # out[g] = (count, mean, M2) of group g
+    cdef int64_t g
+    for g in prange(G, num_threads=nthreads, schedule="static"):
+        _merge_range(&cnt[0], &mu[0], &m2[0], 0, P * nblk, G, g, nblk, &out[g, 0])
+
+
+def _layout(shape, str kind, num_groups):
+    """(G, P, L, gstride, pstride, out_shape) of the statistic groups."""
+    cdef int64_t N = shape[0], C = shape[1], S = 1
+    for s in shape[2:]:
+        S *= s
+    if kind == "batch":
+        return C, N, S, S, C * S, (C,)
+    if kind == "layer":
+        return N, 1, C * S, C * S, 0, (N,)
+    if kind == "instance":
+        return N * C, 1, S, S, 0, (N, C)
+    if kind == "group":
+        return N * num_groups, 1, (C // num_groups) * S, (C // num_groups) * S, 0, (N, num_groups)
+    raise ValueError(f"kind must be one of 'batch', 'layer', 'instance', 'group', got {kind!r}")
+
+
+def _moments(const floating[::1] xf, tuple shape, str kind, num_groups, int nthreads):
+    cdef int64_t G, P, L, gstride, pstride, nblk, rpc, N, C, S, items
+    cdef double[::1] cnt, mu, m2
+    cdef double[:, ::1] work, merged_v
+    G, P, L, gstride, pstride, out_shape = _layout(shape, kind, num_groups)
+    if G == 0:
+        return np.empty(0), np.empty(0), out_shape
+    N = shape[0]
+    C = shape[1]
+    S = L
+    if kind == "batch" and S < SHORT_SPATIAL:
+        rpc = max(MIN_CHUNK_ROWS, CHUNK_ELEMS // max(1, C * S))
+        nblk = 1
+        P = (N + rpc - 1) // rpc
+        work = np.empty((max(1, nthreads), 3 * C * S), dtype=np.float64)
+        items = G * P
+        cnt = np.empty(items); mu = np.empty(items); m2 = np.empty(items)
+        with nogil:
+            _row_chunk_items(xf, N, C, S, rpc, work, cnt, mu, m2, nthreads)
+    else:
+        nblk = (L + BLOCK - 1) // BLOCK
+        items = G * P * nblk
+        cnt = np.empty(items); mu = np.empty(items); m2 = np.empty(items)
+        with nogil:
+            _segment_items(xf, G, P, L, gstride, pstride, cnt, mu, m2, nthreads)
+    if P * nblk == 1:
+        return np.asarray(mu), np.asarray(m2), out_shape
+    merged = np.empty((G, 3))
+    merged_v = merged
+    with nogil:
+        _merge_groups(cnt, mu, m2, G, P, nblk, merged_v, nthreads)
+    return merged[:, 1], merged[:, 2], out_shape
+
+
+def shape_count(shape, str kind, num_groups):
+    """Number of elements in each statistic group."""
+    G, P, L, _, _, _ = _layout(shape, kind, num_groups)
+    return P * L
+
+
+def norm_stats(x, str kind, num_groups, ddof, int nthreads):
+    """(mean, var) of ``x`` per statistic group; see ``fastdl.norm_stats``.
+
+    ``x`` must be a C-contiguous float32/float64 array with ndim >= 2 (the
+    public API converts and validates); the count of each group minus ``ddof``
+    must be positive.
+    """
+    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"x must be a float32 or float64 ndarray, got {type(x).__name__} "
+                        f"{getattr(x, 'dtype', '')}")
+    if x.ndim < 2 or not x.flags.c_contiguous:
+        raise ValueError("x must be C-contiguous with ndim >= 2, got "
+                         f"ndim={x.ndim}, c_contiguous={x.flags.c_contiguous}")
+    if nthreads < 1:
+        raise ValueError(f"nthreads must be >= 1, got {nthreads}")
+    count = shape_count(x.shape, kind, num_groups)
+    if count - ddof <= 0:
+        raise ValueError(f"count - ddof must be positive, got count={count}, ddof={ddof}")
+    mean, m2, out_shape = _moments(x.reshape(-1), x.shape, kind, num_groups, nthreads)
+    var = m2 / float(count - ddof)
+    return (mean.astype(x.dtype).reshape(out_shape), var.astype(x.dtype).reshape(out_shape))

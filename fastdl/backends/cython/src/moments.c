@@ -1,0 +1,220 @@
+#include "moments.h"
+#include "simd.h"
+
+/* Lane k of a 16-lane accumulator holds the terms x[i] with i % 16 == k.
+ * Both twins reduce the lanes with this tree. */
+static inline double reduce16(const double *a) {
+    double t[8], u[4];
+    for (int k = 0; k < 8; k++) t[k] = a[k] + a[k + 8];
+    for (int k = 0; k < 4; k++) u[k] = t[k] + t[k + 4];
+    return (u[0] + u[2]) + (u[1] + u[3]);
+}
+
+static inline void finish(double s, double c, int64_t n, double *m2) {
+    double v = s - c * c / (double)n;
+    *m2 = v < 0.0 ? 0.0 : v;   /* rounding can dip below 0; NaN passes */
+}
+
+/* ---- scalar twins (reference; the compiler may vectorize across lanes) ---- */
+#define SCALAR_MOMENTS(NAME, T)                                              \
+static void NAME(const T *x, int64_t n, double *mean, double *m2) {         \
+    double acc[16] = {0}, sq[16] = {0}, dv[16] = {0};                       \
+    int64_t i = 0, n16 = n & ~(int64_t)15;                                  \
+    for (; i < n16; i += 16)                                                \
+        for (int k = 0; k < 16; k++) acc[k] += (double)x[i + k];            \
+    for (; i < n; i++) acc[i & 15] += (double)x[i];                         \
+    double m = reduce16(acc) / (double)n;                                   \
+    for (i = 0; i < n16; i += 16)                                           \
+        for (int k = 0; k < 16; k++) {                                      \
+            double d = (double)x[i + k] - m;                                \
+            sq[k] += d * d;                                                 \
+            dv[k] += d;                                                     \
+        }                                                                   \
+    for (; i < n; i++) {                                                    \
+        double d = (double)x[i] - m;                                        \
+        sq[i & 15] += d * d;                                                \
+        dv[i & 15] += d;                                                    \
+    }                                                                       \
+    double c1 = reduce16(dv);                                               \
+    *mean = m + c1 / (double)n;                                             \
+    finish(reduce16(sq), c1, n, m2);                                        \
+}
+SCALAR_MOMENTS(moments_f64_scalar, double)
+
+/* float32: 32 float lanes (lane k gets x[i], i % 32 == k) within a block of at
+ * most a few thousand elements, so each lane adds ~100 terms in float; lanes
+ * are combined in double.  Pass 2 works on d = x - K with K the float32
+ * first-pass mean, which is exact for x near K; mean = K + sum(d)/n and
+ * M2 = sum(d^2) - sum(d)^2/n remove the error of K. */
+static inline double reduce32f(const float *a) {
+    double r[16];
+    for (int k = 0; k < 16; k++) r[k] = (double)a[k] + (double)a[k + 16];
+    return reduce16(r);
+}
+
+static inline void finish_f32(const float *sq, const float *dv, float K, int64_t n,
+                              double *mean, double *m2) {
+    double s1 = reduce32f(dv);
+    *mean = (double)K + s1 / (double)n;
+    finish(reduce32f(sq), s1, n, m2);
+}
+
+static void moments_f32_scalar(const float *x, int64_t n, double *mean, double *m2) {
+    float acc[32] = {0}, sq[32] = {0}, dv[32] = {0};
+    int64_t i = 0, n32 = n & ~(int64_t)31;
+    for (; i < n32; i += 32)
+        for (int k = 0; k < 32; k++) acc[k] += x[i + k];
+    for (; i < n; i++) acc[i & 31] += x[i];
+    float K = (float)(reduce32f(acc) / (double)n);
+    for (i = 0; i < n32; i += 32)
+        for (int k = 0; k < 32; k++) {
+            float d = x[i + k] - K;
+            sq[k] += d * d;
+            dv[k] += d;
+        }
+    for (; i < n; i++) {
+        float d = x[i] - K;
+        sq[i & 31] += d * d;
+        dv[i & 31] += d;
+    }
+    finish_f32(sq, dv, K, n, mean, m2);
+}
+
+#if FDL_HAVE_AVX2_TARGET
+FDL_TARGET_AVX2 static void moments_f32_avx2(const float *x, int64_t n, double *mean,
+                                             double *m2) {
+    __m256 a[4], s[4], c[4];
+    float acc[32], sq[32], dv[32];
+    int64_t i, n32 = n & ~(int64_t)31;
+    for (int j = 0; j < 4; j++) a[j] = s[j] = c[j] = _mm256_setzero_ps();
+    for (i = 0; i < n32; i += 32)
+        for (int j = 0; j < 4; j++) a[j] = _mm256_add_ps(a[j], _mm256_loadu_ps(x + i + 8 * j));
+    for (int j = 0; j < 4; j++) _mm256_storeu_ps(acc + 8 * j, a[j]);
+    for (; i < n; i++) acc[i & 31] += x[i];
+    float K = (float)(reduce32f(acc) / (double)n);
+    __m256 kv = _mm256_set1_ps(K);
+    for (i = 0; i < n32; i += 32) {
+        /* the next block usually follows this one in memory: pull it in
+         * while this pass runs from cache (prefetches never fault) */
+        _mm_prefetch((const char *)(x + n + i), _MM_HINT_T0);
+        _mm_prefetch((const char *)(x + n + i + 16), _MM_HINT_T0);
+        for (int j = 0; j < 4; j++) {
+            __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8 * j), kv);
+            s[j] = _mm256_add_ps(s[j], _mm256_mul_ps(d, d)); /* no FMA: twin rounding */
+            c[j] = _mm256_add_ps(c[j], d);
+        }
+    }
+    for (int j = 0; j < 4; j++) {
+        _mm256_storeu_ps(sq + 8 * j, s[j]);
+        _mm256_storeu_ps(dv + 8 * j, c[j]);
+    }
+    for (; i < n; i++) {
+        float d = x[i] - K;
+        sq[i & 31] += d * d;
+        dv[i & 31] += d;
+    }
+    finish_f32(sq, dv, K, n, mean, m2);
+}
+#endif
+
+#if FDL_HAVE_AVX2_TARGET
+FDL_TARGET_AVX2 static inline void load16_f64(const double *p, __m256d v[4]) {
+    for (int j = 0; j < 4; j++) v[j] = _mm256_loadu_pd(p + 4 * j);
+}
+
+#define AVX2_MOMENTS(NAME, T, LOAD16)                                        \
+FDL_TARGET_AVX2 static void NAME(const T *x, int64_t n, double *mean,       \
+                                 double *m2) {                              \
+    __m256d a[4], s[4], c[4], v[4];                                         \
+    double acc[16], sq[16], dv[16];                                         \
+    int64_t i, n16 = n & ~(int64_t)15;                                      \
+    for (int j = 0; j < 4; j++) a[j] = s[j] = c[j] = _mm256_setzero_pd();   \
+    for (i = 0; i < n16; i += 16) {                                         \
+        LOAD16(x + i, v);                                                   \
+        for (int j = 0; j < 4; j++) a[j] = _mm256_add_pd(a[j], v[j]);       \
+    }                                                                       \
+    for (int j = 0; j < 4; j++) _mm256_storeu_pd(acc + 4 * j, a[j]);        \
+    for (; i < n; i++) acc[i & 15] += (double)x[i];                         \
+    double m = reduce16(acc) / (double)n;                                   \
+    __m256d mv = _mm256_set1_pd(m);                                         \
+    for (i = 0; i < n16; i += 16) {                                         \
+        LOAD16(x + i, v);                                                   \
+        for (int j = 0; j < 4; j++) {                                       \
+            __m256d d = _mm256_sub_pd(v[j], mv);                            \
+            s[j] = _mm256_add_pd(s[j], _mm256_mul_pd(d, d)); /* no FMA */   \
+            c[j] = _mm256_add_pd(c[j], d);                                  \
+        }                                                                   \
+    }                                                                       \
+    for (int j = 0; j < 4; j++) {                                           \
+        _mm256_storeu_pd(sq + 4 * j, s[j]);                                 \
+        _mm256_storeu_pd(dv + 4 * j, c[j]);                                 \
+    }                                                                       \
+    for (; i < n; i++) {                                                    \
+        double d = (double)x[i] - m;                                        \
+        sq[i & 15] += d * d;                                                \
+        dv[i & 15] += d;                                                    \
+    }                                                                       \
+    double c1 = reduce16(dv);                                               \
+    *mean = m + c1 / (double)n;                                             \
+    finish(reduce16(sq), c1, n, m2);                                        \
+}
+AVX2_MOMENTS(moments_f64_avx2, double, load16_f64)
+#endif
+
+void fdl_moments_f32(const float *x, int64_t n, int level, double *mean, double *m2) {
+    if (n <= 0) { *mean = 0.0; *m2 = 0.0; return; }
+#if FDL_HAVE_AVX2_TARGET
+    if (level >= FDL_SIMD_AVX2) { moments_f32_avx2(x, n, mean, m2); return; }
+#endif
+    (void)level;
+    moments_f32_scalar(x, n, mean, m2);
+}
+
+void fdl_moments_f64(const double *x, int64_t n, int level, double *mean, double *m2) {
+    if (n <= 0) { *mean = 0.0; *m2 = 0.0; return; }
+#if FDL_HAVE_AVX2_TARGET
+    if (level >= FDL_SIMD_AVX2) { moments_f64_avx2(x, n, mean, m2); return; }
+#endif
+    (void)level;
+    moments_f64_scalar(x, n, mean, m2);
+}
+
+/* Column path for batch statistics with short spatial extent: two passes over
+ * a (rows, C*S) block that fits in cache, accumulating per column (vectorizes
+ * across columns), then per channel. */
+#define COLMOMENTS(NAME, T)                                                  \
+void NAME(const T *x, int64_t rows, int64_t C, int64_t S, double *work,     \
+          double *mean, double *m2) {                                       \
+    int64_t L = C * S;                                                      \
+    double *col = work, *sq = work + L, *dv = work + 2 * L;                 \
+    double cnt = (double)(rows * S);                                        \
+    for (int64_t j = 0; j < L; j++) col[j] = sq[j] = dv[j] = 0.0;           \
+    for (int64_t r = 0; r < rows; r++) {                                    \
+        const T *row = x + r * L;                                           \
+        for (int64_t j = 0; j < L; j++) col[j] += (double)row[j];           \
+    }                                                                       \
+    for (int64_t c = 0; c < C; c++) {                                       \
+        double t = 0.0;                                                     \
+        for (int64_t s = 0; s < S; s++) t += col[c * S + s];                \
+        mean[c] = t / cnt;                                                  \
+        for (int64_t s = 0; s < S; s++) col[c * S + s] = mean[c];           \
+    }                                                                       \
+    for (int64_t r = 0; r < rows; r++) {                                    \
+        const T *row = x + r * L;                                           \
+        for (int64_t j = 0; j < L; j++) {                                   \
+            double d = (double)row[j] - col[j];                             \
+            sq[j] += d * d;                                                 \
+            dv[j] += d;                                                     \
+        }                                                                   \
+    }                                                                       \
+    for (int64_t c = 0; c < C; c++) {                                       \
+        double s2 = 0.0, s1 = 0.0;                                          \
+        for (int64_t s = 0; s < S; s++) {                                   \
+            s2 += sq[c * S + s];                                            \
+            s1 += dv[c * S + s];                                            \
+        }                                                                   \
+        finish(s2, s1, rows * S, &m2[c]);                                   \
+    }                                                                       \
+}
+COLMOMENTS(fdl_colmoments_f32, float)
+COLMOMENTS(fdl_colmoments_f64, double)

@@ -1,0 +1,20 @@
+/* Mean and centered sum of squares (M2) of contiguous data. */
+#ifndef FASTDL_MOMENTS_H
+#define FASTDL_MOMENTS_H
+#include <stdint.h>
+
+/* Two passes over x[0:n] (meant to sit in L1/L2, n at most a few thousand):
+ * lane accumulators (16 double lanes for float64, 32 float lanes for float32)
+ * combined in double in a fixed tree, so the AVX2 and scalar twins agree
+ * bitwise.  Pass 2 uses d = x - K (K = pass-1 mean): mean = K + sum(d)/n and
+ * M2 = sum(d^2) - sum(d)^2/n (the corrected two-pass algorithm). */
+void fdl_moments_f32(const float *x, int64_t n, int level, double *mean, double *m2);
+void fdl_moments_f64(const double *x, int64_t n, int level, double *mean, double *m2);
+
+/* Per-channel moments of a (rows, C, S) block, reduced over rows and S.
+ * work must hold 3*C*S doubles. */
+void fdl_colmoments_f32(const float *x, int64_t rows, int64_t C, int64_t S,
+                        double *work, double *mean, double *m2);
+void fdl_colmoments_f64(const double *x, int64_t rows, int64_t C, int64_t S,
+                        double *work, double *mean, double *m2);
+#endif

@@ -1,0 +1,59 @@
+/* Run-time SIMD selection shared by every fastdl kernel.
+ *
+ * Kernels are compiled for the baseline ISA; AVX2/FMA versions are separate
+ * functions marked with FDL_TARGET_AVX2 and called only when
+ * fdl_cpu_simd_level() reports support (never -march=native).  Each SIMD
+ * kernel has a scalar twin that tests compare against.
+ */
+#ifndef FASTDL_SIMD_H
+#define FASTDL_SIMD_H
+
+#include <stdint.h>
+
+#define FDL_SIMD_SCALAR 0
+#define FDL_SIMD_AVX2 1
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define FDL_HAVE_AVX2_TARGET 1
+#define FDL_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#include <immintrin.h>
+#else
+#define FDL_HAVE_AVX2_TARGET 0
+#endif
+
+/* Best level this CPU (and OS) supports. */
+static inline int fdl_cpu_simd_level(void) {
+#if FDL_HAVE_AVX2_TARGET
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return FDL_SIMD_AVX2;
+#endif
+    return FDL_SIMD_SCALAR;
+}
+
+/* Level the compiler could build code for (0 = scalar only). */
+static inline int fdl_compiled_simd_level(void) {
+    return FDL_HAVE_AVX2_TARGET ? FDL_SIMD_AVX2 : FDL_SIMD_SCALAR;
+}
+
+static inline int fdl_openmp_enabled(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+static inline const char *fdl_compiler_version(void) {
+#if defined(__clang__)
+    return "clang " __clang_version__;
+#elif defined(__GNUC__)
+    return "gcc " __VERSION__;
+#elif defined(_MSC_VER)
+    return "msvc";
+#else
+    return "unknown";
+#endif
+}
+
+#endif

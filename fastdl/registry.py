@@ -1,0 +1,458 @@
+"""Backend registry: discovery, selection, listing and dispatch of ops.
+
+Resolution order for one call of op X (DESIGN.md §2):
+
+1. ``backend=`` keyword of the call: that backend only, no fallback;
+2. ``use_backend`` scopes, innermost first (a scope with ``only=True`` ends
+   the search); a scope may be limited to some ops;
+3. the global priority (``set_backend``, env ``FASTDL_BACKEND``);
+4. ``numpy``, the reference, always last.
+
+A backend that lacks X or declines the call (its ``can_run`` returns a reason)
+is skipped, logged at DEBUG on logger ``fastdl.dispatch``; with env
+``FASTDL_STRICT=1`` a skip raises instead.  The ordered candidates per
+(op, scopes, registry version) are cached, so a call costs a dict lookup plus
+the ``can_run`` checks.
+"""
+from __future__ import annotations
+
+import contextvars
+import importlib
+import logging
+import os
+import threading
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable, Mapping
+
+__all__ = [
+    "Backend", "BackendInfo", "BackendNotImplementedError", "backends", "set_backend",
+    "use_backend", "which_backend", "register_backend", "ENTRY_POINT_GROUP",
+]
+
+ENTRY_POINT_GROUP = "fastdl.backends"
+REFERENCE = "numpy"
+_BUILTIN = {
+    "cython": "fastdl.backends.cython:backend",
+    "numpy": "fastdl.backends.numpy:backend",
+}
+
+log = logging.getLogger("fastdl.dispatch")
+
+
+class BackendNotImplementedError(NotImplementedError):
+    """No backend (or not the one asked for) can run this op for this call."""
+
+    def __init__(self, op: str, backend: str, reason: str):
+        self.op, self.backend, self.reason = op, backend, reason
+        super().__init__(f"backend {backend!r} cannot run op {op!r}: {reason}")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Simple backend object: ``name``, ``ops`` (op name -> callable), optional ``can_run``."""
+
+    name: str
+    ops: Mapping[str, Callable]
+    can_run: Callable[..., Any] | None = None
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What ``fastdl.backends()`` reports for one backend."""
+
+    name: str
+    source: str                 # "builtin", "entry point pkg.mod:factory", "register_backend"
+    loaded: bool
+    error: str | None
+    ops: tuple[str, ...]
+
+    @property
+    def status(self) -> str:
+        return "error" if self.error else ("loaded" if self.loaded else "not loaded")
+
+
+@dataclass
+class _Slot:
+    name: str
+    source: str
+    target: str | None = None          # "module:attr" to load lazily
+    obj: Any = None
+    error: str | None = None
+
+    @property
+    def ops(self) -> Mapping[str, Callable]:
+        return self.obj.ops if self.obj is not None else {}
+
+
+@dataclass(frozen=True)
+class _Scope:
+    names: tuple[str, ...]
+    ops: frozenset[str] | None
+    only: bool
+    coerce: bool
+
+    def applies(self, op: str) -> bool:
+        return self.ops is None or op in self.ops
+
+
+@dataclass
+class _State:
+    slots: dict[str, _Slot] = field(default_factory=dict)
+    declared_ops: set[str] = field(default_factory=set)
+    priority: tuple[str, ...] = ()
+    per_op: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    strict: bool = False
+    discovered: bool = False
+    version: int = 0
+
+
+_lock = threading.RLock()
+_state = _State()
+_scopes: contextvars.ContextVar[tuple[_Scope, ...]] = contextvars.ContextVar(
+    "fastdl_backend_scopes", default=())
+_cache: dict[tuple, tuple] = {}
+
+
+# ---------------------------------------------------------------- discovery
+
+def _changed() -> None:
+    _state.version += 1
+    _cache.clear()
+
+
+def _discover() -> None:
+    """Know every backend name (built-ins and entry points) without importing them."""
+    if _state.discovered:
+        return
+    with _lock:
+        if _state.discovered:
+            return
+        for name, target in _BUILTIN.items():
+            _state.slots.setdefault(name, _Slot(name, "builtin", target))
+        try:
+            eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
+        except Exception as exc:  # noqa: BLE001 - broken metadata must not break import
+            warnings.warn(f"fastdl: could not read entry points: {exc}", RuntimeWarning)
+            eps = ()
+        for ep in eps:
+            if ep.name in _state.slots:
+                continue
+            _state.slots[ep.name] = _Slot(ep.name, f"entry point {ep.value}", ep.value)
+        _state.discovered = True
+        _configure_from_env()
+        _changed()
+
+
+def _load(slot: _Slot) -> None:
+    if slot.obj is not None or slot.error is not None or slot.target is None:
+        return
+    with _lock:
+        if slot.obj is not None or slot.error is not None:
+            return
+        try:
+            mod_name, _, attr = slot.target.partition(":")
+            obj = importlib.import_module(mod_name)
+            for part in filter(None, attr.split(".")):
+                obj = getattr(obj, part)
+            if not hasattr(obj, "ops") and callable(obj):
+                obj = obj()            # a factory
+            _check_backend(obj)
+            if obj.name != slot.name:
+                raise ValueError(f"entry point {slot.name!r} returned a backend named {obj.name!r}")
+            slot.obj = obj
+            _state.declared_ops.update(obj.ops)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not raised
+            slot.error = f"{type(exc).__name__}: {exc}"
+            if slot.source != "builtin":
+                warnings.warn(f"fastdl: backend {slot.name!r} failed to load: {slot.error}",
+                              RuntimeWarning, stacklevel=3)
+            log.debug("backend %r failed to load: %s", slot.name, slot.error)
+        _changed()
+
+
+def _check_backend(obj: Any) -> None:
+    name = getattr(obj, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a backend needs a non-empty str 'name', got {name!r}")
+    ops = getattr(obj, "ops", None)
+    if not isinstance(ops, Mapping):
+        raise TypeError(f"backend {name!r}: 'ops' must be a mapping of op name to callable, "
+                        f"got {type(ops).__name__}")
+    bad = [k for k, v in ops.items() if not isinstance(k, str) or not callable(v)]
+    if bad:
+        raise TypeError(f"backend {name!r}: ops {bad!r} are not str -> callable")
+    can_run = getattr(obj, "can_run", None)
+    if can_run is not None and not callable(can_run):
+        raise TypeError(f"backend {name!r}: 'can_run' must be callable or None")
+
+
+def declare_op(name: str) -> None:
+    """Record an op name that the public API dispatches (for name validation)."""
+    _state.declared_ops.add(name)
+
+
+# ---------------------------------------------------------------- names
+
+def _known_names() -> list[str]:
+    _discover()
+    return list(_state.slots)
+
+
+def _check_names(names, what: str = "backend") -> tuple[str, ...]:
+    if len(names) == 1 and isinstance(names[0], (list, tuple)):
+        names = tuple(names[0])
+    known = _known_names()
+    for n in names:
+        if not isinstance(n, str):
+            raise TypeError(f"{what} names must be str, got {n!r} ({type(n).__name__})")
+        if n not in known:
+            raise ValueError(f"unknown {what} {n!r}; known backends: {', '.join(known)}")
+    return tuple(names)
+
+
+def _known_ops() -> set[str]:
+    _discover()
+    return set(_state.declared_ops)
+
+
+def _check_op(op: str) -> None:
+    if not isinstance(op, str):
+        raise TypeError(f"op must be a str, got {type(op).__name__}")
+    if op in _state.declared_ops:
+        return
+    for slot in list(_state.slots.values()):   # plugins may add ops of their own
+        _load(slot)
+    if op not in _known_ops():
+        raise ValueError(f"unknown op {op!r}; known ops: {', '.join(sorted(_known_ops()))}")
+
+
+def _check_ops(ops) -> frozenset[str] | None:
+    if ops is None:
+        return None
+    if isinstance(ops, str):
+        ops = (ops,)
+    for op in ops:
+        _check_op(op)
+    return frozenset(ops)
+
+
+def _configure_from_env() -> None:
+    """Read FASTDL_BACKEND and FASTDL_STRICT (at discovery, or again in tests)."""
+    raw = os.environ.get("FASTDL_BACKEND", "")
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    unknown = [n for n in names if n not in _state.slots]
+    if unknown:
+        warnings.warn(f"FASTDL_BACKEND names unknown backends {unknown}; known: "
+                      f"{', '.join(_state.slots)}", RuntimeWarning)
+    names = tuple(n for n in names if n in _state.slots)
+    _state.priority = names or tuple(n for n in _BUILTIN if n != REFERENCE)
+    _state.per_op = {}
+    _state.strict = os.environ.get("FASTDL_STRICT", "").strip().lower() in ("1", "true", "yes", "on")
+    _changed()
+
+
+def _reset() -> None:
+    """Forget all state and rediscover (tests use this after changing env or sys.path)."""
+    global _state
+    with _lock:
+        _state = _State()
+        _changed()
+
+
+# ---------------------------------------------------------------- public API
+
+def backends() -> dict[str, BackendInfo]:
+    """Every known backend (loading each), with status, load error and ops."""
+    _discover()
+    out = {}
+    for name, slot in list(_state.slots.items()):
+        _load(slot)
+        out[name] = BackendInfo(name, slot.source, slot.obj is not None, slot.error,
+                                tuple(sorted(slot.ops)))
+    return out
+
+
+def set_backend(*names: str, ops=None) -> None:
+    """Set the global priority (for all ops, or only for ``ops``); ``numpy`` stays last."""
+    names = _check_names(names)
+    op_set = _check_ops(ops)
+    with _lock:
+        if op_set is None:
+            _state.priority = names
+            _state.per_op = {}
+        else:
+            for op in op_set:
+                _state.per_op[op] = names
+        _changed()
+
+
+def get_backend_priority(op: str | None = None) -> tuple[str, ...]:
+    """Global priority (for ``op`` if given), without scopes."""
+    _discover()
+    if op is not None:
+        return _state.per_op.get(op, _state.priority)
+    return _state.priority
+
+
+class use_backend:
+    """Scoped priority: ``with fastdl.use_backend("numpy"): ...``.
+
+    Stored in a ContextVar, so it is local to the thread / asyncio task, and
+    nestable.  ``ops`` limits it to some ops; ``only=True`` forbids falling
+    through to outer scopes and the global priority; ``coerce=True`` lets
+    device backends accept host arrays (copying them).
+    """
+
+    def __init__(self, *names: str, ops=None, only: bool = False, coerce: bool = False):
+        self._scope = _Scope(_check_names(names), _check_ops(ops), bool(only), bool(coerce))
+        self._tokens: list[contextvars.Token] = []
+
+    def __enter__(self):
+        self._tokens.append(_scopes.set(_scopes.get() + (self._scope,)))
+        return self
+
+    def __exit__(self, *exc):
+        _scopes.reset(self._tokens.pop())
+        return False
+
+
+def coerce_allowed(op: str) -> bool:
+    """True when the innermost scope that applies to ``op`` set ``coerce=True``."""
+    for scope in reversed(_scopes.get()):
+        if scope.applies(op):
+            return scope.coerce
+    return False
+
+
+def register_backend(obj: Any, *, replace: bool = False) -> None:
+    """Register a backend object (``name``, ``ops``, optional ``can_run``)."""
+    _check_backend(obj)
+    _discover()
+    with _lock:
+        if obj.name in _state.slots and not replace:
+            raise ValueError(f"a backend named {obj.name!r} is already registered; "
+                             "pass replace=True to replace it")
+        _state.slots[obj.name] = _Slot(obj.name, "register_backend", None, obj)
+        _state.declared_ops.update(obj.ops)
+        _changed()
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a backend registered with ``register_backend`` (or any non-reference one)."""
+    _check_names((name,))
+    if name == REFERENCE:
+        raise ValueError("the reference backend 'numpy' cannot be removed")
+    with _lock:
+        del _state.slots[name]
+        _state.priority = tuple(n for n in _state.priority if n != name)
+        _state.per_op = {k: tuple(n for n in v if n != name) for k, v in _state.per_op.items()}
+        _changed()
+
+
+# ---------------------------------------------------------------- resolution
+
+def _plan(op: str, scopes: tuple[_Scope, ...]):
+    """Ordered (name, why) candidates for op under these scopes."""
+    order: list[tuple[str, str]] = []
+    seen: set[str] = set()
+
+    def add(names, why):
+        for n in names:
+            if n not in seen and n in _state.slots:
+                seen.add(n)
+                order.append((n, why))
+
+    for depth, scope in enumerate(reversed(scopes)):
+        if scope.applies(op):
+            add(scope.names, "use_backend scope" + (" (only)" if scope.only else ""))
+            if scope.only:
+                return order
+    add(_state.per_op.get(op, _state.priority), "global priority")
+    add((REFERENCE,), "reference backend (last)")
+    return order
+
+
+def _candidates(op: str):
+    scopes = _scopes.get()
+    key = (op, scopes, _state.version)
+    hit = _cache.get(key)
+    if hit is not None:
+        return hit
+    _discover()
+    _check_op(op)
+    viable, skipped = [], []
+    for name, why in _plan(op, scopes):
+        slot = _state.slots[name]
+        _load(slot)
+        if slot.error is not None:
+            skipped.append((name, f"failed to load: {slot.error}"))
+        elif op not in slot.ops:
+            skipped.append((name, "does not implement this op"))
+        else:
+            viable.append((name, slot.ops[op], getattr(slot.obj, "can_run", None), why, tuple(skipped)))
+    hit = (tuple(viable), tuple(skipped))
+    _cache[(op, scopes, _state.version)] = hit
+    return hit
+
+
+def _explicit(op: str, name: str):
+    _check_op(op)
+    _check_names((name,))
+    slot = _state.slots[name]
+    _load(slot)
+    if slot.error is not None:
+        raise BackendNotImplementedError(op, name, f"failed to load: {slot.error}")
+    if op not in slot.ops:
+        raise BackendNotImplementedError(op, name, "does not implement this op")
+    return slot.ops[op], getattr(slot.obj, "can_run", None)
+
+
+def _resolve(op: str, args, kwargs, backend: str | None, check_args: bool = True):
+    """(name, callable, why) of the backend that runs this call."""
+    if backend is not None:
+        fn, can_run = _explicit(op, backend)
+        if can_run is not None and check_args:
+            ok = can_run(op, *args, **kwargs)
+            if ok is not True:
+                raise BackendNotImplementedError(op, backend, str(ok))
+        return backend, fn, f"backend={backend!r} keyword"
+    viable, skipped = _candidates(op)
+    declined = []
+    for name, fn, can_run, why, skipped_before in viable:
+        if skipped_before and _state.strict:
+            n, r = skipped_before[0]
+            raise BackendNotImplementedError(op, n, f"{r} (FASTDL_STRICT=1 forbids fallback)")
+        if can_run is not None and check_args:
+            ok = can_run(op, *args, **kwargs)
+            if ok is not True:
+                declined.append((name, str(ok)))
+                log.debug("op %s: backend %r declined: %s", op, name, ok)
+                if _state.strict:
+                    raise BackendNotImplementedError(
+                        op, name, f"{ok} (FASTDL_STRICT=1 forbids fallback)")
+                continue
+        if skipped_before or declined:
+            why += "; skipped " + ", ".join(f"{n} ({r})" for n, r in skipped_before + tuple(declined))
+        return name, fn, why
+    reasons = "; ".join(f"{n}: {r}" for n, r in skipped + tuple(declined)) or "no backend tried"
+    raise BackendNotImplementedError(op, "any", reasons)
+
+
+def dispatch(op: str, args: tuple, kwargs: dict, backend: str | None = None):
+    """Run op with the backend chosen by the rules above."""
+    name, fn, why = _resolve(op, args, kwargs, backend)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("op %s -> backend %r (%s)", op, name, why)
+    return fn(*args, **kwargs)
+
+
+def which_backend(op: str, *args, backend: str | None = None, **kwargs) -> tuple[str, str]:
+    """(name, reason) of the backend that would run ``op``.
+
+    With arguments, backends' ``can_run`` checks see them; without, they are
+    assumed to accept.
+    """
+    name, _, why = _resolve(op, args, kwargs, backend, check_args=bool(args or kwargs))
+    return name, why

@@ -1,0 +1,101 @@
+"""Build the Cython extensions of fastdl.
+
+OpenMP is probed at build time: when the compiler cannot build an OpenMP
+program the extensions are built serially (one line says so).  No
+``-march=native``: AVX2/FMA code lives in C helpers compiled with function
+target attributes and chosen at run time (fastdl/backends/cython/src/simd.h).
+"""
+import os
+import sys
+import tempfile
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+CY_DIR = "fastdl/backends/cython"
+SRC_DIR = CY_DIR + "/src"
+
+# extension name -> extra C sources
+EXTENSIONS = {
+    "_cpu": [],
+    "_norm_stats": [SRC_DIR + "/moments.c"],
+    "_traffic": [SRC_DIR + "/traffic.c"],
+}
+
+OPENMP_TEST = r"""
+#include <omp.h>
+int main(void) {
+    int n = 0;
+    #pragma omp parallel reduction(+:n)
+    n += 1;
+    return omp_get_max_threads() > 0 && n > 0 ? 0 : 1;
+}
+"""
+
+
+def _openmp_flags(compiler):
+    """Return (compile_args, link_args) for OpenMP, or None if unsupported."""
+    if os.environ.get("FASTDL_NO_OPENMP"):
+        return None
+    if compiler.compiler_type == "msvc":
+        candidates = [(["/openmp"], [])]
+    else:
+        candidates = [(["-fopenmp"], ["-fopenmp"])]
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "omp_probe.c")
+        with open(src, "w") as f:
+            f.write(OPENMP_TEST)
+        for cflags, lflags in candidates:
+            try:
+                objs = compiler.compile([src], output_dir=tmp, extra_postargs=cflags)
+                compiler.link_executable(objs, "omp_probe", output_dir=tmp,
+                                         extra_postargs=lflags)
+            except Exception:  # noqa: BLE001 - any failure means "no OpenMP"
+                continue
+            return cflags, lflags
+    return None
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        ctype = self.compiler.compiler_type
+        omp = _openmp_flags(self.compiler)
+        if omp is None:
+            print("fastdl: OpenMP not available with this compiler; building serial kernels")
+        if ctype == "msvc":
+            base = ["/O2"]
+        else:
+            # fp-contract=off: scalar and SIMD twins round identically
+            base = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-Wno-unused-function"]
+        for ext in self.extensions:
+            ext.extra_compile_args = base + (omp[0] if omp else [])
+            ext.extra_link_args = omp[1] if omp else []
+            if omp:
+                ext.define_macros.append(("FASTDL_OPENMP", "1"))
+        super().build_extensions()
+
+
+def extensions():
+    exts = []
+    for name, sources in EXTENSIONS.items():
+        exts.append(Extension(
+            f"fastdl.backends.cython.{name}",
+            [f"{CY_DIR}/{name}.pyx"] + sources,
+            include_dirs=[np.get_include(), SRC_DIR],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        ))
+    return cythonize(
+        exts,
+        language_level=3,
+        compiler_directives={
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+        },
+    )
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
