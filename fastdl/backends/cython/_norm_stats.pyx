@@ -19,6 +19,10 @@ from fastdl.backends.cython._cpu cimport simd_level
 cdef extern from "moments.h" nogil:
     void fdl_moments_f32(const float *x, int64_t n, int level, double *mean, double *m2)
     void fdl_moments_f64(const double *x, int64_t n, int level, double *mean, double *m2)
+    void fdl_moments_blocks_f32(const float *x, int64_t n, int64_t block, int level,
+                                double *mean, double *m2)
+    void fdl_moments_blocks_f64(const double *x, int64_t n, int64_t block, int level,
+                                double *mean, double *m2)
     void fdl_colmoments_f32(const float *x, int64_t rows, int64_t C, int64_t S,
                             double *work, double *mean, double *m2)
     void fdl_colmoments_f64(const double *x, int64_t rows, int64_t C, int64_t S,
@@ -26,6 +30,8 @@ cdef extern from "moments.h" nogil:
 
 # 16 KiB of float32 / 32 KiB of float64: both passes over a block hit L1/L2.
 cdef int64_t BLOCK = 4096
+# Blocks per work item (pipelined inside the kernel).
+cdef int64_t RUN_BLOCKS = 16
 # Batch statistics use the row-chunk path below this spatial extent.
 cdef int64_t SHORT_SPATIAL = 64
 # Target elements per row chunk in the row-chunk path, and its minimum rows.
@@ -69,26 +75,42 @@ cdef void _merge_range(const double *cnt, const double *mu, const double *m2,
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef void _segment_items(const floating[::1] x, int64_t G, int64_t P, int64_t L,
-                         int64_t gstride, int64_t pstride, double[::1] cnt,
+cdef void _segment_items(const floating[::1] x, int64_t M, int64_t L, double[::1] cnt,
                          double[::1] mu, double[::1] m2, int nthreads) noexcept nogil:
-    # item it = ((p * G) + g) * nblk + b: block b of segment p of group g
-    cdef int64_t nblk = (L + BLOCK - 1) // BLOCK
-    cdef int64_t total = G * P * nblk
-    cdef int64_t it, b, t, g, p, off, ln
+    # x is M segments of length L back to back (segment m = p * G + g); the
+    # result of block b of segment m goes to m * nblk + b.  A work item is a
+    # run of up to RUN_BLOCKS blocks (or of short segments, each its own
+    # block), which the kernel pipelines: pass 1 of a block overlaps pass 2 of
+    # the previous one.
+    cdef int64_t blk = min(BLOCK, L)
+    cdef int64_t nblk = (L + blk - 1) // blk
+    cdef int64_t per_run = 1, nrun = 1, total, it, m, r, b0, nb, off, ln, b
     cdef int level = simd_level()
+    if nblk > 1:                       # long segments: runs inside a segment
+        nrun = (nblk + RUN_BLOCKS - 1) // RUN_BLOCKS
+        total = M * nrun
+    else:                              # short segments: runs of whole segments
+        per_run = max(1, (RUN_BLOCKS * BLOCK) // L)
+        total = (M + per_run - 1) // per_run
     for it in prange(total, num_threads=nthreads, schedule="static"):
-        b = it % nblk
-        t = it // nblk
-        g = t % G
-        p = t // G
-        off = p * pstride + g * gstride + b * BLOCK
-        ln = min(BLOCK, L - b * BLOCK)
-        if floating is float:
-            fdl_moments_f32(&x[off], ln, level, &mu[it], &m2[it])
+        if nblk > 1:
+            m = it // nrun
+            r = it % nrun
+            b0 = m * nblk + r * RUN_BLOCKS
+            nb = min(RUN_BLOCKS, nblk - r * RUN_BLOCKS)
+            off = m * L + r * RUN_BLOCKS * blk
+            ln = min(RUN_BLOCKS * blk, L - r * RUN_BLOCKS * blk)
         else:
-            fdl_moments_f64(&x[off], ln, level, &mu[it], &m2[it])
-        cnt[it] = <double>ln
+            b0 = it * per_run
+            nb = min(per_run, M - b0)
+            off = b0 * L
+            ln = nb * L
+        if floating is float:
+            fdl_moments_blocks_f32(&x[off], ln, blk, level, &mu[b0], &m2[b0])
+        else:
+            fdl_moments_blocks_f64(&x[off], ln, blk, level, &mu[b0], &m2[b0])
+        for b in range(nb):
+            cnt[b0 + b] = <double>min(blk, ln - b * blk)
 
 
 @cython.boundscheck(False)
@@ -125,26 +147,27 @@ cdef void _merge_groups(double[::1] cnt, double[::1] mu, double[::1] m2, int64_t
 
 
 def _layout(shape, str kind, num_groups):
-    """(G, P, L, gstride, pstride, out_shape) of the statistic groups."""
+    """(G, P, L, out_shape): G groups, each P segments of L contiguous elements;
+    segment p of group g starts at element (p * G + g) * L."""
     cdef int64_t N = shape[0], C = shape[1], S = 1
     for s in shape[2:]:
         S *= s
     if kind == "batch":
-        return C, N, S, S, C * S, (C,)
+        return C, N, S, (C,)
     if kind == "layer":
-        return N, 1, C * S, C * S, 0, (N,)
+        return N, 1, C * S, (N,)
     if kind == "instance":
-        return N * C, 1, S, S, 0, (N, C)
+        return N * C, 1, S, (N, C)
     if kind == "group":
-        return N * num_groups, 1, (C // num_groups) * S, (C // num_groups) * S, 0, (N, num_groups)
+        return N * num_groups, 1, (C // num_groups) * S, (N, num_groups)
     raise ValueError(f"kind must be one of 'batch', 'layer', 'instance', 'group', got {kind!r}")
 
 
 def _moments(const floating[::1] xf, tuple shape, str kind, num_groups, int nthreads):
-    cdef int64_t G, P, L, gstride, pstride, nblk, rpc, N, C, S, items
+    cdef int64_t G, P, L, nblk, rpc, N, C, S, items
     cdef double[::1] cnt, mu, m2
     cdef double[:, ::1] work, merged_v
-    G, P, L, gstride, pstride, out_shape = _layout(shape, kind, num_groups)
+    G, P, L, out_shape = _layout(shape, kind, num_groups)
     if G == 0:
         return np.empty(0), np.empty(0), out_shape
     N = shape[0]
@@ -164,7 +187,7 @@ def _moments(const floating[::1] xf, tuple shape, str kind, num_groups, int nthr
         items = G * P * nblk
         cnt = np.empty(items); mu = np.empty(items); m2 = np.empty(items)
         with nogil:
-            _segment_items(xf, G, P, L, gstride, pstride, cnt, mu, m2, nthreads)
+            _segment_items(xf, G * P, L, cnt, mu, m2, nthreads)
     if P * nblk == 1:
         return np.asarray(mu), np.asarray(m2), out_shape
     merged = np.empty((G, 3))
@@ -176,7 +199,7 @@ def _moments(const floating[::1] xf, tuple shape, str kind, num_groups, int nthr
 
 def shape_count(shape, str kind, num_groups):
     """Number of elements in each statistic group."""
-    G, P, L, _, _, _ = _layout(shape, kind, num_groups)
+    G, P, L, _ = _layout(shape, kind, num_groups)
     return P * L
 
 

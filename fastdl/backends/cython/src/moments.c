@@ -94,10 +94,6 @@ FDL_TARGET_AVX2 static void moments_f32_avx2(const float *x, int64_t n, double *
     float K = (float)(reduce32f(acc) / (double)n);
     __m256 kv = _mm256_set1_ps(K);
     for (i = 0; i < n32; i += 32) {
-        /* the next block usually follows this one in memory: pull it in
-         * while this pass runs from cache (prefetches never fault) */
-        _mm_prefetch((const char *)(x + n + i), _MM_HINT_T0);
-        _mm_prefetch((const char *)(x + n + i + 16), _MM_HINT_T0);
         for (int j = 0; j < 4; j++) {
             __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8 * j), kv);
             s[j] = _mm256_add_ps(s[j], _mm256_mul_ps(d, d)); /* no FMA: twin rounding */
@@ -177,6 +173,84 @@ void fdl_moments_f64(const double *x, int64_t n, int level, double *mean, double
 #endif
     (void)level;
     moments_f64_scalar(x, n, mean, m2);
+}
+
+#if FDL_HAVE_AVX2_TARGET
+/* Consecutive blocks, software-pipelined: pass 1 of block b+1 (streaming from
+ * memory) runs in the same loop as pass 2 of block b (from L1), so memory
+ * traffic never pauses for the compute.  Each lane still sees its terms in
+ * the same order, so every block's result equals moments_f32_avx2's. */
+FDL_TARGET_AVX2 static void blocks_f32_avx2(const float *x, int64_t n, int64_t block,
+                                            double *mean, double *m2) {
+    int64_t nb = (n + block - 1) / block;
+    __m256 a[4], s[4], c[4];
+    float acc[32], sq[32], dv[32];
+    int64_t i;
+    /* pass 1 of block 0 */
+    int64_t lc = n < block ? n : block, lc32 = lc & ~(int64_t)31;
+    for (int j = 0; j < 4; j++) a[j] = _mm256_setzero_ps();
+    for (i = 0; i < lc32; i += 32)
+        for (int j = 0; j < 4; j++) a[j] = _mm256_add_ps(a[j], _mm256_loadu_ps(x + i + 8 * j));
+    for (int j = 0; j < 4; j++) _mm256_storeu_ps(acc + 8 * j, a[j]);
+    for (; i < lc; i++) acc[i & 31] += x[i];
+    for (int64_t b = 0; b < nb; b++) {
+        const float *cur = x + b * block, *nxt = cur + block;
+        int64_t ln = (b + 1 < nb) ? ((n - (b + 1) * block) < block ? n - (b + 1) * block : block) : 0;
+        int64_t ln32 = ln & ~(int64_t)31, both = lc32 < ln32 ? lc32 : ln32;
+        float K = (float)(reduce32f(acc) / (double)lc);
+        __m256 kv = _mm256_set1_ps(K);
+        for (int j = 0; j < 4; j++) a[j] = s[j] = c[j] = _mm256_setzero_ps();
+        for (i = 0; i < both; i += 32)
+            for (int j = 0; j < 4; j++) {
+                a[j] = _mm256_add_ps(a[j], _mm256_loadu_ps(nxt + i + 8 * j));
+                __m256 d = _mm256_sub_ps(_mm256_loadu_ps(cur + i + 8 * j), kv);
+                s[j] = _mm256_add_ps(s[j], _mm256_mul_ps(d, d));
+                c[j] = _mm256_add_ps(c[j], d);
+            }
+        for (int64_t k = i; k < lc32; k += 32)
+            for (int j = 0; j < 4; j++) {
+                __m256 d = _mm256_sub_ps(_mm256_loadu_ps(cur + k + 8 * j), kv);
+                s[j] = _mm256_add_ps(s[j], _mm256_mul_ps(d, d));
+                c[j] = _mm256_add_ps(c[j], d);
+            }
+        for (int64_t k = i; k < ln32; k += 32)
+            for (int j = 0; j < 4; j++) a[j] = _mm256_add_ps(a[j], _mm256_loadu_ps(nxt + k + 8 * j));
+        for (int j = 0; j < 4; j++) {
+            _mm256_storeu_ps(sq + 8 * j, s[j]);
+            _mm256_storeu_ps(dv + 8 * j, c[j]);
+        }
+        for (i = lc32; i < lc; i++) {
+            float d = cur[i] - K;
+            sq[i & 31] += d * d;
+            dv[i & 31] += d;
+        }
+        finish_f32(sq, dv, K, lc, &mean[b], &m2[b]);
+        for (int j = 0; j < 4; j++) _mm256_storeu_ps(acc + 8 * j, a[j]);
+        for (i = ln32; i < ln; i++) acc[i & 31] += nxt[i];
+        lc = ln;
+        lc32 = ln32;
+    }
+}
+#endif
+
+void fdl_moments_blocks_f32(const float *x, int64_t n, int64_t block, int level,
+                            double *mean, double *m2) {
+    if (n <= 0) return;
+#if FDL_HAVE_AVX2_TARGET
+    if (level >= FDL_SIMD_AVX2) { blocks_f32_avx2(x, n, block, mean, m2); return; }
+#endif
+    for (int64_t b = 0; b * block < n; b++) {
+        int64_t ln = n - b * block < block ? n - b * block : block;
+        fdl_moments_f32(x + b * block, ln, level, &mean[b], &m2[b]);
+    }
+}
+
+void fdl_moments_blocks_f64(const double *x, int64_t n, int64_t block, int level,
+                            double *mean, double *m2) {
+    for (int64_t b = 0; b * block < n; b++) {
+        int64_t ln = n - b * block < block ? n - b * block : block;
+        fdl_moments_f64(x + b * block, ln, level, &mean[b], &m2[b]);
+    }
 }
 
 /* Column path for batch statistics with short spatial extent: two passes over

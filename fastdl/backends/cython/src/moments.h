@@ -11,6 +11,13 @@
 void fdl_moments_f32(const float *x, int64_t n, int level, double *mean, double *m2);
 void fdl_moments_f64(const double *x, int64_t n, int level, double *mean, double *m2);
 
+/* The same for the consecutive blocks of x[0:n] (all of length `block` but the
+ * last): mean[b], m2[b] equal fdl_moments_* of block b. */
+void fdl_moments_blocks_f32(const float *x, int64_t n, int64_t block, int level,
+                            double *mean, double *m2);
+void fdl_moments_blocks_f64(const double *x, int64_t n, int64_t block, int level,
+                            double *mean, double *m2);
+
 /* Per-channel moments of a (rows, C, S) block, reduced over rows and S.
  * work must hold 3*C*S doubles. */
 void fdl_colmoments_f32(const float *x, int64_t rows, int64_t C, int64_t S,

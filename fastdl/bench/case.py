@@ -1,0 +1,52 @@
+"""A benchmark case: one op on fixed inputs, with the bytes and flops it must cost."""
+from __future__ import annotations
+
+import fnmatch
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+# modules that register cases on import; later issues append theirs
+CASE_MODULES = ["fastdl.bench.cases_norm"]
+
+
+@dataclass
+class Case:
+    name: str                                   # unique, e.g. "norm_stats/batch/64x256x1024/f32"
+    op: str                                     # registry op the case measures
+    setup: Callable[[], dict]                   # builds the inputs once (deterministic)
+    call: Callable[[dict, str], Any]            # call(inputs, backend_name) runs the public API
+    bytes_read: int                             # bytes the op must read at the least
+    bytes_written: int                          # bytes it must write at the least
+    flops: int = 0
+    torch: Callable[[dict], Callable[[], Any]] | None = None   # inputs -> thunk running torch
+    quick: bool = True                          # part of --quick
+    targets: dict = field(default_factory=dict)  # backend -> {"vs_numpy": x, "vs_torch": x, "vs_limit": x}
+    params: dict = field(default_factory=dict)
+
+
+_CASES: dict[str, Case] = {}
+
+
+def register(case: Case) -> Case:
+    if case.name in _CASES:
+        raise ValueError(f"benchmark case {case.name!r} is already registered")
+    _CASES[case.name] = case
+    return case
+
+
+def all_cases(*, quick: bool | None = None, only: str | None = None, op: str | None = None):
+    """Registered cases, filtered: ``quick`` (True: quick set only), ``only``
+    (glob or substring of the name), ``op``."""
+    for mod in CASE_MODULES:
+        importlib.import_module(mod)
+    out = []
+    for case in _CASES.values():
+        if quick and not case.quick:
+            continue
+        if op is not None and case.op != op:
+            continue
+        if only and not (fnmatch.fnmatch(case.name, only) or only in case.name):
+            continue
+        out.append(case)
+    return out

@@ -1,0 +1,139 @@
+"""Run benchmark cases: interleaved rounds, medians, ratios, targets."""
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+from fastdl import registry
+from fastdl.bench.case import Case
+from fastdl.bench.traffic import limit_thunks
+
+
+@dataclass
+class Row:
+    case: str
+    op: str
+    backend: str                   # fastdl backend name, or "torch"
+    median_s: float
+    gbps: float
+    vs_numpy: float | None         # numpy time / this time (speed-up)
+    vs_torch: float | None         # torch time / this time
+    vs_limit: float | None         # this time / memory-traffic limit time
+    limit_s: float | None
+    limit_kind: str | None
+    rounds: int
+    targets: dict = field(default_factory=dict)
+    missed: list = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def _torch():
+    try:
+        import torch
+    except Exception:  # noqa: BLE001 - any import failure means "no torch peer"
+        return None
+    return torch
+
+
+def _time_once(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def measure(thunks: dict[str, Callable[[], object]], *, min_rounds: int, max_rounds: int,
+            budget_s: float, warmup: int = 1) -> tuple[dict[str, float], int]:
+    """Median time of each thunk, timed in interleaved rounds (a noisy machine
+    slows all of them alike) until ``budget_s`` is spent or ``max_rounds`` done."""
+    for fn in thunks.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in thunks}
+    start = time.perf_counter()
+    rounds = 0
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start < budget_s):
+            for name, fn in thunks.items():
+                samples[name].append(_time_once(fn))
+            rounds += 1
+    finally:
+        if gc_was:
+            gc.enable()
+    return {k: statistics.median(v) for k, v in samples.items()}, rounds
+
+
+def _backends_for(case: Case, wanted: Iterable[str] | None) -> list[str]:
+    infos = registry.backends()
+    names = [n for n, info in infos.items() if info.loaded and case.op in info.ops]
+    if wanted:
+        names = [n for n in names if n in wanted or n == registry.REFERENCE]
+    return names
+
+
+def run_case(case: Case, *, backends: Iterable[str] | None = None, full: bool = False,
+             with_torch: bool = True, rounds: int | None = None) -> list[Row]:
+    inputs = case.setup()
+    thunks: dict[str, Callable[[], object]] = {}
+    for name in _backends_for(case, backends):
+        thunks[name] = (lambda n: lambda: case.call(inputs, n))(name)
+    torch = _torch() if with_torch else None
+    if torch is not None and case.torch is not None:
+        from fastdl._threads import get_num_threads
+        torch.set_num_threads(get_num_threads())
+        thunks["torch"] = case.torch(inputs)
+    limits = limit_thunks(case.bytes_read, case.bytes_written)
+    for k, fn in limits.items():
+        thunks["limit:" + k] = fn
+    if rounds is not None:
+        med, n = measure(thunks, min_rounds=rounds, max_rounds=rounds, budget_s=0.0)
+    elif full:
+        med, n = measure(thunks, min_rounds=10, max_rounds=200, budget_s=4.0)
+    else:
+        med, n = measure(thunks, min_rounds=5, max_rounds=40, budget_s=0.8)
+
+    limit_kind = min(limits, key=lambda k: med["limit:" + k]) if limits else None
+    limit_s = med["limit:" + limit_kind] if limit_kind else None
+    t_np, t_torch = med.get(registry.REFERENCE), med.get("torch")
+    nbytes = case.bytes_read + case.bytes_written
+    rows = []
+    for name, t in med.items():
+        if name.startswith("limit:"):
+            continue
+        targets = case.targets.get(name, {})
+        row = Row(
+            case=case.name, op=case.op, backend=name, median_s=t, gbps=nbytes / t / 1e9,
+            vs_numpy=t_np / t if t_np and name != registry.REFERENCE else None,
+            vs_torch=t_torch / t if t_torch and name != "torch" else None,
+            vs_limit=t / limit_s if limit_s else None, limit_s=limit_s, limit_kind=limit_kind,
+            rounds=n, targets=targets, params=case.params,
+        )
+        for key, goal in targets.items():
+            got = getattr(row, key)
+            if got is None or (math.isnan(got)):
+                continue
+            ok = got <= goal if key == "vs_limit" else got >= goal
+            if not ok:
+                row.missed.append(f"{key} {got:.2f} (target {'<=' if key == 'vs_limit' else '>='} {goal})")
+        rows.append(row)
+    return rows
+
+
+def run_cases(cases: list[Case], *, backends=None, full=False, with_torch=True, rounds=None,
+              progress=None) -> list[Row]:
+    """Run every case; ``progress(case)`` is called before each."""
+    rows: list[Row] = []
+    for case in cases:
+        if progress is not None:
+            progress(case)
+        rows.extend(run_case(case, backends=backends, full=full, with_torch=with_torch,
+                             rounds=rounds))
+    return rows
