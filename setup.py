@@ -3,7 +3,7 @@
 OpenMP is probed at build time: when the compiler cannot build an OpenMP
 program the extensions are built serially (one line says so).  No
 ``-march=native``: AVX2/FMA code lives in C helpers compiled with function
-target attributes and chosen at run time (fastdl/backends/cython/src/simd.h).
+target attributes and chosen at run time (fastdl/_backends/cython/src/simd.h).
 """
 import os
 import sys
@@ -14,7 +14,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-CY_DIR = "fastdl/backends/cython"
+CY_DIR = "fastdl/_backends/cython"
 SRC_DIR = CY_DIR + "/src"
 
 # extension name -> extra C sources
@@ -81,7 +81,7 @@ def extensions():
     exts = []
     for name, sources in EXTENSIONS.items():
         exts.append(Extension(
-            f"fastdl.backends.cython.{name}",
+            f"fastdl._backends.cython.{name}",
             [f"{CY_DIR}/{name}.pyx"] + sources,
             include_dirs=[np.get_include(), SRC_DIR],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -36,7 +36,7 @@ def build_info() -> dict:
     except ImportError:
         info["scipy"] = None
     try:
-        from fastdl.backends.cython import _cpu
+        from fastdl._backends.cython import _cpu
     except ImportError as exc:
         info.update(compiled=False, compile_error=f"{type(exc).__name__}: {exc}",
                     compiler=sysconfig.get_config_var("CC"))

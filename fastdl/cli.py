@@ -61,10 +61,11 @@ def cmd_backends(args, console: Console) -> int:
 def _results_table(rows) -> Table:
     table = Table(title="fastdl bench (speed-ups: peer time / this time; limit: this time / "
                   "plain read or copy of the same bytes)")
-    for col, just in [("case", "left"), ("backend", "left"), ("median", "right"),
-                      ("GB/s", "right"), ("vs numpy", "right"), ("vs torch", "right"),
-                      ("/ mem limit", "right"), ("limit", "right"), ("target", "left")]:
-        table.add_column(col, justify=just)
+    table.add_column("case", no_wrap=True, overflow="fold")
+    for col, just in [("backend", "left"), ("median", "right"), ("GB/s", "right"),
+                      ("vs numpy", "right"), ("vs torch", "right"), ("/ mem limit", "right"),
+                      ("limit", "right"), ("target", "left")]:
+        table.add_column(col, justify=just, no_wrap=col != "target")
     last = None
     for r in rows:
         if last is not None and r.case != last:
@@ -74,7 +75,7 @@ def _results_table(rows) -> Table:
             target = "[green]met[/]" if not r.missed else "[red]missed: " + "; ".join(r.missed) + "[/]"
         table.add_row(r.case if r.case != last else "", r.backend, _fmt_time(r.median_s),
                       f"{r.gbps:.1f}", _fmt_ratio(r.vs_numpy), _fmt_ratio(r.vs_torch),
-                      _fmt_ratio(r.vs_limit), f"{_fmt_time(r.limit_s)} ({r.limit_kind})", target)
+                      _fmt_ratio(r.vs_limit), f"{_fmt_time(r.limit_s)} {r.limit_kind}", target)
         last = r.case
     return table
 
@@ -142,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
+    if not console.is_terminal:          # logs and pipes: do not squeeze the tables
+        console = Console(width=180)
     try:
         return {"info": cmd_info, "backends": cmd_backends, "bench": cmd_bench}[args.command](
             args, console)

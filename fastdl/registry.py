@@ -34,8 +34,8 @@ __all__ = [
 ENTRY_POINT_GROUP = "fastdl.backends"
 REFERENCE = "numpy"
 _BUILTIN = {
-    "cython": "fastdl.backends.cython:backend",
-    "numpy": "fastdl.backends.numpy:backend",
+    "cython": "fastdl._backends.cython:backend",
+    "numpy": "fastdl._backends.numpy:backend",
 }
 
 log = logging.getLogger("fastdl.dispatch")

@@ -35,7 +35,7 @@ def _norm_stats_case(shape, kind, dtype=np.float32, num_groups=None, quick=True)
         return fastdl.norm_stats(inp["x"], kind, num_groups=num_groups, backend=backend)
 
     dims = "x".join(map(str, shape))
-    suffix = f"g{num_groups}" if kind == "group" else ""
+    suffix = str(num_groups) if kind == "group" else ""
     return Case(
         name=f"norm_stats/{kind}{suffix}/{dims}/{np.dtype(dtype).name}",
         op="norm_stats", setup=setup, call=call,

@@ -14,7 +14,7 @@ from fastdl._threads import get_num_threads
 
 def _traffic_module():
     try:
-        from fastdl.backends.cython import _traffic
+        from fastdl._backends.cython import _traffic
         return _traffic
     except ImportError:
         return None

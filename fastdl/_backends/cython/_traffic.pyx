@@ -3,7 +3,7 @@ from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy
 
-from fastdl.backends.cython._cpu cimport simd_level
+from fastdl._backends.cython._cpu cimport simd_level
 
 cdef extern from "traffic.h" nogil:
     uint64_t fdl_read_bytes(const unsigned char *p, int64_t nbytes, int level)

@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from fastdl._threads import get_num_threads
-from fastdl.backends.cython import _cpu, _norm_stats
+from fastdl._backends.cython import _cpu, _norm_stats
 from fastdl.registry import Backend
 
 if os.environ.get("FASTDL_SIMD"):

@@ -14,7 +14,7 @@ from cython cimport floating
 
 import numpy as np
 
-from fastdl.backends.cython._cpu cimport simd_level
+from fastdl._backends.cython._cpu cimport simd_level
 
 cdef extern from "moments.h" nogil:
     void fdl_moments_f32(const float *x, int64_t n, int level, double *mean, double *m2)

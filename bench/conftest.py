@@ -1,0 +1,15 @@
+import pytest
+
+from fastdl.bench import all_cases
+
+
+def pytest_generate_tests(metafunc):
+    if "case" in metafunc.fixturenames:
+        op = getattr(metafunc.module, "OP", None)
+        cases = all_cases(op=op)
+        metafunc.parametrize("case", cases, ids=[c.name for c in cases])
+
+
+@pytest.fixture(scope="module")
+def inputs_cache():
+    return {}
