@@ -140,8 +140,8 @@ def _discover() -> None:
             if ep.name in _state.slots:
                 continue
             _state.slots[ep.name] = _Slot(ep.name, f"entry point {ep.value}", ep.value)
-        _state.discovered = True
         _configure_from_env()
+        _state.discovered = True    # only now: other threads must not plan before configuration
         _changed()
 
 
@@ -188,8 +188,12 @@ def _check_backend(obj: Any) -> None:
         raise TypeError(f"backend {name!r}: 'can_run' must be callable or None")
 
 
+_API_OPS: set[str] = set()
+
+
 def declare_op(name: str) -> None:
     """Record an op name that the public API dispatches (for name validation)."""
+    _API_OPS.add(name)
     _state.declared_ops.add(name)
 
 
@@ -220,6 +224,7 @@ def _known_ops() -> set[str]:
 def _check_op(op: str) -> None:
     if not isinstance(op, str):
         raise TypeError(f"op must be a str, got {type(op).__name__}")
+    _discover()
     if op in _state.declared_ops:
         return
     for slot in list(_state.slots.values()):   # plugins may add ops of their own
@@ -257,7 +262,7 @@ def _reset() -> None:
     """Forget all state and rediscover (tests use this after changing env or sys.path)."""
     global _state
     with _lock:
-        _state = _State()
+        _state = _State(declared_ops=set(_API_OPS))
         _changed()
 
 
@@ -307,14 +312,18 @@ class use_backend:
 
     def __init__(self, *names: str, ops=None, only: bool = False, coerce: bool = False):
         self._scope = _Scope(_check_names(names), _check_ops(ops), bool(only), bool(coerce))
-        self._tokens: list[contextvars.Token] = []
 
     def __enter__(self):
-        self._tokens.append(_scopes.set(_scopes.get() + (self._scope,)))
+        _scopes.set(_scopes.get() + (self._scope,))
         return self
 
     def __exit__(self, *exc):
-        _scopes.reset(self._tokens.pop())
+        # pop our scope from *this* context's stack: one object may be shared by
+        # threads and tasks, and nested in itself
+        cur = _scopes.get()
+        if not cur or cur[-1] is not self._scope:
+            raise RuntimeError("use_backend scopes must be exited in the reverse order of entry")
+        _scopes.set(cur[:-1])
         return False
 
 
@@ -376,7 +385,7 @@ def _plan(op: str, scopes: tuple[_Scope, ...]):
 
 def _candidates(op: str):
     scopes = _scopes.get()
-    key = (op, scopes, _state.version)
+    key = (op, scopes, _state.version)     # the version before any lazy load below
     hit = _cache.get(key)
     if hit is not None:
         return hit
@@ -393,7 +402,7 @@ def _candidates(op: str):
         else:
             viable.append((name, slot.ops[op], getattr(slot.obj, "can_run", None), why, tuple(skipped)))
     hit = (tuple(viable), tuple(skipped))
-    _cache[(op, scopes, _state.version)] = hit
+    _cache[key] = hit
     return hit
 
 

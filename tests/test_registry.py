@@ -33,14 +33,8 @@ OP = "norm_stats"
 
 
 def reset_registry():
-    """``registry._reset()`` plus the op that ``import fastdl.norm`` declared.
-
-    ``_reset`` also forgets ops declared at import (see the xfail
-    ``test_entry_point_plugin_not_imported_by_resolution_after_reset``);
-    re-declaring norm_stats restores the state of a freshly imported fastdl.
-    """
+    """Fresh registry state, as after ``import fastdl`` (declared ops are kept)."""
     registry._reset()
-    registry.declare_op(OP)
 
 
 @pytest.fixture(autouse=True)
@@ -480,8 +474,6 @@ def test_scopes_are_asyncio_task_local(rec):
     assert backend_of() == "cython"
 
 
-@pytest.mark.xfail(strict=True, reason="use_backend keeps its contextvar tokens in a list on the "
-                   "object; one object entered by two tasks/threads resets the other's token")
 def test_one_use_backend_object_shared_by_two_tasks():
     scope = fastdl.use_backend("numpy")    # e.g. a module-level scope reused everywhere
 
@@ -563,7 +555,7 @@ def test_entry_point_plugin_is_discovered_lazily(plugin_path):
     registry._discover()
     assert "fake" in registry._state.slots            # known by name ...
     assert "fastdl_fakeplugin" not in sys.modules     # ... but not imported
-    infos = registry.backends()
+    infos = fastdl.backends()
     assert "fake" in infos
     assert infos["fake"].loaded and infos["fake"].error is None
     assert infos["fake"].source == "entry point fastdl_fakeplugin:make"
@@ -587,8 +579,6 @@ def test_entry_point_plugin_not_imported_by_resolution_in_fresh_process(plugin_p
     assert proc.stdout.split() == ["cython", "False", "True", "True"]
 
 
-@pytest.mark.xfail(strict=True, reason="registry._reset() forgets ops declared with declare_op at "
-                   "import, so the next op check imports every plugin")
 def test_entry_point_plugin_not_imported_by_resolution_after_reset(plugin_path):
     write_plugin(plugin_path, "fake", "fastdl_fakeplugin", PLUGIN_GOOD)
     registry._reset()                      # the real one, without re-declaring norm_stats
@@ -596,8 +586,6 @@ def test_entry_point_plugin_not_imported_by_resolution_after_reset(plugin_path):
     assert "fastdl_fakeplugin" not in sys.modules
 
 
-@pytest.mark.xfail(strict=True, reason="_check_op loads 'every slot' before discovery has run, so "
-                   "an op only a plugin declares is unknown to a first backend= call")
 def test_plugin_op_with_backend_keyword_as_first_call(plugin_path):
     write_plugin(plugin_path, "fake", "fastdl_fakeplugin", PLUGIN_GOOD)
     reset_registry()                       # fresh, undiscovered registry
@@ -612,7 +600,7 @@ def test_failing_plugin_is_listed_with_its_error(plugin_path, source, message):
     write_plugin(plugin_path, "bad", "fastdl_badplugin", source)
     reset_registry()
     with pytest.warns(RuntimeWarning, match="'bad' failed to load"):
-        infos = registry.backends()
+        infos = fastdl.backends()
     bad = infos["bad"]
     assert isinstance(bad, BackendInfo)
     assert message in bad.error
@@ -701,8 +689,6 @@ def test_cache_is_keyed_by_scope():
     assert backend_of() == "cython"
 
 
-@pytest.mark.xfail(strict=True, reason="_discover sets discovered=True before reading the env: a "
-                   "concurrent first call resolves with an empty priority and caches it")
 def test_concurrent_first_use_sees_configured_priority(monkeypatch):
     reset_registry()
     registry.declare_op(OP)                # as in a freshly imported fastdl
@@ -726,7 +712,7 @@ def test_concurrent_first_use_sees_configured_priority(monkeypatch):
 
 
 def test_backends_lists_builtins():
-    infos = registry.backends()
+    infos = fastdl.backends()
     assert {"cython", "numpy"} <= set(infos)
     for name in ("cython", "numpy"):
         info = infos[name]
@@ -743,10 +729,9 @@ def test_backends_lists_registered(rec):
     assert info.ops == ("norm_stats", "other_op")
 
 
-@pytest.mark.xfail(strict=True, reason="importing the subpackage fastdl.backends rebinds the "
-                   "attribute fastdl.backends, shadowing the function")
 def test_top_level_backends_stays_callable():
-    fastdl.norm_stats(X, "batch")          # imports fastdl.backends.cython
+    # regression: a subpackage named fastdl.backends used to rebind this name
+    fastdl.norm_stats(X, "batch")          # imports the built-in backend modules
     assert fastdl.backends is registry.backends
     assert "cython" in fastdl.backends()
 

@@ -15,6 +15,19 @@ static inline void finish(double s, double c, int64_t n, double *m2) {
     *m2 = v < 0.0 ? 0.0 : v;   /* rounding can dip below 0; NaN passes */
 }
 
+/* float64 pass 2 over x[i:n] (past the last full 16-lane step), then the result. */
+static inline void tail_finish_f64(const double *x, int64_t i, int64_t n, double m,
+                                   double *sq, double *dv, double *mean, double *m2) {
+    for (; i < n; i++) {
+        double d = x[i] - m;
+        sq[i & 15] += d * d;
+        dv[i & 15] += d;
+    }
+    double c1 = reduce16(dv);
+    *mean = m + c1 / (double)n;
+    finish(reduce16(sq), c1, n, m2);
+}
+
 /* ---- scalar twins (reference; the compiler may vectorize across lanes) ---- */
 #define SCALAR_MOMENTS(NAME, T)                                              \
 static void NAME(const T *x, int64_t n, double *mean, double *m2) {         \
@@ -30,14 +43,7 @@ static void NAME(const T *x, int64_t n, double *mean, double *m2) {         \
             sq[k] += d * d;                                                 \
             dv[k] += d;                                                     \
         }                                                                   \
-    for (; i < n; i++) {                                                    \
-        double d = (double)x[i] - m;                                        \
-        sq[i & 15] += d * d;                                                \
-        dv[i & 15] += d;                                                    \
-    }                                                                       \
-    double c1 = reduce16(dv);                                               \
-    *mean = m + c1 / (double)n;                                             \
-    finish(reduce16(sq), c1, n, m2);                                        \
+    tail_finish_f64(x, i, n, m, sq, dv, mean, m2);                          \
 }
 SCALAR_MOMENTS(moments_f64_scalar, double)
 
@@ -59,6 +65,16 @@ static inline void finish_f32(const float *sq, const float *dv, float K, int64_t
     finish(reduce32f(sq), s1, n, m2);
 }
 
+/* Pass 2 over x[i:n] (the tail past the last full 32-lane step). */
+static inline void pass2_tail_f32(const float *x, int64_t i, int64_t n, float K,
+                                  float *sq, float *dv) {
+    for (; i < n; i++) {
+        float d = x[i] - K;
+        sq[i & 31] += d * d;
+        dv[i & 31] += d;
+    }
+}
+
 static void moments_f32_scalar(const float *x, int64_t n, double *mean, double *m2) {
     float acc[32] = {0}, sq[32] = {0}, dv[32] = {0};
     int64_t i = 0, n32 = n & ~(int64_t)31;
@@ -72,11 +88,7 @@ static void moments_f32_scalar(const float *x, int64_t n, double *mean, double *
             sq[k] += d * d;
             dv[k] += d;
         }
-    for (; i < n; i++) {
-        float d = x[i] - K;
-        sq[i & 31] += d * d;
-        dv[i & 31] += d;
-    }
+    pass2_tail_f32(x, i, n, K, sq, dv);
     finish_f32(sq, dv, K, n, mean, m2);
 }
 
@@ -104,11 +116,7 @@ FDL_TARGET_AVX2 static void moments_f32_avx2(const float *x, int64_t n, double *
         _mm256_storeu_ps(sq + 8 * j, s[j]);
         _mm256_storeu_ps(dv + 8 * j, c[j]);
     }
-    for (; i < n; i++) {
-        float d = x[i] - K;
-        sq[i & 31] += d * d;
-        dv[i & 31] += d;
-    }
+    pass2_tail_f32(x, i, n, K, sq, dv);
     finish_f32(sq, dv, K, n, mean, m2);
 }
 #endif
@@ -145,14 +153,7 @@ FDL_TARGET_AVX2 static void NAME(const T *x, int64_t n, double *mean,       \
         _mm256_storeu_pd(sq + 4 * j, s[j]);                                 \
         _mm256_storeu_pd(dv + 4 * j, c[j]);                                 \
     }                                                                       \
-    for (; i < n; i++) {                                                    \
-        double d = (double)x[i] - m;                                        \
-        sq[i & 15] += d * d;                                                \
-        dv[i & 15] += d;                                                    \
-    }                                                                       \
-    double c1 = reduce16(dv);                                               \
-    *mean = m + c1 / (double)n;                                             \
-    finish(reduce16(sq), c1, n, m2);                                        \
+    tail_finish_f64(x, i, n, m, sq, dv, mean, m2);                          \
 }
 AVX2_MOMENTS(moments_f64_avx2, double, load16_f64)
 #endif
@@ -219,11 +220,7 @@ FDL_TARGET_AVX2 static void blocks_f32_avx2(const float *x, int64_t n, int64_t b
             _mm256_storeu_ps(sq + 8 * j, s[j]);
             _mm256_storeu_ps(dv + 8 * j, c[j]);
         }
-        for (i = lc32; i < lc; i++) {
-            float d = cur[i] - K;
-            sq[i & 31] += d * d;
-            dv[i & 31] += d;
-        }
+        pass2_tail_f32(cur, lc32, lc, K, sq, dv);
         finish_f32(sq, dv, K, lc, &mean[b], &m2[b]);
         for (int j = 0; j < 4; j++) _mm256_storeu_ps(acc + 8 * j, a[j]);
         for (i = ln32; i < ln; i++) acc[i & 31] += nxt[i];
