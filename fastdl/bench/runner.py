@@ -51,7 +51,11 @@ def _time_once(fn: Callable[[], object]) -> float:
 def measure(thunks: dict[str, Callable[[], object]], *, min_rounds: int, max_rounds: int,
             budget_s: float, warmup: int = 1) -> tuple[dict[str, float], int]:
     """Median time of each thunk, timed in interleaved rounds (a noisy machine
-    slows all of them alike) until ``budget_s`` is spent or ``max_rounds`` done."""
+    slows all of them alike) until ``budget_s`` is spent or ``max_rounds`` done.
+
+    Each timed call directly follows an untimed call of the same thunk, so
+    every contender (kernels and memory-limit streams alike) is timed with its
+    own data as warm as the caches allow, not after a peer evicted it."""
     for fn in thunks.values():
         for _ in range(warmup):
             fn()
@@ -63,6 +67,7 @@ def measure(thunks: dict[str, Callable[[], object]], *, min_rounds: int, max_rou
     try:
         while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start < budget_s):
             for name, fn in thunks.items():
+                fn()
                 samples[name].append(_time_once(fn))
             rounds += 1
     finally:
@@ -98,7 +103,7 @@ def run_case(case: Case, *, backends: Iterable[str] | None = None, full: bool = 
     elif full:
         med, n = measure(thunks, min_rounds=10, max_rounds=200, budget_s=4.0)
     else:
-        med, n = measure(thunks, min_rounds=5, max_rounds=40, budget_s=0.8)
+        med, n = measure(thunks, min_rounds=5, max_rounds=40, budget_s=1.0)
 
     limit_kind = min(limits, key=lambda k: med["limit:" + k]) if limits else None
     limit_s = med["limit:" + limit_kind] if limit_kind else None
