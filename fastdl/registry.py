@@ -389,8 +389,7 @@ def _candidates(op: str):
     hit = _cache.get(key)
     if hit is not None:
         return hit
-    _discover()
-    _check_op(op)
+    _check_op(op)                          # discovers backends on first use
     viable, skipped = [], []
     for name, why in _plan(op, scopes):
         slot = _state.slots[name]

@@ -49,16 +49,13 @@ def _time_once(fn: Callable[[], object]) -> float:
 
 
 def measure(thunks: dict[str, Callable[[], object]], *, min_rounds: int, max_rounds: int,
-            budget_s: float, warmup: int = 1) -> tuple[dict[str, float], int]:
+            budget_s: float) -> tuple[dict[str, float], int]:
     """Median time of each thunk, timed in interleaved rounds (a noisy machine
     slows all of them alike) until ``budget_s`` is spent or ``max_rounds`` done.
 
     Each timed call directly follows an untimed call of the same thunk, so
     every contender (kernels and memory-limit streams alike) is timed with its
     own data as warm as the caches allow, not after a peer evicted it."""
-    for fn in thunks.values():
-        for _ in range(warmup):
-            fn()
     samples: dict[str, list[float]] = {k: [] for k in thunks}
     start = time.perf_counter()
     rounds = 0

@@ -17,8 +17,6 @@ import numpy as np
 from fastdl._backends.cython._cpu cimport simd_level
 
 cdef extern from "moments.h" nogil:
-    void fdl_moments_f32(const float *x, int64_t n, int level, double *mean, double *m2)
-    void fdl_moments_f64(const double *x, int64_t n, int level, double *mean, double *m2)
     void fdl_moments_blocks_f32(const float *x, int64_t n, int64_t block, int level,
                                 double *mean, double *m2)
     void fdl_moments_blocks_f64(const double *x, int64_t n, int64_t block, int level,

@@ -29,23 +29,21 @@ static inline void tail_finish_f64(const double *x, int64_t i, int64_t n, double
 }
 
 /* ---- scalar twins (reference; the compiler may vectorize across lanes) ---- */
-#define SCALAR_MOMENTS(NAME, T)                                              \
-static void NAME(const T *x, int64_t n, double *mean, double *m2) {         \
-    double acc[16] = {0}, sq[16] = {0}, dv[16] = {0};                       \
-    int64_t i = 0, n16 = n & ~(int64_t)15;                                  \
-    for (; i < n16; i += 16)                                                \
-        for (int k = 0; k < 16; k++) acc[k] += (double)x[i + k];            \
-    for (; i < n; i++) acc[i & 15] += (double)x[i];                         \
-    double m = reduce16(acc) / (double)n;                                   \
-    for (i = 0; i < n16; i += 16)                                           \
-        for (int k = 0; k < 16; k++) {                                      \
-            double d = (double)x[i + k] - m;                                \
-            sq[k] += d * d;                                                 \
-            dv[k] += d;                                                     \
-        }                                                                   \
-    tail_finish_f64(x, i, n, m, sq, dv, mean, m2);                          \
+static void moments_f64_scalar(const double *x, int64_t n, double *mean, double *m2) {
+    double acc[16] = {0}, sq[16] = {0}, dv[16] = {0};
+    int64_t i = 0, n16 = n & ~(int64_t)15;
+    for (; i < n16; i += 16)
+        for (int k = 0; k < 16; k++) acc[k] += x[i + k];
+    for (; i < n; i++) acc[i & 15] += x[i];
+    double m = reduce16(acc) / (double)n;
+    for (i = 0; i < n16; i += 16)
+        for (int k = 0; k < 16; k++) {
+            double d = x[i + k] - m;
+            sq[k] += d * d;
+            dv[k] += d;
+        }
+    tail_finish_f64(x, i, n, m, sq, dv, mean, m2);
 }
-SCALAR_MOMENTS(moments_f64_scalar, double)
 
 /* float32: 32 float lanes (lane k gets x[i], i % 32 == k) within a block of at
  * most a few thousand elements, so each lane adds ~100 terms in float; lanes
@@ -93,82 +91,33 @@ static void moments_f32_scalar(const float *x, int64_t n, double *mean, double *
 }
 
 #if FDL_HAVE_AVX2_TARGET
-FDL_TARGET_AVX2 static void moments_f32_avx2(const float *x, int64_t n, double *mean,
+FDL_TARGET_AVX2 static void moments_f64_avx2(const double *x, int64_t n, double *mean,
                                              double *m2) {
-    __m256 a[4], s[4], c[4];
-    float acc[32], sq[32], dv[32];
-    int64_t i, n32 = n & ~(int64_t)31;
-    for (int j = 0; j < 4; j++) a[j] = s[j] = c[j] = _mm256_setzero_ps();
-    for (i = 0; i < n32; i += 32)
-        for (int j = 0; j < 4; j++) a[j] = _mm256_add_ps(a[j], _mm256_loadu_ps(x + i + 8 * j));
-    for (int j = 0; j < 4; j++) _mm256_storeu_ps(acc + 8 * j, a[j]);
-    for (; i < n; i++) acc[i & 31] += x[i];
-    float K = (float)(reduce32f(acc) / (double)n);
-    __m256 kv = _mm256_set1_ps(K);
-    for (i = 0; i < n32; i += 32) {
+    __m256d a[4], s[4], c[4];
+    double acc[16], sq[16], dv[16];
+    int64_t i, n16 = n & ~(int64_t)15;
+    for (int j = 0; j < 4; j++) a[j] = s[j] = c[j] = _mm256_setzero_pd();
+    for (i = 0; i < n16; i += 16)
+        for (int j = 0; j < 4; j++) a[j] = _mm256_add_pd(a[j], _mm256_loadu_pd(x + i + 4 * j));
+    for (int j = 0; j < 4; j++) _mm256_storeu_pd(acc + 4 * j, a[j]);
+    for (; i < n; i++) acc[i & 15] += x[i];
+    double m = reduce16(acc) / (double)n;
+    __m256d mv = _mm256_set1_pd(m);
+    for (i = 0; i < n16; i += 16)
         for (int j = 0; j < 4; j++) {
-            __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8 * j), kv);
-            s[j] = _mm256_add_ps(s[j], _mm256_mul_ps(d, d)); /* no FMA: twin rounding */
-            c[j] = _mm256_add_ps(c[j], d);
+            __m256d d = _mm256_sub_pd(_mm256_loadu_pd(x + i + 4 * j), mv);
+            s[j] = _mm256_add_pd(s[j], _mm256_mul_pd(d, d)); /* no FMA: twin rounding */
+            c[j] = _mm256_add_pd(c[j], d);
         }
-    }
     for (int j = 0; j < 4; j++) {
-        _mm256_storeu_ps(sq + 8 * j, s[j]);
-        _mm256_storeu_ps(dv + 8 * j, c[j]);
+        _mm256_storeu_pd(sq + 4 * j, s[j]);
+        _mm256_storeu_pd(dv + 4 * j, c[j]);
     }
-    pass2_tail_f32(x, i, n, K, sq, dv);
-    finish_f32(sq, dv, K, n, mean, m2);
+    tail_finish_f64(x, i, n, m, sq, dv, mean, m2);
 }
 #endif
 
-#if FDL_HAVE_AVX2_TARGET
-FDL_TARGET_AVX2 static inline void load16_f64(const double *p, __m256d v[4]) {
-    for (int j = 0; j < 4; j++) v[j] = _mm256_loadu_pd(p + 4 * j);
-}
-
-#define AVX2_MOMENTS(NAME, T, LOAD16)                                        \
-FDL_TARGET_AVX2 static void NAME(const T *x, int64_t n, double *mean,       \
-                                 double *m2) {                              \
-    __m256d a[4], s[4], c[4], v[4];                                         \
-    double acc[16], sq[16], dv[16];                                         \
-    int64_t i, n16 = n & ~(int64_t)15;                                      \
-    for (int j = 0; j < 4; j++) a[j] = s[j] = c[j] = _mm256_setzero_pd();   \
-    for (i = 0; i < n16; i += 16) {                                         \
-        LOAD16(x + i, v);                                                   \
-        for (int j = 0; j < 4; j++) a[j] = _mm256_add_pd(a[j], v[j]);       \
-    }                                                                       \
-    for (int j = 0; j < 4; j++) _mm256_storeu_pd(acc + 4 * j, a[j]);        \
-    for (; i < n; i++) acc[i & 15] += (double)x[i];                         \
-    double m = reduce16(acc) / (double)n;                                   \
-    __m256d mv = _mm256_set1_pd(m);                                         \
-    for (i = 0; i < n16; i += 16) {                                         \
-        LOAD16(x + i, v);                                                   \
-        for (int j = 0; j < 4; j++) {                                       \
-            __m256d d = _mm256_sub_pd(v[j], mv);                            \
-            s[j] = _mm256_add_pd(s[j], _mm256_mul_pd(d, d)); /* no FMA */   \
-            c[j] = _mm256_add_pd(c[j], d);                                  \
-        }                                                                   \
-    }                                                                       \
-    for (int j = 0; j < 4; j++) {                                           \
-        _mm256_storeu_pd(sq + 4 * j, s[j]);                                 \
-        _mm256_storeu_pd(dv + 4 * j, c[j]);                                 \
-    }                                                                       \
-    tail_finish_f64(x, i, n, m, sq, dv, mean, m2);                          \
-}
-AVX2_MOMENTS(moments_f64_avx2, double, load16_f64)
-#endif
-
-void fdl_moments_f32(const float *x, int64_t n, int level, double *mean, double *m2) {
-    if (n <= 0) { *mean = 0.0; *m2 = 0.0; return; }
-#if FDL_HAVE_AVX2_TARGET
-    if (level >= FDL_SIMD_AVX2) { moments_f32_avx2(x, n, mean, m2); return; }
-#endif
-    (void)level;
-    moments_f32_scalar(x, n, mean, m2);
-}
-
-void fdl_moments_f64(const double *x, int64_t n, int level, double *mean, double *m2) {
-    if (n <= 0) { *mean = 0.0; *m2 = 0.0; return; }
+static void moments_f64(const double *x, int64_t n, int level, double *mean, double *m2) {
 #if FDL_HAVE_AVX2_TARGET
     if (level >= FDL_SIMD_AVX2) { moments_f64_avx2(x, n, mean, m2); return; }
 #endif
@@ -186,7 +135,7 @@ void fdl_moments_f64(const double *x, int64_t n, int level, double *mean, double
 /* Consecutive blocks, software-pipelined: pass 1 of block b+1 (streaming from
  * memory) runs in the same loop as pass 2 of block b (from L1), so memory
  * traffic never pauses for the compute.  Each lane still sees its terms in
- * the same order, so every block's result equals moments_f32_avx2's. */
+ * the same order, so every block's result equals moments_f32_scalar's. */
 FDL_TARGET_AVX2 static void blocks_f32_avx2(const float *x, int64_t n, int64_t block,
                                             double *mean, double *m2) {
     int64_t nb = (n + block - 1) / block;
@@ -245,9 +194,10 @@ void fdl_moments_blocks_f32(const float *x, int64_t n, int64_t block, int level,
 #if FDL_HAVE_AVX2_TARGET
     if (level >= FDL_SIMD_AVX2) { blocks_f32_avx2(x, n, block, mean, m2); return; }
 #endif
+    (void)level;
     for (int64_t b = 0; b * block < n; b++) {
         int64_t ln = n - b * block < block ? n - b * block : block;
-        fdl_moments_f32(x + b * block, ln, level, &mean[b], &m2[b]);
+        moments_f32_scalar(x + b * block, ln, &mean[b], &m2[b]);
     }
 }
 
@@ -255,7 +205,7 @@ void fdl_moments_blocks_f64(const double *x, int64_t n, int64_t block, int level
                             double *mean, double *m2) {
     for (int64_t b = 0; b * block < n; b++) {
         int64_t ln = n - b * block < block ? n - b * block : block;
-        fdl_moments_f64(x + b * block, ln, level, &mean[b], &m2[b]);
+        moments_f64(x + b * block, ln, level, &mean[b], &m2[b]);
     }
 }
 
