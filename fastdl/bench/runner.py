@@ -48,14 +48,35 @@ def _time_once(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+# Untimed calls before each timed burst.  After ~90 ms of a single-threaded
+# peer, a 2 ms OpenMP kernel here ran ~3x slower for its first ~20 ms of calls
+# (the idle core ramping up), which would charge the machine's wake-up to
+# whoever comes after a slow peer.
+WARM_S = 0.03
+BURST = 5            # timed calls per contender per round (at most)
+BURST_S = 0.05       # ... or until this much time has passed
+
+
+def _burst(fn: Callable[[], object]) -> list[float]:
+    t0 = time.perf_counter()
+    fn()
+    while time.perf_counter() - t0 < WARM_S:
+        fn()
+    out: list[float] = []
+    t0 = time.perf_counter()
+    while len(out) < BURST and (not out or time.perf_counter() - t0 < BURST_S):
+        out.append(_time_once(fn))
+    return out
+
+
 def measure(thunks: dict[str, Callable[[], object]], *, min_rounds: int, max_rounds: int,
             budget_s: float) -> tuple[dict[str, float], int]:
     """Median time of each thunk, timed in interleaved rounds (a noisy machine
     slows all of them alike) until ``budget_s`` is spent or ``max_rounds`` done.
 
-    Each timed call directly follows an untimed call of the same thunk, so
-    every contender (kernels and memory-limit streams alike) is timed with its
-    own data as warm as the caches allow, not after a peer evicted it."""
+    In each round every contender (kernels and memory-limit streams alike)
+    runs untimed for WARM_S, then is timed in a short burst: its data is as
+    warm as the caches allow and the cores are awake, whoever ran before."""
     samples: dict[str, list[float]] = {k: [] for k in thunks}
     start = time.perf_counter()
     rounds = 0
@@ -64,8 +85,7 @@ def measure(thunks: dict[str, Callable[[], object]], *, min_rounds: int, max_rou
     try:
         while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start < budget_s):
             for name, fn in thunks.items():
-                fn()
-                samples[name].append(_time_once(fn))
+                samples[name].extend(_burst(fn))
             rounds += 1
     finally:
         if gc_was:
@@ -100,7 +120,7 @@ def run_case(case: Case, *, backends: Iterable[str] | None = None, full: bool = 
     elif full:
         med, n = measure(thunks, min_rounds=10, max_rounds=200, budget_s=4.0)
     else:
-        med, n = measure(thunks, min_rounds=5, max_rounds=40, budget_s=1.0)
+        med, n = measure(thunks, min_rounds=3, max_rounds=40, budget_s=1.0)
 
     limit_kind = min(limits, key=lambda k: med["limit:" + k]) if limits else None
     limit_s = med["limit:" + limit_kind] if limit_kind else None
