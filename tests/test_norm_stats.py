@@ -169,7 +169,8 @@ def test_same_bits_for_any_thread_count(kind, shape):
 
 @pytest.mark.skipif(_cpu.detected_simd() != "avx2", reason="no AVX2 on this CPU")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 3, 4100), (5, 2, 100000), (20, 3, 33)])
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 3, 4100), (5, 2, 100000), (20, 3, 33),
+                                   (300, 8), (200, 1030), (130, 6, 5)])
 def test_simd_twin_equals_scalar_twin(shape, dtype):
     x = (np.random.default_rng(4).standard_normal(shape) * 4 + 7).astype(dtype)
     out = {}

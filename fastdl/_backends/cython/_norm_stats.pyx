@@ -12,6 +12,8 @@ from libc.stdint cimport int64_t
 cimport cython
 from cython cimport floating
 
+import threading
+
 import numpy as np
 
 from fastdl._backends.cython._cpu cimport simd_level
@@ -21,9 +23,9 @@ cdef extern from "moments.h" nogil:
                                 double *mean, double *m2)
     void fdl_moments_blocks_f64(const double *x, int64_t n, int64_t block, int level,
                                 double *mean, double *m2)
-    void fdl_colmoments_f32(const float *x, int64_t rows, int64_t C, int64_t S,
-                            double *work, double *mean, double *m2)
-    void fdl_colmoments_f64(const double *x, int64_t rows, int64_t C, int64_t S,
+    void fdl_colmoments_f32(const float *x, int64_t rows, int64_t C, int64_t S, int level,
+                            float *work, double *mean, double *m2)
+    void fdl_colmoments_f64(const double *x, int64_t rows, int64_t C, int64_t S, int level,
                             double *work, double *mean, double *m2)
 
 # 16 KiB of float32 / 32 KiB of float64: both passes over a block hit L1/L2.
@@ -32,9 +34,14 @@ cdef int64_t BLOCK = 4096
 cdef int64_t RUN_BLOCKS = 16
 # Batch statistics use the row-chunk path below this spatial extent.
 cdef int64_t SHORT_SPATIAL = 64
-# Target elements per row chunk in the row-chunk path, and its minimum rows.
-cdef int64_t CHUNK_ELEMS = 32768
+# Row chunks of the row-chunk path: about CHUNK_ELEMS elements, and between
+# MIN_CHUNK_ROWS and MAX_CHUNK_ROWS rows (each column sums that many terms in
+# the input's precision; 128 matches the terms per lane of the block path).
+cdef int64_t CHUNK_ELEMS = 131072
 cdef int64_t MIN_CHUNK_ROWS = 16
+cdef int64_t MAX_CHUNK_ROWS = 128
+# Groups per work item of the final merge.
+cdef int64_t MERGE_GROUPS = 64
 
 
 cdef inline void _merge(double na, double ma, double qa, double nb, double mb, double qb,
@@ -48,27 +55,10 @@ cdef inline void _merge(double na, double ma, double qa, double nb, double mb, d
     if na == 0:
         n[0] = nb; m[0] = mb; q[0] = qb
         return
+    cdef double r = 1.0 / nn
     n[0] = nn
-    m[0] = ma + d * (nb / nn)
-    q[0] = qa + qb + d * d * (na / nn * nb)
-
-
-cdef void _merge_range(const double *cnt, const double *mu, const double *m2,
-                       int64_t lo, int64_t hi, int64_t G, int64_t g, int64_t nblk,
-                       double *out) noexcept nogil:
-    # Pairwise tree over the items j in [lo, hi) of group g; item j lives at
-    # ((j // nblk) * G + g) * nblk + j % nblk (memory order of the work items).
-    cdef int64_t idx, mid
-    cdef double a[3]
-    cdef double b[3]
-    if hi - lo == 1:
-        idx = ((lo // nblk) * G + g) * nblk + lo % nblk
-        out[0] = cnt[idx]; out[1] = mu[idx]; out[2] = m2[idx]
-        return
-    mid = lo + (hi - lo) // 2
-    _merge_range(cnt, mu, m2, lo, mid, G, g, nblk, a)
-    _merge_range(cnt, mu, m2, mid, hi, G, g, nblk, b)
-    _merge(a[0], a[1], a[2], b[0], b[1], b[2], &out[0], &out[1], &out[2])
+    m[0] = ma + d * (nb * r)
+    q[0] = qa + qb + d * d * (na * r * nb)
 
 
 @cython.boundscheck(False)
@@ -120,17 +110,18 @@ cdef void _row_chunk_items(const floating[::1] x, int64_t N, int64_t C, int64_t 
     cdef int64_t nch = (N + rpc - 1) // rpc
     cdef int64_t k, c, r0, rows
     cdef int64_t tid = 0
+    cdef int level = simd_level()
     with parallel(num_threads=nthreads):
         tid = threadid()
         for k in prange(nch, schedule="static"):
             r0 = k * rpc
             rows = min(rpc, N - r0)
             if floating is float:
-                fdl_colmoments_f32(&x[r0 * C * S], rows, C, S, &work[tid, 0],
-                                   &mu[k * C], &m2[k * C])
+                fdl_colmoments_f32(&x[r0 * C * S], rows, C, S, level,
+                                   <float *>&work[tid, 0], &mu[k * C], &m2[k * C])
             else:
-                fdl_colmoments_f64(&x[r0 * C * S], rows, C, S, &work[tid, 0],
-                                   &mu[k * C], &m2[k * C])
+                fdl_colmoments_f64(&x[r0 * C * S], rows, C, S, level,
+                                   &work[tid, 0], &mu[k * C], &m2[k * C])
             for c in range(C):
                 cnt[k * C + c] = <double>(rows * S)
 
@@ -138,10 +129,32 @@ cdef void _row_chunk_items(const floating[::1] x, int64_t N, int64_t C, int64_t 
 cdef void _merge_groups(double[::1] cnt, double[::1] mu, double[::1] m2, int64_t G,
                         int64_t P, int64_t nblk, double[:, ::1] out,
                         int nthreads) noexcept nogil:
-    # out[g] = (count, mean, M2) of group g
-    cdef int64_t g
-    for g in prange(G, num_threads=nthreads, schedule="static"):
-        _merge_range(&cnt[0], &mu[0], &m2[0], 0, P * nblk, G, g, nblk, &out[g, 0])
+    # out[g] = (count, mean, M2) of group g, from its J = P * nblk items merged
+    # bottom-up in a fixed pairwise tree (in place).  Item j of group g lives at
+    # ((j // nblk) * G + g) * nblk + j % nblk; the inner loop runs over a block
+    # of groups, which is contiguous when nblk == 1.
+    cdef int64_t J = P * nblk, nb = (G + MERGE_GROUPS - 1) // MERGE_GROUPS
+    cdef int64_t gb, g, g0, g1, step, j, a0, b0, ia, ib
+    for gb in prange(nb, num_threads=nthreads, schedule="static"):
+        g0 = gb * MERGE_GROUPS
+        g1 = min(G, g0 + MERGE_GROUPS)
+        step = 1
+        while step < J:
+            j = 0
+            while j + step < J:
+                a0 = (j // nblk) * G * nblk + j % nblk
+                b0 = ((j + step) // nblk) * G * nblk + (j + step) % nblk
+                for g in range(g0, g1):
+                    ia = a0 + g * nblk
+                    ib = b0 + g * nblk
+                    _merge(cnt[ia], mu[ia], m2[ia], cnt[ib], mu[ib], m2[ib],
+                           &cnt[ia], &mu[ia], &m2[ia])
+                j = j + 2 * step
+            step = step * 2
+        for g in range(g0, g1):
+            out[g, 0] = cnt[g * nblk]
+            out[g, 1] = mu[g * nblk]
+            out[g, 2] = m2[g * nblk]
 
 
 def _layout(shape, str kind, num_groups):
@@ -161,6 +174,18 @@ def _layout(shape, str kind, num_groups):
     raise ValueError(f"kind must be one of 'batch', 'layer', 'instance', 'group', got {kind!r}")
 
 
+_scratch = threading.local()
+
+
+def _scratch_buffer(n):
+    """A float64 buffer of n elements reused across calls of this thread: fresh
+    multi-MB arrays cost page faults (zeroing pages) on every call."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.shape[0] < n:
+        buf = _scratch.buf = np.empty(max(n, 1024))
+    return buf[:n]
+
+
 def _moments(const floating[::1] xf, tuple shape, str kind, num_groups, int nthreads):
     cdef int64_t G, P, L, nblk, rpc, N, C, S, items
     cdef double[::1] cnt, mu, m2
@@ -172,21 +197,23 @@ def _moments(const floating[::1] xf, tuple shape, str kind, num_groups, int nthr
     C = shape[1]
     S = L
     if kind == "batch" and S < SHORT_SPATIAL:
-        rpc = max(MIN_CHUNK_ROWS, CHUNK_ELEMS // max(1, C * S))
+        rpc = min(MAX_CHUNK_ROWS, max(MIN_CHUNK_ROWS, CHUNK_ELEMS // max(1, C * S)))
         nblk = 1
         P = (N + rpc - 1) // rpc
-        work = np.empty((max(1, nthreads), 3 * C * S), dtype=np.float64)
         items = G * P
-        cnt = np.empty(items); mu = np.empty(items); m2 = np.empty(items)
+        buf = _scratch_buffer(3 * items + max(1, nthreads) * 4 * C * S)
+        cnt, mu, m2 = buf[:items], buf[items:2 * items], buf[2 * items:3 * items]
+        work = buf[3 * items:].reshape(max(1, nthreads), 4 * C * S)
         with nogil:
             _row_chunk_items(xf, N, C, S, rpc, work, cnt, mu, m2, nthreads)
     else:
         nblk = (L + BLOCK - 1) // BLOCK
         items = G * P * nblk
-        cnt = np.empty(items); mu = np.empty(items); m2 = np.empty(items)
+        buf = _scratch_buffer(3 * items)
+        cnt, mu, m2 = buf[:items], buf[items:2 * items], buf[2 * items:3 * items]
         with nogil:
             _segment_items(xf, G * P, L, cnt, mu, m2, nthreads)
-    if P * nblk == 1:
+    if P * nblk == 1:      # views of the scratch buffer: norm_stats copies them
         return np.asarray(mu), np.asarray(m2), out_shape
     merged = np.empty((G, 3))
     merged_v = merged

@@ -237,42 +237,120 @@ void fdl_moments_blocks_f64(const double *x, int64_t n, int64_t block, int level
     }
 }
 
-/* Column path for batch statistics with short spatial extent: two passes over
- * a (rows, C*S) block that fits in cache, accumulating per column (vectorizes
- * across columns), then per channel. */
-#define COLMOMENTS(NAME, T)                                                  \
-void NAME(const T *x, int64_t rows, int64_t C, int64_t S, double *work,     \
-          double *mean, double *m2) {                                       \
-    int64_t L = C * S;                                                      \
-    double *col = work, *sq = work + L, *dv = work + 2 * L;                 \
-    double cnt = (double)(rows * S);                                        \
-    for (int64_t j = 0; j < L; j++) col[j] = sq[j] = dv[j] = 0.0;           \
-    for (int64_t r = 0; r < rows; r++) {                                    \
-        const T *row = x + r * L;                                           \
-        for (int64_t j = 0; j < L; j++) col[j] += (double)row[j];           \
-    }                                                                       \
-    for (int64_t c = 0; c < C; c++) {                                       \
-        double t = 0.0;                                                     \
-        for (int64_t s = 0; s < S; s++) t += col[c * S + s];                \
-        mean[c] = t / cnt;                                                  \
-        for (int64_t s = 0; s < S; s++) col[c * S + s] = mean[c];           \
-    }                                                                       \
-    for (int64_t r = 0; r < rows; r++) {                                    \
-        const T *row = x + r * L;                                           \
-        for (int64_t j = 0; j < L; j++) {                                   \
-            double d = (double)row[j] - col[j];                             \
-            sq[j] += d * d;                                                 \
-            dv[j] += d;                                                     \
-        }                                                                   \
-    }                                                                       \
-    for (int64_t c = 0; c < C; c++) {                                       \
-        double s2 = 0.0, s1 = 0.0;                                          \
-        for (int64_t s = 0; s < S; s++) {                                   \
-            s2 += sq[c * S + s];                                            \
-            s1 += dv[c * S + s];                                            \
-        }                                                                   \
-        finish(s2, s1, rows * S, &m2[c]);                                   \
-    }                                                                       \
+/* ---- column path: batch statistics over a short spatial extent ----
+ * A chunk is a (rows, L = C*S) row-major block.  Per column j, pass 1 sums the
+ * rows and pass 2 sums d = x - K_c and d^2 (K_c: the chunk's pass-1 mean of
+ * channel c), each column adding its rows in order in the input's precision
+ * (rows is capped, see _norm_stats.pyx); columns are then combined per
+ * channel in double.  Every variant below keeps that per-column order and
+ * never fuses a multiply-add, so all of them round identically.
+ *
+ * Pass 1 runs row-major (the chunk streams in memory order into column
+ * accumulators in L1).  Rows are often a page or more apart in the stream,
+ * where hardware prefetchers stop, so it prefetches COL_PF_BYTES ahead.
+ * Pass 2 (chunk in L2) keeps strips of columns in registers when there are
+ * at least COL_STRIP_MIN columns, avoiding a load and a store of two
+ * accumulators per element; with fewer it runs row-major too. */
+#define COL_PF_BYTES 8192
+#define COL_STRIP_MIN 32
+static inline void col_prefetch(const void *p, int64_t nbytes) {
+    for (int64_t b = 0; b < nbytes; b += 64)
+        __builtin_prefetch((const char *)p + b, 0, 3);
 }
-COLMOMENTS(fdl_colmoments_f32, float)
-COLMOMENTS(fdl_colmoments_f64, double)
+
+#define COL_PASSES(SFX, T, ATTR, ISA)                                         \
+ATTR static void colsum_##SFX##_##ISA(const T *x, int64_t rows, int64_t L, T *col) { \
+    for (int64_t j = 0; j < L; j++) col[j] = 0;                              \
+    for (int64_t r = 0; r < rows; r++) {                                     \
+        col_prefetch(x + r * L + COL_PF_BYTES / sizeof(T), L * sizeof(T));   \
+        for (int64_t j = 0; j < L; j++) col[j] += x[r * L + j];             \
+    }                                                                        \
+}                                                                            \
+ATTR static void coldev_##SFX##_##ISA(const T *x, int64_t rows, int64_t L,   \
+                                      const T *kc, T *sq, T *dv) {           \
+    for (int64_t j = 0; j < L; j++) sq[j] = dv[j] = 0;                       \
+    for (int64_t r = 0; r < rows; r++)                                       \
+        for (int64_t j = 0; j < L; j++) {                                    \
+            T d = x[r * L + j] - kc[j];                                      \
+            sq[j] += d * d;                                                  \
+            dv[j] += d;                                                      \
+        }                                                                    \
+}
+/* baseline and AVX2 builds of the same source (vectorized across columns) */
+COL_PASSES(f32, float, , scalar)
+COL_PASSES(f64, double, , scalar)
+#if FDL_HAVE_AVX2_TARGET
+COL_PASSES(f32, float, FDL_TARGET_AVX2, avx2)
+COL_PASSES(f64, double, FDL_TARGET_AVX2, avx2)
+/* pass 2 on strips of 4 vectors of W columns held in registers over all rows */
+#define COL_STRIP(SFX, T, VT, W, LOAD, STORE, ADD, SUB, MUL, ZERO)               \
+FDL_TARGET_AVX2 static void coldev_##SFX##_strip(const T *x, int64_t rows,        \
+                                                int64_t L, const T *kc, T *sq,   \
+                                                T *dv) {                         \
+    int64_t j = 0;                                                               \
+    for (; j + 4 * W <= L; j += 4 * W) {                                         \
+        VT k4[4], s[4], c[4];                                                    \
+        for (int k = 0; k < 4; k++) {                                            \
+            k4[k] = LOAD(kc + j + W * k);                                        \
+            s[k] = c[k] = ZERO();                                                \
+        }                                                                        \
+        for (int64_t r = 0; r < rows; r++)                                       \
+            for (int k = 0; k < 4; k++) {                                        \
+                VT d = SUB(LOAD(x + r * L + j + W * k), k4[k]);                  \
+                s[k] = ADD(s[k], MUL(d, d));                                     \
+                c[k] = ADD(c[k], d);                                             \
+            }                                                                    \
+        for (int k = 0; k < 4; k++) {                                            \
+            STORE(sq + j + W * k, s[k]);                                         \
+            STORE(dv + j + W * k, c[k]);                                         \
+        }                                                                        \
+    }                                                                            \
+    for (; j < L; j++) {                                                         \
+        T s = 0, c = 0;                                                          \
+        for (int64_t r = 0; r < rows; r++) {                                     \
+            T d = x[r * L + j] - kc[j];                                          \
+            s += d * d;                                                          \
+            c += d;                                                              \
+        }                                                                        \
+        sq[j] = s;                                                               \
+        dv[j] = c;                                                               \
+    }                                                                            \
+}
+COL_STRIP(f32, float, __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_add_ps,
+         _mm256_sub_ps, _mm256_mul_ps, _mm256_setzero_ps)
+COL_STRIP(f64, double, __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_add_pd,
+         _mm256_sub_pd, _mm256_mul_pd, _mm256_setzero_pd)
+#define COL_PASS(FN, SFX, level) ((level) >= FDL_SIMD_AVX2 ? FN##_##SFX##_avx2 : FN##_##SFX##_scalar)
+#define COLDEV_PASS(SFX, level, L) ((level) < FDL_SIMD_AVX2 ? coldev_##SFX##_scalar : \
+                                    (L) >= COL_STRIP_MIN ? coldev_##SFX##_strip : coldev_##SFX##_avx2)
+#else
+#define COL_PASS(FN, SFX, level) ((void)(level), FN##_##SFX##_scalar)
+#define COLDEV_PASS(SFX, level, L) ((void)(level), coldev_##SFX##_scalar)
+#endif
+
+#define COLMOMENTS(SFX, T)                                                       \
+void fdl_colmoments_##SFX(const T *x, int64_t rows, int64_t C, int64_t S,        \
+                          int level, T *work, double *mean, double *m2) {        \
+    int64_t L = C * S;                                                           \
+    T *col = work, *kc = work + L, *sq = work + 2 * L, *dv = work + 3 * L;       \
+    double cnt = (double)(rows * S), inv = 1.0 / cnt;                            \
+    COL_PASS(colsum, SFX, level)(x, rows, L, col);                               \
+    for (int64_t c = 0; c < C; c++) {                                            \
+        double t = 0.0;                                                          \
+        for (int64_t s = 0; s < S; s++) t += (double)col[c * S + s];             \
+        T K = (T)(t * inv);                                                      \
+        for (int64_t s = 0; s < S; s++) kc[c * S + s] = K;                       \
+    }                                                                            \
+    COLDEV_PASS(SFX, level, L)(x, rows, L, kc, sq, dv);                          \
+    for (int64_t c = 0; c < C; c++) {                                            \
+        double s2 = 0.0, s1 = 0.0;                                               \
+        for (int64_t s = 0; s < S; s++) {                                        \
+            s2 += (double)sq[c * S + s];                                         \
+            s1 += (double)dv[c * S + s];                                         \
+        }                                                                        \
+        mean[c] = (double)kc[c * S] + s1 * inv;                                  \
+        finish(s2, s1, rows * S, &m2[c]);                                        \
+    }                                                                            \
+}
+COLMOMENTS(f32, float)
+COLMOMENTS(f64, double)

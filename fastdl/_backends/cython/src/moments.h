@@ -14,10 +14,10 @@ void fdl_moments_blocks_f32(const float *x, int64_t n, int64_t block, int level,
 void fdl_moments_blocks_f64(const double *x, int64_t n, int64_t block, int level,
                             double *mean, double *m2);
 
-/* Per-channel moments of a (rows, C, S) block, reduced over rows and S.
- * work must hold 3*C*S doubles. */
-void fdl_colmoments_f32(const float *x, int64_t rows, int64_t C, int64_t S,
-                        double *work, double *mean, double *m2);
-void fdl_colmoments_f64(const double *x, int64_t rows, int64_t C, int64_t S,
+/* Per-channel moments of a (rows, C, S) block, reduced over rows and S;
+ * `work` must hold 4*C*S elements of the input's type.  Twins agree bitwise. */
+void fdl_colmoments_f32(const float *x, int64_t rows, int64_t C, int64_t S, int level,
+                        float *work, double *mean, double *m2);
+void fdl_colmoments_f64(const double *x, int64_t rows, int64_t C, int64_t S, int level,
                         double *work, double *mean, double *m2);
 #endif
