@@ -1,8 +1,8 @@
 """Fused mean/variance kernel behind ``fastdl.norm_stats`` (Cython backend).
 
-Every statistic group is cut into fixed work items (blocks of at most BLOCK
-contiguous elements, or chunks of rows for batch statistics over a short
-spatial extent).  Each item gets its mean and M2 from two passes while it sits
+Every statistic group is cut into fixed work items (contiguous blocks of at
+most BLOCK_BYTES, or chunks of rows for batch statistics over a short spatial
+extent).  Each item gets its mean and M2 from two passes while it sits
 in cache; items are then merged per group with Chan's formula in a fixed
 pairwise tree.  The cut does not depend on the thread count, so neither do the
 results.
@@ -28,8 +28,9 @@ cdef extern from "moments.h" nogil:
     void fdl_colmoments_f64(const double *x, int64_t rows, int64_t C, int64_t S, int level,
                             double *work, double *mean, double *m2)
 
-# 16 KiB of float32 / 32 KiB of float64: both passes over a block hit L1/L2.
-cdef int64_t BLOCK = 4096
+# Block size in bytes (16 KiB: the block in pass 2 and the next one streaming
+# in both fit in L1); _block_len gives it in elements.
+cdef int64_t BLOCK_BYTES = 16384
 # Blocks per work item (pipelined inside the kernel).
 cdef int64_t RUN_BLOCKS = 16
 # Batch statistics use the row-chunk path below this spatial extent.
@@ -42,6 +43,10 @@ cdef int64_t MIN_CHUNK_ROWS = 16
 cdef int64_t MAX_CHUNK_ROWS = 128
 # Groups per work item of the final merge.
 cdef int64_t MERGE_GROUPS = 64
+
+
+cdef inline int64_t _block_len(int64_t itemsize) noexcept nogil:
+    return BLOCK_BYTES // itemsize
 
 
 cdef inline void _merge(double na, double ma, double qa, double nb, double mb, double qb,
@@ -70,7 +75,7 @@ cdef void _segment_items(const floating[::1] x, int64_t M, int64_t L, double[::1
     # run of up to RUN_BLOCKS blocks (or of short segments, each its own
     # block), which the kernel pipelines: pass 1 of a block overlaps pass 2 of
     # the previous one.
-    cdef int64_t blk = min(BLOCK, L)
+    cdef int64_t blk = min(_block_len(sizeof(floating)), L)
     cdef int64_t nblk = (L + blk - 1) // blk
     cdef int64_t per_run = 1, nrun = 1, total, it, m, r, b0, nb, off, ln, b
     cdef int level = simd_level()
@@ -78,7 +83,7 @@ cdef void _segment_items(const floating[::1] x, int64_t M, int64_t L, double[::1
         nrun = (nblk + RUN_BLOCKS - 1) // RUN_BLOCKS
         total = M * nrun
     else:                              # short segments: runs of whole segments
-        per_run = max(1, (RUN_BLOCKS * BLOCK) // L)
+        per_run = max(1, (RUN_BLOCKS * _block_len(sizeof(floating))) // L)
         total = (M + per_run - 1) // per_run
     for it in prange(total, num_threads=nthreads, schedule="static"):
         if nblk > 1:
@@ -207,7 +212,7 @@ def _moments(const floating[::1] xf, tuple shape, str kind, num_groups, int nthr
         with nogil:
             _row_chunk_items(xf, N, C, S, rpc, work, cnt, mu, m2, nthreads)
     else:
-        nblk = (L + BLOCK - 1) // BLOCK
+        nblk = (L + _block_len(xf.itemsize) - 1) // _block_len(xf.itemsize)
         items = G * P * nblk
         buf = _scratch_buffer(3 * items)
         cnt, mu, m2 = buf[:items], buf[items:2 * items], buf[2 * items:3 * items]

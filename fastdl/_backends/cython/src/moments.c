@@ -91,42 +91,17 @@ static void moments_f32_scalar(const float *x, int64_t n, double *mean, double *
 }
 
 #if FDL_HAVE_AVX2_TARGET
-FDL_TARGET_AVX2 static void moments_f64_avx2(const double *x, int64_t n, double *mean,
-                                             double *m2) {
-    __m256d a[4], s[4], c[4];
-    double acc[16], sq[16], dv[16];
-    int64_t i, n16 = n & ~(int64_t)15;
-    for (int j = 0; j < 4; j++) a[j] = s[j] = c[j] = _mm256_setzero_pd();
-    for (i = 0; i < n16; i += 16)
-        for (int j = 0; j < 4; j++) a[j] = _mm256_add_pd(a[j], _mm256_loadu_pd(x + i + 4 * j));
-    for (int j = 0; j < 4; j++) _mm256_storeu_pd(acc + 4 * j, a[j]);
-    for (; i < n; i++) acc[i & 15] += x[i];
-    double m = reduce16(acc) / (double)n;
-    __m256d mv = _mm256_set1_pd(m);
-    for (i = 0; i < n16; i += 16)
-        for (int j = 0; j < 4; j++) {
-            __m256d d = _mm256_sub_pd(_mm256_loadu_pd(x + i + 4 * j), mv);
-            s[j] = _mm256_add_pd(s[j], _mm256_mul_pd(d, d)); /* no FMA: twin rounding */
-            c[j] = _mm256_add_pd(c[j], d);
-        }
-    for (int j = 0; j < 4; j++) {
-        _mm256_storeu_pd(sq + 4 * j, s[j]);
-        _mm256_storeu_pd(dv + 4 * j, c[j]);
-    }
-    tail_finish_f64(x, i, n, m, sq, dv, mean, m2);
-}
-#endif
-
-static void moments_f64(const double *x, int64_t n, int level, double *mean, double *m2) {
-#if FDL_HAVE_AVX2_TARGET
-    if (level >= FDL_SIMD_AVX2) { moments_f64_avx2(x, n, mean, m2); return; }
-#endif
-    (void)level;
-    moments_f64_scalar(x, n, mean, m2);
+/* The lane reductions above, on lanes held in 4 vectors (same trees). */
+FDL_TARGET_AVX2 static inline double hsum4_tree(__m256d u) {
+    /* (u0 + u2) + (u1 + u3) */
+    __m128d h = _mm_add_pd(_mm256_castpd256_pd128(u), _mm256_extractf128_pd(u, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
 }
 
-#if FDL_HAVE_AVX2_TARGET
-/* reduce32f of the 32 float lanes held in v[0..3], in registers (same tree). */
+FDL_TARGET_AVX2 static inline double reduce16_avx2(const __m256d v[4]) {
+    return hsum4_tree(_mm256_add_pd(_mm256_add_pd(v[0], v[2]), _mm256_add_pd(v[1], v[3])));
+}
+
 FDL_TARGET_AVX2 static inline double reduce32f_avx2(const __m256 v[4]) {
     __m256d r0 = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v[0])),
                                _mm256_cvtps_pd(_mm256_castps256_ps128(v[2])));
@@ -136,106 +111,116 @@ FDL_TARGET_AVX2 static inline double reduce32f_avx2(const __m256 v[4]) {
                                _mm256_cvtps_pd(_mm256_castps256_ps128(v[3])));
     __m256d r3 = _mm256_add_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v[1], 1)),
                                _mm256_cvtps_pd(_mm256_extractf128_ps(v[3], 1)));
-    __m256d u = _mm256_add_pd(_mm256_add_pd(r0, r2), _mm256_add_pd(r1, r3));
-    __m128d h = _mm_add_pd(_mm256_castpd256_pd128(u), _mm256_extractf128_pd(u, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+    return hsum4_tree(_mm256_add_pd(_mm256_add_pd(r0, r2), _mm256_add_pd(r1, r3)));
 }
-
 #endif
 
-/* Software prefetch distance (floats) for the streamed block in the pipelined
+/* Software prefetch distance (bytes) for the streamed block in the pipelined
  * loop: 8 KiB ahead took the kernel from ~0.6x to ~0.97x of a plain read's
- * bandwidth on the project's machines (256 floats was too short). */
-#ifndef PF_DIST
-#define PF_DIST 2048
+ * bandwidth on the project's machines (1 KiB was too short). */
+#ifndef PF_BYTES
+#define PF_BYTES 8192
 #endif
+
 #if FDL_HAVE_AVX2_TARGET
 /* Consecutive blocks, software-pipelined: pass 1 of block b+1 (streaming from
  * memory) runs in the same loop as pass 2 of block b (from L1), so memory
- * traffic never pauses for the compute.  Each lane still sees its terms in
- * the same order, so every block's result equals moments_f32_scalar's. */
-FDL_TARGET_AVX2 static void blocks_f32_avx2(const float *x, int64_t n, int64_t block,
-                                            double *mean, double *m2) {
-    int64_t nb = (n + block - 1) / block;
-    __m256 a[4], s[4], c[4];
-    float acc[32], sq[32], dv[32];
-    int64_t i;
-    /* pass 1 of block 0 */
-    int64_t lc = n < block ? n : block, lc32 = lc & ~(int64_t)31;
-    for (int j = 0; j < 4; j++) a[j] = _mm256_setzero_ps();
-    for (i = 0; i < lc32; i += 32)
-        for (int j = 0; j < 4; j++) a[j] = _mm256_add_ps(a[j], _mm256_loadu_ps(x + i + 8 * j));
-    if (lc != lc32) {
-        for (int j = 0; j < 4; j++) _mm256_storeu_ps(acc + 8 * j, a[j]);
-        for (; i < lc; i++) acc[i & 31] += x[i];
-    }
-    for (int64_t b = 0; b < nb; b++) {
-        const float *cur = x + b * block, *nxt = cur + block;
-        int64_t ln = (b + 1 < nb) ? ((n - (b + 1) * block) < block ? n - (b + 1) * block : block) : 0;
-        int64_t ln32 = ln & ~(int64_t)31, both = lc32 < ln32 ? lc32 : ln32;
-        float K = (float)((lc == lc32 ? reduce32f_avx2(a) : reduce32f(acc)) / (double)lc);
-        __m256 kv = _mm256_set1_ps(K);
-        for (int j = 0; j < 4; j++) a[j] = s[j] = c[j] = _mm256_setzero_ps();
-        for (i = 0; i < both; i += 32) {
-            _mm_prefetch((const char *)(nxt + i + PF_DIST), _MM_HINT_T0);
-            _mm_prefetch((const char *)(nxt + i + PF_DIST + 16), _MM_HINT_T0);
-            for (int j = 0; j < 4; j++) {
-                a[j] = _mm256_add_ps(a[j], _mm256_loadu_ps(nxt + i + 8 * j));
-                __m256 d = _mm256_sub_ps(_mm256_loadu_ps(cur + i + 8 * j), kv);
-                s[j] = _mm256_add_ps(s[j], _mm256_mul_ps(d, d));
-                c[j] = _mm256_add_ps(c[j], d);
-            }
-        }
-        for (int64_t k = i; k < lc32; k += 32)
-            for (int j = 0; j < 4; j++) {
-                __m256 d = _mm256_sub_ps(_mm256_loadu_ps(cur + k + 8 * j), kv);
-                s[j] = _mm256_add_ps(s[j], _mm256_mul_ps(d, d));
-                c[j] = _mm256_add_ps(c[j], d);
-            }
-        for (int64_t k = i; k < ln32; k += 32)
-            for (int j = 0; j < 4; j++) a[j] = _mm256_add_ps(a[j], _mm256_loadu_ps(nxt + k + 8 * j));
-        if (lc == lc32) {
-            double s1 = reduce32f_avx2(c);
-            mean[b] = (double)K + s1 / (double)lc;
-            finish(reduce32f_avx2(s), s1, lc, &m2[b]);
-        } else {
-            for (int j = 0; j < 4; j++) {
-                _mm256_storeu_ps(sq + 8 * j, s[j]);
-                _mm256_storeu_ps(dv + 8 * j, c[j]);
-            }
-            pass2_tail_f32(cur, lc32, lc, K, sq, dv);
-            finish_f32(sq, dv, K, lc, &mean[b], &m2[b]);
-        }
-        if (ln != ln32) {
-            for (int j = 0; j < 4; j++) _mm256_storeu_ps(acc + 8 * j, a[j]);
-            for (i = ln32; i < ln; i++) acc[i & 31] += nxt[i];
-        }
-        lc = ln;
-        lc32 = ln32;
-    }
+ * traffic never pauses for the compute.  NL = 4 * W lanes; each lane sees its
+ * terms in the same order as in the scalar twin, and lanes are reduced with
+ * the same tree (in registers unless the block has a scalar tail), so every
+ * block's result equals moments_<SFX>_scalar's bitwise. */
+#define BLOCKS_AVX2(SFX, T, VT, W, LOAD, STORE, ADD, SUB, MUL, ZERO, SET1, RARR, RVEC)     \
+FDL_TARGET_AVX2 static void blocks_##SFX##_avx2(const T *x, int64_t n, int64_t block,     \
+                                                double *mean, double *m2) {               \
+    const int64_t NL = 4 * W;                                                             \
+    int64_t nb = (n + block - 1) / block, i;                                              \
+    VT a[4], s[4], c[4];                                                                  \
+    T acc[4 * W], sq[4 * W], dv[4 * W];                                                   \
+    int64_t lc = n < block ? n : block, lcv = lc & ~(NL - 1);                             \
+    for (int j = 0; j < 4; j++) a[j] = ZERO();                                            \
+    for (i = 0; i < lcv; i += NL)                                                         \
+        for (int j = 0; j < 4; j++) a[j] = ADD(a[j], LOAD(x + i + W * j));                \
+    if (lc != lcv) {                                                                      \
+        for (int j = 0; j < 4; j++) STORE(acc + W * j, a[j]);                             \
+        for (; i < lc; i++) acc[i & (NL - 1)] += x[i];                                    \
+    }                                                                                     \
+    for (int64_t b = 0; b < nb; b++) {                                                    \
+        const T *cur = x + b * block, *nxt = cur + block;                                 \
+        int64_t rest = n - (b + 1) * block;                                               \
+        int64_t ln = b + 1 < nb ? (rest < block ? rest : block) : 0;                      \
+        int64_t lnv = ln & ~(NL - 1), both = lcv < lnv ? lcv : lnv;                       \
+        T K = (T)((lc == lcv ? RVEC(a) : RARR(acc)) / (double)lc);                        \
+        VT kv = SET1(K);                                                                  \
+        for (int j = 0; j < 4; j++) a[j] = s[j] = c[j] = ZERO();                          \
+        for (i = 0; i < both; i += NL) {                                                  \
+            _mm_prefetch((const char *)(nxt + i) + PF_BYTES, _MM_HINT_T0);                \
+            _mm_prefetch((const char *)(nxt + i) + PF_BYTES + 64, _MM_HINT_T0);           \
+            for (int j = 0; j < 4; j++) {                                                 \
+                a[j] = ADD(a[j], LOAD(nxt + i + W * j));                                  \
+                VT d = SUB(LOAD(cur + i + W * j), kv);                                    \
+                s[j] = ADD(s[j], MUL(d, d));   /* no FMA: twin rounding */                \
+                c[j] = ADD(c[j], d);                                                      \
+            }                                                                             \
+        }                                                                                 \
+        for (int64_t k = i; k < lcv; k += NL)                                             \
+            for (int j = 0; j < 4; j++) {                                                 \
+                VT d = SUB(LOAD(cur + k + W * j), kv);                                    \
+                s[j] = ADD(s[j], MUL(d, d));                                              \
+                c[j] = ADD(c[j], d);                                                      \
+            }                                                                             \
+        for (int64_t k = i; k < lnv; k += NL)                                             \
+            for (int j = 0; j < 4; j++) a[j] = ADD(a[j], LOAD(nxt + k + W * j));          \
+        double s1, s2;                                                                    \
+        if (lc == lcv) {                                                                  \
+            s1 = RVEC(c);                                                                 \
+            s2 = RVEC(s);                                                                 \
+        } else {                                                                          \
+            for (int j = 0; j < 4; j++) {                                                 \
+                STORE(sq + W * j, s[j]);                                                  \
+                STORE(dv + W * j, c[j]);                                                  \
+            }                                                                             \
+            for (int64_t k = lcv; k < lc; k++) {                                          \
+                T d = cur[k] - K;                                                         \
+                sq[k & (NL - 1)] += d * d;                                                \
+                dv[k & (NL - 1)] += d;                                                    \
+            }                                                                             \
+            s1 = RARR(dv);                                                                \
+            s2 = RARR(sq);                                                                \
+        }                                                                                 \
+        mean[b] = (double)K + s1 / (double)lc;                                            \
+        finish(s2, s1, lc, &m2[b]);                                                       \
+        if (ln != lnv) {                                                                  \
+            for (int j = 0; j < 4; j++) STORE(acc + W * j, a[j]);                         \
+            for (i = lnv; i < ln; i++) acc[i & (NL - 1)] += nxt[i];                       \
+        }                                                                                 \
+        lc = ln;                                                                          \
+        lcv = lnv;                                                                        \
+    }                                                                                     \
 }
+BLOCKS_AVX2(f32, float, __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_add_ps,
+            _mm256_sub_ps, _mm256_mul_ps, _mm256_setzero_ps, _mm256_set1_ps, reduce32f,
+            reduce32f_avx2)
+BLOCKS_AVX2(f64, double, __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_add_pd,
+            _mm256_sub_pd, _mm256_mul_pd, _mm256_setzero_pd, _mm256_set1_pd, reduce16,
+            reduce16_avx2)
+#define BLOCKS_AVX2_CALL(SFX) if (level >= FDL_SIMD_AVX2) { blocks_##SFX##_avx2(x, n, block, mean, m2); return; }
+#else
+#define BLOCKS_AVX2_CALL(SFX)
 #endif
 
-void fdl_moments_blocks_f32(const float *x, int64_t n, int64_t block, int level,
-                            double *mean, double *m2) {
-    if (n <= 0) return;
-#if FDL_HAVE_AVX2_TARGET
-    if (level >= FDL_SIMD_AVX2) { blocks_f32_avx2(x, n, block, mean, m2); return; }
-#endif
-    (void)level;
-    for (int64_t b = 0; b * block < n; b++) {
-        int64_t ln = n - b * block < block ? n - b * block : block;
-        moments_f32_scalar(x + b * block, ln, &mean[b], &m2[b]);
-    }
+#define BLOCKS(SFX, T)                                                                    \
+void fdl_moments_blocks_##SFX(const T *x, int64_t n, int64_t block, int level,            \
+                              double *mean, double *m2) {                                 \
+    if (n <= 0) return;                                                                   \
+    BLOCKS_AVX2_CALL(SFX)                                                                 \
+    (void)level;                                                                          \
+    for (int64_t b = 0; b * block < n; b++) {                                             \
+        int64_t ln = n - b * block < block ? n - b * block : block;                       \
+        moments_##SFX##_scalar(x + b * block, ln, &mean[b], &m2[b]);                      \
+    }                                                                                     \
 }
-
-void fdl_moments_blocks_f64(const double *x, int64_t n, int64_t block, int level,
-                            double *mean, double *m2) {
-    for (int64_t b = 0; b * block < n; b++) {
-        int64_t ln = n - b * block < block ? n - b * block : block;
-        moments_f64(x + b * block, ln, level, &mean[b], &m2[b]);
-    }
-}
+BLOCKS(f32, float)
+BLOCKS(f64, double)
 
 /* ---- column path: batch statistics over a short spatial extent ----
  * A chunk is a (rows, L = C*S) row-major block.  Per column j, pass 1 sums the
