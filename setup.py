@@ -22,6 +22,7 @@ EXTENSIONS = {
     "_cpu": [],
     "_norm_stats": [SRC_DIR + "/moments.c"],
     "_traffic": [SRC_DIR + "/traffic.c"],
+    "_norm": [SRC_DIR + "/normk.c", SRC_DIR + "/moments.c"],
 }
 
 OPENMP_TEST = r"""

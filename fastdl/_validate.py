@@ -48,3 +48,56 @@ def check_choice(value, name: str, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
+
+
+def check_real(value, name: str, *, low: float | None = None, high: float | None = None) -> float:
+    """A finite real number (not bool) within [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def check_param(value, name: str, shape: tuple, dtype) -> np.ndarray | None:
+    """An optional per-feature array of exactly ``shape``, as a C-contiguous ``dtype`` array."""
+    if value is None:
+        return None
+    arr = as_float_array(value, name)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def overlaps(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when a and b may share memory (exact check, conservative if too hard)."""
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=10_000))
+    except np.exceptions.TooHardError:
+        return True
+
+
+def check_out(out, name: str, shape: tuple, dtype, inputs=()) -> np.ndarray | None:
+    """Validate an ``out=`` array: ndarray, exact shape and dtype, writeable, and
+    not overlapping any of ``inputs`` (kernels read inputs while writing out)."""
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} must be writeable")
+    for arr in inputs:
+        if arr is not None and overlaps(out, arr):
+            raise ValueError(f"{name} must not overlap the input arrays")
+    return out

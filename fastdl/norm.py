@@ -1,18 +1,71 @@
-"""Normalization API (DESIGN.md §3): statistics now, layers in later issues."""
+"""Normalization API (DESIGN.md §3): statistics, forward layers and their backward.
+
+The public functions validate, reshape to a canonical contiguous view and
+dispatch one op; backends implement the ops below.  ``x``, ``out`` and ``dy``
+arrive C-contiguous in one dtype (float32/float64); ``w``/``b`` are 1-D
+contiguous arrays of that dtype or None; statistics are float64.
+
+=================  ==========================================  ====================
+op                 arguments                                   returns
+=================  ==========================================  ====================
+layer_norm_fwd     x (R, D), w, b (D,), eps, out (R, D)        mean, var (R,)
+layer_norm_bwd     dy, x (R, D), mean, rstd (R,), w,           dx, dw|None, db|None
+                   need_dw, need_db
+rms_norm_fwd       x (R, D), w (D,), eps, out                  mean square (R,)
+rms_norm_bwd       dy, x, rstd (R,), w, need_dw                dx, dw|None
+group_norm_fwd     x (N, C, S), G, w, b (C,), eps, out         mean, var (N, G)
+group_norm_bwd     dy, x, mean, rstd (N, G), G, w,             dx, dw|None, db|None
+                   need_dw, need_db
+batch_norm_fwd     x (N, C, S), w, b (C,), eps, out            mean, var (C,)
+batch_norm_eval    x (N, C, S), mean, rstd (C,), w, b, out     None
+batch_norm_bwd     dy, x, mean, rstd (C,), w, training,        dx, dw|None, db|None
+                   need_dw, need_db
+=================  ==========================================  ====================
+
+Variances are biased; the forward normalizes with ``rstd = 1 / sqrt(var +
+eps)`` computed in float64, exactly as ``NormStats`` reports it.
+"""
 from __future__ import annotations
 
 import math
+import numbers
+from typing import NamedTuple
 
 import numpy as np
 
 from fastdl import registry
-from fastdl._validate import as_float_array, check_choice, check_int
+from fastdl._validate import (as_float_array, check_choice, check_int, check_out,
+                              check_param, check_real)
 
-__all__ = ["norm_stats", "NORM_KINDS"]
+__all__ = [
+    "norm_stats", "NORM_KINDS", "NormStats",
+    "batch_norm", "layer_norm", "instance_norm", "group_norm", "rms_norm",
+    "batch_norm_backward", "layer_norm_backward", "instance_norm_backward",
+    "group_norm_backward", "rms_norm_backward",
+]
 
 NORM_KINDS = ("batch", "layer", "instance", "group")
-registry.declare_op("norm_stats")
+for _op in ("norm_stats", "layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd",
+            "group_norm_fwd", "group_norm_bwd", "batch_norm_fwd", "batch_norm_eval",
+            "batch_norm_bwd"):
+    registry.declare_op(_op)
 
+
+class NormStats(NamedTuple):
+    """What a forward saves for its backward, as float64 arrays.
+
+    ``mean`` (None for ``rms_norm``) and ``rstd = 1 / sqrt(var + eps)`` per
+    statistic group: shape ``input.shape[:-len(normalized_shape)]`` for
+    layer/RMS norm, ``(N, num_groups)`` for group norm, ``(N, C)`` for instance
+    norm with input statistics and ``(C,)`` for batch norm (and instance norm
+    with running statistics).
+    """
+
+    mean: np.ndarray | None
+    rstd: np.ndarray
+
+
+# ---------------------------------------------------------------- statistics
 
 def _group_count(shape, kind: str, num_groups) -> int:
     n, c, spatial = shape[0], shape[1], math.prod(shape[2:])
@@ -39,10 +92,7 @@ def norm_stats(x, kind: str, *, num_groups: int | None = None, ddof: int = 0,
     if kind == "group":
         if num_groups is None:
             raise ValueError("num_groups is required for kind='group'")
-        num_groups = check_int(num_groups, "num_groups", minimum=1)
-        if x.shape[1] % num_groups:
-            raise ValueError(f"num_groups must divide the number of channels C={x.shape[1]}, "
-                             f"got num_groups={num_groups}")
+        num_groups = _check_groups(num_groups, x.shape[1])
     elif num_groups is not None:
         raise ValueError(f"num_groups is only used with kind='group', got num_groups={num_groups!r} "
                          f"with kind={kind!r}")
@@ -53,3 +103,431 @@ def norm_stats(x, kind: str, *, num_groups: int | None = None, ddof: int = 0,
         raise ValueError(f"ddof must be smaller than the number of elements per group ({count}), "
                          f"got ddof={ddof}")
     return registry.dispatch("norm_stats", (x, kind, num_groups, ddof), {}, backend)
+
+
+# ---------------------------------------------------------------- shared checks
+
+def _input(x, min_ndim: int = 2) -> np.ndarray:
+    x = as_float_array(x, "input")
+    if x.ndim < min_ndim:
+        raise ValueError(f"input must have at least {min_ndim} dimensions (N, C, *spatial), "
+                         f"got shape {x.shape}")
+    return x
+
+
+def _ncs(x: np.ndarray) -> np.ndarray:
+    """(N, C, S) C-contiguous view (or packed copy) of an (N, C, *spatial) array."""
+    return np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
+
+
+def _check_groups(num_groups, C: int) -> int:
+    num_groups = check_int(num_groups, "num_groups", minimum=1)
+    if C % num_groups:
+        raise ValueError(f"num_groups must divide the number of channels C={C}, "
+                         f"got num_groups={num_groups}")
+    return num_groups
+
+
+def _normalized_shape(value, x: np.ndarray) -> tuple[tuple[int, ...], int]:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        shape = (int(value),)
+    else:
+        try:
+            shape = tuple(value)
+        except TypeError:
+            raise TypeError("normalized_shape must be an int or a sequence of ints, got "
+                            f"{value!r} ({type(value).__name__})") from None
+        shape = tuple(check_int(s, "normalized_shape entries", minimum=0) for s in shape)
+    if not shape:
+        raise ValueError("normalized_shape must have at least one dimension, got ()")
+    if x.ndim < len(shape) or tuple(x.shape[x.ndim - len(shape):]) != shape:
+        raise ValueError(f"normalized_shape must match the trailing dimensions of input: "
+                         f"got normalized_shape={shape} for input of shape {x.shape}")
+    size = math.prod(shape)
+    if size == 0:
+        raise ValueError(f"normalized_shape {shape} has zero elements to normalize over")
+    return shape, size
+
+
+def _eps(eps) -> float:
+    return check_real(eps, "eps", low=0.0)
+
+
+def _momentum(momentum) -> float:
+    return check_real(momentum, "momentum", low=0.0, high=1.0)
+
+
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def _running(rm, rv, C: int, *, required: str | None, update: bool):
+    """Validate running_mean/running_var: both or neither; shape (C,); to update
+    in place they must be writeable float ndarrays."""
+    if (rm is None) != (rv is None):
+        raise ValueError("running_mean and running_var must be given together, got "
+                         f"running_mean={'None' if rm is None else 'an array'} and "
+                         f"running_var={'None' if rv is None else 'an array'}")
+    if rm is None:
+        if required:
+            raise ValueError(f"running_mean and running_var are required {required}, got None")
+        return None, None
+    out = []
+    for value, name in ((rm, "running_mean"), (rv, "running_var")):
+        if update:
+            if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+                raise TypeError(f"{name} must be a float numpy.ndarray (it is updated in place), "
+                                f"got {type(value).__name__} {getattr(value, 'dtype', '')}")
+            if not value.flags.writeable:
+                raise ValueError(f"{name} must be writeable (it is updated in place)")
+        else:
+            value = as_float_array(value, name)
+        if value.shape != (C,):
+            raise ValueError(f"{name} must have shape ({C},), got {value.shape}")
+        out.append(value)
+    return out[0], out[1]
+
+
+def _update(buf: np.ndarray, new: np.ndarray, momentum: float) -> None:
+    buf[...] = (1.0 - momentum) * buf.astype(np.float64) + momentum * new
+
+
+def _out_buffer(out, x: np.ndarray):
+    """(buffer the kernel writes, user's out to copy into or None)."""
+    out = check_out(out, "out", x.shape, x.dtype, (x,))
+    if out is not None and out.flags.c_contiguous:
+        return out, None
+    return np.empty(x.shape, x.dtype), out
+
+
+def _deliver(buf: np.ndarray, target) -> np.ndarray:
+    if target is None:
+        return buf
+    np.copyto(target, buf)
+    return target
+
+
+def _rstd(var: np.ndarray, eps: float) -> np.ndarray:
+    return 1.0 / np.sqrt(np.asarray(var, np.float64) + eps)
+
+
+def _grad(dy, x: np.ndarray) -> np.ndarray:
+    dy = as_float_array(dy, "grad_output")
+    if dy.shape != x.shape:
+        raise ValueError(f"grad_output must have the input's shape {x.shape}, got {dy.shape}")
+    return np.ascontiguousarray(dy, dtype=x.dtype)
+
+
+def _saved(stats, shape: tuple, with_mean: bool):
+    """Validate ``stats=`` of a backward: a NormStats / (mean, rstd) pair of ``shape``."""
+    if not isinstance(stats, tuple) or len(stats) != 2:
+        raise TypeError("stats must be the NormStats (mean, rstd) a forward returned with "
+                        f"return_stats=True, got {type(stats).__name__}")
+    arrays = []
+    for value, name in zip(stats, ("stats.mean", "stats.rstd")):
+        if value is None and name == "stats.mean" and not with_mean:
+            arrays.append(None)
+            continue
+        arr = as_float_array(value, name)
+        if arr.shape != tuple(shape):
+            raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
+        arrays.append(np.ascontiguousarray(arr, dtype=np.float64))
+    return arrays
+
+
+def _flat(a):
+    return None if a is None else a.reshape(-1)
+
+
+def _empty_stats(shape, with_mean=True) -> NormStats:
+    nan = np.full(shape, np.nan)
+    return NormStats(nan.copy() if with_mean else None, nan)
+
+
+def _result(y, stats: NormStats, return_stats: bool):
+    return (y, stats) if return_stats else y
+
+
+# ---------------------------------------------------------------- layer and RMS norm
+
+def _layer_args(input, normalized_shape, weight, bias):
+    x = as_float_array(input, "input")
+    shape, size = _normalized_shape(normalized_shape, x)
+    w = check_param(weight, "weight", shape, x.dtype)
+    b = check_param(bias, "bias", shape, x.dtype)
+    rows = x.size // size
+    lead = x.shape[:x.ndim - len(shape)]
+    return x, shape, size, rows, lead, w, b
+
+
+def _rows(x, rows, size):
+    return np.ascontiguousarray(x).reshape(rows, size)
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None,
+               return_stats=False, backend=None):
+    """``torch.nn.functional.layer_norm``: normalize over the trailing ``normalized_shape``.
+
+    ``out=`` receives the result (same shape and dtype as ``input``, not
+    overlapping it).  With ``return_stats=True`` returns ``(y, NormStats)``
+    for ``layer_norm_backward(..., stats=)``.
+    """
+    x, shape, size, rows, lead, w, b = _layer_args(input, normalized_shape, weight, bias)
+    eps = _eps(eps)
+    buf, target = _out_buffer(out, x)
+    if x.size == 0:
+        return _result(_deliver(buf, target), _empty_stats(lead), return_stats)
+    mean, var = registry.dispatch("layer_norm_fwd", (_rows(x, rows, size), _flat(w), _flat(b),
+                                                     eps, buf.reshape(rows, size)), {}, backend)
+    stats = NormStats(np.reshape(mean, lead), _rstd(var, eps).reshape(lead))
+    return _result(_deliver(buf, target), stats, return_stats)
+
+
+def layer_norm_backward(grad_output, input, normalized_shape, weight=None, bias=None, eps=1e-5,
+                        *, stats=None, backend=None):
+    """Gradients of ``layer_norm``: ``(dx, dweight, dbias)`` (None where the forward
+    had no weight / bias).  ``stats`` (from ``return_stats=True``) skips
+    recomputing the statistics."""
+    x, shape, size, rows, lead, w, b = _layer_args(input, normalized_shape, weight, bias)
+    eps = _eps(eps)
+    dy = _grad(grad_output, x)
+    if stats is None:
+        _, stats = layer_norm(x, shape, w, b, eps, return_stats=True, backend=backend)
+    mean, rstd = _saved(stats, lead, True)
+    if x.size == 0:
+        return (np.zeros_like(x), None if w is None else np.zeros_like(w),
+                None if b is None else np.zeros_like(b))
+    dx, dw, db = registry.dispatch(
+        "layer_norm_bwd", (dy.reshape(rows, size), _rows(x, rows, size), mean.reshape(-1),
+                           rstd.reshape(-1), _flat(w), w is not None, b is not None), {}, backend)
+    return (dx.reshape(x.shape), None if dw is None else dw.reshape(shape),
+            None if db is None else db.reshape(shape))
+
+
+def _rms_eps(eps, dtype) -> float:
+    return float(np.finfo(dtype).eps) if eps is None else _eps(eps)
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None, return_stats=False,
+             backend=None):
+    """``torch.nn.functional.rms_norm``: ``x / sqrt(mean(x**2) + eps) * weight`` over the
+    trailing ``normalized_shape``; ``eps=None`` is the dtype's machine epsilon."""
+    x, shape, size, rows, lead, w, _ = _layer_args(input, normalized_shape, weight, None)
+    eps = _rms_eps(eps, x.dtype)
+    buf, target = _out_buffer(out, x)
+    if x.size == 0:
+        return _result(_deliver(buf, target), _empty_stats(lead, False), return_stats)
+    ms = registry.dispatch("rms_norm_fwd", (_rows(x, rows, size), _flat(w), eps,
+                                            buf.reshape(rows, size)), {}, backend)
+    stats = NormStats(None, _rstd(ms, eps).reshape(lead))
+    return _result(_deliver(buf, target), stats, return_stats)
+
+
+def rms_norm_backward(grad_output, input, normalized_shape, weight=None, eps=None, *,
+                      stats=None, backend=None):
+    """Gradients of ``rms_norm``: ``(dx, dweight, None)``."""
+    x, shape, size, rows, lead, w, _ = _layer_args(input, normalized_shape, weight, None)
+    eps = _rms_eps(eps, x.dtype)
+    dy = _grad(grad_output, x)
+    if stats is None:
+        _, stats = rms_norm(x, shape, w, eps, return_stats=True, backend=backend)
+    _, rstd = _saved(stats, lead, False)
+    if x.size == 0:
+        return np.zeros_like(x), None if w is None else np.zeros_like(w), None
+    dx, dw = registry.dispatch("rms_norm_bwd", (dy.reshape(rows, size), _rows(x, rows, size),
+                                                rstd.reshape(-1), _flat(w), w is not None),
+                               {}, backend)
+    return dx.reshape(x.shape), None if dw is None else dw.reshape(shape), None
+
+
+# ---------------------------------------------------------------- group and instance norm
+
+def _channel_args(input, weight, bias):
+    x = _input(input)
+    C = x.shape[1]
+    return x, C, check_param(weight, "weight", (C,), x.dtype), check_param(bias, "bias", (C,),
+                                                                              x.dtype)
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, out=None,
+               return_stats=False, backend=None):
+    """``torch.nn.functional.group_norm`` on (N, C, *spatial): statistics over each
+    group of C/num_groups channels and the spatial dims; per-channel affine."""
+    x, C, w, b = _channel_args(input, weight, bias)
+    G = _check_groups(num_groups, C)
+    eps = _eps(eps)
+    buf, target = _out_buffer(out, x)
+    if x.size == 0:
+        return _result(_deliver(buf, target), _empty_stats((x.shape[0], G)), return_stats)
+    mean, var = registry.dispatch("group_norm_fwd", (_ncs(x), G, w, b, eps, _ncs(buf)), {},
+                                  backend)
+    stats = NormStats(np.asarray(mean), _rstd(var, eps))
+    return _result(_deliver(buf, target), stats, return_stats)
+
+
+def group_norm_backward(grad_output, input, num_groups, weight=None, bias=None, eps=1e-5, *,
+                        stats=None, backend=None):
+    """Gradients of ``group_norm``: ``(dx, dweight, dbias)``."""
+    x, C, w, b = _channel_args(input, weight, bias)
+    G = _check_groups(num_groups, C)
+    eps = _eps(eps)
+    dy = _grad(grad_output, x)
+    if stats is None:
+        _, stats = group_norm(x, G, w, b, eps, return_stats=True, backend=backend)
+    mean, rstd = _saved(stats, (x.shape[0], G), True)
+    return _group_bwd(dy, x, mean, rstd, G, w, b, backend)
+
+
+def _group_bwd(dy, x, mean, rstd, G, w, b, backend):
+    if x.size == 0:
+        return (np.zeros_like(x), None if w is None else np.zeros_like(w),
+                None if b is None else np.zeros_like(b))
+    dx, dw, db = registry.dispatch("group_norm_bwd", (_ncs(dy), _ncs(x), mean, rstd, G, w,
+                                                      w is not None, b is not None), {}, backend)
+    return dx.reshape(x.shape), dw, db
+
+
+def _spatial_check(x: np.ndarray) -> None:
+    if math.prod(x.shape[2:]) == 1:
+        raise ValueError("instance_norm needs more than 1 spatial element per instance when it "
+                         f"uses input statistics, got input of shape {x.shape}")
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
+                  use_input_stats=True, momentum=0.1, eps=1e-5, *, out=None,
+                  return_stats=False, backend=None):
+    """``torch.nn.functional.instance_norm`` on (N, C, *spatial).
+
+    With ``use_input_stats`` each (n, c) is normalized by its own statistics and
+    the running buffers, when given, are updated in place with the mean over
+    the batch of those statistics (the variance unbiased), as PyTorch does;
+    otherwise the running statistics normalize.
+    """
+    x, C, w, b = _channel_args(input, weight, bias)
+    use_input_stats = _flag(use_input_stats, "use_input_stats")
+    momentum, eps = _momentum(momentum), _eps(eps)
+    rm, rv = _running(running_mean, running_var, C,
+                      required=None if use_input_stats else "when use_input_stats=False",
+                      update=use_input_stats)
+    buf, target = _out_buffer(out, x)
+    if not use_input_stats:
+        return _apply_running(x, rm, rv, w, b, eps, buf, target, return_stats, backend)
+    if x.size:
+        _spatial_check(x)
+    N, S = x.shape[0], math.prod(x.shape[2:])
+    if x.size == 0:
+        return _result(_deliver(buf, target), _empty_stats((N, C)), return_stats)
+    mean, var = registry.dispatch("group_norm_fwd", (_ncs(x), C, w, b, eps, _ncs(buf)), {},
+                                  backend)
+    if rm is not None:
+        _update(rm, np.mean(mean, axis=0), momentum)
+        _update(rv, np.mean(np.asarray(var) * (S / (S - 1)), axis=0), momentum)
+    stats = NormStats(np.asarray(mean), _rstd(var, eps))
+    return _result(_deliver(buf, target), stats, return_stats)
+
+
+def _apply_running(x, rm, rv, w, b, eps, buf, target, return_stats, backend):
+    mean = np.asarray(rm, np.float64)
+    rstd = _rstd(rv, eps)
+    if x.size:
+        registry.dispatch("batch_norm_eval", (_ncs(x), np.ascontiguousarray(mean), rstd, w, b,
+                                              _ncs(buf)), {}, backend)
+    return _result(_deliver(buf, target), NormStats(mean, rstd), return_stats)
+
+
+def instance_norm_backward(grad_output, input, running_mean=None, running_var=None, weight=None,
+                           bias=None, use_input_stats=True, momentum=0.1, eps=1e-5, *,
+                           stats=None, backend=None):
+    """Gradients of ``instance_norm``: ``(dx, dweight, dbias)``.  Running buffers
+    are not touched."""
+    x, C, w, b = _channel_args(input, weight, bias)
+    use_input_stats = _flag(use_input_stats, "use_input_stats")
+    _momentum(momentum)
+    eps = _eps(eps)
+    rm, rv = _running(running_mean, running_var, C,
+                      required=None if use_input_stats else "when use_input_stats=False",
+                      update=False)
+    dy = _grad(grad_output, x)
+    if not use_input_stats:
+        if stats is None:
+            stats = NormStats(np.asarray(rm, np.float64), _rstd(rv, eps))
+        mean, rstd = _saved(stats, (C,), True)
+        return _batch_bwd(dy, x, mean, rstd, w, b, False, backend)
+    if x.size:
+        _spatial_check(x)
+    if stats is None:
+        _, stats = instance_norm(x, None, None, w, b, True, 0.0, eps, return_stats=True,
+                                 backend=backend)
+    mean, rstd = _saved(stats, (x.shape[0], C), True)
+    return _group_bwd(dy, x, mean, rstd, C, w, b, backend)
+
+
+# ---------------------------------------------------------------- batch norm
+
+def _training_count(x: np.ndarray) -> int:
+    count = x.shape[0] * math.prod(x.shape[2:])
+    if count <= 1:
+        raise ValueError("batch_norm needs more than 1 value per channel when training, "
+                         f"got input of shape {x.shape}")
+    return count
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, out=None, return_stats=False, backend=None):
+    """``torch.nn.functional.batch_norm`` on (N, C, *spatial).
+
+    Training: batch statistics per channel over N and the spatial dims; the
+    running buffers (optional) are updated in place,
+    ``running = (1 - momentum) * running + momentum * batch`` with the unbiased
+    batch variance.  Evaluation: the running statistics (required) normalize.
+    """
+    x, C, w, b = _channel_args(input, weight, bias)
+    training = _flag(training, "training")
+    momentum, eps = _momentum(momentum), _eps(eps)
+    rm, rv = _running(running_mean, running_var, C,
+                      required=None if training else "when training=False", update=training)
+    buf, target = _out_buffer(out, x)
+    if not training:
+        return _apply_running(x, rm, rv, w, b, eps, buf, target, return_stats, backend)
+    count = _training_count(x)
+    mean, var = registry.dispatch("batch_norm_fwd", (_ncs(x), w, b, eps, _ncs(buf)), {},
+                                  backend)
+    if rm is not None:
+        _update(rm, mean, momentum)
+        _update(rv, np.asarray(var) * (count / (count - 1)), momentum)
+    stats = NormStats(np.asarray(mean), _rstd(var, eps))
+    return _result(_deliver(buf, target), stats, return_stats)
+
+
+def batch_norm_backward(grad_output, input, running_mean, running_var, weight=None, bias=None,
+                        training=False, momentum=0.1, eps=1e-5, *, stats=None, backend=None):
+    """Gradients of ``batch_norm``: ``(dx, dweight, dbias)``.  Running buffers are
+    not touched (the forward updated them)."""
+    x, C, w, b = _channel_args(input, weight, bias)
+    training = _flag(training, "training")
+    _momentum(momentum)
+    eps = _eps(eps)
+    rm, rv = _running(running_mean, running_var, C,
+                      required=None if training else "when training=False", update=False)
+    dy = _grad(grad_output, x)
+    if stats is None:
+        if training:
+            _training_count(x)
+            _, stats = batch_norm(x, None, None, w, b, True, 0.0, eps, return_stats=True,
+                                  backend=backend)
+        else:
+            stats = NormStats(np.asarray(rm, np.float64), _rstd(rv, eps))
+    mean, rstd = _saved(stats, (C,), True)
+    return _batch_bwd(dy, x, mean, rstd, w, b, training, backend)
+
+
+def _batch_bwd(dy, x, mean, rstd, w, b, training, backend):
+    if x.size == 0:
+        return (np.zeros_like(x), None if w is None else np.zeros_like(w),
+                None if b is None else np.zeros_like(b))
+    dx, dw, db = registry.dispatch("batch_norm_bwd", (_ncs(dy), _ncs(x), mean, rstd, w,
+                                                      training, w is not None, b is not None),
+                                   {}, backend)
+    return dx.reshape(x.shape), dw, db

@@ -2,17 +2,21 @@
 
 Importing this package loads the compiled extensions; if they are missing the
 registry lists the backend with the import error and falls back to NumPy.
+Each op checks the shapes, dtypes and layout the kernels rely on before they
+run without the GIL (the public API has already validated the user's input).
 """
 import os
 
 import numpy as np
 
 from fastdl._threads import get_num_threads
-from fastdl._backends.cython import _cpu, _norm_stats
+from fastdl._backends.cython import _cpu, _norm, _norm_stats
 from fastdl.registry import Backend
 
 if os.environ.get("FASTDL_SIMD"):
     _cpu.set_simd_level(os.environ["FASTDL_SIMD"].strip().lower())
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def norm_stats(x, kind, num_groups, ddof):
@@ -21,4 +25,109 @@ def norm_stats(x, kind, num_groups, ddof):
     return _norm_stats.norm_stats(x, kind, num_groups, ddof, get_num_threads())
 
 
-backend = Backend(name="cython", ops={"norm_stats": norm_stats})
+def _c(a, dtype, shape, name):
+    """``a`` as a C-contiguous array of ``dtype`` and ``shape`` (None passes)."""
+    if a is None:
+        return None
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _data(x, ndim, name="x"):
+    if not isinstance(x, np.ndarray) or x.dtype not in _FLOATS or x.ndim != ndim:
+        raise TypeError(f"{name} must be a {ndim}-D float32/float64 ndarray, got "
+                        f"{type(x).__name__} {getattr(x, 'dtype', '')} {getattr(x, 'shape', '')}")
+    return np.ascontiguousarray(x)
+
+
+def _out(out, x):
+    if (not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != x.dtype
+            or not out.flags.c_contiguous or not out.flags.writeable):
+        raise ValueError(f"out must be a writeable C-contiguous {x.dtype} array of shape {x.shape}")
+    return out
+
+
+def _stat(a, shape, name):
+    return _c(np.asarray(a, np.float64).reshape(shape) if a is not None else None,
+              np.float64, shape, name)
+
+
+def layer_norm_fwd(x, w, b, eps, out):
+    x = _data(x, 2)
+    D = x.shape[1]
+    return _norm.layer_norm_fwd(x, _c(w, x.dtype, (D,), "w"), _c(b, x.dtype, (D,), "b"),
+                                eps, _out(out, x), get_num_threads())
+
+
+def layer_norm_bwd(dy, x, mean, rstd, w, need_dw, need_db):
+    x = _data(x, 2)
+    R, D = x.shape
+    return _norm.layer_norm_bwd(_c(dy, x.dtype, x.shape, "dy"), x, _stat(mean, (R,), "mean"),
+                                _stat(rstd, (R,), "rstd"), _c(w, x.dtype, (D,), "w"),
+                                need_dw, need_db, get_num_threads())
+
+
+def rms_norm_fwd(x, w, eps, out):
+    x = _data(x, 2)
+    return _norm.rms_norm_fwd(x, _c(w, x.dtype, (x.shape[1],), "w"), eps, _out(out, x),
+                              get_num_threads())
+
+
+def rms_norm_bwd(dy, x, rstd, w, need_dw):
+    x = _data(x, 2)
+    return _norm.rms_norm_bwd(_c(dy, x.dtype, x.shape, "dy"), x,
+                              _stat(rstd, (x.shape[0],), "rstd"),
+                              _c(w, x.dtype, (x.shape[1],), "w"), need_dw, get_num_threads())
+
+
+def _groups(G, C):
+    G = int(G)
+    if G < 1 or C % G:
+        raise ValueError(f"G must divide C={C}, got {G}")
+    return G
+
+
+def group_norm_fwd(x, G, w, b, eps, out):
+    x = _data(x, 3)
+    C = x.shape[1]
+    return _norm.group_norm_fwd(x, _groups(G, C), _c(w, x.dtype, (C,), "w"),
+                                _c(b, x.dtype, (C,), "b"), eps, _out(out, x), get_num_threads())
+
+
+def group_norm_bwd(dy, x, mean, rstd, G, w, need_dw, need_db):
+    x = _data(x, 3)
+    N, C = x.shape[:2]
+    G = _groups(G, C)
+    return _norm.group_norm_bwd(_c(dy, x.dtype, x.shape, "dy"), x, _stat(mean, (N * G,), "mean"),
+                                _stat(rstd, (N * G,), "rstd"), G, _c(w, x.dtype, (C,), "w"),
+                                need_dw, need_db, get_num_threads())
+
+
+def batch_norm_fwd(x, w, b, eps, out):
+    x = _data(x, 3)
+    C = x.shape[1]
+    return _norm.batch_norm_fwd(x, _c(w, x.dtype, (C,), "w"), _c(b, x.dtype, (C,), "b"), eps,
+                                _out(out, x), get_num_threads())
+
+
+def batch_norm_eval(x, mean, rstd, w, b, out):
+    x = _data(x, 3)
+    C = x.shape[1]
+    return _norm.batch_norm_eval(x, _stat(mean, (C,), "mean"), _stat(rstd, (C,), "rstd"),
+                                 _c(w, x.dtype, (C,), "w"), _c(b, x.dtype, (C,), "b"),
+                                 _out(out, x), get_num_threads())
+
+
+def batch_norm_bwd(dy, x, mean, rstd, w, training, need_dw, need_db):
+    x = _data(x, 3)
+    C = x.shape[1]
+    return _norm.batch_norm_bwd(_c(dy, x.dtype, x.shape, "dy"), x, _stat(mean, (C,), "mean"),
+                                _stat(rstd, (C,), "rstd"), _c(w, x.dtype, (C,), "w"),
+                                bool(training), need_dw, need_db, get_num_threads())
+
+
+OPS = ("norm_stats", "layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd",
+       "group_norm_fwd", "group_norm_bwd", "batch_norm_fwd", "batch_norm_eval", "batch_norm_bwd")
+
+backend = Backend(name="cython", ops={op: globals()[op] for op in OPS})

@@ -1,0 +1,662 @@
+"""Fused normalization kernels (Cython backend); op contracts in fastdl.norm.
+
+Work is split into fixed units (rows, (n, group) rows, channels, chunks of
+rows) that do not depend on the thread count, and each unit is computed in a
+fixed order, so results are bitwise the same for any number of threads.
+Cross-unit reductions (dweight/dbias partials) are summed afterwards in a
+fixed order.
+"""
+from cython.parallel cimport prange, parallel, threadid
+from libc.math cimport sqrt
+from libc.stdint cimport int64_t
+from libc.string cimport memset
+cimport cython
+from cython cimport floating
+
+import threading
+
+import numpy as np
+
+from fastdl._backends.cython._cpu cimport simd_level
+from fastdl._backends.cython._norm_stats import _moments
+
+cdef extern from "normk.h" nogil:
+    ctypedef struct fdl_nk_f32:
+        double (*sumsq)(const float *x, int64_t n) noexcept nogil
+        void (*apply_row)(const float *x, float *y, int64_t n, float mh, float ml, float r,
+                          const float *w, const float *b) noexcept nogil
+        void (*apply_rms)(const float *x, float *y, int64_t n, float r, const float *w) noexcept nogil
+        void (*apply_chan)(const float *x, float *y, int64_t n, float mh, float ml, float a,
+                           float c) noexcept nogil
+        void (*apply_cols)(const float *x, float *y, int64_t n, const float *mh,
+                           const float *ml, const float *a, const float *c) noexcept nogil
+        void (*row_sums)(const float *dy, const float *x, int64_t n, float mh, float ml,
+                         float r, const float *w, float *dwp, float *dbp, double *s1,
+                         double *s2) noexcept nogil
+        void (*row_dx)(const float *dy, const float *x, float *dx, int64_t n, float mh,
+                       float ml, float r, const float *w, float c1, float c2) noexcept nogil
+        double (*rms_sums)(const float *dy, const float *x, int64_t n, float r,
+                           const float *w, float *dwp) noexcept nogil
+        void (*rms_dx)(const float *dy, const float *x, float *dx, int64_t n, float r,
+                       const float *w, float c2) noexcept nogil
+        void (*seg_sums)(const float *dy, const float *x, int64_t n, float mh, float ml,
+                         float r, double *A, double *B) noexcept nogil
+        void (*seg_dx)(const float *dy, const float *x, float *dx, int64_t n, float mh,
+                       float ml, float r, float wk, float c1, float c2) noexcept nogil
+        void (*col_sums)(const float *dy, const float *x, int64_t n, const float *mh,
+                         const float *ml, const float *r, float *ap, float *bp) noexcept nogil
+        void (*col_dx)(const float *dy, const float *x, float *dx, int64_t n,
+                       const float *mh, const float *ml, const float *r, const float *w,
+                       const float *c1, const float *c2) noexcept nogil
+    ctypedef struct fdl_nk_f64:
+        double (*sumsq)(const double *x, int64_t n) noexcept nogil
+        void (*apply_row)(const double *x, double *y, int64_t n, double mh, double ml,
+                          double r, const double *w, const double *b) noexcept nogil
+        void (*apply_rms)(const double *x, double *y, int64_t n, double r, const double *w) noexcept nogil
+        void (*apply_chan)(const double *x, double *y, int64_t n, double mh, double ml,
+                           double a, double c) noexcept nogil
+        void (*apply_cols)(const double *x, double *y, int64_t n, const double *mh,
+                           const double *ml, const double *a, const double *c) noexcept nogil
+        void (*row_sums)(const double *dy, const double *x, int64_t n, double mh, double ml,
+                         double r, const double *w, double *dwp, double *dbp, double *s1,
+                         double *s2) noexcept nogil
+        void (*row_dx)(const double *dy, const double *x, double *dx, int64_t n, double mh,
+                       double ml, double r, const double *w, double c1, double c2) noexcept nogil
+        double (*rms_sums)(const double *dy, const double *x, int64_t n, double r,
+                           const double *w, double *dwp) noexcept nogil
+        void (*rms_dx)(const double *dy, const double *x, double *dx, int64_t n, double r,
+                       const double *w, double c2) noexcept nogil
+        void (*seg_sums)(const double *dy, const double *x, int64_t n, double mh, double ml,
+                         double r, double *A, double *B) noexcept nogil
+        void (*seg_dx)(const double *dy, const double *x, double *dx, int64_t n, double mh,
+                       double ml, double r, double wk, double c1, double c2) noexcept nogil
+        void (*col_sums)(const double *dy, const double *x, int64_t n, const double *mh,
+                         const double *ml, const double *r, double *ap, double *bp) noexcept nogil
+        void (*col_dx)(const double *dy, const double *x, double *dx, int64_t n,
+                       const double *mh, const double *ml, const double *r, const double *w,
+                       const double *c1, const double *c2) noexcept nogil
+    const fdl_nk_f32 *fdl_nk_f32_table(int level)
+    const fdl_nk_f64 *fdl_nk_f64_table(int level)
+    void fdl_row_moments_f32(const float *x, int64_t n, int level, double *mean, double *m2)
+    void fdl_row_moments_f64(const double *x, int64_t n, int level, double *mean, double *m2)
+    void fdl_seg_moments_f32(const float *x, int64_t nseg, int64_t len, int64_t stride,
+                             int level, double *work, double *mean, double *m2)
+    void fdl_seg_moments_f64(const double *x, int64_t nseg, int64_t len, int64_t stride,
+                             int level, double *work, double *mean, double *m2)
+    int64_t fdl_seg_moments_work(int64_t nseg, int64_t len, int64_t itemsize)
+
+# Batch norm works channel by channel (the channel's N segments stay in L2
+# between passes) when a segment has at least this many bytes; below, it works
+# on rows with per-column vectors.
+cdef int64_t CHANNEL_SEGMENT_BYTES = 256
+# Rows per chunk of the dweight/dbias partial sums: at most MAX_CHUNK_ROWS
+# (each partial adds that many terms in the input's precision) and about
+# R / MIN_CHUNKS so that small inputs still split across threads.
+cdef int64_t MAX_CHUNK_ROWS = 64
+cdef int64_t MIN_CHUNKS = 16
+
+cdef const fdl_nk_f32 *K32 = fdl_nk_f32_table(0)
+cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(0)
+
+
+cdef void _select() noexcept:
+    global K32, K64
+    cdef int level = simd_level()
+    K32 = fdl_nk_f32_table(level)
+    K64 = fdl_nk_f64_table(level)
+
+
+_scratch = threading.local()
+
+
+def _scratch_array(str name, shape, dtype):
+    """A buffer reused across calls of this Python thread (fresh multi-MB arrays
+    cost page faults on every call); contents are undefined."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = getattr(_scratch, name, None)
+    if buf is None or buf.nbytes < nbytes:
+        buf = np.empty(max(nbytes, 4096), np.uint8)
+        setattr(_scratch, name, buf)
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
+cdef inline void _split(double m, floating *mh, floating *ml) noexcept nogil:
+    mh[0] = <floating>m
+    ml[0] = <floating>(m - <double>mh[0])
+
+
+def _chunk_rows(int64_t R):
+    return min(MAX_CHUNK_ROWS, max(1, (R + MIN_CHUNKS - 1) // MIN_CHUNKS))
+
+
+def _ones(n, dtype):
+    return np.ones(n, dtype)
+
+
+# ---------------------------------------------------------------- layer norm
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _layer_fwd(const floating[:, ::1] x, const floating[::1] w, const floating[::1] b,
+                     double eps, floating[:, ::1] y, double[::1] mean, double[::1] var,
+                     int nt) noexcept nogil:
+    cdef int64_t R = x.shape[0], D = x.shape[1], r
+    cdef int level = simd_level()
+    cdef double mu, q, v
+    cdef floating mh, ml
+    for r in prange(R, num_threads=nt, schedule="static"):
+        mu = 0
+        q = 0
+        if floating is float:
+            fdl_row_moments_f32(&x[r, 0], D, level, &mu, &q)
+        else:
+            fdl_row_moments_f64(&x[r, 0], D, level, &mu, &q)
+        v = q / D
+        mean[r] = mu
+        var[r] = v
+        mh = <floating>mu
+        ml = <floating>(mu - <double>mh)
+        if floating is float:
+            K32.apply_row(&x[r, 0], &y[r, 0], D, mh, ml, <float>(1.0 / sqrt(v + eps)),
+                          &w[0], &b[0])
+        else:
+            K64.apply_row(&x[r, 0], &y[r, 0], D, mh, ml, 1.0 / sqrt(v + eps), &w[0], &b[0])
+
+
+def layer_norm_fwd(x, w, b, double eps, out, int nt):
+    _select()
+    R, D = x.shape
+    w = _ones(D, x.dtype) if w is None else w
+    b = np.zeros(D, x.dtype) if b is None else b
+    mean, var = np.empty(R), np.empty(R)
+    cdef double[::1] mv = mean, vv = var
+    if x.dtype == np.float32:
+        _layer_fwd[float](x, w, b, eps, out, mv, vv, nt)
+    else:
+        _layer_fwd[double](x, w, b, eps, out, mv, vv, nt)
+    return mean, var
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _layer_bwd(const floating[:, ::1] dy, const floating[:, ::1] x,
+                     const double[::1] mean, const double[::1] rstd, const floating[::1] w,
+                     floating[:, ::1] dx, floating[:, ::1] dwp, floating[:, ::1] dbp,
+                     int64_t rpc, int nt) noexcept nogil:
+    cdef int64_t R = x.shape[0], D = x.shape[1], nch = dwp.shape[0], k, r
+    cdef double s1, s2
+    cdef floating mh, ml, rs
+    for k in prange(nch, num_threads=nt, schedule="static"):
+        memset(&dwp[k, 0], 0, D * sizeof(floating))
+        memset(&dbp[k, 0], 0, D * sizeof(floating))
+        for r in range(k * rpc, min(R, (k + 1) * rpc)):
+            s1 = 0
+            s2 = 0
+            mh = <floating>mean[r]
+            ml = <floating>(mean[r] - <double>mh)
+            rs = <floating>rstd[r]
+            if floating is float:
+                K32.row_sums(&dy[r, 0], &x[r, 0], D, mh, ml, rs, &w[0], &dwp[k, 0],
+                             &dbp[k, 0], &s1, &s2)
+                K32.row_dx(&dy[r, 0], &x[r, 0], &dx[r, 0], D, mh, ml, rs, &w[0],
+                           <float>(s1 / D), <float>(s2 / D))
+            else:
+                K64.row_sums(&dy[r, 0], &x[r, 0], D, mh, ml, rs, &w[0], &dwp[k, 0],
+                             &dbp[k, 0], &s1, &s2)
+                K64.row_dx(&dy[r, 0], &x[r, 0], &dx[r, 0], D, mh, ml, rs, &w[0], s1 / D,
+                           s2 / D)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _sum_rows(const floating[:, ::1] p, double[::1] out, int nt) noexcept nogil:
+    # out[j] = sum over rows of p[:, j], in row order (fixed), columns in parallel
+    cdef int64_t K = p.shape[0], D = p.shape[1], j0, j, k
+    cdef int64_t STRIP = 256
+    for j0 in prange(0, D, STRIP, num_threads=nt, schedule="static"):
+        for j in range(j0, min(D, j0 + STRIP)):
+            out[j] = 0
+        for k in range(K):
+            for j in range(j0, min(D, j0 + STRIP)):
+                out[j] += p[k, j]
+
+
+def _reduce_partials(p, int nt):
+    out = np.empty(p.shape[1])
+    cdef double[::1] ov = out
+    if p.dtype == np.float32:
+        _sum_rows[float](p, ov, nt)
+    else:
+        _sum_rows[double](p, ov, nt)
+    return out
+
+
+def layer_norm_bwd(dy, x, mean, rstd, w, bint need_dw, bint need_db, int nt):
+    _select()
+    R, D = x.shape
+    w = _ones(D, x.dtype) if w is None else w
+    rpc = _chunk_rows(R)
+    nch = (R + rpc - 1) // rpc
+    dx = np.empty_like(x)
+    part = _scratch_array("layer_bwd", (2, nch, D), x.dtype)
+    if x.dtype == np.float32:
+        _layer_bwd[float](dy, x, mean, rstd, w, dx, part[0], part[1], rpc, nt)
+    else:
+        _layer_bwd[double](dy, x, mean, rstd, w, dx, part[0], part[1], rpc, nt)
+    dw = _reduce_partials(part[0], nt).astype(x.dtype) if need_dw else None
+    db = _reduce_partials(part[1], nt).astype(x.dtype) if need_db else None
+    return dx, dw, db
+
+
+# ---------------------------------------------------------------- RMS norm
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _rms_fwd(const floating[:, ::1] x, const floating[::1] w, double eps,
+                   floating[:, ::1] y, double[::1] ms, int nt) noexcept nogil:
+    cdef int64_t R = x.shape[0], D = x.shape[1], r
+    cdef double m
+    for r in prange(R, num_threads=nt, schedule="static"):
+        if floating is float:
+            m = K32.sumsq(&x[r, 0], D) / D
+            K32.apply_rms(&x[r, 0], &y[r, 0], D, <float>(1.0 / sqrt(m + eps)), &w[0])
+        else:
+            m = K64.sumsq(&x[r, 0], D) / D
+            K64.apply_rms(&x[r, 0], &y[r, 0], D, 1.0 / sqrt(m + eps), &w[0])
+        ms[r] = m
+
+
+def rms_norm_fwd(x, w, double eps, out, int nt):
+    _select()
+    R, D = x.shape
+    w = _ones(D, x.dtype) if w is None else w
+    ms = np.empty(R)
+    cdef double[::1] mv = ms
+    if x.dtype == np.float32:
+        _rms_fwd[float](x, w, eps, out, mv, nt)
+    else:
+        _rms_fwd[double](x, w, eps, out, mv, nt)
+    return ms
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _rms_bwd(const floating[:, ::1] dy, const floating[:, ::1] x, const double[::1] rstd,
+                   const floating[::1] w, floating[:, ::1] dx, floating[:, ::1] dwp,
+                   int64_t rpc, int nt) noexcept nogil:
+    cdef int64_t R = x.shape[0], D = x.shape[1], nch = dwp.shape[0], k, r
+    cdef double s2
+    cdef floating rs
+    for k in prange(nch, num_threads=nt, schedule="static"):
+        memset(&dwp[k, 0], 0, D * sizeof(floating))
+        for r in range(k * rpc, min(R, (k + 1) * rpc)):
+            rs = <floating>rstd[r]
+            if floating is float:
+                s2 = K32.rms_sums(&dy[r, 0], &x[r, 0], D, rs, &w[0], &dwp[k, 0])
+                K32.rms_dx(&dy[r, 0], &x[r, 0], &dx[r, 0], D, rs, &w[0], <float>(s2 / D))
+            else:
+                s2 = K64.rms_sums(&dy[r, 0], &x[r, 0], D, rs, &w[0], &dwp[k, 0])
+                K64.rms_dx(&dy[r, 0], &x[r, 0], &dx[r, 0], D, rs, &w[0], s2 / D)
+
+
+def rms_norm_bwd(dy, x, rstd, w, bint need_dw, int nt):
+    _select()
+    R, D = x.shape
+    w = _ones(D, x.dtype) if w is None else w
+    rpc = _chunk_rows(R)
+    nch = (R + rpc - 1) // rpc
+    dx = np.empty_like(x)
+    part = _scratch_array("rms_bwd", (nch, D), x.dtype)
+    if x.dtype == np.float32:
+        _rms_bwd[float](dy, x, rstd, w, dx, part, rpc, nt)
+    else:
+        _rms_bwd[double](dy, x, rstd, w, dx, part, rpc, nt)
+    return dx, (_reduce_partials(part, nt).astype(x.dtype) if need_dw else None)
+
+
+# ---------------------------------------------------------------- group / instance norm
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _group_fwd(const floating[:, :, ::1] x, int64_t G, const floating[::1] w,
+                     const floating[::1] b, double eps, floating[:, :, ::1] y,
+                     double[::1] mean, double[::1] var, int nt) noexcept nogil:
+    cdef int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2], K = C // G
+    cdef int64_t row, n, g, c
+    cdef int level = simd_level()
+    cdef double mu, q, v, rs
+    cdef floating mh, ml
+    for row in prange(N * G, num_threads=nt, schedule="static"):
+        n = row // G
+        g = row % G
+        mu = 0
+        q = 0
+        if floating is float:
+            fdl_row_moments_f32(&x[n, g * K, 0], K * S, level, &mu, &q)
+        else:
+            fdl_row_moments_f64(&x[n, g * K, 0], K * S, level, &mu, &q)
+        v = q / (K * S)
+        mean[row] = mu
+        var[row] = v
+        rs = 1.0 / sqrt(v + eps)
+        mh = <floating>mu
+        ml = <floating>(mu - <double>mh)
+        for c in range(g * K, (g + 1) * K):
+            if floating is float:
+                K32.apply_chan(&x[n, c, 0], &y[n, c, 0], S, mh, ml, <float>(rs * w[c]), b[c])
+            else:
+                K64.apply_chan(&x[n, c, 0], &y[n, c, 0], S, mh, ml, rs * w[c], b[c])
+
+
+def group_norm_fwd(x, int64_t G, w, b, double eps, out, int nt):
+    _select()
+    N, C, S = x.shape
+    w = _ones(C, x.dtype) if w is None else w
+    b = np.zeros(C, x.dtype) if b is None else b
+    mean, var = np.empty(N * G), np.empty(N * G)
+    cdef double[::1] mv = mean, vv = var
+    if x.dtype == np.float32:
+        _group_fwd[float](x, G, w, b, eps, out, mv, vv, nt)
+    else:
+        _group_fwd[double](x, G, w, b, eps, out, mv, vv, nt)
+    return mean.reshape(N, G), var.reshape(N, G)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _group_bwd(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
+                     const double[::1] mean, const double[::1] rstd, int64_t G,
+                     const floating[::1] w, floating[:, :, ::1] dx, double[:, ::1] A,
+                     double[:, ::1] B, int nt) noexcept nogil:
+    cdef int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2], K = C // G
+    cdef int64_t row, n, g, c
+    cdef double s1, s2, M = <double>(K * S)
+    cdef floating mh, ml, rs
+    for row in prange(N * G, num_threads=nt, schedule="static"):
+        n = row // G
+        g = row % G
+        mh = <floating>mean[row]
+        ml = <floating>(mean[row] - <double>mh)
+        rs = <floating>rstd[row]
+        s1 = 0
+        s2 = 0
+        for c in range(g * K, (g + 1) * K):
+            A[n, c] = 0
+            B[n, c] = 0
+            if floating is float:
+                K32.seg_sums(&dy[n, c, 0], &x[n, c, 0], S, mh, ml, rs, &A[n, c], &B[n, c])
+            else:
+                K64.seg_sums(&dy[n, c, 0], &x[n, c, 0], S, mh, ml, rs, &A[n, c], &B[n, c])
+            s1 = s1 + w[c] * B[n, c]
+            s2 = s2 + w[c] * A[n, c]
+        for c in range(g * K, (g + 1) * K):
+            if floating is float:
+                K32.seg_dx(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mh, ml, rs, w[c],
+                           <float>(s1 / M), <float>(s2 / M))
+            else:
+                K64.seg_dx(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mh, ml, rs, w[c],
+                           s1 / M, s2 / M)
+
+
+def group_norm_bwd(dy, x, mean, rstd, int64_t G, w, bint need_dw, bint need_db, int nt):
+    _select()
+    N, C, S = x.shape
+    w = _ones(C, x.dtype) if w is None else w
+    dx = np.empty_like(x)
+    A, B = np.empty((N, C)), np.empty((N, C))
+    mean = np.ascontiguousarray(mean).reshape(-1)
+    rstd = np.ascontiguousarray(rstd).reshape(-1)
+    if x.dtype == np.float32:
+        _group_bwd[float](dy, x, mean, rstd, G, w, dx, A, B, nt)
+    else:
+        _group_bwd[double](dy, x, mean, rstd, G, w, dx, A, B, nt)
+    dw = A.sum(axis=0).astype(x.dtype) if need_dw else None
+    db = B.sum(axis=0).astype(x.dtype) if need_db else None
+    return dx, dw, db
+
+
+# ---------------------------------------------------------------- batch norm
+
+cdef bint _by_channel(x):
+    return x.shape[2] * x.itemsize >= CHANNEL_SEGMENT_BYTES
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _batch_fwd_channels(const floating[:, :, ::1] x, const floating[::1] w,
+                              const floating[::1] b, double eps, floating[:, :, ::1] y,
+                              double[::1] mean, double[::1] var, double[:, ::1] work,
+                              int nt) noexcept nogil:
+    cdef int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2], c, n
+    cdef int level = simd_level()
+    cdef double mu, q, v, rs
+    cdef floating mh, ml, a
+    cdef int tid = 0
+    with parallel(num_threads=nt):
+        tid = threadid()
+        for c in prange(C, schedule="static"):
+            mu = 0
+            q = 0
+            if floating is float:
+                fdl_seg_moments_f32(&x[0, c, 0], N, S, C * S, level, &work[tid, 0], &mu, &q)
+            else:
+                fdl_seg_moments_f64(&x[0, c, 0], N, S, C * S, level, &work[tid, 0], &mu, &q)
+            v = q / (N * S)
+            mean[c] = mu
+            var[c] = v
+            rs = 1.0 / sqrt(v + eps)
+            mh = <floating>mu
+            ml = <floating>(mu - <double>mh)
+            a = <floating>(rs * w[c])
+            for n in range(N):
+                if floating is float:
+                    K32.apply_chan(&x[n, c, 0], &y[n, c, 0], S, mh, ml, a, b[c])
+                else:
+                    K64.apply_chan(&x[n, c, 0], &y[n, c, 0], S, mh, ml, a, b[c])
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _apply_rows(const floating[:, ::1] x, const floating[:, ::1] vec,
+                      floating[:, ::1] y, int nt) noexcept nogil:
+    # y[n] = ((x[n] - mh) - ml) * a + c with vec = (mh, ml, a, c) per column
+    cdef int64_t R = x.shape[0], L = x.shape[1], r
+    for r in prange(R, num_threads=nt, schedule="static"):
+        if floating is float:
+            K32.apply_cols(&x[r, 0], &y[r, 0], L, &vec[0, 0], &vec[1, 0], &vec[2, 0],
+                           &vec[3, 0])
+        else:
+            K64.apply_cols(&x[r, 0], &y[r, 0], L, &vec[0, 0], &vec[1, 0], &vec[2, 0],
+                           &vec[3, 0])
+
+
+def _column_vectors(mean, rstd, w, b, S, dtype):
+    """(4, C*S) per-column (mean head, mean rest, scale, shift) in ``dtype``."""
+    C = mean.shape[0]
+    mh = mean.astype(dtype)
+    ml = (mean - mh.astype(np.float64)).astype(dtype)
+    a = rstd if w is None else rstd * w.astype(np.float64)
+    a = a.astype(dtype)      # rounded once, like the channel path's scale
+    c = np.zeros(C, dtype) if b is None else b
+    return np.repeat(np.stack([mh, ml, a, c.astype(dtype)]), S, axis=1)
+
+
+def _apply_columns(x, mean, rstd, w, b, out, int nt):
+    N, C, S = x.shape
+    vec = _column_vectors(mean, rstd, w, b, S, x.dtype)
+    x2, y2 = x.reshape(N, C * S), out.reshape(N, C * S)
+    if x.dtype == np.float32:
+        _apply_rows[float](x2, vec, y2, nt)
+    else:
+        _apply_rows[double](x2, vec, y2, nt)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _apply_channels(const floating[:, :, ::1] x, const double[::1] mean,
+                          const double[::1] rstd, const floating[::1] w,
+                          const floating[::1] b, floating[:, :, ::1] y, int nt) noexcept nogil:
+    cdef int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2], i, n, c
+    cdef floating mh, ml
+    for i in prange(N * C, num_threads=nt, schedule="static"):
+        n = i // C
+        c = i % C
+        mh = <floating>mean[c]
+        ml = <floating>(mean[c] - <double>mh)
+        if floating is float:
+            K32.apply_chan(&x[n, c, 0], &y[n, c, 0], S, mh, ml, <float>(rstd[c] * w[c]), b[c])
+        else:
+            K64.apply_chan(&x[n, c, 0], &y[n, c, 0], S, mh, ml, rstd[c] * w[c], b[c])
+
+
+def batch_norm_eval(x, mean, rstd, w, b, out, int nt):
+    _select()
+    if not _by_channel(x):
+        _apply_columns(x, mean, rstd, w, b, out, nt)
+        return None
+    C = x.shape[1]
+    w = _ones(C, x.dtype) if w is None else w
+    b = np.zeros(C, x.dtype) if b is None else b
+    if x.dtype == np.float32:
+        _apply_channels[float](x, mean, rstd, w, b, out, nt)
+    else:
+        _apply_channels[double](x, mean, rstd, w, b, out, nt)
+    return None
+
+
+def batch_norm_fwd(x, w, b, double eps, out, int nt):
+    _select()
+    N, C, S = x.shape
+    if not _by_channel(x):
+        mu, m2, _ = _moments(x.reshape(-1), x.shape, "batch", None, nt)
+        mean = np.array(mu, np.float64)
+        var = np.asarray(m2) / float(N * S)
+        _apply_columns(x, mean, 1.0 / np.sqrt(var + eps), w, b, out, nt)
+        return mean, var
+    w = _ones(C, x.dtype) if w is None else w
+    b = np.zeros(C, x.dtype) if b is None else b
+    mean, var = np.empty(C), np.empty(C)
+    work = _scratch_array("batch_fwd", (max(1, nt), fdl_seg_moments_work(N, S, x.itemsize)),
+                          np.float64)
+    cdef double[::1] mv = mean, vv = var
+    if x.dtype == np.float32:
+        _batch_fwd_channels[float](x, w, b, eps, out, mv, vv, work, nt)
+    else:
+        _batch_fwd_channels[double](x, w, b, eps, out, mv, vv, work, nt)
+    return mean, var
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _batch_bwd_channels(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
+                              const double[::1] mean, const double[::1] rstd,
+                              const floating[::1] w, bint training, floating[:, :, ::1] dx,
+                              double[::1] A, double[::1] B, int nt) noexcept nogil:
+    cdef int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2], c, n
+    cdef double M = <double>(N * S), c1, c2
+    cdef floating mh, ml, rs
+    for c in prange(C, num_threads=nt, schedule="static"):
+        mh = <floating>mean[c]
+        ml = <floating>(mean[c] - <double>mh)
+        rs = <floating>rstd[c]
+        A[c] = 0
+        B[c] = 0
+        for n in range(N):
+            if floating is float:
+                K32.seg_sums(&dy[n, c, 0], &x[n, c, 0], S, mh, ml, rs, &A[c], &B[c])
+            else:
+                K64.seg_sums(&dy[n, c, 0], &x[n, c, 0], S, mh, ml, rs, &A[c], &B[c])
+        c1 = 0
+        c2 = 0
+        if training:
+            c1 = w[c] * B[c] / M
+            c2 = w[c] * A[c] / M
+        for n in range(N):
+            if floating is float:
+                K32.seg_dx(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mh, ml, rs, w[c],
+                           <float>c1, <float>c2)
+            else:
+                K64.seg_dx(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mh, ml, rs, w[c],
+                           c1, c2)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _col_sums(const floating[:, ::1] dy, const floating[:, ::1] x,
+                    const floating[:, ::1] vec, floating[:, ::1] ap, floating[:, ::1] bp,
+                    int64_t rpc, int nt) noexcept nogil:
+    # partial column sums of dy * xh and dy over fixed chunks of rpc rows;
+    # vec rows: mean head, mean rest, rstd
+    cdef int64_t R = x.shape[0], L = x.shape[1], nch = ap.shape[0], k, r
+    for k in prange(nch, num_threads=nt, schedule="static"):
+        memset(&ap[k, 0], 0, L * sizeof(floating))
+        memset(&bp[k, 0], 0, L * sizeof(floating))
+        for r in range(k * rpc, min(R, (k + 1) * rpc)):
+            if floating is float:
+                K32.col_sums(&dy[r, 0], &x[r, 0], L, &vec[0, 0], &vec[1, 0], &vec[2, 0],
+                             &ap[k, 0], &bp[k, 0])
+            else:
+                K64.col_sums(&dy[r, 0], &x[r, 0], L, &vec[0, 0], &vec[1, 0], &vec[2, 0],
+                             &ap[k, 0], &bp[k, 0])
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _col_dx(const floating[:, ::1] dy, const floating[:, ::1] x,
+                  const floating[:, ::1] vec, floating[:, ::1] dx, int nt) noexcept nogil:
+    # vec rows: mean head, mean rest, rstd, weight, c1, c2
+    cdef int64_t R = x.shape[0], L = x.shape[1], r
+    for r in prange(R, num_threads=nt, schedule="static"):
+        if floating is float:
+            K32.col_dx(&dy[r, 0], &x[r, 0], &dx[r, 0], L, &vec[0, 0], &vec[1, 0], &vec[2, 0],
+                       &vec[3, 0], &vec[4, 0], &vec[5, 0])
+        else:
+            K64.col_dx(&dy[r, 0], &x[r, 0], &dx[r, 0], L, &vec[0, 0], &vec[1, 0], &vec[2, 0],
+                       &vec[3, 0], &vec[4, 0], &vec[5, 0])
+
+
+def _batch_bwd_columns(dy, x, mean, rstd, w, bint training, int nt):
+    N, C, S = x.shape
+    L = C * S
+    dt = x.dtype
+    w64 = np.ones(C) if w is None else w.astype(np.float64)
+    mh = mean.astype(dt)
+    ml = (mean - mh.astype(np.float64)).astype(dt)
+    vec = np.empty((6, L), dt)
+    vec[:3] = np.repeat(np.stack([mh, ml, rstd.astype(dt)]), S, axis=1)
+    x2, dy2 = x.reshape(N, L), dy.reshape(N, L)
+    rpc = _chunk_rows(N)
+    nch = (N + rpc - 1) // rpc
+    part = _scratch_array("batch_bwd", (2, nch, L), dt)
+    if dt == np.float32:
+        _col_sums[float](dy2, x2, vec, part[0], part[1], rpc, nt)
+    else:
+        _col_sums[double](dy2, x2, vec, part[0], part[1], rpc, nt)
+    A = _reduce_partials(part[0], nt).reshape(C, S).sum(axis=1)
+    B = _reduce_partials(part[1], nt).reshape(C, S).sum(axis=1)
+    M = float(N * S)
+    c1 = w64 * B / M if training else np.zeros(C)
+    c2 = w64 * A / M if training else np.zeros(C)
+    vec[3:] = np.repeat(np.stack([w64, c1, c2]).astype(dt), S, axis=1)
+    dx = np.empty_like(x)
+    if dt == np.float32:
+        _col_dx[float](dy2, x2, vec, dx.reshape(N, L), nt)
+    else:
+        _col_dx[double](dy2, x2, vec, dx.reshape(N, L), nt)
+    return dx, A, B
+
+
+def batch_norm_bwd(dy, x, mean, rstd, w, bint training, bint need_dw, bint need_db, int nt):
+    _select()
+    C = x.shape[1]
+    if _by_channel(x):
+        wv = _ones(C, x.dtype) if w is None else w
+        dx = np.empty_like(x)
+        A, B = np.empty(C), np.empty(C)
+        if x.dtype == np.float32:
+            _batch_bwd_channels[float](dy, x, mean, rstd, wv, training, dx, A, B, nt)
+        else:
+            _batch_bwd_channels[double](dy, x, mean, rstd, wv, training, dx, A, B, nt)
+    else:
+        dx, A, B = _batch_bwd_columns(dy, x, mean, rstd, w, training, nt)
+    return (dx, A.astype(x.dtype) if need_dw else None, B.astype(x.dtype) if need_db else None)

@@ -1,0 +1,49 @@
+/* Normalization layer kernels: per-row / per-segment building blocks that
+ * _norm.pyx runs in parallel.  A table per dtype holds the functions of one
+ * ISA; fdl_nk_*_table(level) picks the AVX2 build or the baseline one, which
+ * round identically (see normk_body.h). */
+#ifndef FASTDL_NORMK_H
+#define FASTDL_NORMK_H
+#include <stdint.h>
+
+#define FDL_NK_FUNCS(T)                                                                     \
+    double (*sumsq)(const T *x, int64_t n);                                                 \
+    void (*apply_row)(const T *x, T *y, int64_t n, T mh, T ml, T r, const T *w, const T *b); \
+    void (*apply_rms)(const T *x, T *y, int64_t n, T r, const T *w);                        \
+    void (*apply_chan)(const T *x, T *y, int64_t n, T mh, T ml, T a, T c);                  \
+    void (*apply_cols)(const T *x, T *y, int64_t n, const T *mh, const T *ml, const T *a,   \
+                       const T *c);                                                         \
+    void (*row_sums)(const T *dy, const T *x, int64_t n, T mh, T ml, T r, const T *w,       \
+                     T *dwp, T *dbp, double *s1, double *s2);                               \
+    void (*row_dx)(const T *dy, const T *x, T *dx, int64_t n, T mh, T ml, T r, const T *w,  \
+                   T c1, T c2);                                                             \
+    double (*rms_sums)(const T *dy, const T *x, int64_t n, T r, const T *w, T *dwp);        \
+    void (*rms_dx)(const T *dy, const T *x, T *dx, int64_t n, T r, const T *w, T c2);       \
+    void (*seg_sums)(const T *dy, const T *x, int64_t n, T mh, T ml, T r, double *A,        \
+                     double *B);                                                            \
+    void (*seg_dx)(const T *dy, const T *x, T *dx, int64_t n, T mh, T ml, T r, T wk, T c1,  \
+                   T c2);                                                                   \
+    void (*col_sums)(const T *dy, const T *x, int64_t n, const T *mh, const T *ml,          \
+                     const T *r, T *ap, T *bp);                                             \
+    void (*col_dx)(const T *dy, const T *x, T *dx, int64_t n, const T *mh, const T *ml,     \
+                   const T *r, const T *w, const T *c1, const T *c2);
+
+typedef struct { FDL_NK_FUNCS(float) } fdl_nk_f32;
+typedef struct { FDL_NK_FUNCS(double) } fdl_nk_f64;
+
+const fdl_nk_f32 *fdl_nk_f32_table(int level);
+const fdl_nk_f64 *fdl_nk_f64_table(int level);
+
+/* Mean and M2 of x[0:n] (any n): 16 KiB blocks by fdl_moments_blocks_*,
+ * merged with Chan's formula in a fixed order. */
+void fdl_row_moments_f32(const float *x, int64_t n, int level, double *mean, double *m2);
+void fdl_row_moments_f64(const double *x, int64_t n, int level, double *mean, double *m2);
+
+/* Mean and M2 over nseg segments of len elements, segment s at x + s * stride.
+ * work: 3 * nseg * ceil(len / block) doubles (block = 16 KiB of elements). */
+void fdl_seg_moments_f32(const float *x, int64_t nseg, int64_t len, int64_t stride, int level,
+                         double *work, double *mean, double *m2);
+void fdl_seg_moments_f64(const double *x, int64_t nseg, int64_t len, int64_t stride, int level,
+                         double *work, double *mean, double *m2);
+int64_t fdl_seg_moments_work(int64_t nseg, int64_t len, int64_t itemsize);
+#endif

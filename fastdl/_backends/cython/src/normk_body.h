@@ -1,0 +1,179 @@
+/* Normalization kernels, included by normk.c once per (type, ISA).
+ *
+ * Expects T (float/double), NL (lanes: 16 float, 8 double), ATTR (target
+ * attribute or empty) and NK(name) (suffixes the name).  Every loop is plain C
+ * over fixed lane arrays, so the compiler vectorizes it with the ISA of ATTR
+ * while the order of every rounding stays the same: the scalar and AVX2
+ * builds agree bitwise (fp-contract is off, no fast-math).
+ *
+ * xh = ((x - mh) - ml) * r is the normalized input: mh + ml is the float64
+ * mean split into a head in T and the rest, so data far from zero keeps its
+ * precision (x - mh is exact for x near the mean). */
+
+/* Lane partial sums are flushed into double every NK_FLUSH elements, so a
+ * float lane adds at most NK_FLUSH / NL terms. */
+#ifndef NK_FLUSH
+#define NK_FLUSH 1024
+#endif
+
+static inline ATTR double NK(lanes)(const T *restrict a) {
+    double s[4] = {0, 0, 0, 0};
+    for (int k = 0; k < NL; k++) s[k & 3] += (double)a[k];
+    return (s[0] + s[2]) + (s[1] + s[3]);
+}
+
+/* ---- forward ---- */
+
+/* Sum of squares of x[0:n] (RMS norm). */
+static ATTR double NK(sumsq)(const T *restrict x, int64_t n) {
+    double tot = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += NK_FLUSH) {
+        int64_t i1 = n - i0 < NK_FLUSH ? n : i0 + NK_FLUSH, i = i0;
+        T a[NL] = {0};
+        for (; i + NL <= i1; i += NL)
+            for (int k = 0; k < NL; k++) a[k] += x[i + k] * x[i + k];
+        for (; i < i1; i++) a[i & (NL - 1)] += x[i] * x[i];
+        tot += NK(lanes)(a);
+    }
+    return tot;
+}
+
+/* y = xh * w + b (per-element w, b: layer norm). */
+static ATTR void NK(apply_row)(const T *restrict x, T *restrict y, int64_t n, T mh, T ml, T r,
+                               const T *restrict w, const T *restrict b) {
+    for (int64_t j = 0; j < n; j++) y[j] = ((x[j] - mh) - ml) * r * w[j] + b[j];
+}
+
+/* y = x * r * w (RMS norm). */
+static ATTR void NK(apply_rms)(const T *restrict x, T *restrict y, int64_t n, T r, const T *restrict w) {
+    for (int64_t j = 0; j < n; j++) y[j] = x[j] * r * w[j];
+}
+
+/* y = ((x - mh) - ml) * a + c (one channel: a = r * w[c], c = b[c]). */
+static ATTR void NK(apply_chan)(const T *restrict x, T *restrict y, int64_t n, T mh, T ml, T a, T c) {
+    for (int64_t j = 0; j < n; j++) y[j] = ((x[j] - mh) - ml) * a + c;
+}
+
+/* Per-column version of apply_chan (batch norm over a short spatial extent). */
+static ATTR void NK(apply_cols)(const T *restrict x, T *restrict y, int64_t n, const T *restrict mh, const T *restrict ml,
+                                const T *restrict a, const T *restrict c) {
+    for (int64_t j = 0; j < n; j++) y[j] = ((x[j] - mh[j]) - ml[j]) * a[j] + c[j];
+}
+
+/* ---- backward ----
+ * g = dy * w; dx = ((g - c1) - xh * c2) * r with c1 = mean(g), c2 = mean(g xh)
+ * over the statistic group (c1 = 0 for RMS norm). */
+
+/* Layer norm row: s1 = sum(g), s2 = sum(g xh); dwp += dy xh, dbp += dy. */
+static ATTR void NK(row_sums)(const T *restrict dy, const T *restrict x, int64_t n, T mh, T ml, T r,
+                              const T *restrict w, T *restrict dwp, T *restrict dbp, double *restrict s1, double *restrict s2) {
+    double t1 = 0.0, t2 = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += NK_FLUSH) {
+        int64_t i1 = n - i0 < NK_FLUSH ? n : i0 + NK_FLUSH, i = i0;
+        T a1[NL] = {0}, a2[NL] = {0};
+        for (; i + NL <= i1; i += NL)
+            for (int k = 0; k < NL; k++) {
+                T xh = ((x[i + k] - mh) - ml) * r, d = dy[i + k], g = d * w[i + k];
+                a1[k] += g;
+                a2[k] += g * xh;
+                dwp[i + k] += d * xh;
+                dbp[i + k] += d;
+            }
+        for (; i < i1; i++) {
+            T xh = ((x[i] - mh) - ml) * r, d = dy[i], g = d * w[i];
+            a1[i & (NL - 1)] += g;
+            a2[i & (NL - 1)] += g * xh;
+            dwp[i] += d * xh;
+            dbp[i] += d;
+        }
+        t1 += NK(lanes)(a1);
+        t2 += NK(lanes)(a2);
+    }
+    *s1 = t1;
+    *s2 = t2;
+}
+
+static ATTR void NK(row_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n, T mh, T ml, T r,
+                            const T *restrict w, T c1, T c2) {
+    for (int64_t j = 0; j < n; j++) {
+        T xh = ((x[j] - mh) - ml) * r;
+        dx[j] = ((dy[j] * w[j] - c1) - xh * c2) * r;
+    }
+}
+
+/* RMS norm row: s2 = sum(g xh) with xh = x r; dwp += dy xh. */
+static ATTR double NK(rms_sums)(const T *restrict dy, const T *restrict x, int64_t n, T r, const T *restrict w, T *restrict dwp) {
+    double t2 = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += NK_FLUSH) {
+        int64_t i1 = n - i0 < NK_FLUSH ? n : i0 + NK_FLUSH, i = i0;
+        T a2[NL] = {0};
+        for (; i + NL <= i1; i += NL)
+            for (int k = 0; k < NL; k++) {
+                T xh = x[i + k] * r, d = dy[i + k];
+                a2[k] += d * w[i + k] * xh;
+                dwp[i + k] += d * xh;
+            }
+        for (; i < i1; i++) {
+            T xh = x[i] * r, d = dy[i];
+            a2[i & (NL - 1)] += d * w[i] * xh;
+            dwp[i] += d * xh;
+        }
+        t2 += NK(lanes)(a2);
+    }
+    return t2;
+}
+
+static ATTR void NK(rms_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n, T r, const T *restrict w, T c2) {
+    for (int64_t j = 0; j < n; j++) dx[j] = (dy[j] * w[j] - (x[j] * r) * c2) * r;
+}
+
+/* One channel segment: *A += sum(dy xh), *B += sum(dy). */
+static ATTR void NK(seg_sums)(const T *restrict dy, const T *restrict x, int64_t n, T mh, T ml, T r,
+                              double *restrict A, double *restrict B) {
+    double tA = 0.0, tB = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += NK_FLUSH) {
+        int64_t i1 = n - i0 < NK_FLUSH ? n : i0 + NK_FLUSH, i = i0;
+        T a[NL] = {0}, b[NL] = {0};
+        for (; i + NL <= i1; i += NL)
+            for (int k = 0; k < NL; k++) {
+                T d = dy[i + k];
+                a[k] += d * (((x[i + k] - mh) - ml) * r);
+                b[k] += d;
+            }
+        for (; i < i1; i++) {
+            a[i & (NL - 1)] += dy[i] * (((x[i] - mh) - ml) * r);
+            b[i & (NL - 1)] += dy[i];
+        }
+        tA += NK(lanes)(a);
+        tB += NK(lanes)(b);
+    }
+    *A += tA;
+    *B += tB;
+}
+
+/* One channel segment: dx = ((dy wk - c1) - xh c2) r. */
+static ATTR void NK(seg_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n, T mh, T ml, T r,
+                            T wk, T c1, T c2) {
+    for (int64_t j = 0; j < n; j++) {
+        T xh = ((x[j] - mh) - ml) * r;
+        dx[j] = ((dy[j] * wk - c1) - xh * c2) * r;
+    }
+}
+
+/* Per-column versions (batch norm over a short spatial extent). */
+static ATTR void NK(col_sums)(const T *restrict dy, const T *restrict x, int64_t n, const T *restrict mh, const T *restrict ml,
+                              const T *restrict r, T *restrict ap, T *restrict bp) {
+    for (int64_t j = 0; j < n; j++) {
+        T d = dy[j];
+        ap[j] += d * (((x[j] - mh[j]) - ml[j]) * r[j]);
+        bp[j] += d;
+    }
+}
+
+static ATTR void NK(col_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n, const T *restrict mh,
+                            const T *restrict ml, const T *restrict r, const T *restrict w, const T *restrict c1, const T *restrict c2) {
+    for (int64_t j = 0; j < n; j++) {
+        T xh = ((x[j] - mh[j]) - ml[j]) * r[j];
+        dx[j] = ((dy[j] * w[j] - c1[j]) - xh * c2[j]) * r[j];
+    }
+}

@@ -1,0 +1,15 @@
+/* Instantiates normk_body.h for float and double with the current ATTR/NK_ISA. */
+#define T float
+#define NL 16
+#define NK_SFX f32
+#include "normk_body.h"
+#undef T
+#undef NL
+#undef NK_SFX
+#define T double
+#define NL 8
+#define NK_SFX f64
+#include "normk_body.h"
+#undef T
+#undef NL
+#undef NK_SFX
