@@ -194,9 +194,10 @@ def _update(buf: np.ndarray, new: np.ndarray, momentum: float) -> None:
     buf[...] = (1.0 - momentum) * buf.astype(np.float64) + momentum * new
 
 
-def _out_buffer(out, x: np.ndarray):
-    """(buffer the kernel writes, user's out to copy into or None)."""
-    out = check_out(out, "out", x.shape, x.dtype, (x,))
+def _out_buffer(out, x: np.ndarray, *others):
+    """(buffer the kernel writes, user's out to copy into or None).  ``out`` must not
+    overlap the input nor ``others`` (parameters, running buffers)."""
+    out = check_out(out, "out", x.shape, x.dtype, (x,) + others)
     if out is not None and out.flags.c_contiguous:
         return out, None
     return np.empty(x.shape, x.dtype), out
@@ -276,7 +277,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out
     """
     x, shape, size, rows, lead, w, b = _layer_args(input, normalized_shape, weight, bias)
     eps = _eps(eps)
-    buf, target = _out_buffer(out, x)
+    buf, target = _out_buffer(out, x, w, b)
     if x.size == 0:
         return _result(_deliver(buf, target), _empty_stats(lead), return_stats)
     mean, var = registry.dispatch("layer_norm_fwd", (_rows(x, rows, size), _flat(w), _flat(b),
@@ -316,7 +317,7 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None, return
     trailing ``normalized_shape``; ``eps=None`` is the dtype's machine epsilon."""
     x, shape, size, rows, lead, w, _ = _layer_args(input, normalized_shape, weight, None)
     eps = _rms_eps(eps, x.dtype)
-    buf, target = _out_buffer(out, x)
+    buf, target = _out_buffer(out, x, w)
     if x.size == 0:
         return _result(_deliver(buf, target), _empty_stats(lead, False), return_stats)
     ms = registry.dispatch("rms_norm_fwd", (_rows(x, rows, size), _flat(w), eps,
@@ -358,7 +359,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, out=None,
     x, C, w, b = _channel_args(input, weight, bias)
     G = _check_groups(num_groups, C)
     eps = _eps(eps)
-    buf, target = _out_buffer(out, x)
+    buf, target = _out_buffer(out, x, w, b)
     if x.size == 0:
         return _result(_deliver(buf, target), _empty_stats((x.shape[0], G)), return_stats)
     mean, var = registry.dispatch("group_norm_fwd", (_ncs(x), G, w, b, eps, _ncs(buf)), {},
@@ -411,7 +412,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     rm, rv = _running(running_mean, running_var, C,
                       required=None if use_input_stats else "when use_input_stats=False",
                       update=use_input_stats)
-    buf, target = _out_buffer(out, x)
+    buf, target = _out_buffer(out, x, w, b, rm, rv)
     if not use_input_stats:
         return _apply_running(x, rm, rv, w, b, eps, buf, target, return_stats, backend)
     if x.size:
@@ -429,7 +430,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
 
 
 def _apply_running(x, rm, rv, w, b, eps, buf, target, return_stats, backend):
-    mean = np.asarray(rm, np.float64)
+    mean = np.array(rm, np.float64)     # a copy: stats must not alias the running buffer
     rstd = _rstd(rv, eps)
     if x.size:
         registry.dispatch("batch_norm_eval", (_ncs(x), np.ascontiguousarray(mean), rstd, w, b,
@@ -447,12 +448,12 @@ def instance_norm_backward(grad_output, input, running_mean=None, running_var=No
     _momentum(momentum)
     eps = _eps(eps)
     rm, rv = _running(running_mean, running_var, C,
-                      required=None if use_input_stats else "when use_input_stats=False",
-                      update=False)
+                      required=None if use_input_stats or stats is not None
+                      else "when use_input_stats=False and stats is None", update=False)
     dy = _grad(grad_output, x)
     if not use_input_stats:
         if stats is None:
-            stats = NormStats(np.asarray(rm, np.float64), _rstd(rv, eps))
+            stats = NormStats(np.array(rm, np.float64), _rstd(rv, eps))
         mean, rstd = _saved(stats, (C,), True)
         return _batch_bwd(dy, x, mean, rstd, w, b, False, backend)
     if x.size:
@@ -488,7 +489,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     momentum, eps = _momentum(momentum), _eps(eps)
     rm, rv = _running(running_mean, running_var, C,
                       required=None if training else "when training=False", update=training)
-    buf, target = _out_buffer(out, x)
+    buf, target = _out_buffer(out, x, w, b, rm, rv)
     if not training:
         return _apply_running(x, rm, rv, w, b, eps, buf, target, return_stats, backend)
     count = _training_count(x)
@@ -510,7 +511,8 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
     _momentum(momentum)
     eps = _eps(eps)
     rm, rv = _running(running_mean, running_var, C,
-                      required=None if training else "when training=False", update=False)
+                      required=None if training or stats is not None
+                      else "when training=False and stats is None", update=False)
     dy = _grad(grad_output, x)
     if stats is None:
         if training:
@@ -518,7 +520,7 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
             _, stats = batch_norm(x, None, None, w, b, True, 0.0, eps, return_stats=True,
                                   backend=backend)
         else:
-            stats = NormStats(np.asarray(rm, np.float64), _rstd(rv, eps))
+            stats = NormStats(np.array(rm, np.float64), _rstd(rv, eps))
     mean, rstd = _saved(stats, (C,), True)
     return _batch_bwd(dy, x, mean, rstd, w, b, training, backend)
 
