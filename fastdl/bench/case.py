@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 # modules that register cases on import; later issues append theirs
-CASE_MODULES = ["fastdl.bench.cases_norm"]
+CASE_MODULES = ["fastdl.bench.cases_norm", "fastdl.bench.cases_layers"]
 
 
 @dataclass

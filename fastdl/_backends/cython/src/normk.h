@@ -1,32 +1,35 @@
 /* Normalization layer kernels: per-row / per-segment building blocks that
- * _norm.pyx runs in parallel.  A table per dtype holds the functions of one
+ * _norm.pyx runs in parallel.  `stream` (nonzero)
+ * writes the output with non-temporal stores.  A table per dtype holds the functions of one
  * ISA; fdl_nk_*_table(level) picks the AVX2 build or the baseline one, which
  * round identically (see normk_body.h). */
 #ifndef FASTDL_NORMK_H
 #define FASTDL_NORMK_H
 #include <stdint.h>
 
-#define FDL_NK_FUNCS(T)                                                                     \
-    double (*sumsq)(const T *x, int64_t n);                                                 \
-    void (*apply_row)(const T *x, T *y, int64_t n, T mh, T ml, T r, const T *w, const T *b); \
-    void (*apply_rms)(const T *x, T *y, int64_t n, T r, const T *w);                        \
-    void (*apply_chan)(const T *x, T *y, int64_t n, T mh, T ml, T a, T c);                  \
-    void (*apply_cols)(const T *x, T *y, int64_t n, const T *mh, const T *ml, const T *a,   \
-                       const T *c);                                                         \
-    void (*row_sums)(const T *dy, const T *x, int64_t n, T mh, T ml, T r, const T *w,       \
-                     T *dwp, T *dbp, double *s1, double *s2);                               \
-    void (*row_dx)(const T *dy, const T *x, T *dx, int64_t n, T mh, T ml, T r, const T *w,  \
-                   T c1, T c2);                                                             \
-    double (*rms_sums)(const T *dy, const T *x, int64_t n, T r, const T *w, T *dwp);        \
-    void (*rms_dx)(const T *dy, const T *x, T *dx, int64_t n, T r, const T *w, T c2);       \
-    void (*seg_sums)(const T *dy, const T *x, int64_t n, T mh, T ml, T r, double *A,        \
-                     double *B);                                                            \
-    void (*seg_dx)(const T *dy, const T *x, T *dx, int64_t n, T mh, T ml, T r, T wk, T c1,  \
-                   T c2);                                                                   \
-    void (*col_sums)(const T *dy, const T *x, int64_t n, const T *mh, const T *ml,          \
-                     const T *r, T *ap, T *bp);                                             \
-    void (*col_dx)(const T *dy, const T *x, T *dx, int64_t n, const T *mh, const T *ml,     \
-                   const T *r, const T *w, const T *c1, const T *c2);
+#define FDL_NK_FUNCS(T)                                                                 \
+    double (*sumsq)(const T *x, int64_t n);                                             \
+    void (*apply_row)(const T *x, T *y, int64_t n, T mh, T ml, T r, const T *w,         \
+                      const T *b, int stream);                                          \
+    void (*apply_rms)(const T *x, T *y, int64_t n, T r, const T *w, int stream);        \
+    void (*apply_chan)(const T *x, T *y, int64_t n, T mh, T ml, T a, T c, int stream);  \
+    void (*apply_cols)(const T *x, T *y, int64_t n, const T *mh, const T *ml,           \
+                       const T *a, const T *c, int stream);                             \
+    void (*row_sums)(const T *dy, const T *x, int64_t n, T mh, T ml, T r, const T *w,   \
+                     T *dwp, T *dbp, double *s1, double *s2);                           \
+    void (*row_dx)(const T *dy, const T *x, T *dx, int64_t n, T mh, T ml, T r,          \
+                   const T *w, T c1, T c2, int stream);                                 \
+    double (*rms_sums)(const T *dy, const T *x, int64_t n, T r, const T *w, T *dwp);    \
+    void (*rms_dx)(const T *dy, const T *x, T *dx, int64_t n, T r, const T *w, T c2,    \
+                   int stream);                                                         \
+    void (*seg_sums)(const T *dy, const T *x, int64_t n, T mh, T ml, T r, double *A,    \
+                     double *B);                                                        \
+    void (*seg_dx)(const T *dy, const T *x, T *dx, int64_t n, T mh, T ml, T r, T wk,    \
+                   T c1, T c2, int stream);                                             \
+    void (*col_sums)(const T *dy, const T *x, int64_t n, const T *mh, const T *ml,      \
+                     const T *r, T *ap, T *bp);                                         \
+    void (*col_dx)(const T *dy, const T *x, T *dx, int64_t n, const T *mh, const T *ml, \
+                   const T *r, const T *w, const T *c1, const T *c2, int stream);
 
 typedef struct { FDL_NK_FUNCS(float) } fdl_nk_f32;
 typedef struct { FDL_NK_FUNCS(double) } fdl_nk_f64;
@@ -45,5 +48,9 @@ void fdl_seg_moments_f32(const float *x, int64_t nseg, int64_t len, int64_t stri
                          double *work, double *mean, double *m2);
 void fdl_seg_moments_f64(const double *x, int64_t nseg, int64_t len, int64_t stride, int level,
                          double *work, double *mean, double *m2);
+/* Prefetch up to 16 KiB from p, one request per 64-byte line. */
+void fdl_prefetch(const void *p, int64_t nbytes);
+/* Orders this thread's non-temporal stores before later stores (x86 sfence). */
+void fdl_sfence(void);
 int64_t fdl_seg_moments_work(int64_t nseg, int64_t len, int64_t itemsize);
 #endif

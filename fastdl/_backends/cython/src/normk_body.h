@@ -16,6 +16,34 @@
 #define NK_FLUSH 1024
 #endif
 
+/* y[j] = EXPR(j) for j < n.  With `stream`, the 64-byte-aligned lines of y
+ * are computed into an L1 buffer of NK_CHUNK elements and written from there
+ * with non-temporal stores (NK_STREAM, per ISA); the unaligned head and the
+ * tail use plain stores.  The values are the same either way.  The caller
+ * runs fdl_sfence() once per thread when it is done (not per call: a fence
+ * waits for the streamed lines to drain). */
+#define NK_LINE ((int64_t)(64 / sizeof(T)))
+#define NK_CHUNK 256
+#define NK_WRITE(y, n, stream, EXPR)                                                       \
+    do {                                                                                \
+        int64_t j_ = 0;                                                                 \
+        if ((stream) && (uintptr_t)(y) % sizeof(T) == 0) {                              \
+            T buf_[NK_CHUNK] __attribute__((aligned(64)));                              \
+            int64_t head_ = (int64_t)(((64 - ((uintptr_t)(y) & 63)) & 63) / sizeof(T)); \
+            if (head_ > (n)) head_ = (n);                                               \
+            for (; j_ < head_; j_++) (y)[j_] = EXPR(j_);                                \
+            while (j_ + NK_LINE <= (n)) {                                               \
+                int64_t m_ = ((n) - j_) / NK_LINE * NK_LINE;                            \
+                if (m_ > NK_CHUNK) m_ = NK_CHUNK;                                       \
+                for (int64_t k_ = 0; k_ < m_; k_++) buf_[k_] = EXPR(j_ + k_);           \
+                for (int64_t k_ = 0; k_ < m_; k_ += NK_LINE)                            \
+                    NK_STREAM((y) + j_ + k_, buf_ + k_);                                \
+                j_ += m_;                                                               \
+            }                                                                           \
+        }                                                                               \
+        for (; j_ < (n); j_++) (y)[j_] = EXPR(j_);                                      \
+    } while (0)
+
 static inline ATTR double NK(lanes)(const T *restrict a) {
     double s[4] = {0, 0, 0, 0};
     for (int k = 0; k < NL; k++) s[k & 3] += (double)a[k];
@@ -29,35 +57,45 @@ static ATTR double NK(sumsq)(const T *restrict x, int64_t n) {
     double tot = 0.0;
     for (int64_t i0 = 0; i0 < n; i0 += NK_FLUSH) {
         int64_t i1 = n - i0 < NK_FLUSH ? n : i0 + NK_FLUSH, i = i0;
-        T a[NL] = {0};
-        for (; i + NL <= i1; i += NL)
-            for (int k = 0; k < NL; k++) a[k] += x[i + k] * x[i + k];
-        for (; i < i1; i++) a[i & (NL - 1)] += x[i] * x[i];
-        tot += NK(lanes)(a);
+        T a[2 * NL] = {0};     /* 4 vector accumulators: add latency hidden */
+        for (; i + 2 * NL <= i1; i += 2 * NL)
+            for (int k = 0; k < 2 * NL; k++) a[k] += x[i + k] * x[i + k];
+        for (; i < i1; i++) a[i & (2 * NL - 1)] += x[i] * x[i];
+        tot += NK(lanes)(a) + NK(lanes)(a + NL);
     }
     return tot;
 }
 
 /* y = xh * w + b (per-element w, b: layer norm). */
 static ATTR void NK(apply_row)(const T *restrict x, T *restrict y, int64_t n, T mh, T ml, T r,
-                               const T *restrict w, const T *restrict b) {
-    for (int64_t j = 0; j < n; j++) y[j] = ((x[j] - mh) - ml) * r * w[j] + b[j];
+                               const T *restrict w, const T *restrict b, int stream) {
+#define E(j) (((x[j] - mh) - ml) * r * w[j] + b[j])
+    NK_WRITE(y, n, stream, E);
+#undef E
 }
 
 /* y = x * r * w (RMS norm). */
-static ATTR void NK(apply_rms)(const T *restrict x, T *restrict y, int64_t n, T r, const T *restrict w) {
-    for (int64_t j = 0; j < n; j++) y[j] = x[j] * r * w[j];
+static ATTR void NK(apply_rms)(const T *restrict x, T *restrict y, int64_t n, T r,
+                               const T *restrict w, int stream) {
+#define E(j) (x[j] * r * w[j])
+    NK_WRITE(y, n, stream, E);
+#undef E
 }
 
 /* y = ((x - mh) - ml) * a + c (one channel: a = r * w[c], c = b[c]). */
-static ATTR void NK(apply_chan)(const T *restrict x, T *restrict y, int64_t n, T mh, T ml, T a, T c) {
-    for (int64_t j = 0; j < n; j++) y[j] = ((x[j] - mh) - ml) * a + c;
+static ATTR void NK(apply_chan)(const T *restrict x, T *restrict y, int64_t n, T mh, T ml, T a,
+                                T c, int stream) {
+#define E(j) (((x[j] - mh) - ml) * a + c)
+    NK_WRITE(y, n, stream, E);
+#undef E
 }
 
 /* Per-column version of apply_chan (batch norm over a short spatial extent). */
 static ATTR void NK(apply_cols)(const T *restrict x, T *restrict y, int64_t n, const T *restrict mh, const T *restrict ml,
-                                const T *restrict a, const T *restrict c) {
-    for (int64_t j = 0; j < n; j++) y[j] = ((x[j] - mh[j]) - ml[j]) * a[j] + c[j];
+                                const T *restrict a, const T *restrict c, int stream) {
+#define E(j) (((x[j] - mh[j]) - ml[j]) * a[j] + c[j])
+    NK_WRITE(y, n, stream, E);
+#undef E
 }
 
 /* ---- backward ----
@@ -71,7 +109,7 @@ static ATTR void NK(row_sums)(const T *restrict dy, const T *restrict x, int64_t
     for (int64_t i0 = 0; i0 < n; i0 += NK_FLUSH) {
         int64_t i1 = n - i0 < NK_FLUSH ? n : i0 + NK_FLUSH, i = i0;
         T a1[NL] = {0}, a2[NL] = {0};
-        for (; i + NL <= i1; i += NL)
+        for (; i + NL <= i1; i += NL) {
             for (int k = 0; k < NL; k++) {
                 T xh = ((x[i + k] - mh) - ml) * r, d = dy[i + k], g = d * w[i + k];
                 a1[k] += g;
@@ -79,6 +117,7 @@ static ATTR void NK(row_sums)(const T *restrict dy, const T *restrict x, int64_t
                 dwp[i + k] += d * xh;
                 dbp[i + k] += d;
             }
+        }
         for (; i < i1; i++) {
             T xh = ((x[i] - mh) - ml) * r, d = dy[i], g = d * w[i];
             a1[i & (NL - 1)] += g;
@@ -93,12 +132,11 @@ static ATTR void NK(row_sums)(const T *restrict dy, const T *restrict x, int64_t
     *s2 = t2;
 }
 
-static ATTR void NK(row_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n, T mh, T ml, T r,
-                            const T *restrict w, T c1, T c2) {
-    for (int64_t j = 0; j < n; j++) {
-        T xh = ((x[j] - mh) - ml) * r;
-        dx[j] = ((dy[j] * w[j] - c1) - xh * c2) * r;
-    }
+static ATTR void NK(row_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n,
+                            T mh, T ml, T r, const T *restrict w, T c1, T c2, int stream) {
+#define E(j) (((dy[j] * w[j] - c1) - (((x[j] - mh) - ml) * r) * c2) * r)
+    NK_WRITE(dx, n, stream, E);
+#undef E
 }
 
 /* RMS norm row: s2 = sum(g xh) with xh = x r; dwp += dy xh. */
@@ -107,12 +145,13 @@ static ATTR double NK(rms_sums)(const T *restrict dy, const T *restrict x, int64
     for (int64_t i0 = 0; i0 < n; i0 += NK_FLUSH) {
         int64_t i1 = n - i0 < NK_FLUSH ? n : i0 + NK_FLUSH, i = i0;
         T a2[NL] = {0};
-        for (; i + NL <= i1; i += NL)
+        for (; i + NL <= i1; i += NL) {
             for (int k = 0; k < NL; k++) {
                 T xh = x[i + k] * r, d = dy[i + k];
                 a2[k] += d * w[i + k] * xh;
                 dwp[i + k] += d * xh;
             }
+        }
         for (; i < i1; i++) {
             T xh = x[i] * r, d = dy[i];
             a2[i & (NL - 1)] += d * w[i] * xh;
@@ -123,8 +162,11 @@ static ATTR double NK(rms_sums)(const T *restrict dy, const T *restrict x, int64
     return t2;
 }
 
-static ATTR void NK(rms_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n, T r, const T *restrict w, T c2) {
-    for (int64_t j = 0; j < n; j++) dx[j] = (dy[j] * w[j] - (x[j] * r) * c2) * r;
+static ATTR void NK(rms_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n,
+                            T r, const T *restrict w, T c2, int stream) {
+#define E(j) ((dy[j] * w[j] - (x[j] * r) * c2) * r)
+    NK_WRITE(dx, n, stream, E);
+#undef E
 }
 
 /* One channel segment: *A += sum(dy xh), *B += sum(dy). */
@@ -134,12 +176,13 @@ static ATTR void NK(seg_sums)(const T *restrict dy, const T *restrict x, int64_t
     for (int64_t i0 = 0; i0 < n; i0 += NK_FLUSH) {
         int64_t i1 = n - i0 < NK_FLUSH ? n : i0 + NK_FLUSH, i = i0;
         T a[NL] = {0}, b[NL] = {0};
-        for (; i + NL <= i1; i += NL)
+        for (; i + NL <= i1; i += NL) {
             for (int k = 0; k < NL; k++) {
                 T d = dy[i + k];
                 a[k] += d * (((x[i + k] - mh) - ml) * r);
                 b[k] += d;
             }
+        }
         for (; i < i1; i++) {
             a[i & (NL - 1)] += dy[i] * (((x[i] - mh) - ml) * r);
             b[i & (NL - 1)] += dy[i];
@@ -152,12 +195,11 @@ static ATTR void NK(seg_sums)(const T *restrict dy, const T *restrict x, int64_t
 }
 
 /* One channel segment: dx = ((dy wk - c1) - xh c2) r. */
-static ATTR void NK(seg_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n, T mh, T ml, T r,
-                            T wk, T c1, T c2) {
-    for (int64_t j = 0; j < n; j++) {
-        T xh = ((x[j] - mh) - ml) * r;
-        dx[j] = ((dy[j] * wk - c1) - xh * c2) * r;
-    }
+static ATTR void NK(seg_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n,
+                            T mh, T ml, T r, T wk, T c1, T c2, int stream) {
+#define E(j) (((dy[j] * wk - c1) - (((x[j] - mh) - ml) * r) * c2) * r)
+    NK_WRITE(dx, n, stream, E);
+#undef E
 }
 
 /* Per-column versions (batch norm over a short spatial extent). */
@@ -170,10 +212,11 @@ static ATTR void NK(col_sums)(const T *restrict dy, const T *restrict x, int64_t
     }
 }
 
-static ATTR void NK(col_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n, const T *restrict mh,
-                            const T *restrict ml, const T *restrict r, const T *restrict w, const T *restrict c1, const T *restrict c2) {
-    for (int64_t j = 0; j < n; j++) {
-        T xh = ((x[j] - mh[j]) - ml[j]) * r[j];
-        dx[j] = ((dy[j] * w[j] - c1[j]) - xh * c2[j]) * r[j];
-    }
+static ATTR void NK(col_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n,
+                            const T *restrict mh, const T *restrict ml, const T *restrict r,
+                            const T *restrict w, const T *restrict c1, const T *restrict c2,
+                            int stream) {
+#define E(j) (((dy[j] * w[j] - c1[j]) - (((x[j] - mh[j]) - ml[j]) * r[j]) * c2[j]) * r[j])
+    NK_WRITE(dx, n, stream, E);
+#undef E
 }

@@ -2,14 +2,18 @@
 #define T float
 #define NL 16
 #define NK_SFX f32
+#define NK_STREAM NK_STREAM_F32
 #include "normk_body.h"
 #undef T
 #undef NL
 #undef NK_SFX
+#undef NK_STREAM
 #define T double
 #define NL 8
 #define NK_SFX f64
+#define NK_STREAM NK_STREAM_F64
 #include "normk_body.h"
 #undef T
 #undef NL
 #undef NK_SFX
+#undef NK_STREAM
