@@ -6,7 +6,8 @@ from fastdl.bench import all_cases
 def pytest_generate_tests(metafunc):
     if "case" in metafunc.fixturenames:
         op = getattr(metafunc.module, "OP", None)
-        cases = all_cases(op=op)
+        only = getattr(metafunc.module, "ONLY", None)
+        cases = all_cases(op=op, only=only)
         metafunc.parametrize("case", cases, ids=[c.name for c in cases])
 
 

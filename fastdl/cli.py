@@ -43,15 +43,20 @@ def cmd_backends(args, console: Console) -> int:
     ops = sorted({op for info in infos.values() for op in info.ops} | registry._known_ops())
     table = Table(title="fastdl backends (priority: " + ", ".join(
         registry.get_backend_priority() + (registry.REFERENCE,)) + ")")
-    table.add_column("backend", style="bold")
-    table.add_column("status")
-    table.add_column("source")
-    for op in ops:
-        table.add_column(op, justify="center")
+    for col in ("backend", "status", "source", "ops"):
+        table.add_column(col, style="bold" if col == "backend" else None)
     for name, info in infos.items():
         status = {"loaded": "[green]loaded[/]", "error": "[red]error[/]"}.get(info.status, info.status)
-        table.add_row(name, status, info.source, *("✓" if op in info.ops else "·" for op in ops))
+        table.add_row(name, status, info.source, str(len(info.ops)))
     console.print(table)
+    # one row per op: it stays readable however many ops there are
+    matrix = Table(title="ops by backend (✓ implemented)")
+    matrix.add_column("op", style="bold")
+    for name in infos:
+        matrix.add_column(name, justify="center")
+    for op in ops:
+        matrix.add_row(op, *("✓" if op in info.ops else "·" for info in infos.values()))
+    console.print(matrix)
     for name, info in infos.items():
         if info.error:
             console.print(f"[red]{name}[/]: {info.error}")

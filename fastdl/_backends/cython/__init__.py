@@ -25,10 +25,14 @@ def norm_stats(x, kind, num_groups, ddof):
     return _norm_stats.norm_stats(x, kind, num_groups, ddof, get_num_threads())
 
 
-def _c(a, dtype, shape, name):
-    """``a`` as a C-contiguous array of ``dtype`` and ``shape`` (None passes)."""
+def _c(a, dtype, shape, name, required=False):
+    """``a`` as a C-contiguous array of ``dtype`` and ``shape``; None passes for
+    the optional ones (weight, bias)."""
     if a is None:
+        if required:
+            raise TypeError(f"{name} must be an array of shape {shape}, got None")
         return None
+    a = np.asarray(a)
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
     return np.ascontiguousarray(a, dtype=dtype)
@@ -49,8 +53,12 @@ def _out(out, x):
 
 
 def _stat(a, shape, name):
-    return _c(np.asarray(a, np.float64).reshape(shape) if a is not None else None,
-              np.float64, shape, name)
+    if a is None:
+        raise TypeError(f"{name} must be a float64 array of shape {shape}, got None")
+    a = np.asarray(a, np.float64)
+    if a.size != int(np.prod(shape)):
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    return _c(a.reshape(shape), np.float64, shape, name)
 
 
 def layer_norm_fwd(x, w, b, eps, out):
@@ -63,7 +71,7 @@ def layer_norm_fwd(x, w, b, eps, out):
 def layer_norm_bwd(dy, x, mean, rstd, w, need_dw, need_db):
     x = _data(x, 2)
     R, D = x.shape
-    return _norm.layer_norm_bwd(_c(dy, x.dtype, x.shape, "dy"), x, _stat(mean, (R,), "mean"),
+    return _norm.layer_norm_bwd(_c(dy, x.dtype, x.shape, "dy", True), x, _stat(mean, (R,), "mean"),
                                 _stat(rstd, (R,), "rstd"), _c(w, x.dtype, (D,), "w"),
                                 need_dw, need_db, get_num_threads())
 
@@ -76,7 +84,7 @@ def rms_norm_fwd(x, w, eps, out):
 
 def rms_norm_bwd(dy, x, rstd, w, need_dw):
     x = _data(x, 2)
-    return _norm.rms_norm_bwd(_c(dy, x.dtype, x.shape, "dy"), x,
+    return _norm.rms_norm_bwd(_c(dy, x.dtype, x.shape, "dy", True), x,
                               _stat(rstd, (x.shape[0],), "rstd"),
                               _c(w, x.dtype, (x.shape[1],), "w"), need_dw, get_num_threads())
 
@@ -99,7 +107,7 @@ def group_norm_bwd(dy, x, mean, rstd, G, w, need_dw, need_db):
     x = _data(x, 3)
     N, C = x.shape[:2]
     G = _groups(G, C)
-    return _norm.group_norm_bwd(_c(dy, x.dtype, x.shape, "dy"), x, _stat(mean, (N * G,), "mean"),
+    return _norm.group_norm_bwd(_c(dy, x.dtype, x.shape, "dy", True), x, _stat(mean, (N * G,), "mean"),
                                 _stat(rstd, (N * G,), "rstd"), G, _c(w, x.dtype, (C,), "w"),
                                 need_dw, need_db, get_num_threads())
 
@@ -122,7 +130,7 @@ def batch_norm_eval(x, mean, rstd, w, b, out):
 def batch_norm_bwd(dy, x, mean, rstd, w, training, need_dw, need_db):
     x = _data(x, 3)
     C = x.shape[1]
-    return _norm.batch_norm_bwd(_c(dy, x.dtype, x.shape, "dy"), x, _stat(mean, (C,), "mean"),
+    return _norm.batch_norm_bwd(_c(dy, x.dtype, x.shape, "dy", True), x, _stat(mean, (C,), "mean"),
                                 _stat(rstd, (C,), "rstd"), _c(w, x.dtype, (C,), "w"),
                                 bool(training), need_dw, need_db, get_num_threads())
 

@@ -52,6 +52,10 @@ cdef extern from "normk.h" nogil:
         void (*col_dx)(const float *dy, const float *x, float *dx, int64_t n, const float *mh,
                        const float *ml, const float *r, const float *w, const float *c1,
                        const float *c2, int stream) noexcept nogil
+        void (*seg_scale)(const float *dy, float *dx, int64_t n, float wk, float r,
+                          int stream) noexcept nogil
+        void (*col_scale)(const float *dy, float *dx, int64_t n, const float *w, const float *r,
+                          int stream) noexcept nogil
     ctypedef struct fdl_nk_f64:
         double (*sumsq)(const double *x, int64_t n) noexcept nogil
         void (*apply_row)(const double *x, double *y, int64_t n, double mh, double ml, double r,
@@ -84,6 +88,10 @@ cdef extern from "normk.h" nogil:
         void (*col_dx)(const double *dy, const double *x, double *dx, int64_t n,
                        const double *mh, const double *ml, const double *r, const double *w,
                        const double *c1, const double *c2, int stream) noexcept nogil
+        void (*seg_scale)(const double *dy, double *dx, int64_t n, double wk, double r,
+                          int stream) noexcept nogil
+        void (*col_scale)(const double *dy, double *dx, int64_t n, const double *w,
+                          const double *r, int stream) noexcept nogil
     const fdl_nk_f32 *fdl_nk_f32_table(int level)
     const fdl_nk_f64 *fdl_nk_f64_table(int level)
     void fdl_row_moments_f32(const float *x, int64_t n, int level, double *mean, double *m2)
@@ -108,6 +116,8 @@ cdef int64_t MAX_CHUNK_ROWS = 64
 # read-for-ownership of the destination (writes ~1.5x faster on the project's
 # machines), and an output this large would not stay cached for the next op.
 cdef int64_t STREAM_BYTES = 8 << 20
+# Bytes of the next strided segment requested before summing the current one.
+cdef int64_t PF_SEGMENT_BYTES = 2048
 cdef int64_t MIN_CHUNKS = 16
 
 cdef const fdl_nk_f32 *K32 = fdl_nk_f32_table(0)
@@ -609,17 +619,21 @@ cdef void _batch_bwd_channels(const floating[:, :, ::1] dy, const floating[:, :,
             B[c] = 0
             for n in range(N):
                 if n + 1 < N:     # segments are far apart: request the next one early
-                    fdl_prefetch(&x[n + 1, c, 0], S * sizeof(floating))
-                    fdl_prefetch(&dy[n + 1, c, 0], S * sizeof(floating))
+                    fdl_prefetch(&x[n + 1, c, 0], PF_SEGMENT_BYTES)
+                    fdl_prefetch(&dy[n + 1, c, 0], PF_SEGMENT_BYTES)
                 if floating is float:
                     K32.seg_sums(&dy[n, c, 0], &x[n, c, 0], S, mh, ml, rs, &A[c], &B[c])
                 else:
                     K64.seg_sums(&dy[n, c, 0], &x[n, c, 0], S, mh, ml, rs, &A[c], &B[c])
-            c1 = 0
-            c2 = 0
-            if training:
-                c1 = w[c] * B[c] / M
-                c2 = w[c] * A[c] / M
+            if not training:          # constant statistics: dx = dy w r
+                for n in range(N):
+                    if floating is float:
+                        K32.seg_scale(&dy[n, c, 0], &dx[n, c, 0], S, w[c], rs, stream)
+                    else:
+                        K64.seg_scale(&dy[n, c, 0], &dx[n, c, 0], S, w[c], rs, stream)
+                continue
+            c1 = w[c] * B[c] / M
+            c2 = w[c] * A[c] / M
             for n in range(N):
                 if floating is float:
                     K32.seg_dx(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mh, ml, rs, w[c],
@@ -653,12 +667,19 @@ cdef void _col_sums(const floating[:, ::1] dy, const floating[:, ::1] x,
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef void _col_dx(const floating[:, ::1] dy, const floating[:, ::1] x,
-                  const floating[:, ::1] vec, floating[:, ::1] dx, bint stream, int nt) noexcept nogil:
-    # vec rows: mean head, mean rest, rstd, weight, c1, c2
+                  const floating[:, ::1] vec, floating[:, ::1] dx, bint training, bint stream,
+                  int nt) noexcept nogil:
+    # vec rows: mean head, mean rest, rstd, weight, c1, c2; without training
+    # (constant statistics) dx = dy * weight * rstd
     cdef int64_t R = x.shape[0], L = x.shape[1], r
     with parallel(num_threads=nt):
         for r in prange(R, schedule="static"):
-            if floating is float:
+            if not training:
+                if floating is float:
+                    K32.col_scale(&dy[r, 0], &dx[r, 0], L, &vec[3, 0], &vec[2, 0], stream)
+                else:
+                    K64.col_scale(&dy[r, 0], &dx[r, 0], L, &vec[3, 0], &vec[2, 0], stream)
+            elif floating is float:
                 K32.col_dx(&dy[r, 0], &x[r, 0], &dx[r, 0], L, &vec[0, 0], &vec[1, 0], &vec[2, 0],
                            &vec[3, 0], &vec[4, 0], &vec[5, 0], stream)
             else:
@@ -693,9 +714,9 @@ def _batch_bwd_columns(dy, x, mean, rstd, w, bint training, int nt):
     vec[3:] = np.repeat(np.stack([w64, c1, c2]).astype(dt), S, axis=1)
     dx = np.empty_like(x)
     if dt == np.float32:
-        _col_dx[float](dy2, x2, vec, dx.reshape(N, L), stream, nt)
+        _col_dx[float](dy2, x2, vec, dx.reshape(N, L), training, stream, nt)
     else:
-        _col_dx[double](dy2, x2, vec, dx.reshape(N, L), stream, nt)
+        _col_dx[double](dy2, x2, vec, dx.reshape(N, L), training, stream, nt)
     return dx, A, B
 
 

@@ -8,6 +8,7 @@ pairwise tree.  The cut does not depend on the thread count, so neither do the
 results.
 """
 from cython.parallel cimport prange, parallel, threadid
+from libc.math cimport isfinite, NAN
 from libc.stdint cimport int64_t
 cimport cython
 from cython cimport floating
@@ -59,6 +60,9 @@ cdef inline void _merge(double na, double ma, double qa, double nb, double mb, d
         return
     if na == 0:
         n[0] = nb; m[0] = mb; q[0] = qb
+        return
+    if not isfinite(ma) or not isfinite(mb):   # inf/nan data: NumPy's mean, var nan
+        n[0] = nn; m[0] = ma + mb; q[0] = NAN
         return
     cdef double r = 1.0 / nn
     n[0] = nn

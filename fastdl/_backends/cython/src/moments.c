@@ -1,4 +1,6 @@
 #include "moments.h"
+
+#include <math.h>
 #include "simd.h"
 
 /* Lane k of a 16-lane accumulator holds the terms x[i] with i % 16 == k.
@@ -8,6 +10,13 @@ static inline double reduce16(const double *a) {
     for (int k = 0; k < 8; k++) t[k] = a[k] + a[k + 8];
     for (int k = 0; k < 4; k++) u[k] = t[k] + t[k + 4];
     return (u[0] + u[2]) + (u[1] + u[3]);
+}
+
+/* mean = K + sum(x - K) / n, where K is the first-pass mean.  A non-finite K
+ * (the data hold inf or nan) is already the mean NumPy gives (inf - inf in
+ * the correction would turn +inf into nan). */
+static inline double shifted_mean(double K, double s1, int64_t n) {
+    return isfinite(K) ? K + s1 / (double)n : K;
 }
 
 static inline void finish(double s, double c, int64_t n, double *m2) {
@@ -24,7 +33,7 @@ static inline void tail_finish_f64(const double *x, int64_t i, int64_t n, double
         dv[i & 15] += d;
     }
     double c1 = reduce16(dv);
-    *mean = m + c1 / (double)n;
+    *mean = shifted_mean(m, c1, n);
     finish(reduce16(sq), c1, n, m2);
 }
 
@@ -59,7 +68,7 @@ static inline double reduce32f(const float *a) {
 static inline void finish_f32(const float *sq, const float *dv, float K, int64_t n,
                               double *mean, double *m2) {
     double s1 = reduce32f(dv);
-    *mean = (double)K + s1 / (double)n;
+    *mean = shifted_mean((double)K, s1, n);
     finish(reduce32f(sq), s1, n, m2);
 }
 
@@ -187,7 +196,7 @@ FDL_TARGET_AVX2 static void blocks_##SFX##_avx2(const T *x, int64_t n, int64_t b
             s1 = RARR(dv);                                                                \
             s2 = RARR(sq);                                                                \
         }                                                                                 \
-        mean[b] = (double)K + s1 / (double)lc;                                            \
+        mean[b] = shifted_mean((double)K, s1, lc);                                        \
         finish(s2, s1, lc, &m2[b]);                                                       \
         if (ln != lnv) {                                                                  \
             for (int j = 0; j < 4; j++) STORE(acc + W * j, a[j]);                         \
@@ -333,7 +342,7 @@ void fdl_colmoments_##SFX(const T *x, int64_t rows, int64_t C, int64_t S,       
             s2 += (double)sq[c * S + s];                                         \
             s1 += (double)dv[c * S + s];                                         \
         }                                                                        \
-        mean[c] = (double)kc[c * S] + s1 * inv;                                  \
+        mean[c] = isfinite(kc[c * S]) ? (double)kc[c * S] + s1 * inv : (double)kc[c * S]; \
         finish(s2, s1, rows * S, &m2[c]);                                        \
     }                                                                            \
 }

@@ -2,6 +2,7 @@
 #include "moments.h"
 #include "simd.h"
 
+#include <math.h>
 #include <string.h>
 
 #define NK_CAT3(a, b, c) a##_##b##_##c
@@ -222,7 +223,7 @@ AVX2_SUMS(f64, double, __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_add
       apply_chan_##SFX##_##ISA, apply_cols_##SFX##_##ISA, row_sums_##SFX##_##RED,   \
       row_dx_##SFX##_##ISA, rms_sums_##SFX##_##RED, rms_dx_##SFX##_##ISA,           \
       seg_sums_##SFX##_##RED, seg_dx_##SFX##_##ISA, col_sums_##SFX##_##ISA,         \
-      col_dx_##SFX##_##ISA }
+      col_dx_##SFX##_##ISA, seg_scale_##SFX##_##ISA, col_scale_##SFX##_##ISA }
 
 static const fdl_nk_f32 f32_scalar = NK_TABLE(f32, scalar, scalar);
 static const fdl_nk_f64 f64_scalar = NK_TABLE(f64, scalar, scalar);
@@ -256,6 +257,12 @@ const fdl_nk_f64 *fdl_nk_f64_table(int level) {
 static void chan(double *n, double *m, double *q, double nb, double mb, double qb) {
     if (nb == 0) return;
     if (*n == 0) { *n = nb; *m = mb; *q = qb; return; }
+    if (!isfinite(*m) || !isfinite(mb)) {   /* inf/nan data: NumPy's mean, var nan */
+        *n += nb;
+        *m += mb;
+        *q = NAN;
+        return;
+    }
     double nn = *n + nb, d = mb - *m;
     *q = *q + qb + d * d * (*n * nb / nn);
     *m = *m + d * (nb / nn);
@@ -308,6 +315,10 @@ void fdl_seg_moments_##SFX(const T *x, int64_t nseg, int64_t len, int64_t stride
                                  q + s * nb);                                             \
         for (int64_t b = 0; b < nb; b++)                                                  \
             cnt[s * nb + b] = (double)(len - b * blk < blk ? len - b * blk : blk);        \
+    }                                                                                     \
+    if (k == 0) {                                                                         \
+        *mean = *m2 = NAN;                                                                \
+        return;                                                                           \
     }                                                                                     \
     merge_tree(cnt, mu, q, k);                                                            \
     *mean = mu[0];                                                                        \

@@ -29,7 +29,10 @@
     void (*col_sums)(const T *dy, const T *x, int64_t n, const T *mh, const T *ml,      \
                      const T *r, T *ap, T *bp);                                         \
     void (*col_dx)(const T *dy, const T *x, T *dx, int64_t n, const T *mh, const T *ml, \
-                   const T *r, const T *w, const T *c1, const T *c2, int stream);
+                   const T *r, const T *w, const T *c1, const T *c2, int stream);       \
+    void (*seg_scale)(const T *dy, T *dx, int64_t n, T wk, T r, int stream);            \
+    void (*col_scale)(const T *dy, T *dx, int64_t n, const T *w, const T *r,            \
+                      int stream);
 
 typedef struct { FDL_NK_FUNCS(float) } fdl_nk_f32;
 typedef struct { FDL_NK_FUNCS(double) } fdl_nk_f64;

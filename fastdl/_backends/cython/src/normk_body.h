@@ -220,3 +220,20 @@ static ATTR void NK(col_dx)(const T *restrict dy, const T *restrict x, T *restri
     NK_WRITE(dx, n, stream, E);
 #undef E
 }
+
+/* Evaluation-mode batch norm (statistics are constants): dx = dy w r.  Kept
+ * apart from seg_dx/col_dx so that an infinite x does not turn dx into nan
+ * through xh * 0. */
+static ATTR void NK(seg_scale)(const T *restrict dy, T *restrict dx, int64_t n, T wk, T r,
+                               int stream) {
+#define E(j) ((dy[j] * wk) * r)
+    NK_WRITE(dx, n, stream, E);
+#undef E
+}
+
+static ATTR void NK(col_scale)(const T *restrict dy, T *restrict dx, int64_t n,
+                               const T *restrict w, const T *restrict r, int stream) {
+#define E(j) ((dy[j] * w[j]) * r[j])
+    NK_WRITE(dx, n, stream, E);
+#undef E
+}
