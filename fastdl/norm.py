@@ -282,6 +282,8 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out
         return _result(_deliver(buf, target), _empty_stats(lead), return_stats)
     mean, var = registry.dispatch("layer_norm_fwd", (_rows(x, rows, size), _flat(w), _flat(b),
                                                      eps, buf.reshape(rows, size)), {}, backend)
+    if not return_stats:
+        return _deliver(buf, target)
     stats = NormStats(np.reshape(mean, lead), _rstd(var, eps).reshape(lead))
     return _result(_deliver(buf, target), stats, return_stats)
 
@@ -322,6 +324,8 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None, return
         return _result(_deliver(buf, target), _empty_stats(lead, False), return_stats)
     ms = registry.dispatch("rms_norm_fwd", (_rows(x, rows, size), _flat(w), eps,
                                             buf.reshape(rows, size)), {}, backend)
+    if not return_stats:
+        return _deliver(buf, target)
     stats = NormStats(None, _rstd(ms, eps).reshape(lead))
     return _result(_deliver(buf, target), stats, return_stats)
 
@@ -364,6 +368,8 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, out=None,
         return _result(_deliver(buf, target), _empty_stats((x.shape[0], G)), return_stats)
     mean, var = registry.dispatch("group_norm_fwd", (_ncs(x), G, w, b, eps, _ncs(buf)), {},
                                   backend)
+    if not return_stats:
+        return _deliver(buf, target)
     stats = NormStats(np.asarray(mean), _rstd(var, eps))
     return _result(_deliver(buf, target), stats, return_stats)
 
@@ -425,6 +431,8 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     if rm is not None:
         _update(rm, np.mean(mean, axis=0), momentum)
         _update(rv, np.mean(np.asarray(var) * (S / (S - 1)), axis=0), momentum)
+    if not return_stats:
+        return _deliver(buf, target)
     stats = NormStats(np.asarray(mean), _rstd(var, eps))
     return _result(_deliver(buf, target), stats, return_stats)
 
@@ -498,6 +506,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if rm is not None:
         _update(rm, mean, momentum)
         _update(rv, np.asarray(var) * (count / (count - 1)), momentum)
+    if not return_stats:
+        return _deliver(buf, target)
     stats = NormStats(np.asarray(mean), _rstd(var, eps))
     return _result(_deliver(buf, target), stats, return_stats)
 
