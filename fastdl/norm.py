@@ -1,23 +1,25 @@
 """Normalization API (DESIGN.md §3): statistics, forward layers and their backward.
 
 The public functions validate, reshape to a canonical contiguous view and
-dispatch one op; backends implement the ops below.  ``x``, ``out`` and ``dy``
-arrive C-contiguous in one dtype (float32/float64); ``w``/``b`` are 1-D
-contiguous arrays of that dtype or None; statistics are float64.
+dispatch one op; backends implement the ops below.  ``x`` and ``dy`` arrive
+C-contiguous in one dtype (float32/float64); ``w``/``b`` are 1-D contiguous
+arrays of that dtype or None; statistics are float64.  ``out`` is the
+caller's C-contiguous output array, or None: the backend allocates it (and
+knows the memory is new).  Forwards return the output first.
 
 =================  ==========================================  ====================
 op                 arguments                                   returns
 =================  ==========================================  ====================
-layer_norm_fwd     x (R, D), w, b (D,), eps, out (R, D)        mean, var (R,)
+layer_norm_fwd     x (R, D), w, b (D,), eps, out (R, D)        y, mean, var (R,)
 layer_norm_bwd     dy, x (R, D), mean, rstd (R,), w,           dx, dw|None, db|None
                    need_dw, need_db
-rms_norm_fwd       x (R, D), w (D,), eps, out                  mean square (R,)
+rms_norm_fwd       x (R, D), w (D,), eps, out                  y, mean square (R,)
 rms_norm_bwd       dy, x, rstd (R,), w, need_dw                dx, dw|None
-group_norm_fwd     x (N, C, S), G, w, b (C,), eps, out         mean, var (N, G)
+group_norm_fwd     x (N, C, S), G, w, b (C,), eps, out         y, mean, var (N, G)
 group_norm_bwd     dy, x, mean, rstd (N, G), G, w,             dx, dw|None, db|None
                    need_dw, need_db
-batch_norm_fwd     x (N, C, S), w, b (C,), eps, out            mean, var (C,)
-batch_norm_eval    x (N, C, S), mean, rstd (C,), w, b, out     None
+batch_norm_fwd     x (N, C, S), w, b (C,), eps, out            y, mean, var (C,)
+batch_norm_eval    x (N, C, S), mean, rstd (C,), w, b, out     y
 batch_norm_bwd     dy, x, mean, rstd (C,), w, training,        dx, dw|None, db|None
                    need_dw, need_db
 =================  ==========================================  ====================
@@ -195,19 +197,32 @@ def _update(buf: np.ndarray, new: np.ndarray, momentum: float) -> None:
 
 
 def _out_buffer(out, x: np.ndarray, *others):
-    """(buffer the kernel writes, user's out to copy into or None).  ``out`` must not
+    """(array the op writes or None to let the backend allocate, the user's
+    non-contiguous out to copy the result into or None).  ``out`` must not
     overlap the input nor ``others`` (parameters, running buffers)."""
     out = check_out(out, "out", x.shape, x.dtype, (x,) + others)
     if out is not None and out.flags.c_contiguous:
         return out, None
-    return np.empty(x.shape, x.dtype), out
+    return None, out
 
 
-def _deliver(buf: np.ndarray, target) -> np.ndarray:
-    if target is None:
+def _view(buf, *shape):
+    return None if buf is None else buf.reshape(shape)
+
+
+def _deliver(y: np.ndarray, buf, target, shape) -> np.ndarray:
+    """The result: the caller's out= itself (written directly, or filled from y)."""
+    if buf is not None:
         return buf
-    np.copyto(target, buf)
+    y = y.reshape(shape)
+    if target is None:
+        return y
+    np.copyto(target, y)
     return target
+
+
+def _empty_out(buf, x: np.ndarray) -> np.ndarray:
+    return np.empty(x.shape, x.dtype) if buf is None else buf
 
 
 def _rstd(var: np.ndarray, eps: float) -> np.ndarray:
@@ -279,13 +294,13 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out
     eps = _eps(eps)
     buf, target = _out_buffer(out, x, w, b)
     if x.size == 0:
-        return _result(_deliver(buf, target), _empty_stats(lead), return_stats)
-    mean, var = registry.dispatch("layer_norm_fwd", (_rows(x, rows, size), _flat(w), _flat(b),
-                                                     eps, buf.reshape(rows, size)), {}, backend)
+        return _result(_deliver(_empty_out(buf, x), buf, target, x.shape), _empty_stats(lead), return_stats)
+    y, mean, var = registry.dispatch("layer_norm_fwd", (_rows(x, rows, size), _flat(w), _flat(b),
+                                                        eps, _view(buf, rows, size)), {}, backend)
     if not return_stats:
-        return _deliver(buf, target)
+        return _deliver(y, buf, target, x.shape)
     stats = NormStats(np.reshape(mean, lead), _rstd(var, eps).reshape(lead))
-    return _result(_deliver(buf, target), stats, return_stats)
+    return _result(_deliver(y, buf, target, x.shape), stats, return_stats)
 
 
 def layer_norm_backward(grad_output, input, normalized_shape, weight=None, bias=None, eps=1e-5,
@@ -321,13 +336,13 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None, return
     eps = _rms_eps(eps, x.dtype)
     buf, target = _out_buffer(out, x, w)
     if x.size == 0:
-        return _result(_deliver(buf, target), _empty_stats(lead, False), return_stats)
-    ms = registry.dispatch("rms_norm_fwd", (_rows(x, rows, size), _flat(w), eps,
-                                            buf.reshape(rows, size)), {}, backend)
+        return _result(_deliver(_empty_out(buf, x), buf, target, x.shape), _empty_stats(lead, False), return_stats)
+    y, ms = registry.dispatch("rms_norm_fwd", (_rows(x, rows, size), _flat(w), eps,
+                                               _view(buf, rows, size)), {}, backend)
     if not return_stats:
-        return _deliver(buf, target)
+        return _deliver(y, buf, target, x.shape)
     stats = NormStats(None, _rstd(ms, eps).reshape(lead))
-    return _result(_deliver(buf, target), stats, return_stats)
+    return _result(_deliver(y, buf, target, x.shape), stats, return_stats)
 
 
 def rms_norm_backward(grad_output, input, normalized_shape, weight=None, eps=None, *,
@@ -365,13 +380,13 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, out=None,
     eps = _eps(eps)
     buf, target = _out_buffer(out, x, w, b)
     if x.size == 0:
-        return _result(_deliver(buf, target), _empty_stats((x.shape[0], G)), return_stats)
-    mean, var = registry.dispatch("group_norm_fwd", (_ncs(x), G, w, b, eps, _ncs(buf)), {},
-                                  backend)
+        return _result(_deliver(_empty_out(buf, x), buf, target, x.shape), _empty_stats((x.shape[0], G)), return_stats)
+    y, mean, var = registry.dispatch("group_norm_fwd", (_ncs(x), G, w, b, eps,
+                                                        _view(buf, *x.shape[:2], -1)), {}, backend)
     if not return_stats:
-        return _deliver(buf, target)
+        return _deliver(y, buf, target, x.shape)
     stats = NormStats(np.asarray(mean), _rstd(var, eps))
-    return _result(_deliver(buf, target), stats, return_stats)
+    return _result(_deliver(y, buf, target, x.shape), stats, return_stats)
 
 
 def group_norm_backward(grad_output, input, num_groups, weight=None, bias=None, eps=1e-5, *,
@@ -425,25 +440,27 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
         _spatial_check(x)
     N, S = x.shape[0], math.prod(x.shape[2:])
     if x.size == 0:
-        return _result(_deliver(buf, target), _empty_stats((N, C)), return_stats)
-    mean, var = registry.dispatch("group_norm_fwd", (_ncs(x), C, w, b, eps, _ncs(buf)), {},
-                                  backend)
+        return _result(_deliver(_empty_out(buf, x), buf, target, x.shape), _empty_stats((N, C)), return_stats)
+    y, mean, var = registry.dispatch("group_norm_fwd", (_ncs(x), C, w, b, eps,
+                                                        _view(buf, *x.shape[:2], -1)), {}, backend)
     if rm is not None:
         _update(rm, np.mean(mean, axis=0), momentum)
         _update(rv, np.mean(np.asarray(var) * (S / (S - 1)), axis=0), momentum)
     if not return_stats:
-        return _deliver(buf, target)
+        return _deliver(y, buf, target, x.shape)
     stats = NormStats(np.asarray(mean), _rstd(var, eps))
-    return _result(_deliver(buf, target), stats, return_stats)
+    return _result(_deliver(y, buf, target, x.shape), stats, return_stats)
 
 
 def _apply_running(x, rm, rv, w, b, eps, buf, target, return_stats, backend):
     mean = np.array(rm, np.float64)     # a copy: stats must not alias the running buffer
     rstd = _rstd(rv, eps)
     if x.size:
-        registry.dispatch("batch_norm_eval", (_ncs(x), np.ascontiguousarray(mean), rstd, w, b,
-                                              _ncs(buf)), {}, backend)
-    return _result(_deliver(buf, target), NormStats(mean, rstd), return_stats)
+        y = registry.dispatch("batch_norm_eval", (_ncs(x), np.ascontiguousarray(mean), rstd, w,
+                                                  b, _view(buf, *x.shape[:2], -1)), {}, backend)
+    else:
+        y = _empty_out(buf, x)
+    return _result(_deliver(y, buf, target, x.shape), NormStats(mean, rstd), return_stats)
 
 
 def instance_norm_backward(grad_output, input, running_mean=None, running_var=None, weight=None,
@@ -501,15 +518,15 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if not training:
         return _apply_running(x, rm, rv, w, b, eps, buf, target, return_stats, backend)
     count = _training_count(x)
-    mean, var = registry.dispatch("batch_norm_fwd", (_ncs(x), w, b, eps, _ncs(buf)), {},
-                                  backend)
+    y, mean, var = registry.dispatch("batch_norm_fwd", (_ncs(x), w, b, eps,
+                                                        _view(buf, *x.shape[:2], -1)), {}, backend)
     if rm is not None:
         _update(rm, mean, momentum)
         _update(rv, np.asarray(var) * (count / (count - 1)), momentum)
     if not return_stats:
-        return _deliver(buf, target)
+        return _deliver(y, buf, target, x.shape)
     stats = NormStats(np.asarray(mean), _rstd(var, eps))
-    return _result(_deliver(buf, target), stats, return_stats)
+    return _result(_deliver(y, buf, target, x.shape), stats, return_stats)
 
 
 def batch_norm_backward(grad_output, input, running_mean, running_var, weight=None, bias=None,

@@ -351,9 +351,10 @@ def test_streaming_backend_op_out_rows_misaligned():
     raw = aligned_empty((R * D + 64,), np.float32, 0)
     raw[...] = np.float32(12345.0)
     out = raw[5:5 + R * D].reshape(R, D)
-    mean, var = cy.layer_norm_fwd(x, None, None, 1e-5, out)
+    y, mean, var = cy.layer_norm_fwd(x, None, None, 1e-5, out)
+    assert y is out
     want = np.empty_like(x)
-    wm, wv = fastdl._backends.numpy.norm.layer_norm_fwd(x, None, None, 1e-5, want)
+    _, wm, wv = fastdl._backends.numpy.norm.layer_norm_fwd(x, None, None, 1e-5, want)
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
     assert (raw[:5] == 12345.0).all() and (raw[5 + R * D:] == 12345.0).all()
     np.testing.assert_allclose(mean, wm, rtol=1e-5, atol=1e-6)
@@ -742,7 +743,7 @@ def _direct_cases():
         "ln_fwd_out_shape": lambda: c.layer_norm_fwd(x, None, None, 1e-5, np.empty((4, 9))),
         "ln_fwd_out_readonly": lambda: c.layer_norm_fwd(
             x, None, None, 1e-5, np.lib.stride_tricks.as_strided(e(x), writeable=False)),
-        "ln_fwd_out_None": lambda: c.layer_norm_fwd(x, None, None, 1e-5, None),
+        "ln_fwd_out_list": lambda: c.layer_norm_fwd(x, None, None, 1e-5, [[0.0] * 8] * 4),
         "ln_fwd_x_1d": lambda: c.layer_norm_fwd(np.ones(8), None, None, 1e-5, np.empty(8)),
         "ln_fwd_x_int": lambda: c.layer_norm_fwd(np.ones((4, 8), int), None, None, 1e-5, e(x)),
         "ln_fwd_x_list": lambda: c.layer_norm_fwd([[1.0, 2.0]], None, None, 1e-5,

@@ -46,6 +46,8 @@ def _data(x, ndim, name="x"):
 
 
 def _out(out, x):
+    if out is None:           # the kernel allocates
+        return None
     if (not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != x.dtype
             or not out.flags.c_contiguous or not out.flags.writeable):
         raise ValueError(f"out must be a writeable C-contiguous {x.dtype} array of shape {x.shape}")

@@ -44,12 +44,17 @@ def _param_grads(dy, xhat, axes, need_dw, need_db, dtype):
 
 # ---- layer / RMS norm: x is (R, D), statistics per row
 
+def _out(out, x):
+    return np.empty_like(x) if out is None else out
+
+
 def layer_norm_fwd(x, w, b, eps, out):
     xd = x.astype(f64)
     mean, var = xd.mean(axis=1), xd.var(axis=1)
     y = (xd - mean[:, None]) * _rstd(var, eps)[:, None]
+    out = _out(out, x)
     out[...] = _affine(y, w, b, (1, -1))
-    return mean, var
+    return out, mean, var
 
 
 def layer_norm_bwd(dy, x, mean, rstd, w, need_dw, need_db):
@@ -64,8 +69,9 @@ def layer_norm_bwd(dy, x, mean, rstd, w, need_dw, need_db):
 def rms_norm_fwd(x, w, eps, out):
     xd = x.astype(f64)
     ms = np.mean(xd * xd, axis=1)
+    out = _out(out, x)
     out[...] = _affine(xd * _rstd(ms, eps)[:, None], w, None, (1, -1))
-    return ms
+    return out, ms
 
 
 def rms_norm_bwd(dy, x, rstd, w, need_dw):
@@ -84,8 +90,9 @@ def group_norm_fwd(x, G, w, b, eps, out):
     xg = x.astype(f64).reshape(N, G, -1)
     mean, var = xg.mean(axis=2), xg.var(axis=2)
     y = ((xg - mean[..., None]) * _rstd(var, eps)[..., None]).reshape(N, C, S)
+    out = _out(out, x)
     out[...] = _affine(y, w, b, (1, C, 1))
-    return mean, var
+    return out, mean, var
 
 
 def group_norm_bwd(dy, x, mean, rstd, G, w, need_dw, need_db):
@@ -105,13 +112,14 @@ def group_norm_bwd(dy, x, mean, rstd, G, w, need_dw, need_db):
 def batch_norm_fwd(x, w, b, eps, out):
     xd = x.astype(f64)
     mean, var = xd.mean(axis=(0, 2)), xd.var(axis=(0, 2))
-    batch_norm_eval(x, mean, _rstd(var, eps), w, b, out)
-    return mean, var
+    return batch_norm_eval(x, mean, _rstd(var, eps), w, b, out), mean, var
 
 
 def batch_norm_eval(x, mean, rstd, w, b, out):
     y = (x.astype(f64) - mean[:, None]) * rstd[:, None]
+    out = _out(out, x)
     out[...] = _affine(y, w, b, (1, -1, 1))
+    return out
 
 
 def batch_norm_bwd(dy, x, mean, rstd, w, training, need_dw, need_db):
