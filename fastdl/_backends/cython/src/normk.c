@@ -51,7 +51,9 @@ FDL_TARGET_AVX2 static inline void stream_f64_avx2(double *d, const double *t) {
 #define NK_STREAM_F64 stream_f64_avx2
 #define ATTR FDL_TARGET_AVX2
 #define NK_ISA avx2
+#define NK_SKIP_REDUCTIONS
 #include "normk_types.h"
+#undef NK_SKIP_REDUCTIONS
 #undef ATTR
 #undef NK_ISA
 #endif

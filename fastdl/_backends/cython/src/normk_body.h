@@ -6,6 +6,9 @@
  * while the order of every rounding stays the same: the scalar and AVX2
  * builds agree bitwise (fp-contract is off, no fast-math).
  *
+ * The AVX2 build defines NK_SKIP_REDUCTIONS: normk.c has intrinsic versions
+ * of the four reductions, whose twins are the baseline ones here.
+ *
  * xh = ((x - mh) - ml) * r is the normalized input: mh + ml is the float64
  * mean split into a head in T and the rest, so data far from zero keeps its
  * precision (x - mh is exact for x near the mean). */
@@ -16,29 +19,39 @@
 #define NK_FLUSH 1024
 #endif
 
-/* y[j] = EXPR(j) for j < n.  With `stream`, the 64-byte-aligned lines of y
- * are computed into an L1 buffer of NK_CHUNK elements and written from there
- * with non-temporal stores (NK_STREAM, per ISA); the unaligned head and the
- * tail use plain stores.  The values are the same either way.  The caller
+/* y[j] = EXPR(j) for j < n.  With `stream` (and n >= 2 lines), the 64-byte
+ * lines of y are computed into an L1 buffer of NK_CHUNK elements and written
+ * from there with non-temporal stores (NK_STREAM, per ISA).  The unaligned
+ * head and the tail are computed a whole line at a time (within the row) and
+ * copied with plain stores.  The values are the same either way.  The caller
  * runs fdl_sfence() once per thread when it is done (not per call: a fence
  * waits for the streamed lines to drain). */
 #define NK_LINE ((int64_t)(64 / sizeof(T)))
 #define NK_CHUNK 256
-#define NK_WRITE(y, n, stream, EXPR)                                                       \
+#define NK_WRITE(y, n, stream, EXPR)                                                    \
     do {                                                                                \
         int64_t j_ = 0;                                                                 \
-        if ((stream) && (uintptr_t)(y) % sizeof(T) == 0) {                              \
+        if ((stream) && (n) >= 2 * NK_LINE && (uintptr_t)(y) % sizeof(T) == 0) {        \
             T buf_[NK_CHUNK] __attribute__((aligned(64)));                              \
             int64_t head_ = (int64_t)(((64 - ((uintptr_t)(y) & 63)) & 63) / sizeof(T)); \
-            if (head_ > (n)) head_ = (n);                                               \
-            for (; j_ < head_; j_++) (y)[j_] = EXPR(j_);                                \
-            while (j_ + NK_LINE <= (n)) {                                               \
-                int64_t m_ = ((n) - j_) / NK_LINE * NK_LINE;                            \
-                if (m_ > NK_CHUNK) m_ = NK_CHUNK;                                       \
+            if (head_) {                                                                \
+                for (int64_t k_ = 0; k_ < NK_LINE; k_++) buf_[k_] = EXPR(k_);           \
+                memcpy((y), buf_, (size_t)head_ * sizeof(T));                           \
+                j_ = head_;                                                             \
+            }                                                                           \
+            int64_t end_ = j_ + ((n) - j_) / NK_LINE * NK_LINE;                         \
+            while (j_ < end_) {                                                         \
+                int64_t m_ = end_ - j_ < NK_CHUNK ? end_ - j_ : NK_CHUNK;               \
                 for (int64_t k_ = 0; k_ < m_; k_++) buf_[k_] = EXPR(j_ + k_);           \
                 for (int64_t k_ = 0; k_ < m_; k_ += NK_LINE)                            \
                     NK_STREAM((y) + j_ + k_, buf_ + k_);                                \
                 j_ += m_;                                                               \
+            }                                                                           \
+            if (j_ < (n)) {                                                             \
+                int64_t t0_ = (n) - NK_LINE;                                            \
+                for (int64_t k_ = 0; k_ < NK_LINE; k_++) buf_[k_] = EXPR(t0_ + k_);     \
+                memcpy((y) + j_, buf_ + (j_ - t0_), (size_t)((n) - j_) * sizeof(T));    \
+                j_ = (n);                                                               \
             }                                                                           \
         }                                                                               \
         for (; j_ < (n); j_++) (y)[j_] = EXPR(j_);                                      \
@@ -52,6 +65,7 @@ static inline ATTR double NK(lanes)(const T *restrict a) {
 
 /* ---- forward ---- */
 
+#ifndef NK_SKIP_REDUCTIONS
 /* Sum of squares of x[0:n] (RMS norm). */
 static ATTR double NK(sumsq)(const T *restrict x, int64_t n) {
     double tot = 0.0;
@@ -65,6 +79,8 @@ static ATTR double NK(sumsq)(const T *restrict x, int64_t n) {
     }
     return tot;
 }
+
+#endif
 
 /* y = xh * w + b (per-element w, b: layer norm). */
 static ATTR void NK(apply_row)(const T *restrict x, T *restrict y, int64_t n, T mh, T ml, T r,
@@ -102,6 +118,7 @@ static ATTR void NK(apply_cols)(const T *restrict x, T *restrict y, int64_t n, c
  * g = dy * w; dx = ((g - c1) - xh * c2) * r with c1 = mean(g), c2 = mean(g xh)
  * over the statistic group (c1 = 0 for RMS norm). */
 
+#ifndef NK_SKIP_REDUCTIONS
 /* Layer norm row: s1 = sum(g), s2 = sum(g xh); dwp += dy xh, dbp += dy. */
 static ATTR void NK(row_sums)(const T *restrict dy, const T *restrict x, int64_t n, T mh, T ml, T r,
                               const T *restrict w, T *restrict dwp, T *restrict dbp, double *restrict s1, double *restrict s2) {
@@ -132,6 +149,8 @@ static ATTR void NK(row_sums)(const T *restrict dy, const T *restrict x, int64_t
     *s2 = t2;
 }
 
+#endif
+
 static ATTR void NK(row_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n,
                             T mh, T ml, T r, const T *restrict w, T c1, T c2, int stream) {
 #define E(j) (((dy[j] * w[j] - c1) - (((x[j] - mh) - ml) * r) * c2) * r)
@@ -139,6 +158,7 @@ static ATTR void NK(row_dx)(const T *restrict dy, const T *restrict x, T *restri
 #undef E
 }
 
+#ifndef NK_SKIP_REDUCTIONS
 /* RMS norm row: s2 = sum(g xh) with xh = x r; dwp += dy xh. */
 static ATTR double NK(rms_sums)(const T *restrict dy, const T *restrict x, int64_t n, T r, const T *restrict w, T *restrict dwp) {
     double t2 = 0.0;
@@ -162,6 +182,8 @@ static ATTR double NK(rms_sums)(const T *restrict dy, const T *restrict x, int64
     return t2;
 }
 
+#endif
+
 static ATTR void NK(rms_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n,
                             T r, const T *restrict w, T c2, int stream) {
 #define E(j) ((dy[j] * w[j] - (x[j] * r) * c2) * r)
@@ -169,6 +191,7 @@ static ATTR void NK(rms_dx)(const T *restrict dy, const T *restrict x, T *restri
 #undef E
 }
 
+#ifndef NK_SKIP_REDUCTIONS
 /* One channel segment: *A += sum(dy xh), *B += sum(dy). */
 static ATTR void NK(seg_sums)(const T *restrict dy, const T *restrict x, int64_t n, T mh, T ml, T r,
                               double *restrict A, double *restrict B) {
@@ -193,6 +216,8 @@ static ATTR void NK(seg_sums)(const T *restrict dy, const T *restrict x, int64_t
     *A += tA;
     *B += tB;
 }
+
+#endif
 
 /* One channel segment: dx = ((dy wk - c1) - xh c2) r. */
 static ATTR void NK(seg_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n,
