@@ -94,6 +94,10 @@ cdef extern from "normk.h" nogil:
                           const double *r, int stream) noexcept nogil
     const fdl_nk_f32 *fdl_nk_f32_table(int level)
     const fdl_nk_f64 *fdl_nk_f64_table(int level)
+    void fdl_moments_blocks_f32(const float *x, int64_t n, int64_t block, int level,
+                                double *mean, double *m2)
+    void fdl_moments_blocks_f64(const double *x, int64_t n, int64_t block, int level,
+                                double *mean, double *m2)
     void fdl_row_moments_f32(const float *x, int64_t n, int level, double *mean, double *m2)
     void fdl_row_moments_f64(const double *x, int64_t n, int level, double *mean, double *m2)
     void fdl_seg_moments_f32(const float *x, int64_t nseg, int64_t len, int64_t stride,
@@ -120,6 +124,12 @@ cdef int64_t STREAM_BYTES = 8 << 20
 cdef int64_t PF_SEGMENT_BYTES = 2048
 cdef int64_t MIN_CHUNKS = 16
 
+# Rows of at most BLOCK_BYTES get their moments a run of RUN_BYTES at a time
+# (pass 1 of the next row overlaps pass 2 of this one, with prefetch), then are
+# normalized while the run is in cache; longer rows go one by one.
+cdef int64_t BLOCK_BYTES = 16384
+cdef int64_t RUN_BYTES = 65536
+
 cdef const fdl_nk_f32 *K32 = fdl_nk_f32_table(0)
 cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(0)
 
@@ -145,11 +155,6 @@ def _scratch_array(str name, shape, dtype):
     return buf[:nbytes].view(dtype).reshape(shape)
 
 
-cdef inline void _split(double m, floating *mh, floating *ml) noexcept nogil:
-    mh[0] = <floating>m
-    ml[0] = <floating>(m - <double>mh[0])
-
-
 def _output(out, x):
     """(output array, stream?) for a forward.  Only an output the caller
     provided is streamed: stores into freshly allocated memory fault its pages
@@ -159,6 +164,30 @@ def _output(out, x):
     if out is None:
         return np.empty_like(x), False
     return out, out.nbytes >= STREAM_BYTES
+
+
+cdef inline int64_t _run_rows(int64_t D, int64_t itemsize) noexcept nogil:
+    if D * itemsize > BLOCK_BYTES:
+        return 1
+    return max(1, RUN_BYTES // (D * itemsize))
+
+
+cdef inline void _rows_moments(const floating *x, int64_t nr, int64_t D, int level,
+                               double *mean, double *m2) noexcept nogil:
+    # mean and M2 of nr consecutive rows of D elements (the same values row by
+    # row or as a run: each row is one block of fdl_moments_blocks)
+    cdef int64_t r
+    if D * <int64_t>sizeof(floating) <= BLOCK_BYTES:
+        if floating is float:
+            fdl_moments_blocks_f32(x, nr * D, D, level, mean, m2)
+        else:
+            fdl_moments_blocks_f64(x, nr * D, D, level, mean, m2)
+    else:
+        for r in range(nr):
+            if floating is float:
+                fdl_row_moments_f32(x + r * D, D, level, &mean[r], &m2[r])
+            else:
+                fdl_row_moments_f64(x + r * D, D, level, &mean[r], &m2[r])
 
 
 def _chunk_rows(int64_t R):
@@ -176,28 +205,27 @@ def _ones(n, dtype):
 cdef void _layer_fwd(const floating[:, ::1] x, const floating[::1] w, const floating[::1] b,
                      double eps, floating[:, ::1] y, double[::1] mean, double[::1] var,
                      bint stream, int nt) noexcept nogil:
-    cdef int64_t R = x.shape[0], D = x.shape[1], r
+    cdef int64_t R = x.shape[0], D = x.shape[1], r, k, r0
+    cdef int64_t run = _run_rows(D, sizeof(floating)), nrun = (R + run - 1) // run
     cdef int level = simd_level()
-    cdef double mu, q, v
+    cdef double mu, v
     cdef floating mh, ml
     with parallel(num_threads=nt):
-        for r in prange(R, schedule="static"):
-            mu = 0
-            q = 0
-            if floating is float:
-                fdl_row_moments_f32(&x[r, 0], D, level, &mu, &q)
-            else:
-                fdl_row_moments_f64(&x[r, 0], D, level, &mu, &q)
-            v = q / D
-            mean[r] = mu
-            var[r] = v
-            mh = <floating>mu
-            ml = <floating>(mu - <double>mh)
-            if floating is float:
-                K32.apply_row(&x[r, 0], &y[r, 0], D, mh, ml, <float>(1.0 / sqrt(v + eps)),
-                              &w[0], &b[0], stream)
-            else:
-                K64.apply_row(&x[r, 0], &y[r, 0], D, mh, ml, 1.0 / sqrt(v + eps), &w[0], &b[0], stream)
+        for k in prange(nrun, schedule="static"):
+            r0 = k * run
+            _rows_moments(&x[r0, 0], min(run, R - r0), D, level, &mean[r0], &var[r0])
+            for r in range(r0, min(R, r0 + run)):
+                mu = mean[r]
+                v = var[r] / D
+                var[r] = v
+                mh = <floating>mu
+                ml = <floating>(mu - <double>mh)
+                if floating is float:
+                    K32.apply_row(&x[r, 0], &y[r, 0], D, mh, ml, <float>(1.0 / sqrt(v + eps)),
+                                  &w[0], &b[0], stream)
+                else:
+                    K64.apply_row(&x[r, 0], &y[r, 0], D, mh, ml, 1.0 / sqrt(v + eps), &w[0],
+                                  &b[0], stream)
         fdl_sfence()   # once per thread: its streamed stores are visible
 
 
@@ -369,32 +397,34 @@ def rms_norm_bwd(dy, x, rstd, w, bint need_dw, int nt):
 cdef void _group_fwd(const floating[:, :, ::1] x, int64_t G, const floating[::1] w,
                      const floating[::1] b, double eps, floating[:, :, ::1] y,
                      double[::1] mean, double[::1] var, bint stream, int nt) noexcept nogil:
-    cdef int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2], K = C // G
-    cdef int64_t row, n, g, c
+    # row = (n, g): K channels of S elements, rows back to back in memory
+    cdef int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2], K = C // G, M = K * S
+    cdef int64_t R = N * G, run = _run_rows(M, sizeof(floating)), nrun = (R + run - 1) // run
+    cdef int64_t row, n, g, c, k, r0
     cdef int level = simd_level()
-    cdef double mu, q, v, rs
+    cdef double mu, v, rs
     cdef floating mh, ml
     with parallel(num_threads=nt):
-        for row in prange(N * G, schedule="static"):
-            n = row // G
-            g = row % G
-            mu = 0
-            q = 0
-            if floating is float:
-                fdl_row_moments_f32(&x[n, g * K, 0], K * S, level, &mu, &q)
-            else:
-                fdl_row_moments_f64(&x[n, g * K, 0], K * S, level, &mu, &q)
-            v = q / (K * S)
-            mean[row] = mu
-            var[row] = v
-            rs = 1.0 / sqrt(v + eps)
-            mh = <floating>mu
-            ml = <floating>(mu - <double>mh)
-            for c in range(g * K, (g + 1) * K):
-                if floating is float:
-                    K32.apply_chan(&x[n, c, 0], &y[n, c, 0], S, mh, ml, <float>(rs * w[c]), b[c], stream)
-                else:
-                    K64.apply_chan(&x[n, c, 0], &y[n, c, 0], S, mh, ml, rs * w[c], b[c], stream)
+        for k in prange(nrun, schedule="static"):
+            r0 = k * run
+            _rows_moments(&x[0, 0, 0] + r0 * M, min(run, R - r0), M, level, &mean[r0],
+                          &var[r0])
+            for row in range(r0, min(R, r0 + run)):
+                n = row // G
+                g = row % G
+                mu = mean[row]
+                v = var[row] / M
+                var[row] = v
+                rs = 1.0 / sqrt(v + eps)
+                mh = <floating>mu
+                ml = <floating>(mu - <double>mh)
+                for c in range(g * K, (g + 1) * K):
+                    if floating is float:
+                        K32.apply_chan(&x[n, c, 0], &y[n, c, 0], S, mh, ml, <float>(rs * w[c]),
+                                       b[c], stream)
+                    else:
+                        K64.apply_chan(&x[n, c, 0], &y[n, c, 0], S, mh, ml, rs * w[c], b[c],
+                                       stream)
         fdl_sfence()   # once per thread: its streamed stores are visible
 
 
