@@ -45,6 +45,8 @@ def _flag(value, name: str) -> bool:
 
 
 def _dtype(value) -> np.dtype:
+    if value is None:          # torch's default dtype
+        return np.dtype(np.float32)
     try:
         dtype = np.dtype(value)
     except TypeError:
@@ -237,7 +239,7 @@ class BatchNorm(_RunningNorm):
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, dtype=np.float32, *, backend=None):
+                 track_running_stats=True, *, dtype=None, backend=None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, backend)
 
     def _forward(self, x):
@@ -271,7 +273,7 @@ class InstanceNorm(_RunningNorm):
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False,
-                 track_running_stats=False, dtype=np.float32, *, backend=None):
+                 track_running_stats=False, *, dtype=None, backend=None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, backend)
 
     def _forward(self, x):
@@ -300,7 +302,7 @@ class GroupNorm(Module):
     """``torch.nn.GroupNorm``: statistics over groups of ``num_channels // num_groups``
     channels and the spatial dims of (N, C, *spatial); per-channel affine."""
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32, *,
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, dtype=None,
                  backend=None):
         super().__init__(backend)
         self.num_groups = check_int(num_groups, "num_groups", minimum=1)
@@ -336,7 +338,7 @@ class LayerNorm(Module):
     elementwise weight/bias of that shape."""
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
-                 dtype=np.float32, *, backend=None):
+                 *, dtype=None, backend=None):
         super().__init__(backend)
         self.normalized_shape = _shape(normalized_shape)
         self.eps = _eps(eps)
@@ -366,7 +368,7 @@ class RMSNorm(Module):
     """``torch.nn.RMSNorm``: ``x / sqrt(mean(x**2) + eps) * weight`` over the trailing
     ``normalized_shape``; ``eps=None`` is the input dtype's machine epsilon."""
 
-    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, dtype=np.float32, *,
+    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, *, dtype=None,
                  backend=None):
         super().__init__(backend)
         self.normalized_shape = _shape(normalized_shape)

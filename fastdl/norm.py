@@ -3,13 +3,14 @@
 The public functions validate, reshape to a canonical contiguous view and
 dispatch one op; backends implement the ops below.  ``x`` and ``dy`` arrive
 C-contiguous in one dtype (float32/float64); ``w``/``b`` are 1-D contiguous
-arrays of that dtype or None; statistics are float64.  ``out`` is the
+arrays of that dtype or None; statistics are float64 (except norm_stats').  ``out`` is the
 caller's C-contiguous output array, or None: the backend allocates it (and
 knows the memory is new).  Forwards return the output first.
 
 =================  ==========================================  ====================
 op                 arguments                                   returns
 =================  ==========================================  ====================
+norm_stats         x (N, C, *spatial), kind, num_groups, ddof  mean, var (x.dtype)
 layer_norm_fwd     x (R, D), w, b (D,), eps, out (R, D)        y, mean, var (R,)
 layer_norm_bwd     dy, x (R, D), mean, rstd (R,), w,           dx, dw|None, db|None
                    need_dw, need_db
@@ -37,7 +38,7 @@ import numpy as np
 
 from fastdl import registry
 from fastdl._validate import (as_float_array, check_choice, check_int, check_out,
-                              check_param, check_real)
+                              check_param, check_real, overlaps)
 
 __all__ = [
     "norm_stats", "NORM_KINDS", "NormStats",
@@ -47,9 +48,11 @@ __all__ = [
 ]
 
 NORM_KINDS = ("batch", "layer", "instance", "group")
-for _op in ("norm_stats", "layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd",
+# the ops of this module, in the table above (backends implement them)
+NORM_OPS = ("norm_stats", "layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd",
             "group_norm_fwd", "group_norm_bwd", "batch_norm_fwd", "batch_norm_eval",
-            "batch_norm_bwd"):
+            "batch_norm_bwd")
+for _op in NORM_OPS:
     registry.declare_op(_op)
 
 
@@ -117,9 +120,13 @@ def _input(x, min_ndim: int = 2) -> np.ndarray:
     return x
 
 
+def _ncs_shape(x: np.ndarray) -> tuple[int, int, int]:
+    return x.shape[0], x.shape[1], math.prod(x.shape[2:])
+
+
 def _ncs(x: np.ndarray) -> np.ndarray:
     """(N, C, S) C-contiguous view (or packed copy) of an (N, C, *spatial) array."""
-    return np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
+    return np.ascontiguousarray(x).reshape(_ncs_shape(x))
 
 
 def _check_groups(num_groups, C: int) -> int:
@@ -189,7 +196,20 @@ def _running(rm, rv, C: int, *, required: str | None, update: bool):
         if value.shape != (C,):
             raise ValueError(f"{name} must have shape ({C},), got {value.shape}")
         out.append(value)
+    if update and overlaps(out[0], out[1]):
+        raise ValueError("running_mean and running_var must not share memory "
+                         "(both are updated in place)")
     return out[0], out[1]
+
+
+def _check_buffers(rm, rv, x, w, b) -> None:
+    """Running buffers updated in place must not share memory with the operands."""
+    if rm is None:
+        return
+    for arr, name in ((x, "input"), (w, "weight"), (b, "bias")):
+        if arr is not None and (overlaps(rm, arr) or overlaps(rv, arr)):
+            raise ValueError(f"running_mean and running_var must not share memory with the "
+                             f"{name} (they are updated in place)")
 
 
 def _update(buf: np.ndarray, new: np.ndarray, momentum: float) -> None:
@@ -300,7 +320,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out
     if not return_stats:
         return _deliver(y, buf, target, x.shape)
     stats = NormStats(np.reshape(mean, lead), _rstd(var, eps).reshape(lead))
-    return _result(_deliver(y, buf, target, x.shape), stats, return_stats)
+    return _deliver(y, buf, target, x.shape), stats
 
 
 def layer_norm_backward(grad_output, input, normalized_shape, weight=None, bias=None, eps=1e-5,
@@ -342,7 +362,7 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None, return
     if not return_stats:
         return _deliver(y, buf, target, x.shape)
     stats = NormStats(None, _rstd(ms, eps).reshape(lead))
-    return _result(_deliver(y, buf, target, x.shape), stats, return_stats)
+    return _deliver(y, buf, target, x.shape), stats
 
 
 def rms_norm_backward(grad_output, input, normalized_shape, weight=None, eps=None, *,
@@ -382,11 +402,11 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, out=None,
     if x.size == 0:
         return _result(_deliver(_empty_out(buf, x), buf, target, x.shape), _empty_stats((x.shape[0], G)), return_stats)
     y, mean, var = registry.dispatch("group_norm_fwd", (_ncs(x), G, w, b, eps,
-                                                        _view(buf, *x.shape[:2], -1)), {}, backend)
+                                                        _view(buf, *_ncs_shape(x))), {}, backend)
     if not return_stats:
         return _deliver(y, buf, target, x.shape)
     stats = NormStats(np.asarray(mean), _rstd(var, eps))
-    return _result(_deliver(y, buf, target, x.shape), stats, return_stats)
+    return _deliver(y, buf, target, x.shape), stats
 
 
 def group_norm_backward(grad_output, input, num_groups, weight=None, bias=None, eps=1e-5, *,
@@ -433,6 +453,8 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     rm, rv = _running(running_mean, running_var, C,
                       required=None if use_input_stats else "when use_input_stats=False",
                       update=use_input_stats)
+    if use_input_stats:
+        _check_buffers(rm, rv, x, w, b)
     buf, target = _out_buffer(out, x, w, b, rm, rv)
     if not use_input_stats:
         return _apply_running(x, rm, rv, w, b, eps, buf, target, return_stats, backend)
@@ -442,14 +464,14 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     if x.size == 0:
         return _result(_deliver(_empty_out(buf, x), buf, target, x.shape), _empty_stats((N, C)), return_stats)
     y, mean, var = registry.dispatch("group_norm_fwd", (_ncs(x), C, w, b, eps,
-                                                        _view(buf, *x.shape[:2], -1)), {}, backend)
+                                                        _view(buf, *_ncs_shape(x))), {}, backend)
     if rm is not None:
         _update(rm, np.mean(mean, axis=0), momentum)
         _update(rv, np.mean(np.asarray(var) * (S / (S - 1)), axis=0), momentum)
     if not return_stats:
         return _deliver(y, buf, target, x.shape)
     stats = NormStats(np.asarray(mean), _rstd(var, eps))
-    return _result(_deliver(y, buf, target, x.shape), stats, return_stats)
+    return _deliver(y, buf, target, x.shape), stats
 
 
 def _apply_running(x, rm, rv, w, b, eps, buf, target, return_stats, backend):
@@ -457,7 +479,7 @@ def _apply_running(x, rm, rv, w, b, eps, buf, target, return_stats, backend):
     rstd = _rstd(rv, eps)
     if x.size:
         y = registry.dispatch("batch_norm_eval", (_ncs(x), np.ascontiguousarray(mean), rstd, w,
-                                                  b, _view(buf, *x.shape[:2], -1)), {}, backend)
+                                                  b, _view(buf, *_ncs_shape(x))), {}, backend)
     else:
         y = _empty_out(buf, x)
     return _result(_deliver(y, buf, target, x.shape), NormStats(mean, rstd), return_stats)
@@ -514,19 +536,24 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     momentum, eps = _momentum(momentum), _eps(eps)
     rm, rv = _running(running_mean, running_var, C,
                       required=None if training else "when training=False", update=training)
+    if training:
+        _check_buffers(rm, rv, x, w, b)
     buf, target = _out_buffer(out, x, w, b, rm, rv)
     if not training:
         return _apply_running(x, rm, rv, w, b, eps, buf, target, return_stats, backend)
     count = _training_count(x)
+    if x.size == 0:       # no channels
+        return _result(_deliver(_empty_out(buf, x), buf, target, x.shape), _empty_stats((C,)),
+                       return_stats)
     y, mean, var = registry.dispatch("batch_norm_fwd", (_ncs(x), w, b, eps,
-                                                        _view(buf, *x.shape[:2], -1)), {}, backend)
+                                                        _view(buf, *_ncs_shape(x))), {}, backend)
     if rm is not None:
         _update(rm, mean, momentum)
         _update(rv, np.asarray(var) * (count / (count - 1)), momentum)
     if not return_stats:
         return _deliver(y, buf, target, x.shape)
     stats = NormStats(np.asarray(mean), _rstd(var, eps))
-    return _result(_deliver(y, buf, target, x.shape), stats, return_stats)
+    return _deliver(y, buf, target, x.shape), stats
 
 
 def batch_norm_backward(grad_output, input, running_mean, running_var, weight=None, bias=None,
@@ -543,7 +570,6 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
     dy = _grad(grad_output, x)
     if stats is None:
         if training:
-            _training_count(x)
             _, stats = batch_norm(x, None, None, w, b, True, 0.0, eps, return_stats=True,
                                   backend=backend)
         else:

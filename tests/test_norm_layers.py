@@ -921,3 +921,26 @@ def test_layer_norm_empty_leading_dim(backend):
     dx, dw, db = fastdl.layer_norm_backward(x, x, 5, np.ones(5, np.float32), backend=backend)
     assert dx.shape == x.shape and db is None
     assert_same(dw, np.zeros(5, np.float32))
+
+
+def test_running_buffers_must_not_overlap_operands():
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    with pytest.raises(ValueError, match="running_mean and running_var must not share memory "
+                                         "with the input"):
+        fastdl.batch_norm(x, x[0], np.ones(3), training=True)
+    buf = np.ones(3)
+    with pytest.raises(ValueError, match="must not share memory"):
+        fastdl.batch_norm(x, buf, buf, training=True)
+    x3 = x.reshape(4, 3, 1).repeat(2, axis=2)
+    with pytest.raises(ValueError, match="must not share memory with the input"):
+        fastdl.instance_norm(x3, x3[0, :, 0], np.ones(3))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cython"])
+def test_batch_norm_without_channels(backend):
+    x = np.ones((4, 0, 5))
+    y, stats = fastdl.batch_norm(x, None, None, training=True, return_stats=True, backend=backend)
+    assert y.shape == x.shape and stats.mean.shape == (0,)
+    dx, dw, db = fastdl.batch_norm_backward(np.ones_like(x), x, None, None, np.ones(0),
+                                            np.zeros(0), True, backend=backend)
+    assert dx.shape == x.shape and dw.shape == (0,) and db.shape == (0,)

@@ -15,7 +15,8 @@ BWD_TARGETS = {"cython": {"vs_limit": 3.0, "vs_torch": 1.5, "vs_numpy": 3.0}}
 
 
 def _spec(kind, shape):
-    """(public forward, public backward, positional args after the input, torch call)."""
+    """(public forward, public backward, args(inputs) -> positional args after the
+    input, torch call, parameter shape)."""
     C, D = shape[1], shape[-1]
 
     def torch_call(F, X, W, B, rm, rv):
@@ -100,7 +101,7 @@ def _layer_case(kind, shape, direction, dtype=np.float32, quick=True):
         leaves = (t["x"], t["w"]) if kind == "rms" else (t["x"], t["w"], t["b"])
         return lambda: torch.autograd.grad(y, leaves, t["dy"], retain_graph=True)
 
-    return Case(name=name, op=("group_norm" if kind == "instance" else op) + "_bwd",
+    return Case(name=name, op=op + "_bwd",
                 setup=setup_bwd, call=call_bwd, bytes_read=2 * n * itemsize,
                 bytes_written=n * itemsize, flops=14 * n, torch=torch_peer_bwd, quick=quick,
                 targets=BWD_TARGETS, params=params)

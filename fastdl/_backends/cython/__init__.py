@@ -11,6 +11,7 @@ import numpy as np
 
 from fastdl._threads import get_num_threads
 from fastdl._backends.cython import _cpu, _norm, _norm_stats
+from fastdl.norm import NORM_OPS
 from fastdl.registry import Backend
 
 if os.environ.get("FASTDL_SIMD"):
@@ -42,15 +43,21 @@ def _data(x, ndim, name="x"):
     if not isinstance(x, np.ndarray) or x.dtype not in _FLOATS or x.ndim != ndim:
         raise TypeError(f"{name} must be a {ndim}-D float32/float64 ndarray, got "
                         f"{type(x).__name__} {getattr(x, 'dtype', '')} {getattr(x, 'shape', '')}")
+    if x.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {x.shape} (the public "
+                         "functions handle empty inputs before dispatching)")
     return np.ascontiguousarray(x)
 
 
 def _out(out, x):
     if out is None:           # the kernel allocates
         return None
-    if (not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != x.dtype
-            or not out.flags.c_contiguous or not out.flags.writeable):
-        raise ValueError(f"out must be a writeable C-contiguous {x.dtype} array of shape {x.shape}")
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray or None, got {type(out).__name__}")
+    if (out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous
+            or not out.flags.writeable):
+        raise ValueError(f"out must be a writeable C-contiguous {x.dtype} array of shape "
+                         f"{x.shape}, got {out.dtype} {out.shape}")
     return out
 
 
@@ -137,7 +144,4 @@ def batch_norm_bwd(dy, x, mean, rstd, w, training, need_dw, need_db):
                                 bool(training), need_dw, need_db, get_num_threads())
 
 
-OPS = ("norm_stats", "layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd",
-       "group_norm_fwd", "group_norm_bwd", "batch_norm_fwd", "batch_norm_eval", "batch_norm_bwd")
-
-backend = Backend(name="cython", ops={op: globals()[op] for op in OPS})
+backend = Backend(name="cython", ops={op: globals()[op] for op in NORM_OPS})

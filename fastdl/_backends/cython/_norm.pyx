@@ -20,6 +20,12 @@ import numpy as np
 from fastdl._backends.cython._cpu cimport simd_level
 from fastdl._backends.cython._norm_stats import _moments
 
+cdef extern from "moments.h" nogil:
+    void fdl_moments_blocks_f32(const float *x, int64_t n, int64_t block, int level,
+                                double *mean, double *m2)
+    void fdl_moments_blocks_f64(const double *x, int64_t n, int64_t block, int level,
+                                double *mean, double *m2)
+
 cdef extern from "normk.h" nogil:
     ctypedef struct fdl_nk_f32:
         double (*sumsq)(const float *x, int64_t n) noexcept nogil
@@ -36,26 +42,24 @@ cdef extern from "normk.h" nogil:
                          float r, const float *w, float *dwp, float *dbp, double *s1,
                          double *s2) noexcept nogil
         void (*row_dx)(const float *dy, const float *x, float *dx, int64_t n, float mh,
-                       float ml, float r, const float *w, float c1, float c2,
-                       int stream) noexcept nogil
+                       float ml, float r, const float *w, float c1, float c2) noexcept nogil
         double (*rms_sums)(const float *dy, const float *x, int64_t n, float r, const float *w,
                            float *dwp) noexcept nogil
         void (*rms_dx)(const float *dy, const float *x, float *dx, int64_t n, float r,
-                       const float *w, float c2, int stream) noexcept nogil
+                       const float *w, float c2) noexcept nogil
         void (*seg_sums)(const float *dy, const float *x, int64_t n, float mh, float ml,
                          float r, double *A, double *B) noexcept nogil
         void (*seg_dx)(const float *dy, const float *x, float *dx, int64_t n, float mh,
-                       float ml, float r, float wk, float c1, float c2,
-                       int stream) noexcept nogil
+                       float ml, float r, float wk, float c1, float c2) noexcept nogil
         void (*col_sums)(const float *dy, const float *x, int64_t n, const float *mh,
                          const float *ml, const float *r, float *ap, float *bp) noexcept nogil
         void (*col_dx)(const float *dy, const float *x, float *dx, int64_t n, const float *mh,
                        const float *ml, const float *r, const float *w, const float *c1,
-                       const float *c2, int stream) noexcept nogil
-        void (*seg_scale)(const float *dy, float *dx, int64_t n, float wk, float r,
-                          int stream) noexcept nogil
-        void (*col_scale)(const float *dy, float *dx, int64_t n, const float *w, const float *r,
-                          int stream) noexcept nogil
+                       const float *c2) noexcept nogil
+        void (*seg_scale)(const float *dy, float *dx, int64_t n, float wk,
+                          float r) noexcept nogil
+        void (*col_scale)(const float *dy, float *dx, int64_t n, const float *w,
+                          const float *r) noexcept nogil
     ctypedef struct fdl_nk_f64:
         double (*sumsq)(const double *x, int64_t n) noexcept nogil
         void (*apply_row)(const double *x, double *y, int64_t n, double mh, double ml, double r,
@@ -71,33 +75,28 @@ cdef extern from "normk.h" nogil:
                          double r, const double *w, double *dwp, double *dbp, double *s1,
                          double *s2) noexcept nogil
         void (*row_dx)(const double *dy, const double *x, double *dx, int64_t n, double mh,
-                       double ml, double r, const double *w, double c1, double c2,
-                       int stream) noexcept nogil
+                       double ml, double r, const double *w, double c1,
+                       double c2) noexcept nogil
         double (*rms_sums)(const double *dy, const double *x, int64_t n, double r,
                            const double *w, double *dwp) noexcept nogil
         void (*rms_dx)(const double *dy, const double *x, double *dx, int64_t n, double r,
-                       const double *w, double c2, int stream) noexcept nogil
+                       const double *w, double c2) noexcept nogil
         void (*seg_sums)(const double *dy, const double *x, int64_t n, double mh, double ml,
                          double r, double *A, double *B) noexcept nogil
         void (*seg_dx)(const double *dy, const double *x, double *dx, int64_t n, double mh,
-                       double ml, double r, double wk, double c1, double c2,
-                       int stream) noexcept nogil
+                       double ml, double r, double wk, double c1, double c2) noexcept nogil
         void (*col_sums)(const double *dy, const double *x, int64_t n, const double *mh,
                          const double *ml, const double *r, double *ap,
                          double *bp) noexcept nogil
         void (*col_dx)(const double *dy, const double *x, double *dx, int64_t n,
                        const double *mh, const double *ml, const double *r, const double *w,
-                       const double *c1, const double *c2, int stream) noexcept nogil
-        void (*seg_scale)(const double *dy, double *dx, int64_t n, double wk, double r,
-                          int stream) noexcept nogil
+                       const double *c1, const double *c2) noexcept nogil
+        void (*seg_scale)(const double *dy, double *dx, int64_t n, double wk,
+                          double r) noexcept nogil
         void (*col_scale)(const double *dy, double *dx, int64_t n, const double *w,
-                          const double *r, int stream) noexcept nogil
+                          const double *r) noexcept nogil
     const fdl_nk_f32 *fdl_nk_f32_table(int level)
     const fdl_nk_f64 *fdl_nk_f64_table(int level)
-    void fdl_moments_blocks_f32(const float *x, int64_t n, int64_t block, int level,
-                                double *mean, double *m2)
-    void fdl_moments_blocks_f64(const double *x, int64_t n, int64_t block, int level,
-                                double *mean, double *m2)
     void fdl_row_moments_f32(const float *x, int64_t n, int level, double *mean, double *m2)
     void fdl_row_moments_f64(const double *x, int64_t n, int level, double *mean, double *m2)
     void fdl_seg_moments_f32(const float *x, int64_t nseg, int64_t len, int64_t stride,
@@ -116,30 +115,20 @@ cdef int64_t CHANNEL_SEGMENT_BYTES = 256
 # (each partial adds that many terms in the input's precision) and about
 # R / MIN_CHUNKS so that small inputs still split across threads.
 cdef int64_t MAX_CHUNK_ROWS = 64
+cdef int64_t MIN_CHUNKS = 16
 # Outputs of at least STREAM_BYTES are written with non-temporal stores: no
 # read-for-ownership of the destination (writes ~1.5x faster on the project's
 # machines), and an output this large would not stay cached for the next op.
 cdef int64_t STREAM_BYTES = 8 << 20
 # Bytes of the next strided segment requested before summing the current one.
 cdef int64_t PF_SEGMENT_BYTES = 2048
-cdef int64_t MIN_CHUNKS = 16
 
 # Rows of at most BLOCK_BYTES get their moments a run of RUN_BYTES at a time
-# (pass 1 of the next row overlaps pass 2 of this one, with prefetch), then are
-# normalized while the run is in cache; longer rows go one by one.
+# (in the AVX2 build, pass 1 of the next row overlaps pass 2 of this one, with
+# prefetch), then are normalized while the run is in cache; longer rows go one
+# by one.
 cdef int64_t BLOCK_BYTES = 16384
 cdef int64_t RUN_BYTES = 65536
-
-cdef const fdl_nk_f32 *K32 = fdl_nk_f32_table(0)
-cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(0)
-
-
-cdef void _select() noexcept:
-    global K32, K64
-    cdef int level = simd_level()
-    K32 = fdl_nk_f32_table(level)
-    K64 = fdl_nk_f64_table(level)
-
 
 _scratch = threading.local()
 
@@ -194,10 +183,6 @@ def _chunk_rows(int64_t R):
     return min(MAX_CHUNK_ROWS, max(1, (R + MIN_CHUNKS - 1) // MIN_CHUNKS))
 
 
-def _ones(n, dtype):
-    return np.ones(n, dtype)
-
-
 # ---------------------------------------------------------------- layer norm
 
 @cython.boundscheck(False)
@@ -205,6 +190,9 @@ def _ones(n, dtype):
 cdef void _layer_fwd(const floating[:, ::1] x, const floating[::1] w, const floating[::1] b,
                      double eps, floating[:, ::1] y, double[::1] mean, double[::1] var,
                      bint stream, int nt) noexcept nogil:
+    # the SIMD level's function table, read once per call (no shared state)
+    cdef const fdl_nk_f32 *K32 = fdl_nk_f32_table(simd_level())
+    cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(simd_level())
     cdef int64_t R = x.shape[0], D = x.shape[1], r, k, r0
     cdef int64_t run = _run_rows(D, sizeof(floating)), nrun = (R + run - 1) // run
     cdef int level = simd_level()
@@ -230,10 +218,9 @@ cdef void _layer_fwd(const floating[:, ::1] x, const floating[::1] w, const floa
 
 
 def layer_norm_fwd(x, w, b, double eps, out, int nt):
-    _select()
     out, stream = _output(out, x)
     R, D = x.shape
-    w = _ones(D, x.dtype) if w is None else w
+    w = np.ones(D, x.dtype) if w is None else w
     b = np.zeros(D, x.dtype) if b is None else b
     mean, var = np.empty(R), np.empty(R)
     cdef double[::1] mv = mean, vv = var
@@ -249,7 +236,10 @@ def layer_norm_fwd(x, w, b, double eps, out, int nt):
 cdef void _layer_bwd(const floating[:, ::1] dy, const floating[:, ::1] x,
                      const double[::1] mean, const double[::1] rstd, const floating[::1] w,
                      floating[:, ::1] dx, floating[:, ::1] dwp, floating[:, ::1] dbp,
-                     int64_t rpc, bint stream, int nt) noexcept nogil:
+                     int64_t rpc, int nt) noexcept nogil:
+    # the SIMD level's function table, read once per call (no shared state)
+    cdef const fdl_nk_f32 *K32 = fdl_nk_f32_table(simd_level())
+    cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(simd_level())
     cdef int64_t R = x.shape[0], D = x.shape[1], nch = dwp.shape[0], k, r
     cdef double s1, s2
     cdef floating mh, ml, rs
@@ -267,13 +257,12 @@ cdef void _layer_bwd(const floating[:, ::1] dy, const floating[:, ::1] x,
                     K32.row_sums(&dy[r, 0], &x[r, 0], D, mh, ml, rs, &w[0], &dwp[k, 0],
                                  &dbp[k, 0], &s1, &s2)
                     K32.row_dx(&dy[r, 0], &x[r, 0], &dx[r, 0], D, mh, ml, rs, &w[0],
-                               <float>(s1 / D), <float>(s2 / D), stream)
+                               <float>(s1 / D), <float>(s2 / D))
                 else:
                     K64.row_sums(&dy[r, 0], &x[r, 0], D, mh, ml, rs, &w[0], &dwp[k, 0],
                                  &dbp[k, 0], &s1, &s2)
                     K64.row_dx(&dy[r, 0], &x[r, 0], &dx[r, 0], D, mh, ml, rs, &w[0], s1 / D,
-                               s2 / D, stream)
-        fdl_sfence()   # once per thread: its streamed stores are visible
+                               s2 / D)
 
 
 @cython.boundscheck(False)
@@ -301,18 +290,16 @@ def _reduce_partials(p, int nt):
 
 
 def layer_norm_bwd(dy, x, mean, rstd, w, bint need_dw, bint need_db, int nt):
-    _select()
-    stream = False     # dx is fresh memory (see _output)
     R, D = x.shape
-    w = _ones(D, x.dtype) if w is None else w
+    w = np.ones(D, x.dtype) if w is None else w
     rpc = _chunk_rows(R)
     nch = (R + rpc - 1) // rpc
     dx = np.empty_like(x)
     part = _scratch_array("layer_bwd", (2, nch, D), x.dtype)
     if x.dtype == np.float32:
-        _layer_bwd[float](dy, x, mean, rstd, w, dx, part[0], part[1], rpc, stream, nt)
+        _layer_bwd[float](dy, x, mean, rstd, w, dx, part[0], part[1], rpc, nt)
     else:
-        _layer_bwd[double](dy, x, mean, rstd, w, dx, part[0], part[1], rpc, stream, nt)
+        _layer_bwd[double](dy, x, mean, rstd, w, dx, part[0], part[1], rpc, nt)
     dw = _reduce_partials(part[0], nt).astype(x.dtype) if need_dw else None
     db = _reduce_partials(part[1], nt).astype(x.dtype) if need_db else None
     return dx, dw, db
@@ -324,6 +311,9 @@ def layer_norm_bwd(dy, x, mean, rstd, w, bint need_dw, bint need_db, int nt):
 @cython.wraparound(False)
 cdef void _rms_fwd(const floating[:, ::1] x, const floating[::1] w, double eps,
                    floating[:, ::1] y, double[::1] ms, bint stream, int nt) noexcept nogil:
+    # the SIMD level's function table, read once per call (no shared state)
+    cdef const fdl_nk_f32 *K32 = fdl_nk_f32_table(simd_level())
+    cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(simd_level())
     cdef int64_t R = x.shape[0], D = x.shape[1], r
     cdef double m
     with parallel(num_threads=nt):
@@ -339,10 +329,9 @@ cdef void _rms_fwd(const floating[:, ::1] x, const floating[::1] w, double eps,
 
 
 def rms_norm_fwd(x, w, double eps, out, int nt):
-    _select()
     out, stream = _output(out, x)
     R, D = x.shape
-    w = _ones(D, x.dtype) if w is None else w
+    w = np.ones(D, x.dtype) if w is None else w
     ms = np.empty(R)
     cdef double[::1] mv = ms
     if x.dtype == np.float32:
@@ -356,7 +345,10 @@ def rms_norm_fwd(x, w, double eps, out, int nt):
 @cython.wraparound(False)
 cdef void _rms_bwd(const floating[:, ::1] dy, const floating[:, ::1] x, const double[::1] rstd,
                    const floating[::1] w, floating[:, ::1] dx, floating[:, ::1] dwp,
-                   int64_t rpc, bint stream, int nt) noexcept nogil:
+                   int64_t rpc, int nt) noexcept nogil:
+    # the SIMD level's function table, read once per call (no shared state)
+    cdef const fdl_nk_f32 *K32 = fdl_nk_f32_table(simd_level())
+    cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(simd_level())
     cdef int64_t R = x.shape[0], D = x.shape[1], nch = dwp.shape[0], k, r
     cdef double s2
     cdef floating rs
@@ -367,26 +359,23 @@ cdef void _rms_bwd(const floating[:, ::1] dy, const floating[:, ::1] x, const do
                 rs = <floating>rstd[r]
                 if floating is float:
                     s2 = K32.rms_sums(&dy[r, 0], &x[r, 0], D, rs, &w[0], &dwp[k, 0])
-                    K32.rms_dx(&dy[r, 0], &x[r, 0], &dx[r, 0], D, rs, &w[0], <float>(s2 / D), stream)
+                    K32.rms_dx(&dy[r, 0], &x[r, 0], &dx[r, 0], D, rs, &w[0], <float>(s2 / D))
                 else:
                     s2 = K64.rms_sums(&dy[r, 0], &x[r, 0], D, rs, &w[0], &dwp[k, 0])
-                    K64.rms_dx(&dy[r, 0], &x[r, 0], &dx[r, 0], D, rs, &w[0], s2 / D, stream)
-        fdl_sfence()   # once per thread: its streamed stores are visible
+                    K64.rms_dx(&dy[r, 0], &x[r, 0], &dx[r, 0], D, rs, &w[0], s2 / D)
 
 
 def rms_norm_bwd(dy, x, rstd, w, bint need_dw, int nt):
-    _select()
-    stream = False     # dx is fresh memory (see _output)
     R, D = x.shape
-    w = _ones(D, x.dtype) if w is None else w
+    w = np.ones(D, x.dtype) if w is None else w
     rpc = _chunk_rows(R)
     nch = (R + rpc - 1) // rpc
     dx = np.empty_like(x)
     part = _scratch_array("rms_bwd", (nch, D), x.dtype)
     if x.dtype == np.float32:
-        _rms_bwd[float](dy, x, rstd, w, dx, part, rpc, stream, nt)
+        _rms_bwd[float](dy, x, rstd, w, dx, part, rpc, nt)
     else:
-        _rms_bwd[double](dy, x, rstd, w, dx, part, rpc, stream, nt)
+        _rms_bwd[double](dy, x, rstd, w, dx, part, rpc, nt)
     return dx, (_reduce_partials(part, nt).astype(x.dtype) if need_dw else None)
 
 
@@ -397,6 +386,9 @@ def rms_norm_bwd(dy, x, rstd, w, bint need_dw, int nt):
 cdef void _group_fwd(const floating[:, :, ::1] x, int64_t G, const floating[::1] w,
                      const floating[::1] b, double eps, floating[:, :, ::1] y,
                      double[::1] mean, double[::1] var, bint stream, int nt) noexcept nogil:
+    # the SIMD level's function table, read once per call (no shared state)
+    cdef const fdl_nk_f32 *K32 = fdl_nk_f32_table(simd_level())
+    cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(simd_level())
     # row = (n, g): K channels of S elements, rows back to back in memory
     cdef int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2], K = C // G, M = K * S
     cdef int64_t R = N * G, run = _run_rows(M, sizeof(floating)), nrun = (R + run - 1) // run
@@ -429,10 +421,9 @@ cdef void _group_fwd(const floating[:, :, ::1] x, int64_t G, const floating[::1]
 
 
 def group_norm_fwd(x, int64_t G, w, b, double eps, out, int nt):
-    _select()
     out, stream = _output(out, x)
     N, C, S = x.shape
-    w = _ones(C, x.dtype) if w is None else w
+    w = np.ones(C, x.dtype) if w is None else w
     b = np.zeros(C, x.dtype) if b is None else b
     mean, var = np.empty(N * G), np.empty(N * G)
     cdef double[::1] mv = mean, vv = var
@@ -448,7 +439,10 @@ def group_norm_fwd(x, int64_t G, w, b, double eps, out, int nt):
 cdef void _group_bwd(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
                      const double[::1] mean, const double[::1] rstd, int64_t G,
                      const floating[::1] w, floating[:, :, ::1] dx, double[:, ::1] A,
-                     double[:, ::1] B, bint stream, int nt) noexcept nogil:
+                     double[:, ::1] B, int nt) noexcept nogil:
+    # the SIMD level's function table, read once per call (no shared state)
+    cdef const fdl_nk_f32 *K32 = fdl_nk_f32_table(simd_level())
+    cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(simd_level())
     cdef int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2], K = C // G
     cdef int64_t row, n, g, c
     cdef double s1, s2, M = <double>(K * S)
@@ -460,7 +454,7 @@ cdef void _group_bwd(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
             mh = <floating>mean[row]
             ml = <floating>(mean[row] - <double>mh)
             rs = <floating>rstd[row]
-            s1 = 0
+            s1 = 0     # assigned in the body: private to each thread (also mu, q below)
             s2 = 0
             for c in range(g * K, (g + 1) * K):
                 A[n, c] = 0
@@ -474,26 +468,23 @@ cdef void _group_bwd(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
             for c in range(g * K, (g + 1) * K):
                 if floating is float:
                     K32.seg_dx(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mh, ml, rs, w[c],
-                               <float>(s1 / M), <float>(s2 / M), stream)
+                               <float>(s1 / M), <float>(s2 / M))
                 else:
                     K64.seg_dx(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mh, ml, rs, w[c],
-                               s1 / M, s2 / M, stream)
-        fdl_sfence()   # once per thread: its streamed stores are visible
+                               s1 / M, s2 / M)
 
 
 def group_norm_bwd(dy, x, mean, rstd, int64_t G, w, bint need_dw, bint need_db, int nt):
-    _select()
-    stream = False     # dx is fresh memory (see _output)
     N, C, S = x.shape
-    w = _ones(C, x.dtype) if w is None else w
+    w = np.ones(C, x.dtype) if w is None else w
     dx = np.empty_like(x)
     A, B = np.empty((N, C)), np.empty((N, C))
     mean = np.ascontiguousarray(mean).reshape(-1)
     rstd = np.ascontiguousarray(rstd).reshape(-1)
     if x.dtype == np.float32:
-        _group_bwd[float](dy, x, mean, rstd, G, w, dx, A, B, stream, nt)
+        _group_bwd[float](dy, x, mean, rstd, G, w, dx, A, B, nt)
     else:
-        _group_bwd[double](dy, x, mean, rstd, G, w, dx, A, B, stream, nt)
+        _group_bwd[double](dy, x, mean, rstd, G, w, dx, A, B, nt)
     dw = A.sum(axis=0).astype(x.dtype) if need_dw else None
     db = B.sum(axis=0).astype(x.dtype) if need_db else None
     return dx, dw, db
@@ -511,6 +502,9 @@ cdef void _batch_fwd_channels(const floating[:, :, ::1] x, const floating[::1] w
                               const floating[::1] b, double eps, floating[:, :, ::1] y,
                               double[::1] mean, double[::1] var, double[:, ::1] work,
                               bint stream, int nt) noexcept nogil:
+    # the SIMD level's function table, read once per call (no shared state)
+    cdef const fdl_nk_f32 *K32 = fdl_nk_f32_table(simd_level())
+    cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(simd_level())
     cdef int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2], c, n
     cdef int level = simd_level()
     cdef double mu, q, v, rs
@@ -544,6 +538,9 @@ cdef void _batch_fwd_channels(const floating[:, :, ::1] x, const floating[::1] w
 @cython.wraparound(False)
 cdef void _apply_rows(const floating[:, ::1] x, const floating[:, ::1] vec,
                       floating[:, ::1] y, bint stream, int nt) noexcept nogil:
+    # the SIMD level's function table, read once per call (no shared state)
+    cdef const fdl_nk_f32 *K32 = fdl_nk_f32_table(simd_level())
+    cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(simd_level())
     # y[n] = ((x[n] - mh) - ml) * a + c with vec = (mh, ml, a, c) per column
     cdef int64_t R = x.shape[0], L = x.shape[1], r
     with parallel(num_threads=nt):
@@ -583,6 +580,9 @@ def _apply_columns(x, mean, rstd, w, b, out, bint stream, int nt):
 cdef void _apply_channels(const floating[:, :, ::1] x, const double[::1] mean,
                           const double[::1] rstd, const floating[::1] w,
                           const floating[::1] b, floating[:, :, ::1] y, bint stream, int nt) noexcept nogil:
+    # the SIMD level's function table, read once per call (no shared state)
+    cdef const fdl_nk_f32 *K32 = fdl_nk_f32_table(simd_level())
+    cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(simd_level())
     cdef int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2], i, n, c
     cdef floating mh, ml
     with parallel(num_threads=nt):
@@ -599,13 +599,12 @@ cdef void _apply_channels(const floating[:, :, ::1] x, const double[::1] mean,
 
 
 def batch_norm_eval(x, mean, rstd, w, b, out, int nt):
-    _select()
     out, stream = _output(out, x)
     if not _by_channel(x):
         _apply_columns(x, mean, rstd, w, b, out, stream, nt)
         return out
     C = x.shape[1]
-    w = _ones(C, x.dtype) if w is None else w
+    w = np.ones(C, x.dtype) if w is None else w
     b = np.zeros(C, x.dtype) if b is None else b
     if x.dtype == np.float32:
         _apply_channels[float](x, mean, rstd, w, b, out, stream, nt)
@@ -615,7 +614,6 @@ def batch_norm_eval(x, mean, rstd, w, b, out, int nt):
 
 
 def batch_norm_fwd(x, w, b, double eps, out, int nt):
-    _select()
     out, stream = _output(out, x)
     N, C, S = x.shape
     if not _by_channel(x):
@@ -624,7 +622,7 @@ def batch_norm_fwd(x, w, b, double eps, out, int nt):
         var = np.asarray(m2) / float(N * S)
         _apply_columns(x, mean, 1.0 / np.sqrt(var + eps), w, b, out, stream, nt)
         return out, mean, var
-    w = _ones(C, x.dtype) if w is None else w
+    w = np.ones(C, x.dtype) if w is None else w
     b = np.zeros(C, x.dtype) if b is None else b
     mean, var = np.empty(C), np.empty(C)
     work = _scratch_array("batch_fwd", (max(1, nt), fdl_seg_moments_work(N, S, x.itemsize)),
@@ -642,7 +640,10 @@ def batch_norm_fwd(x, w, b, double eps, out, int nt):
 cdef void _batch_bwd_channels(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
                               const double[::1] mean, const double[::1] rstd,
                               const floating[::1] w, bint training, floating[:, :, ::1] dx,
-                              double[::1] A, double[::1] B, bint stream, int nt) noexcept nogil:
+                              double[::1] A, double[::1] B, int nt) noexcept nogil:
+    # the SIMD level's function table, read once per call (no shared state)
+    cdef const fdl_nk_f32 *K32 = fdl_nk_f32_table(simd_level())
+    cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(simd_level())
     cdef int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2], c, n
     cdef double M = <double>(N * S), c1, c2
     cdef floating mh, ml, rs
@@ -664,20 +665,19 @@ cdef void _batch_bwd_channels(const floating[:, :, ::1] dy, const floating[:, :,
             if not training:          # constant statistics: dx = dy w r
                 for n in range(N):
                     if floating is float:
-                        K32.seg_scale(&dy[n, c, 0], &dx[n, c, 0], S, w[c], rs, stream)
+                        K32.seg_scale(&dy[n, c, 0], &dx[n, c, 0], S, w[c], rs)
                     else:
-                        K64.seg_scale(&dy[n, c, 0], &dx[n, c, 0], S, w[c], rs, stream)
+                        K64.seg_scale(&dy[n, c, 0], &dx[n, c, 0], S, w[c], rs)
                 continue
             c1 = w[c] * B[c] / M
             c2 = w[c] * A[c] / M
             for n in range(N):
                 if floating is float:
                     K32.seg_dx(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mh, ml, rs, w[c],
-                               <float>c1, <float>c2, stream)
+                               <float>c1, <float>c2)
                 else:
                     K64.seg_dx(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mh, ml, rs, w[c],
-                               c1, c2, stream)
-        fdl_sfence()   # once per thread: its streamed stores are visible
+                               c1, c2)
 
 
 @cython.boundscheck(False)
@@ -685,6 +685,9 @@ cdef void _batch_bwd_channels(const floating[:, :, ::1] dy, const floating[:, :,
 cdef void _col_sums(const floating[:, ::1] dy, const floating[:, ::1] x,
                     const floating[:, ::1] vec, floating[:, ::1] ap, floating[:, ::1] bp,
                     int64_t rpc, int nt) noexcept nogil:
+    # the SIMD level's function table, read once per call (no shared state)
+    cdef const fdl_nk_f32 *K32 = fdl_nk_f32_table(simd_level())
+    cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(simd_level())
     # partial column sums of dy * xh and dy over fixed chunks of rpc rows;
     # vec rows: mean head, mean rest, rstd
     cdef int64_t R = x.shape[0], L = x.shape[1], nch = ap.shape[0], k, r
@@ -703,8 +706,10 @@ cdef void _col_sums(const floating[:, ::1] dy, const floating[:, ::1] x,
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef void _col_dx(const floating[:, ::1] dy, const floating[:, ::1] x,
-                  const floating[:, ::1] vec, floating[:, ::1] dx, bint training, bint stream,
-                  int nt) noexcept nogil:
+                  const floating[:, ::1] vec, floating[:, ::1] dx, bint training, int nt) noexcept nogil:
+    # the SIMD level's function table, read once per call (no shared state)
+    cdef const fdl_nk_f32 *K32 = fdl_nk_f32_table(simd_level())
+    cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(simd_level())
     # vec rows: mean head, mean rest, rstd, weight, c1, c2; without training
     # (constant statistics) dx = dy * weight * rstd
     cdef int64_t R = x.shape[0], L = x.shape[1], r
@@ -712,20 +717,18 @@ cdef void _col_dx(const floating[:, ::1] dy, const floating[:, ::1] x,
         for r in prange(R, schedule="static"):
             if not training:
                 if floating is float:
-                    K32.col_scale(&dy[r, 0], &dx[r, 0], L, &vec[3, 0], &vec[2, 0], stream)
+                    K32.col_scale(&dy[r, 0], &dx[r, 0], L, &vec[3, 0], &vec[2, 0])
                 else:
-                    K64.col_scale(&dy[r, 0], &dx[r, 0], L, &vec[3, 0], &vec[2, 0], stream)
+                    K64.col_scale(&dy[r, 0], &dx[r, 0], L, &vec[3, 0], &vec[2, 0])
             elif floating is float:
                 K32.col_dx(&dy[r, 0], &x[r, 0], &dx[r, 0], L, &vec[0, 0], &vec[1, 0], &vec[2, 0],
-                           &vec[3, 0], &vec[4, 0], &vec[5, 0], stream)
+                           &vec[3, 0], &vec[4, 0], &vec[5, 0])
             else:
                 K64.col_dx(&dy[r, 0], &x[r, 0], &dx[r, 0], L, &vec[0, 0], &vec[1, 0], &vec[2, 0],
-                           &vec[3, 0], &vec[4, 0], &vec[5, 0], stream)
-        fdl_sfence()   # once per thread: its streamed stores are visible
+                           &vec[3, 0], &vec[4, 0], &vec[5, 0])
 
 
 def _batch_bwd_columns(dy, x, mean, rstd, w, bint training, int nt):
-    stream = False     # dx is fresh memory (see _output)
     N, C, S = x.shape
     L = C * S
     dt = x.dtype
@@ -750,24 +753,22 @@ def _batch_bwd_columns(dy, x, mean, rstd, w, bint training, int nt):
     vec[3:] = np.repeat(np.stack([w64, c1, c2]).astype(dt), S, axis=1)
     dx = np.empty_like(x)
     if dt == np.float32:
-        _col_dx[float](dy2, x2, vec, dx.reshape(N, L), training, stream, nt)
+        _col_dx[float](dy2, x2, vec, dx.reshape(N, L), training, nt)
     else:
-        _col_dx[double](dy2, x2, vec, dx.reshape(N, L), training, stream, nt)
+        _col_dx[double](dy2, x2, vec, dx.reshape(N, L), training, nt)
     return dx, A, B
 
 
 def batch_norm_bwd(dy, x, mean, rstd, w, bint training, bint need_dw, bint need_db, int nt):
-    _select()
-    stream = False     # dx is fresh memory (see _output)
     C = x.shape[1]
     if _by_channel(x):
-        wv = _ones(C, x.dtype) if w is None else w
+        wv = np.ones(C, x.dtype) if w is None else w
         dx = np.empty_like(x)
         A, B = np.empty(C), np.empty(C)
         if x.dtype == np.float32:
-            _batch_bwd_channels[float](dy, x, mean, rstd, wv, training, dx, A, B, stream, nt)
+            _batch_bwd_channels[float](dy, x, mean, rstd, wv, training, dx, A, B, nt)
         else:
-            _batch_bwd_channels[double](dy, x, mean, rstd, wv, training, dx, A, B, stream, nt)
+            _batch_bwd_channels[double](dy, x, mean, rstd, wv, training, dx, A, B, nt)
     else:
         dx, A, B = _batch_bwd_columns(dy, x, mean, rstd, w, training, nt)
     return (dx, A.astype(x.dtype) if need_dw else None, B.astype(x.dtype) if need_db else None)

@@ -61,8 +61,8 @@ FDL_TARGET_AVX2 static inline void stream_f64_avx2(double *d, const double *t) {
 #if FDL_HAVE_AVX2_TARGET
 /* ---- AVX2 reductions ----
  * The reductions are written with intrinsics: the compiler's vectorization
- * of the template versions above was fragile (a prefetch in the loop made it
- * scalar).  Lane k of each accumulator array holds the same terms, added in
+ * of the template versions was fragile (adding a prefetch to the loop made
+ * it scalar), and these loops prefetch.  Lane k of each accumulator array holds the same terms, added in
  * the same order, as lane k of the template (its scalar twin); tails and the
  * lane reduction are the template's code, so the results agree bitwise.
  * Both inputs are requested AHEAD_BYTES ahead: hardware prefetchers restart

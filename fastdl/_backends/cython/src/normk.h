@@ -1,6 +1,6 @@
 /* Normalization layer kernels: per-row / per-segment building blocks that
  * _norm.pyx runs in parallel.  `stream` (nonzero)
- * writes the output with non-temporal stores.  A table per dtype holds the functions of one
+ * writes a forward's output with non-temporal stores.  A table per dtype holds the functions of one
  * ISA; fdl_nk_*_table(level) picks the AVX2 build or the baseline one, which
  * round identically (see normk_body.h). */
 #ifndef FASTDL_NORMK_H
@@ -18,21 +18,19 @@
     void (*row_sums)(const T *dy, const T *x, int64_t n, T mh, T ml, T r, const T *w,   \
                      T *dwp, T *dbp, double *s1, double *s2);                           \
     void (*row_dx)(const T *dy, const T *x, T *dx, int64_t n, T mh, T ml, T r,          \
-                   const T *w, T c1, T c2, int stream);                                 \
+                   const T *w, T c1, T c2);                                             \
     double (*rms_sums)(const T *dy, const T *x, int64_t n, T r, const T *w, T *dwp);    \
-    void (*rms_dx)(const T *dy, const T *x, T *dx, int64_t n, T r, const T *w, T c2,    \
-                   int stream);                                                         \
+    void (*rms_dx)(const T *dy, const T *x, T *dx, int64_t n, T r, const T *w, T c2);   \
     void (*seg_sums)(const T *dy, const T *x, int64_t n, T mh, T ml, T r, double *A,    \
                      double *B);                                                        \
     void (*seg_dx)(const T *dy, const T *x, T *dx, int64_t n, T mh, T ml, T r, T wk,    \
-                   T c1, T c2, int stream);                                             \
+                   T c1, T c2);                                                         \
     void (*col_sums)(const T *dy, const T *x, int64_t n, const T *mh, const T *ml,      \
                      const T *r, T *ap, T *bp);                                         \
     void (*col_dx)(const T *dy, const T *x, T *dx, int64_t n, const T *mh, const T *ml, \
-                   const T *r, const T *w, const T *c1, const T *c2, int stream);       \
-    void (*seg_scale)(const T *dy, T *dx, int64_t n, T wk, T r, int stream);            \
-    void (*col_scale)(const T *dy, T *dx, int64_t n, const T *w, const T *r,            \
-                      int stream);
+                   const T *r, const T *w, const T *c1, const T *c2);                   \
+    void (*seg_scale)(const T *dy, T *dx, int64_t n, T wk, T r);                        \
+    void (*col_scale)(const T *dy, T *dx, int64_t n, const T *w, const T *r);
 
 typedef struct { FDL_NK_FUNCS(float) } fdl_nk_f32;
 typedef struct { FDL_NK_FUNCS(double) } fdl_nk_f64;

@@ -1,7 +1,8 @@
 /* Normalization kernels, included by normk.c once per (type, ISA).
  *
  * Expects T (float/double), NL (lanes: 16 float, 8 double), ATTR (target
- * attribute or empty) and NK(name) (suffixes the name).  Every loop is plain C
+ * attribute or empty), NK(name) (suffixes the name), NK_STREAM (the ISA's
+ * non-temporal line store) and optionally NK_SKIP_REDUCTIONS.  Every loop is plain C
  * over fixed lane arrays, so the compiler vectorizes it with the ISA of ATTR
  * while the order of every rounding stays the same: the scalar and AVX2
  * builds agree bitwise (fp-contract is off, no fast-math).
@@ -115,6 +116,7 @@ static ATTR void NK(apply_cols)(const T *restrict x, T *restrict y, int64_t n, c
 }
 
 /* ---- backward ----
+ * dx goes to freshly allocated memory, where plain stores beat streamed ones.
  * g = dy * w; dx = ((g - c1) - xh * c2) * r with c1 = mean(g), c2 = mean(g xh)
  * over the statistic group (c1 = 0 for RMS norm). */
 
@@ -152,9 +154,9 @@ static ATTR void NK(row_sums)(const T *restrict dy, const T *restrict x, int64_t
 #endif
 
 static ATTR void NK(row_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n,
-                            T mh, T ml, T r, const T *restrict w, T c1, T c2, int stream) {
+                            T mh, T ml, T r, const T *restrict w, T c1, T c2) {
 #define E(j) (((dy[j] * w[j] - c1) - (((x[j] - mh) - ml) * r) * c2) * r)
-    NK_WRITE(dx, n, stream, E);
+    for (int64_t j = 0; j < n; j++) dx[j] = E(j);
 #undef E
 }
 
@@ -185,9 +187,9 @@ static ATTR double NK(rms_sums)(const T *restrict dy, const T *restrict x, int64
 #endif
 
 static ATTR void NK(rms_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n,
-                            T r, const T *restrict w, T c2, int stream) {
+                            T r, const T *restrict w, T c2) {
 #define E(j) ((dy[j] * w[j] - (x[j] * r) * c2) * r)
-    NK_WRITE(dx, n, stream, E);
+    for (int64_t j = 0; j < n; j++) dx[j] = E(j);
 #undef E
 }
 
@@ -221,9 +223,9 @@ static ATTR void NK(seg_sums)(const T *restrict dy, const T *restrict x, int64_t
 
 /* One channel segment: dx = ((dy wk - c1) - xh c2) r. */
 static ATTR void NK(seg_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n,
-                            T mh, T ml, T r, T wk, T c1, T c2, int stream) {
+                            T mh, T ml, T r, T wk, T c1, T c2) {
 #define E(j) (((dy[j] * wk - c1) - (((x[j] - mh) - ml) * r) * c2) * r)
-    NK_WRITE(dx, n, stream, E);
+    for (int64_t j = 0; j < n; j++) dx[j] = E(j);
 #undef E
 }
 
@@ -239,26 +241,24 @@ static ATTR void NK(col_sums)(const T *restrict dy, const T *restrict x, int64_t
 
 static ATTR void NK(col_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n,
                             const T *restrict mh, const T *restrict ml, const T *restrict r,
-                            const T *restrict w, const T *restrict c1, const T *restrict c2,
-                            int stream) {
+                            const T *restrict w, const T *restrict c1, const T *restrict c2) {
 #define E(j) (((dy[j] * w[j] - c1[j]) - (((x[j] - mh[j]) - ml[j]) * r[j]) * c2[j]) * r[j])
-    NK_WRITE(dx, n, stream, E);
+    for (int64_t j = 0; j < n; j++) dx[j] = E(j);
 #undef E
 }
 
 /* Evaluation-mode batch norm (statistics are constants): dx = dy w r.  Kept
  * apart from seg_dx/col_dx so that an infinite x does not turn dx into nan
  * through xh * 0. */
-static ATTR void NK(seg_scale)(const T *restrict dy, T *restrict dx, int64_t n, T wk, T r,
-                               int stream) {
+static ATTR void NK(seg_scale)(const T *restrict dy, T *restrict dx, int64_t n, T wk, T r) {
 #define E(j) ((dy[j] * wk) * r)
-    NK_WRITE(dx, n, stream, E);
+    for (int64_t j = 0; j < n; j++) dx[j] = E(j);
 #undef E
 }
 
 static ATTR void NK(col_scale)(const T *restrict dy, T *restrict dx, int64_t n,
-                               const T *restrict w, const T *restrict r, int stream) {
+                               const T *restrict w, const T *restrict r) {
 #define E(j) ((dy[j] * w[j]) * r[j])
-    NK_WRITE(dx, n, stream, E);
+    for (int64_t j = 0; j < n; j++) dx[j] = E(j);
 #undef E
 }
