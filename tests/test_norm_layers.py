@@ -944,3 +944,35 @@ def test_batch_norm_without_channels(backend):
     dx, dw, db = fastdl.batch_norm_backward(np.ones_like(x), x, None, None, np.ones(0),
                                             np.zeros(0), True, backend=backend)
     assert dx.shape == x.shape and dw.shape == (0,) and db.shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_few_channels_parallel_over_batch(dtype):
+    """Few channels (C < 16): the forward shares (n, c) segments out to threads.
+    Same values as NumPy, same bits for 1 and 2 threads."""
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((33, 3, 257)) * 2 + 3).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    w, b = rng.standard_normal(3).astype(dtype), rng.standard_normal(3).astype(dtype)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    got, before = {}, fastdl.get_num_threads()
+    for nt in (1, 2):
+        fastdl.set_num_threads(nt)
+        try:
+            y, st = fastdl.batch_norm(x, None, None, w, b, True, return_stats=True,
+                                      backend="cython")
+            grads = fastdl.batch_norm_backward(dy, x, None, None, w, b, True, stats=st,
+                                               backend="cython")
+        finally:
+            fastdl.set_num_threads(before)
+        got[nt] = (y, st.mean, st.rstd) + grads
+    for a, c in zip(got[1], got[2]):
+        assert np.array_equal(a, c)
+    y_ref, st_ref = fastdl.batch_norm(x, None, None, w, b, True, return_stats=True,
+                                      backend="numpy")
+    ref = fastdl.batch_norm_backward(dy, x, None, None, w, b, True, stats=st_ref,
+                                     backend="numpy")
+    np.testing.assert_allclose(got[2][0], y_ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(got[2][1], st_ref.mean, rtol=tol, atol=tol)
+    for a, r in zip(got[2][3:], ref):
+        np.testing.assert_allclose(a, r, rtol=tol, atol=tol * np.abs(r).max())

@@ -105,7 +105,6 @@ cdef extern from "normk.h" nogil:
                              int level, double *work, double *mean, double *m2)
     int64_t fdl_seg_moments_work(int64_t nseg, int64_t len, int64_t itemsize)
     void fdl_sfence()
-    void fdl_prefetch(const void *p, int64_t nbytes)
 
 # Batch norm works channel by channel (the channel's N segments stay in L2
 # between passes) when a segment has at least this many bytes; below, it works
@@ -120,8 +119,9 @@ cdef int64_t MIN_CHUNKS = 16
 # read-for-ownership of the destination (writes ~1.5x faster on the project's
 # machines), and an output this large would not stay cached for the next op.
 cdef int64_t STREAM_BYTES = 8 << 20
-# Bytes of the next strided segment requested before summing the current one.
-cdef int64_t PF_SEGMENT_BYTES = 2048
+# Below this many channels the batch-norm forward shares out (n, c) segments
+# instead of whole channels, so that few channels still use every thread.
+cdef int64_t FEW_CHANNELS = 16
 
 # Rows of at most BLOCK_BYTES get their moments a run of RUN_BYTES at a time
 # (in the AVX2 build, pass 1 of the next row overlaps pass 2 of this one, with
@@ -624,6 +624,15 @@ def batch_norm_fwd(x, w, b, double eps, out, int nt):
         return out, mean, var
     w = np.ones(C, x.dtype) if w is None else w
     b = np.zeros(C, x.dtype) if b is None else b
+    if C < FEW_CHANNELS:     # statistics over blocks of every segment, then apply
+        mu, m2, _ = _moments(x.reshape(-1), x.shape, "batch", None, nt)
+        mean = np.array(mu, np.float64)
+        var = np.asarray(m2) / float(N * S)
+        if x.dtype == np.float32:
+            _apply_channels[float](x, mean, 1.0 / np.sqrt(var + eps), w, b, out, stream, nt)
+        else:
+            _apply_channels[double](x, mean, 1.0 / np.sqrt(var + eps), w, b, out, stream, nt)
+        return out, mean, var
     mean, var = np.empty(C), np.empty(C)
     work = _scratch_array("batch_fwd", (max(1, nt), fdl_seg_moments_work(N, S, x.itemsize)),
                           np.float64)
@@ -637,47 +646,74 @@ def batch_norm_fwd(x, w, b, double eps, out, int nt):
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef void _batch_bwd_channels(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
-                              const double[::1] mean, const double[::1] rstd,
-                              const floating[::1] w, bint training, floating[:, :, ::1] dx,
-                              double[::1] A, double[::1] B, int nt) noexcept nogil:
-    # the SIMD level's function table, read once per call (no shared state)
+cdef void _batch_seg_sums(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
+                          const double[::1] mean, const double[::1] rstd, double[:, ::1] A,
+                          double[:, ::1] B, int nt) noexcept nogil:
+    # A[n, c] = sum_s dy xh, B[n, c] = sum_s dy, one (n, c) segment per unit in
+    # memory order: parallel over the batch whatever the number of channels
     cdef const fdl_nk_f32 *K32 = fdl_nk_f32_table(simd_level())
     cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(simd_level())
-    cdef int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2], c, n
-    cdef double M = <double>(N * S), c1, c2
-    cdef floating mh, ml, rs
-    with parallel(num_threads=nt):
-        for c in prange(C, schedule="static"):
-            mh = <floating>mean[c]
-            ml = <floating>(mean[c] - <double>mh)
-            rs = <floating>rstd[c]
-            A[c] = 0
-            B[c] = 0
-            for n in range(N):
-                if n + 1 < N:     # segments are far apart: request the next one early
-                    fdl_prefetch(&x[n + 1, c, 0], PF_SEGMENT_BYTES)
-                    fdl_prefetch(&dy[n + 1, c, 0], PF_SEGMENT_BYTES)
-                if floating is float:
-                    K32.seg_sums(&dy[n, c, 0], &x[n, c, 0], S, mh, ml, rs, &A[c], &B[c])
-                else:
-                    K64.seg_sums(&dy[n, c, 0], &x[n, c, 0], S, mh, ml, rs, &A[c], &B[c])
-            if not training:          # constant statistics: dx = dy w r
-                for n in range(N):
-                    if floating is float:
-                        K32.seg_scale(&dy[n, c, 0], &dx[n, c, 0], S, w[c], rs)
-                    else:
-                        K64.seg_scale(&dy[n, c, 0], &dx[n, c, 0], S, w[c], rs)
-                continue
-            c1 = w[c] * B[c] / M
-            c2 = w[c] * A[c] / M
-            for n in range(N):
-                if floating is float:
-                    K32.seg_dx(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mh, ml, rs, w[c],
-                               <float>c1, <float>c2)
-                else:
-                    K64.seg_dx(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mh, ml, rs, w[c],
-                               c1, c2)
+    cdef int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2], i, n, c
+    cdef float mh
+    for i in prange(N * C, num_threads=nt, schedule="static"):
+        n = i // C
+        c = i % C
+        A[n, c] = 0
+        B[n, c] = 0
+        if floating is float:
+            mh = <float>mean[c]
+            K32.seg_sums(&dy[n, c, 0], &x[n, c, 0], S, mh, <float>(mean[c] - <double>mh),
+                         <float>rstd[c], &A[n, c], &B[n, c])
+        else:
+            K64.seg_sums(&dy[n, c, 0], &x[n, c, 0], S, mean[c], 0.0, rstd[c], &A[n, c],
+                         &B[n, c])
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _batch_seg_dx(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
+                        const double[::1] mean, const double[::1] rstd, const floating[::1] w,
+                        const double[::1] c1, const double[::1] c2, bint training,
+                        floating[:, :, ::1] dx, int nt) noexcept nogil:
+    cdef const fdl_nk_f32 *K32 = fdl_nk_f32_table(simd_level())
+    cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(simd_level())
+    cdef int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2], i, n, c
+    cdef float mh
+    for i in prange(N * C, num_threads=nt, schedule="static"):
+        n = i // C
+        c = i % C
+        if not training:          # constant statistics: dx = dy w r
+            if floating is float:
+                K32.seg_scale(&dy[n, c, 0], &dx[n, c, 0], S, w[c], <float>rstd[c])
+            else:
+                K64.seg_scale(&dy[n, c, 0], &dx[n, c, 0], S, w[c], rstd[c])
+        elif floating is float:
+            mh = <float>mean[c]
+            K32.seg_dx(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mh,
+                       <float>(mean[c] - <double>mh), <float>rstd[c], w[c], <float>c1[c],
+                       <float>c2[c])
+        else:
+            K64.seg_dx(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mean[c], 0.0, rstd[c],
+                       w[c], c1[c], c2[c])
+
+
+def _batch_bwd_segments(dy, x, mean, rstd, w, bint training, int nt):
+    N, C, S = x.shape
+    wv = np.ones(C, x.dtype) if w is None else w
+    A2, B2 = np.empty((N, C)), np.empty((N, C))
+    if x.dtype == np.float32:
+        _batch_seg_sums[float](dy, x, mean, rstd, A2, B2, nt)
+    else:
+        _batch_seg_sums[double](dy, x, mean, rstd, A2, B2, nt)
+    A, B = A2.sum(axis=0), B2.sum(axis=0)      # over n in order: a fixed merge
+    w64 = wv.astype(np.float64)
+    c1, c2 = w64 * B / float(N * S), w64 * A / float(N * S)
+    dx = np.empty_like(x)
+    if x.dtype == np.float32:
+        _batch_seg_dx[float](dy, x, mean, rstd, wv, c1, c2, training, dx, nt)
+    else:
+        _batch_seg_dx[double](dy, x, mean, rstd, wv, c1, c2, training, dx, nt)
+    return dx, A, B
 
 
 @cython.boundscheck(False)
@@ -760,15 +796,8 @@ def _batch_bwd_columns(dy, x, mean, rstd, w, bint training, int nt):
 
 
 def batch_norm_bwd(dy, x, mean, rstd, w, bint training, bint need_dw, bint need_db, int nt):
-    C = x.shape[1]
     if _by_channel(x):
-        wv = np.ones(C, x.dtype) if w is None else w
-        dx = np.empty_like(x)
-        A, B = np.empty(C), np.empty(C)
-        if x.dtype == np.float32:
-            _batch_bwd_channels[float](dy, x, mean, rstd, wv, training, dx, A, B, nt)
-        else:
-            _batch_bwd_channels[double](dy, x, mean, rstd, wv, training, dx, A, B, nt)
+        dx, A, B = _batch_bwd_segments(dy, x, mean, rstd, w, training, nt)
     else:
         dx, A, B = _batch_bwd_columns(dy, x, mean, rstd, w, training, nt)
     return (dx, A.astype(x.dtype) if need_dw else None, B.astype(x.dtype) if need_db else None)
