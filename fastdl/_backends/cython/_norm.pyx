@@ -13,18 +13,11 @@ from libc.string cimport memset
 cimport cython
 from cython cimport floating
 
-import threading
-
 import numpy as np
 
 from fastdl._backends.cython._cpu cimport simd_level
-from fastdl._backends.cython._norm_stats import _moments
-
-cdef extern from "moments.h" nogil:
-    void fdl_moments_blocks_f32(const float *x, int64_t n, int64_t block, int level,
-                                double *mean, double *m2)
-    void fdl_moments_blocks_f64(const double *x, int64_t n, int64_t block, int level,
-                                double *mean, double *m2)
+from fastdl._backends.cython._moments cimport FDL_BLOCK_BYTES
+from fastdl._backends.cython._norm_stats import _moments, _scratch_array
 
 cdef extern from "normk.h" nogil:
     ctypedef struct fdl_nk_f32:
@@ -97,8 +90,10 @@ cdef extern from "normk.h" nogil:
                           const double *r) noexcept nogil
     const fdl_nk_f32 *fdl_nk_f32_table(int level)
     const fdl_nk_f64 *fdl_nk_f64_table(int level)
-    void fdl_row_moments_f32(const float *x, int64_t n, int level, double *mean, double *m2)
-    void fdl_row_moments_f64(const double *x, int64_t n, int level, double *mean, double *m2)
+    void fdl_rows_moments_f32(const float *x, int64_t nrows, int64_t D, int level,
+                              double *mean, double *m2)
+    void fdl_rows_moments_f64(const double *x, int64_t nrows, int64_t D, int level,
+                              double *mean, double *m2)
     void fdl_seg_moments_f32(const float *x, int64_t nseg, int64_t len, int64_t stride,
                              int level, double *work, double *mean, double *m2)
     void fdl_seg_moments_f64(const double *x, int64_t nseg, int64_t len, int64_t stride,
@@ -123,26 +118,11 @@ cdef int64_t STREAM_BYTES = 8 << 20
 # instead of whole channels, so that few channels still use every thread.
 cdef int64_t FEW_CHANNELS = 16
 
-# Rows of at most BLOCK_BYTES get their moments a run of RUN_BYTES at a time
-# (in the AVX2 build, pass 1 of the next row overlaps pass 2 of this one, with
-# prefetch), then are normalized while the run is in cache; longer rows go one
-# by one.
-cdef int64_t BLOCK_BYTES = 16384
+# Rows of at most FDL_BLOCK_BYTES get their moments a run of RUN_BYTES at a
+# time (in the AVX2 build, pass 1 of the next row overlaps pass 2 of this one,
+# with prefetch), then are normalized while the run is in cache; longer rows
+# go one by one.
 cdef int64_t RUN_BYTES = 65536
-
-_scratch = threading.local()
-
-
-def _scratch_array(str name, shape, dtype):
-    """A buffer reused across calls of this Python thread (fresh multi-MB arrays
-    cost page faults on every call); contents are undefined."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    buf = getattr(_scratch, name, None)
-    if buf is None or buf.nbytes < nbytes:
-        buf = np.empty(max(nbytes, 4096), np.uint8)
-        setattr(_scratch, name, buf)
-    return buf[:nbytes].view(dtype).reshape(shape)
-
 
 def _output(out, x):
     """(output array, stream?) for a forward.  Only an output the caller
@@ -156,27 +136,9 @@ def _output(out, x):
 
 
 cdef inline int64_t _run_rows(int64_t D, int64_t itemsize) noexcept nogil:
-    if D * itemsize > BLOCK_BYTES:
+    if D * itemsize > FDL_BLOCK_BYTES:
         return 1
     return max(1, RUN_BYTES // (D * itemsize))
-
-
-cdef inline void _rows_moments(const floating *x, int64_t nr, int64_t D, int level,
-                               double *mean, double *m2) noexcept nogil:
-    # mean and M2 of nr consecutive rows of D elements (the same values row by
-    # row or as a run: each row is one block of fdl_moments_blocks)
-    cdef int64_t r
-    if D * <int64_t>sizeof(floating) <= BLOCK_BYTES:
-        if floating is float:
-            fdl_moments_blocks_f32(x, nr * D, D, level, mean, m2)
-        else:
-            fdl_moments_blocks_f64(x, nr * D, D, level, mean, m2)
-    else:
-        for r in range(nr):
-            if floating is float:
-                fdl_row_moments_f32(x + r * D, D, level, &mean[r], &m2[r])
-            else:
-                fdl_row_moments_f64(x + r * D, D, level, &mean[r], &m2[r])
 
 
 def _chunk_rows(int64_t R):
@@ -201,7 +163,10 @@ cdef void _layer_fwd(const floating[:, ::1] x, const floating[::1] w, const floa
     with parallel(num_threads=nt):
         for k in prange(nrun, schedule="static"):
             r0 = k * run
-            _rows_moments(&x[r0, 0], min(run, R - r0), D, level, &mean[r0], &var[r0])
+            if floating is float:
+                fdl_rows_moments_f32(&x[r0, 0], min(run, R - r0), D, level, &mean[r0], &var[r0])
+            else:
+                fdl_rows_moments_f64(&x[r0, 0], min(run, R - r0), D, level, &mean[r0], &var[r0])
             for r in range(r0, min(R, r0 + run)):
                 mu = mean[r]
                 v = var[r] / D
@@ -399,8 +364,12 @@ cdef void _group_fwd(const floating[:, :, ::1] x, int64_t G, const floating[::1]
     with parallel(num_threads=nt):
         for k in prange(nrun, schedule="static"):
             r0 = k * run
-            _rows_moments(&x[0, 0, 0] + r0 * M, min(run, R - r0), M, level, &mean[r0],
-                          &var[r0])
+            if floating is float:
+                fdl_rows_moments_f32(&x[0, 0, 0] + r0 * M, min(run, R - r0), M, level,
+                                     &mean[r0], &var[r0])
+            else:
+                fdl_rows_moments_f64(&x[0, 0, 0] + r0 * M, min(run, R - r0), M, level,
+                                     &mean[r0], &var[r0])
             for row in range(r0, min(R, r0 + run)):
                 n = row // G
                 g = row % G
@@ -554,11 +523,16 @@ cdef void _apply_rows(const floating[:, ::1] x, const floating[:, ::1] vec,
         fdl_sfence()   # once per thread: its streamed stores are visible
 
 
+def _split_mean(mean, dtype):
+    """The float64 mean as head + rest in ``dtype`` (the kernels' mh, ml)."""
+    mh = mean.astype(dtype)
+    return mh, (mean - mh.astype(np.float64)).astype(dtype)
+
+
 def _column_vectors(mean, rstd, w, b, S, dtype):
     """(4, C*S) per-column (mean head, mean rest, scale, shift) in ``dtype``."""
     C = mean.shape[0]
-    mh = mean.astype(dtype)
-    ml = (mean - mh.astype(np.float64)).astype(dtype)
+    mh, ml = _split_mean(mean, dtype)
     a = rstd if w is None else rstd * w.astype(np.float64)
     a = a.astype(dtype)      # rounded once, like the channel path's scale
     c = np.zeros(C, dtype) if b is None else b
@@ -769,8 +743,7 @@ def _batch_bwd_columns(dy, x, mean, rstd, w, bint training, int nt):
     L = C * S
     dt = x.dtype
     w64 = np.ones(C) if w is None else w.astype(np.float64)
-    mh = mean.astype(dt)
-    ml = (mean - mh.astype(np.float64)).astype(dt)
+    mh, ml = _split_mean(mean, dt)
     vec = np.empty((6, L), dt)
     vec[:3] = np.repeat(np.stack([mh, ml, rstd.astype(dt)]), S, axis=1)
     x2, dy2 = x.reshape(N, L), dy.reshape(N, L)

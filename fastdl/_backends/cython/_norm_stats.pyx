@@ -1,14 +1,13 @@
 """Fused mean/variance kernel behind ``fastdl.norm_stats`` (Cython backend).
 
 Every statistic group is cut into fixed work items (contiguous blocks of at
-most BLOCK_BYTES, or chunks of rows for batch statistics over a short spatial
+most FDL_BLOCK_BYTES, or chunks of rows for batch statistics over a short spatial
 extent).  Each item gets its mean and M2 from two passes while it sits
 in cache; items are then merged per group with Chan's formula in a fixed
 pairwise tree.  The cut does not depend on the thread count, so neither do the
 results.
 """
 from cython.parallel cimport prange, parallel, threadid
-from libc.math cimport isfinite, NAN
 from libc.stdint cimport int64_t
 cimport cython
 from cython cimport floating
@@ -19,19 +18,10 @@ import numpy as np
 
 from fastdl._backends.cython._cpu cimport simd_level
 
-cdef extern from "moments.h" nogil:
-    void fdl_moments_blocks_f32(const float *x, int64_t n, int64_t block, int level,
-                                double *mean, double *m2)
-    void fdl_moments_blocks_f64(const double *x, int64_t n, int64_t block, int level,
-                                double *mean, double *m2)
-    void fdl_colmoments_f32(const float *x, int64_t rows, int64_t C, int64_t S, int level,
-                            float *work, double *mean, double *m2)
-    void fdl_colmoments_f64(const double *x, int64_t rows, int64_t C, int64_t S, int level,
-                            double *work, double *mean, double *m2)
+from fastdl._backends.cython._moments cimport (
+    FDL_BLOCK_BYTES, fdl_chan, fdl_colmoments_f32, fdl_colmoments_f64, fdl_moments_blocks_f32,
+    fdl_moments_blocks_f64)
 
-# Block size in bytes (16 KiB: the block in pass 2 and the next one streaming
-# in both fit in L1); _block_len gives it in elements.
-cdef int64_t BLOCK_BYTES = 16384
 # Blocks per work item (pipelined inside the kernel).
 cdef int64_t RUN_BLOCKS = 16
 # Batch statistics use the row-chunk path below this spatial extent.
@@ -47,27 +37,7 @@ cdef int64_t MERGE_GROUPS = 64
 
 
 cdef inline int64_t _block_len(int64_t itemsize) noexcept nogil:
-    return BLOCK_BYTES // itemsize
-
-
-cdef inline void _merge(double na, double ma, double qa, double nb, double mb, double qb,
-                        double *n, double *m, double *q) noexcept nogil:
-    # Chan et al.: combine (count, mean, M2) of two disjoint parts
-    cdef double nn = na + nb
-    cdef double d = mb - ma
-    if nb == 0:
-        n[0] = na; m[0] = ma; q[0] = qa
-        return
-    if na == 0:
-        n[0] = nb; m[0] = mb; q[0] = qb
-        return
-    if not isfinite(ma) or not isfinite(mb):   # inf/nan data: NumPy's mean, var nan
-        n[0] = nn; m[0] = ma + mb; q[0] = NAN
-        return
-    cdef double r = 1.0 / nn
-    n[0] = nn
-    m[0] = ma + d * (nb * r)
-    q[0] = qa + qb + d * d * (na * r * nb)
+    return FDL_BLOCK_BYTES // itemsize
 
 
 @cython.boundscheck(False)
@@ -156,8 +126,7 @@ cdef void _merge_groups(double[::1] cnt, double[::1] mu, double[::1] m2, int64_t
                 for g in range(g0, g1):
                     ia = a0 + g * nblk
                     ib = b0 + g * nblk
-                    _merge(cnt[ia], mu[ia], m2[ia], cnt[ib], mu[ib], m2[ib],
-                           &cnt[ia], &mu[ia], &m2[ia])
+                    fdl_chan(&cnt[ia], &mu[ia], &m2[ia], cnt[ib], mu[ib], m2[ib])
                 j = j + 2 * step
             step = step * 2
         for g in range(g0, g1):
@@ -186,13 +155,15 @@ def _layout(shape, str kind, num_groups):
 _scratch = threading.local()
 
 
-def _scratch_buffer(n):
-    """A float64 buffer of n elements reused across calls of this thread: fresh
-    multi-MB arrays cost page faults (zeroing pages) on every call."""
-    buf = getattr(_scratch, "buf", None)
-    if buf is None or buf.shape[0] < n:
-        buf = _scratch.buf = np.empty(max(n, 1024))
-    return buf[:n]
+def _scratch_array(str name, shape, dtype):
+    """A buffer reused across calls of this Python thread (fresh multi-MB arrays
+    cost page faults on every call); one per name, contents undefined."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = getattr(_scratch, name, None)
+    if buf is None or buf.nbytes < nbytes:
+        buf = np.empty(max(nbytes, 4096), np.uint8)
+        setattr(_scratch, name, buf)
+    return buf[:nbytes].view(dtype).reshape(shape)
 
 
 def _moments(const floating[::1] xf, tuple shape, str kind, num_groups, int nthreads):
@@ -210,7 +181,8 @@ def _moments(const floating[::1] xf, tuple shape, str kind, num_groups, int nthr
         nblk = 1
         P = (N + rpc - 1) // rpc
         items = G * P
-        buf = _scratch_buffer(3 * items + max(1, nthreads) * 4 * C * S)
+        buf = _scratch_array("norm_stats", (3 * items + max(1, nthreads) * 4 * C * S,),
+                             np.float64)
         cnt, mu, m2 = buf[:items], buf[items:2 * items], buf[2 * items:3 * items]
         work = buf[3 * items:].reshape(max(1, nthreads), 4 * C * S)
         with nogil:
@@ -218,7 +190,7 @@ def _moments(const floating[::1] xf, tuple shape, str kind, num_groups, int nthr
     else:
         nblk = (L + _block_len(xf.itemsize) - 1) // _block_len(xf.itemsize)
         items = G * P * nblk
-        buf = _scratch_buffer(3 * items)
+        buf = _scratch_array("norm_stats", (3 * items,), np.float64)
         cnt, mu, m2 = buf[:items], buf[items:2 * items], buf[2 * items:3 * items]
         with nogil:
             _segment_items(xf, G * P, L, cnt, mu, m2, nthreads)

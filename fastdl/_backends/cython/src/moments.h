@@ -1,7 +1,30 @@
 /* Mean and centered sum of squares (M2) of contiguous data. */
 #ifndef FASTDL_MOMENTS_H
 #define FASTDL_MOMENTS_H
+#include <math.h>
 #include <stdint.h>
+
+/* The block callers cut data into (16 KiB: a block in pass 2 and the next one
+ * streaming in both fit in L1). */
+#define FDL_BLOCK_BYTES 16384
+
+/* Chan et al.: (n, m, q) becomes (count, mean, M2) of the union of itself and
+ * the disjoint part (nb, mb, qb).  Groups holding inf/nan get NumPy's mean
+ * (inf + inf, inf - inf) and a nan M2. */
+static inline void fdl_chan(double *n, double *m, double *q, double nb, double mb, double qb) {
+    if (nb == 0) return;
+    if (*n == 0) { *n = nb; *m = mb; *q = qb; return; }
+    if (!isfinite(*m) || !isfinite(mb)) {
+        *n += nb;
+        *m += mb;
+        *q = NAN;
+        return;
+    }
+    double nn = *n + nb, d = mb - *m;
+    *q = *q + qb + d * d * (*n * nb / nn);
+    *m = *m + d * (nb / nn);
+    *n = nn;
+}
 
 /* Mean and M2 of each consecutive block of x[0:n] (all of length `block` but
  * the last, each at most a few thousand elements so it sits in L1/L2), with two

@@ -62,25 +62,14 @@ FDL_TARGET_AVX2 static inline void stream_f64_avx2(double *d, const double *t) {
 /* ---- AVX2 reductions ----
  * The reductions are written with intrinsics: the compiler's vectorization
  * of the template versions was fragile (adding a prefetch to the loop made
- * it scalar), and these loops prefetch.  Lane k of each accumulator array holds the same terms, added in
- * the same order, as lane k of the template (its scalar twin); tails and the
- * lane reduction are the template's code, so the results agree bitwise.
+ * it scalar), and these loops prefetch.  Lane k of each accumulator array
+ * holds the same terms, added in the same order, as lane k of the template
+ * (its scalar twin); the tails repeat the template's loops and the lanes are
+ * reduced by the template's own lanes_*_avx2, so the results agree bitwise.
  * Both inputs are requested AHEAD_BYTES ahead: hardware prefetchers restart
  * at every page (~25% faster on the project's machines). */
 #define AHEAD_BYTES 2048
 #define AHEAD(p) _mm_prefetch((const char *)(p) + AHEAD_BYTES, _MM_HINT_T0)
-
-static inline double lanes_sum(const double *a, int nl) {
-    double s[4] = {0, 0, 0, 0};
-    for (int k = 0; k < nl; k++) s[k & 3] += a[k];
-    return (s[0] + s[2]) + (s[1] + s[3]);
-}
-static inline double lanes_f32(const float *a, int nl) {
-    double d[16];
-    for (int k = 0; k < nl; k++) d[k] = (double)a[k];
-    return lanes_sum(d, nl);
-}
-static inline double lanes_f64(const double *a, int nl) { return lanes_sum(a, nl); }
 
 #define AVX2_SUMS(SFX, T, VT, W, LOAD, STORE, ADD, SUB, MUL, SET1, ZERO)                   \
 FDL_TARGET_AVX2 static double sumsq_##SFX##_avx2i(const T *restrict x, int64_t n) {        \
@@ -100,7 +89,7 @@ FDL_TARGET_AVX2 static double sumsq_##SFX##_avx2i(const T *restrict x, int64_t n
         }                                                                                  \
         for (int j = 0; j < 4; j++) STORE(arr + j * W, a[j]);                              \
         for (; i < i1; i++) arr[i & (L - 1)] += x[i] * x[i];                               \
-        tot += lanes_##SFX(arr, NLc) + lanes_##SFX(arr + NLc, NLc);                        \
+        tot += lanes_##SFX##_avx2(arr) + lanes_##SFX##_avx2(arr + NLc);                        \
     }                                                                                      \
     return tot;                                                                            \
 }                                                                                          \
@@ -140,8 +129,8 @@ FDL_TARGET_AVX2 static void row_sums_##SFX##_avx2i(                             
             dwp[i] += d * xh;                                                              \
             dbp[i] += d;                                                                   \
         }                                                                                  \
-        t1 += lanes_##SFX(b1, L);                                                          \
-        t2 += lanes_##SFX(b2, L);                                                          \
+        t1 += lanes_##SFX##_avx2(b1);                                                          \
+        t2 += lanes_##SFX##_avx2(b2);                                                          \
     }                                                                                      \
     *s1 = t1;                                                                              \
     *s2 = t2;                                                                              \
@@ -173,7 +162,7 @@ FDL_TARGET_AVX2 static double rms_sums_##SFX##_avx2i(                           
             b2[i & (L - 1)] += d * w[i] * xh;                                              \
             dwp[i] += d * xh;                                                              \
         }                                                                                  \
-        t2 += lanes_##SFX(b2, L);                                                          \
+        t2 += lanes_##SFX##_avx2(b2);                                                          \
     }                                                                                      \
     return t2;                                                                             \
 }                                                                                          \
@@ -206,8 +195,8 @@ FDL_TARGET_AVX2 static void seg_sums_##SFX##_avx2i(                             
             ba[i & (L - 1)] += dy[i] * (((x[i] - mh) - ml) * r);                           \
             bb[i & (L - 1)] += dy[i];                                                      \
         }                                                                                  \
-        tA += lanes_##SFX(ba, L);                                                          \
-        tB += lanes_##SFX(bb, L);                                                          \
+        tA += lanes_##SFX##_avx2(ba);                                                          \
+        tB += lanes_##SFX##_avx2(bb);                                                          \
     }                                                                                      \
     *A += tA;                                                                              \
     *B += tB;                                                                              \
@@ -252,24 +241,7 @@ const fdl_nk_f64 *fdl_nk_f64_table(int level) {
 
 /* ---- moments of long rows and of strided segments ---- */
 
-#define BLOCK_BYTES 16384
 #define ROW_RUN 64      /* blocks per call of fdl_moments_blocks (pipelined inside) */
-
-/* Chan et al.: (n, m, q) of the union of two disjoint parts. */
-static void chan(double *n, double *m, double *q, double nb, double mb, double qb) {
-    if (nb == 0) return;
-    if (*n == 0) { *n = nb; *m = mb; *q = qb; return; }
-    if (!isfinite(*m) || !isfinite(mb)) {   /* inf/nan data: NumPy's mean, var nan */
-        *n += nb;
-        *m += mb;
-        *q = NAN;
-        return;
-    }
-    double nn = *n + nb, d = mb - *m;
-    *q = *q + qb + d * d * (*n * nb / nn);
-    *m = *m + d * (nb / nn);
-    *n = nn;
-}
 
 /* Segments are often a page or less, far apart: hardware prefetchers stop
  * at page boundaries, so the next segment is requested while this one is
@@ -285,12 +257,14 @@ void fdl_prefetch(const void *p, int64_t nbytes) {
 static void merge_tree(double *cnt, double *mu, double *m2, int64_t k) {
     for (int64_t step = 1; step < k; step *= 2)
         for (int64_t j = 0; j + step < k; j += 2 * step)
-            chan(&cnt[j], &mu[j], &m2[j], cnt[j + step], mu[j + step], m2[j + step]);
+            fdl_chan(&cnt[j], &mu[j], &m2[j], cnt[j + step], mu[j + step], m2[j + step]);
 }
 
 #define ROW_MOMENTS(SFX, T)                                                               \
-void fdl_row_moments_##SFX(const T *x, int64_t n, int level, double *mean, double *m2) {  \
-    const int64_t blk = BLOCK_BYTES / (int64_t)sizeof(T);                                 \
+/* One row of any length: blocks in runs of ROW_RUN, merged in a fixed order. */          \
+static void row_moments_##SFX(const T *x, int64_t n, int level, double *mean,             \
+                              double *m2) {                                               \
+    const int64_t blk = FDL_BLOCK_BYTES / (int64_t)sizeof(T);                             \
     double tn = 0, tm = 0, tq = 0;                                                        \
     double cnt[ROW_RUN], mu[ROW_RUN], q[ROW_RUN];                                         \
     for (int64_t off = 0; off < n; off += ROW_RUN * blk) {                                \
@@ -300,15 +274,25 @@ void fdl_row_moments_##SFX(const T *x, int64_t n, int level, double *mean, doubl
         for (int64_t b = 0; b < nb; b++)                                                  \
             cnt[b] = (double)(len - b * blk < blk ? len - b * blk : blk);                 \
         merge_tree(cnt, mu, q, nb);                                                       \
-        chan(&tn, &tm, &tq, cnt[0], mu[0], q[0]);                                         \
+        fdl_chan(&tn, &tm, &tq, cnt[0], mu[0], q[0]);                                     \
     }                                                                                     \
     *mean = tm;                                                                           \
     *m2 = tq;                                                                             \
 }                                                                                         \
                                                                                           \
+void fdl_rows_moments_##SFX(const T *x, int64_t nrows, int64_t D, int level,              \
+                            double *mean, double *m2) {                                   \
+    if (D * (int64_t)sizeof(T) <= FDL_BLOCK_BYTES) {   /* one block per row, pipelined */ \
+        fdl_moments_blocks_##SFX(x, nrows * D, D, level, mean, m2);                       \
+        return;                                                                           \
+    }                                                                                     \
+    for (int64_t r = 0; r < nrows; r++)                                                   \
+        row_moments_##SFX(x + r * D, D, level, &mean[r], &m2[r]);                         \
+}                                                                                         \
+                                                                                          \
 void fdl_seg_moments_##SFX(const T *x, int64_t nseg, int64_t len, int64_t stride,         \
                            int level, double *work, double *mean, double *m2) {           \
-    const int64_t blk = BLOCK_BYTES / (int64_t)sizeof(T);                                 \
+    const int64_t blk = FDL_BLOCK_BYTES / (int64_t)sizeof(T);                                 \
     int64_t nb = (len + blk - 1) / blk, k = nseg * nb;                                    \
     double *cnt = work, *mu = work + k, *q = work + 2 * k;                                \
     for (int64_t s = 0; s < nseg; s++) {                                                  \
@@ -332,6 +316,6 @@ ROW_MOMENTS(f64, double)
 void fdl_sfence(void) { NK_SFENCE(); }
 
 int64_t fdl_seg_moments_work(int64_t nseg, int64_t len, int64_t itemsize) {
-    int64_t blk = BLOCK_BYTES / itemsize;
+    int64_t blk = FDL_BLOCK_BYTES / itemsize;
     return 3 * nseg * ((len + blk - 1) / blk);
 }

@@ -38,13 +38,16 @@ typedef struct { FDL_NK_FUNCS(double) } fdl_nk_f64;
 const fdl_nk_f32 *fdl_nk_f32_table(int level);
 const fdl_nk_f64 *fdl_nk_f64_table(int level);
 
-/* Mean and M2 of x[0:n] (any n): 16 KiB blocks by fdl_moments_blocks_*,
- * merged with Chan's formula in a fixed order. */
-void fdl_row_moments_f32(const float *x, int64_t n, int level, double *mean, double *m2);
-void fdl_row_moments_f64(const double *x, int64_t n, int level, double *mean, double *m2);
+/* Mean and M2 of each of nrows consecutive rows of D elements: a row of at most
+ * FDL_BLOCK_BYTES is one block (the run pipelined by fdl_moments_blocks_*);
+ * longer rows are cut into blocks merged with Chan's formula in a fixed order. */
+void fdl_rows_moments_f32(const float *x, int64_t nrows, int64_t D, int level, double *mean,
+                          double *m2);
+void fdl_rows_moments_f64(const double *x, int64_t nrows, int64_t D, int level, double *mean,
+                          double *m2);
 
 /* Mean and M2 over nseg segments of len elements, segment s at x + s * stride.
- * work: 3 * nseg * ceil(len / block) doubles (block = 16 KiB of elements). */
+ * work: 3 * nseg * ceil(len / block) doubles (block: FDL_BLOCK_BYTES of elements). */
 void fdl_seg_moments_f32(const float *x, int64_t nseg, int64_t len, int64_t stride, int level,
                          double *work, double *mean, double *m2);
 void fdl_seg_moments_f64(const double *x, int64_t nseg, int64_t len, int64_t stride, int level,
