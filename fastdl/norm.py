@@ -249,6 +249,18 @@ def _rstd(var: np.ndarray, eps: float) -> np.ndarray:
     return 1.0 / np.sqrt(np.asarray(var, np.float64) + eps)
 
 
+def _running_stats(rm, rv, eps: float) -> NormStats:
+    """The running buffers as NormStats; the mean is a copy, never an alias of
+    the buffer the next training step updates."""
+    return NormStats(np.array(rm, np.float64), _rstd(rv, eps))
+
+
+def _zero_grads(x: np.ndarray, w, b):
+    """(dx, dweight, dbias) of an empty input."""
+    return (np.zeros_like(x), None if w is None else np.zeros_like(w),
+            None if b is None else np.zeros_like(b))
+
+
 def _grad(dy, x: np.ndarray) -> np.ndarray:
     dy = as_float_array(dy, "grad_output")
     if dy.shape != x.shape:
@@ -335,8 +347,7 @@ def layer_norm_backward(grad_output, input, normalized_shape, weight=None, bias=
         _, stats = layer_norm(x, shape, w, b, eps, return_stats=True, backend=backend)
     mean, rstd = _saved(stats, lead, True)
     if x.size == 0:
-        return (np.zeros_like(x), None if w is None else np.zeros_like(w),
-                None if b is None else np.zeros_like(b))
+        return _zero_grads(x, w, b)
     dx, dw, db = registry.dispatch(
         "layer_norm_bwd", (dy.reshape(rows, size), _rows(x, rows, size), mean.reshape(-1),
                            rstd.reshape(-1), _flat(w), w is not None, b is not None), {}, backend)
@@ -375,7 +386,7 @@ def rms_norm_backward(grad_output, input, normalized_shape, weight=None, eps=Non
         _, stats = rms_norm(x, shape, w, eps, return_stats=True, backend=backend)
     _, rstd = _saved(stats, lead, False)
     if x.size == 0:
-        return np.zeros_like(x), None if w is None else np.zeros_like(w), None
+        return _zero_grads(x, w, None)
     dx, dw = registry.dispatch("rms_norm_bwd", (dy.reshape(rows, size), _rows(x, rows, size),
                                                 rstd.reshape(-1), _flat(w), w is not None),
                                {}, backend)
@@ -424,8 +435,7 @@ def group_norm_backward(grad_output, input, num_groups, weight=None, bias=None, 
 
 def _group_bwd(dy, x, mean, rstd, G, w, b, backend):
     if x.size == 0:
-        return (np.zeros_like(x), None if w is None else np.zeros_like(w),
-                None if b is None else np.zeros_like(b))
+        return _zero_grads(x, w, b)
     dx, dw, db = registry.dispatch("group_norm_bwd", (_ncs(dy), _ncs(x), mean, rstd, G, w,
                                                       w is not None, b is not None), {}, backend)
     return dx.reshape(x.shape), dw, db
@@ -475,8 +485,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
 
 
 def _apply_running(x, rm, rv, w, b, eps, buf, target, return_stats, backend):
-    mean = np.array(rm, np.float64)     # a copy: stats must not alias the running buffer
-    rstd = _rstd(rv, eps)
+    mean, rstd = _running_stats(rm, rv, eps)
     if x.size:
         y = registry.dispatch("batch_norm_eval", (_ncs(x), np.ascontiguousarray(mean), rstd, w,
                                                   b, _view(buf, *_ncs_shape(x))), {}, backend)
@@ -500,7 +509,7 @@ def instance_norm_backward(grad_output, input, running_mean=None, running_var=No
     dy = _grad(grad_output, x)
     if not use_input_stats:
         if stats is None:
-            stats = NormStats(np.array(rm, np.float64), _rstd(rv, eps))
+            stats = _running_stats(rm, rv, eps)
         mean, rstd = _saved(stats, (C,), True)
         return _batch_bwd(dy, x, mean, rstd, w, b, False, backend)
     if x.size:
@@ -573,15 +582,14 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
             _, stats = batch_norm(x, None, None, w, b, True, 0.0, eps, return_stats=True,
                                   backend=backend)
         else:
-            stats = NormStats(np.array(rm, np.float64), _rstd(rv, eps))
+            stats = _running_stats(rm, rv, eps)
     mean, rstd = _saved(stats, (C,), True)
     return _batch_bwd(dy, x, mean, rstd, w, b, training, backend)
 
 
 def _batch_bwd(dy, x, mean, rstd, w, b, training, backend):
     if x.size == 0:
-        return (np.zeros_like(x), None if w is None else np.zeros_like(w),
-                None if b is None else np.zeros_like(b))
+        return _zero_grads(x, w, b)
     dx, dw, db = registry.dispatch("batch_norm_bwd", (_ncs(dy), _ncs(x), mean, rstd, w,
                                                       training, w is not None, b is not None),
                                    {}, backend)
