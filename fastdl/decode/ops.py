@@ -1,0 +1,142 @@
+"""Decoding kernels (DESIGN.md §4): top-k, log-softmax and the fused beam step.
+
+The public functions validate, move the reduced axis last, make the data a
+C-contiguous 2-D array and dispatch one op; backends implement the ops:
+
+============  =====================================================  ===========================
+op            arguments                                              returns
+============  =====================================================  ===========================
+topk          x (R, n) float32/64, k (1 <= k <= n)                   values (R, k), indices
+                                                                     (R, k) int64
+log_softmax   x (R, n), out (R, n) or None                           out
+beam_topk     log_probs (B, N), beam_scores (B,) same dtype,         scores (k,), beam (k,),
+              k (1 <= k <= B*N), normalize (bool)                    token (k,) int64
+============  =====================================================  ===========================
+
+Order (``topk`` and ``beam_topk``): descending by value; equal values by the
+lower index (``beam_topk``: the lower flat index ``b*N + j``); NaN ranks above
+every number (as in ``torch.topk``), NaNs among themselves by index.
+
+``log_softmax`` of a row: ``x - off`` with ``off = m + log(sum(exp(x - m)))``,
+``m`` the row maximum, ``off`` computed in float64 and rounded once to the
+dtype; a row without a finite maximum (all -inf, or holding +inf or NaN)
+becomes all NaN, as in PyTorch.
+
+``beam_topk`` candidate ``(b, j)`` scores ``log_probs[b, j] + add[b]`` in the
+dtype, where ``add[b] = beam_scores[b] - off[b]`` (computed in float64, rounded
+once) when normalizing, else ``beam_scores[b]``.  A row whose log-probs are all
+-inf has no candidates worth anything: its scores are -inf (not NaN).  The B×N
+score matrix is never stored.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fastdl import registry
+from fastdl._validate import as_float_array, check_int, check_out
+
+__all__ = ["topk", "log_softmax", "beam_topk", "DECODE_OPS"]
+
+DECODE_OPS = ("topk", "log_softmax", "beam_topk")
+for _op in DECODE_OPS:
+    registry.declare_op(_op)
+
+
+def _axis(axis, ndim: int, name: str = "axis") -> int:
+    axis = check_int(axis, name)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name} must be in [{-ndim}, {ndim - 1}] for a {ndim}-D input, got {axis}")
+    return axis % ndim
+
+
+def _rows(x: np.ndarray, axis: int) -> np.ndarray:
+    """(R, n) C-contiguous array with the ``axis`` of x last."""
+    moved = np.moveaxis(x, axis, -1)
+    return np.ascontiguousarray(moved).reshape(-1, x.shape[axis])
+
+
+def topk(x, k, axis=-1, *, backend: str | None = None):
+    """The ``k`` largest entries of ``x`` along ``axis``: ``(values, indices)``.
+
+    Sorted descending; equal values come in index order; NaN ranks above every
+    number.  ``indices`` are int64.  float32/float64 keep their dtype; integer
+    and bool inputs are computed in float64.  A heap of size k behind a SIMD
+    threshold compare (Cython backend): O(n log k), most elements cost one
+    compare.
+    """
+    x = as_float_array(x, "x")
+    if x.ndim == 0:
+        raise ValueError("x must have at least 1 dimension, got a 0-d array")
+    axis = _axis(axis, x.ndim)
+    n = x.shape[axis]
+    k = check_int(k, "k", minimum=1)
+    if k > n:
+        raise ValueError(f"k must be <= the size of axis {axis} ({n}), got k={k}")
+    out_shape = x.shape[:axis] + x.shape[axis + 1:] + (k,)
+    if x.size == 0:            # other axes empty: nothing to select from, nothing to return
+        vals, idx = np.empty(out_shape, x.dtype), np.empty(out_shape, np.int64)
+    else:
+        vals, idx = registry.dispatch("topk", (_rows(x, axis), k), {}, backend)
+        vals, idx = vals.reshape(out_shape), idx.reshape(out_shape)
+    return np.moveaxis(vals, -1, axis), np.moveaxis(idx, -1, axis)
+
+
+def log_softmax(x, axis=-1, *, out=None, backend: str | None = None):
+    """``x - logsumexp(x, axis)``, in one max/log-sum-exp pass and one write per row.
+
+    float32/float64 keep their dtype (the log-sum-exp is accumulated in
+    float64).  A slice with no finite maximum becomes NaN, as in PyTorch.
+    ``out``: an array of x's shape and dtype, not overlapping x.
+    """
+    x = as_float_array(x, "x")
+    if x.ndim == 0:
+        raise ValueError("x must have at least 1 dimension, got a 0-d array")
+    axis = _axis(axis, x.ndim)
+    out = check_out(out, "out", x.shape, x.dtype, inputs=(x,))
+    if x.size == 0:
+        return np.empty(x.shape, x.dtype) if out is None else out
+    rows = _rows(x, axis)
+    # the op writes a C-contiguous (R, n) buffer: out itself when its layout allows
+    direct = None
+    if out is not None:
+        view = np.moveaxis(out, axis, -1)
+        if view.flags.c_contiguous:
+            direct = view.reshape(rows.shape)
+    res = registry.dispatch("log_softmax", (rows, direct), {}, backend)
+    res = np.moveaxis(res.reshape(np.moveaxis(x, axis, -1).shape), -1, axis)
+    if out is None:
+        return res
+    if direct is None:
+        out[...] = res
+    return out
+
+
+def beam_topk(log_probs, beam_scores, k, *, normalize: bool = True, backend: str | None = None):
+    """One fused beam-search step: the best ``k`` of all B×N candidates.
+
+    Candidate ``(b, j)`` scores ``beam_scores[b] + log_softmax(log_probs[b])[j]``
+    (``normalize=False``: ``log_probs[b, j]`` as given).  Returns ``(scores,
+    beam_idx, token_idx)``, best first, ties by the lower flat index
+    ``b*N + j``.  Rows are normalized, offset and filtered in one pass each
+    without storing the B×N score matrix.  ``log_probs`` (B, N) float32/float64;
+    ``beam_scores`` (B,) is cast to its dtype.
+    """
+    lp = as_float_array(log_probs, "log_probs")
+    if lp.ndim != 2:
+        raise ValueError(f"log_probs must be 2-D (beams, vocabulary), got shape {lp.shape}")
+    B, N = lp.shape
+    s = as_float_array(beam_scores, "beam_scores")
+    if s.shape != (B,):
+        raise ValueError(f"beam_scores must have shape ({B},) (one score per row of log_probs), "
+                         f"got {s.shape}")
+    if np.isnan(s).any() or np.isposinf(s).any():
+        raise ValueError("beam_scores must be finite or -inf, got NaN or +inf")
+    k = check_int(k, "k", minimum=1)
+    if k > B * N:
+        raise ValueError(f"k must be <= the number of candidates B*N = {B * N}, got k={k}")
+    if not isinstance(normalize, (bool, np.bool_)):
+        raise TypeError(f"normalize must be a bool, got {normalize!r}")
+    lp = np.ascontiguousarray(lp)
+    s = np.ascontiguousarray(s, dtype=lp.dtype)
+    return registry.dispatch("beam_topk", (lp, s, k, bool(normalize)), {}, backend)
+

@@ -1,0 +1,409 @@
+"""Searches over a language model: greedy, beam search, exhaustive and exact search.
+
+Every search returns a list of ``Hypothesis`` (best first) sharing one
+``SearchStats`` record.  A hypothesis has ``max_len`` tokens or ends at an
+``eos`` token (kept in ``tokens``).  Candidates of log-probability -inf (a
+pruned ``TreeLM`` path) are never kept; a search that finds no sequence of
+finite log-probability raises ``ValueError``.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fastdl._validate import check_int, check_real
+from fastdl.decode.lm import Model
+from fastdl.decode.ops import beam_topk, log_softmax, topk
+
+__all__ = ["Hypothesis", "SearchStats", "greedy", "beam_search", "exhaustive_search",
+           "exact_search"]
+
+
+@dataclass
+class SearchStats:
+    """What a search did, for the complexity report (document, Question 2.3).
+
+    ``candidates_scored`` is Σ_t B_t·N.  ``hypothesis_tokens`` is what the
+    search stores for its hypotheses (backpointers: one token per live
+    hypothesis per step, O(B·T)); ``prefix_copy_tokens`` is what Algorithm 1's
+    prefix copies would move (Σ_t B_t·t, O(B·T²)).  Times are wall seconds;
+    ``search_time_s`` is everything but the LM calls.
+    """
+
+    algorithm: str
+    lm_calls: int = 0
+    steps: int = 0
+    candidates_scored: int = 0
+    heap_pushes: int = 0
+    heap_pops: int = 0
+    hypothesis_tokens: int = 0
+    prefix_copy_tokens: int = 0
+    lm_time_s: float = 0.0
+    kernel_time_s: float = 0.0
+    dead_ends: int = 0
+    total_time_s: float = 0.0
+    trace: list | None = None
+
+    @property
+    def search_time_s(self) -> float:
+        return self.total_time_s - self.lm_time_s
+
+    @property
+    def overhead_per_step_s(self) -> float:
+        return self.search_time_s / max(self.steps, 1)
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """``tokens`` (w_1..w_L, ⟨BOS⟩ excluded, ``eos`` included when emitted),
+    ``log_prob`` = Σ log p(w_t | w_{0:t-1}), ``score`` = log_prob / L^α
+    (α = ``length_penalty``; 0 for the other searches)."""
+
+    tokens: tuple
+    log_prob: float
+    score: float
+    stats: SearchStats = field(compare=False, repr=False)
+
+
+def _common(max_len, length_penalty=0.0):
+    return check_int(max_len, "max_len", minimum=1), check_real(length_penalty, "length_penalty")
+
+
+class _Backpointers:
+    """Per step: each live row's parent row and token; O(Σ B_t) memory."""
+
+    def __init__(self):
+        self.parents: list[np.ndarray] = []
+        self.tokens: list[np.ndarray] = []
+
+    def push(self, parents, tokens, stats):
+        self.parents.append(parents)
+        self.tokens.append(tokens)
+        stats.hypothesis_tokens += len(tokens)
+        stats.prefix_copy_tokens += len(tokens) * len(self.tokens)
+
+    def tokens_of(self, depth: int, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), depth) tokens of the hypotheses ``rows`` at ``depth``."""
+        rows = np.asarray(rows, np.int64)
+        out = np.empty((len(rows), depth), np.int64)
+        for d in range(depth, 0, -1):
+            out[:, d - 1] = self.tokens[d - 1][rows]
+            rows = self.parents[d - 1][rows]
+        return out
+
+
+class _Finished:
+    """The best ``capacity`` finished hypotheses (Hugging Face's BeamHypotheses):
+    a min-heap on score; a newcomer enters when there is room or it beats the worst."""
+
+    def __init__(self, capacity: int, alpha: float, stats: SearchStats):
+        self.capacity, self.alpha, self.stats = capacity, alpha, stats
+        self.heap: list = []
+        self.order = itertools.count()
+
+    def score(self, log_prob: float, length: int) -> float:
+        return log_prob / length ** self.alpha if self.alpha else log_prob
+
+    def worst(self) -> float:
+        return self.heap[0][0]
+
+    def add(self, log_prob: float, tokens: tuple):
+        s = self.score(log_prob, len(tokens))
+        if len(self.heap) < self.capacity or s > self.worst():
+            # among equal scores the later one is the worse (it leaves first)
+            heapq.heappush(self.heap, (s, -next(self.order), log_prob, tokens))
+            self.stats.heap_pushes += 1
+            if len(self.heap) > self.capacity:
+                heapq.heappop(self.heap)
+                self.stats.heap_pops += 1
+
+    def done(self, best_live: float, cur_len: int, max_len: int, early_stopping) -> bool:
+        if len(self.heap) < self.capacity:
+            return False
+        if early_stopping is True:
+            return True
+        length = max_len if (early_stopping == "never" and self.alpha > 0) else cur_len
+        return self.worst() >= self.score(best_live, length)
+
+    def best(self, n: int):
+        items = sorted(self.heap, key=lambda e: (-e[0], -e[1]))[:n]
+        return [(tokens, log_prob, s) for s, _, log_prob, tokens in items]
+
+
+def _no_sequence(where: str) -> ValueError:
+    return ValueError(f"{where}: every continuation of the live prefixes has log-probability "
+                      "-inf, so no sequence of max_len tokens (or ending in eos) has a finite "
+                      "log-probability; lower max_len or give the model an eos token")
+
+
+def _check_beam_args(beam_width, num_return, early_stopping, min_len, no_repeat_ngram_size):
+    B = check_int(beam_width, "beam_width", minimum=1)
+    num_return = B if num_return is None else check_int(num_return, "num_return", minimum=1)
+    if num_return > B:
+        raise ValueError(f"num_return must be <= beam_width ({B}), got {num_return}")
+    if early_stopping not in (True, False, "never"):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    return (B, num_return, check_int(min_len, "min_len", minimum=0),
+            check_int(no_repeat_ngram_size, "no_repeat_ngram_size", minimum=0))
+
+
+def _banned_ngrams(seqs: np.ndarray, n: int):
+    """Per row, the tokens that would repeat an n-gram of that row (⟨BOS⟩ included)."""
+    out = []
+    for seq in seqs.tolist():
+        if len(seq) < n:
+            out.append(())
+            continue
+        tail = tuple(seq[len(seq) - n + 1:])
+        out.append(tuple({seq[i + n - 1] for i in range(len(seq) - n + 1)
+                          if tuple(seq[i:i + n - 1]) == tail}))
+    return out
+
+
+def _trace_step(t, lp, scores, bp, model, cs, cb, cj):
+    """All finite candidates of this step, per beam (for small vocabularies)."""
+    full = (log_softmax(lp) if not model.normalized else lp) + scores[:, None]
+    prefixes = bp.tokens_of(t - 1, np.arange(lp.shape[0])) if t > 1 else np.zeros((1, 0), np.int64)
+    cands = [(tuple(prefixes[b].tolist()), int(j), float(full[b, j]))
+             for b in range(lp.shape[0]) for j in np.flatnonzero(np.isfinite(full[b]))]
+    chosen = [(tuple(prefixes[b].tolist()), int(j), float(s)) for s, b, j in zip(cs, cb, cj)
+              if s > -np.inf]
+    return {"step": t, "candidates": cands, "selected": chosen}
+
+
+def _beam(lm, B, max_len, *, bos, eos, length_penalty, num_return, early_stopping, min_len,
+          no_repeat_ngram_size, trace, backend, algorithm):
+    start = time.perf_counter()
+    stats = SearchStats(algorithm, trace=[] if trace else None)
+    model = Model(lm, bos, eos, stats)
+    eos_set = frozenset(model.eos)
+    finished = _Finished(B, length_penalty, stats)
+    bp = _Backpointers()
+    k_factor = 1 + len(eos_set)     # room for eos candidates, as Hugging Face takes 2B
+    model.start(1)                  # one copy of ⟨BOS⟩: no duplicate beams
+    scores = np.zeros(1)
+    live_done = False
+    for t in range(1, max_len + 1):
+        lp, _ = model.step()
+        rows, N = lp.shape
+        if t == 1 and B > N ** max_len:
+            raise ValueError(f"beam_width must be <= the number of sequences N^max_len = "
+                             f"{N}^{max_len}, got {B}")
+        stats.steps += 1
+        stats.candidates_scored += rows * N
+        ban_eos = eos_set and t - 1 < min_len
+        if ban_eos or no_repeat_ngram_size:
+            lp = lp.copy()                         # the model's array stays as it gave it
+            if ban_eos:
+                lp[:, list(eos_set)] = -np.inf
+            if no_repeat_ngram_size:
+                seqs = np.concatenate([np.full((rows, 1), model.bos),
+                                       bp.tokens_of(t - 1, np.arange(rows))], axis=1)
+                for r, toks in enumerate(_banned_ngrams(seqs, no_repeat_ngram_size)):
+                    lp[r, list(toks)] = -np.inf
+        scores = scores.astype(lp.dtype, copy=False)
+        k = min(k_factor * B, rows * N)
+        t0 = time.perf_counter()
+        cs, cb, cj = beam_topk(lp, scores, k, normalize=not model.normalized, backend=backend)
+        stats.kernel_time_s += time.perf_counter() - t0
+        if trace:
+            stats.trace.append(_trace_step(t, lp, scores, bp, model, cs, cb, cj))
+        par, tok, sc = [], [], []
+        for rank, (s, b, j) in enumerate(zip(cs.tolist(), cb.tolist(), cj.tolist())):
+            if s == -math.inf:
+                break
+            if j in eos_set:
+                if rank < B:
+                    finished.add(s, tuple(bp.tokens_of(t - 1, [b])[0].tolist()) + (j,))
+                continue
+            par.append(b)
+            tok.append(j)
+            sc.append(s)
+            if len(par) == B:
+                break
+        if not par:                                # every live continuation is -inf
+            if not finished.heap:
+                raise _no_sequence(f"step {t}")
+            live_done = True
+            break
+        par_a, tok_a = np.array(par, np.int64), np.array(tok, np.int64)
+        bp.push(par_a, tok_a, stats)
+        scores = np.array(sc, lp.dtype)
+        if finished.done(sc[0], t, max_len, early_stopping):
+            live_done = True
+            break
+        if t < max_len:
+            model.advance(par_a, tok_a)
+    if not live_done:                              # max_len reached: the live beams finish
+        seqs = bp.tokens_of(len(bp.tokens), np.arange(len(scores)))
+        for s, seq in zip(scores.tolist(), seqs.tolist()):
+            finished.add(s, tuple(seq))
+    stats.total_time_s = time.perf_counter() - start
+    return [Hypothesis(tokens, float(lp_), float(s), stats)
+            for tokens, lp_, s in finished.best(num_return)]
+
+
+def greedy(lm, max_len, *, bos, eos=None, backend: str | None = None):
+    """Greedy decoding: the most likely next token at every step (document, Question 2.4a).
+
+    Identical to ``beam_search`` with ``beam_width=1``.  Returns ``[Hypothesis]``.
+    """
+    max_len, _ = _common(max_len)
+    return _beam(lm, 1, max_len, bos=bos, eos=eos, length_penalty=0.0, num_return=1,
+                 early_stopping=True, min_len=0, no_repeat_ngram_size=0, trace=False,
+                 backend=backend, algorithm="greedy")
+
+
+def beam_search(lm, beam_width, max_len, *, bos, eos=None, length_penalty=0.0, num_return=None,
+                early_stopping=True, min_len=0, no_repeat_ngram_size=0, trace=False,
+                backend: str | None = None):
+    """Beam search (the document's Algorithm 1) with backpointers.
+
+    Each step keeps the best ``beam_width`` of the B×N candidates (one fused
+    ``beam_topk``); the first step expands a single ⟨BOS⟩, so beams never
+    duplicate.  With ``eos`` (an id or a list of ids): a candidate ending in
+    eos among the best ``beam_width`` leaves the beam for the finished list
+    (which keeps the best ``beam_width``), as in Hugging Face; the search stops
+    per ``early_stopping`` (True: once ``beam_width`` hypotheses finished;
+    False: once no live beam can beat the worst finished one; "never": as False
+    but with the best reachable length penalty).  ``length_penalty`` α: score =
+    log_prob / len^α (0: the document's raw log-likelihood).  ``min_len``
+    forbids eos before that many tokens; ``no_repeat_ngram_size`` n forbids
+    repeating an n-gram.  ``trace=True`` records every step's candidates in
+    ``stats.trace`` (small vocabularies).  Returns the best ``num_return``
+    (default ``beam_width``) hypotheses by score.
+    """
+    max_len, length_penalty = _common(max_len, length_penalty)
+    B, num_return, min_len, ngram = _check_beam_args(beam_width, num_return, early_stopping,
+                                                     min_len, no_repeat_ngram_size)
+    return _beam(lm, B, max_len, bos=bos, eos=eos, length_penalty=length_penalty,
+                 num_return=num_return, early_stopping=early_stopping, min_len=min_len,
+                 no_repeat_ngram_size=ngram, trace=bool(trace), backend=backend,
+                 algorithm="beam_search")
+
+
+def exhaustive_search(lm, max_len, *, bos, eos=None, top=1, limit=1_000_000,
+                      backend: str | None = None):
+    """Score every sequence (document, Question 2.2): N^max_len of them, level by
+    level, O(T·N^T) time.  Refuses (``ValueError``) when N^max_len > ``limit``.
+    Returns the best ``top`` hypotheses; equal scores in token order."""
+    start = time.perf_counter()
+    max_len, _ = _common(max_len)
+    top = check_int(top, "top", minimum=1)
+    limit = check_int(limit, "limit", minimum=1)
+    stats = SearchStats("exhaustive_search")
+    model = Model(lm, bos, eos, stats)
+    eos_set = np.array(model.eos, np.int64)
+    bp = _Backpointers()
+    done_scores, done_seqs = [], []            # sequences that ended before max_len
+
+    def finish(depth, rows, scores, extra=None):
+        seqs = bp.tokens_of(depth, rows)
+        if extra is not None:
+            seqs = np.concatenate([seqs, extra[:, None]], axis=1)
+        done_scores.extend(scores.tolist())
+        done_seqs.extend(map(tuple, seqs.tolist()))
+
+    model.start(1)
+    scores = np.zeros(1)
+    for t in range(1, max_len + 1):
+        lp, _ = model.step()
+        rows, N = lp.shape
+        if t == 1 and N ** max_len > limit:
+            raise ValueError(f"exhaustive search would score N^max_len = {N}^{max_len} = "
+                             f"{N ** max_len} sequences, over limit={limit}; raise limit= or "
+                             "use beam_search/exact_search")
+        stats.steps += 1
+        stats.candidates_scored += rows * N
+        if not model.normalized:
+            lp = log_softmax(lp, backend=backend)
+        total = scores[:, None] + lp                       # (rows, N), every child
+        live = np.arange(rows)
+        if eos_set.size:
+            r, c = np.meshgrid(live, eos_set, indexing="ij")
+            finish(t - 1, r.ravel(), total[r, c].ravel(), c.ravel())
+        keep = np.zeros(N, bool)
+        keep[np.setdiff1d(np.arange(N), eos_set)] = True
+        par = np.repeat(live, keep.sum())
+        tok = np.tile(np.flatnonzero(keep), live.size)
+        if par.size == 0:
+            break
+        bp.push(par, tok, stats)
+        scores = total[par, tok]
+        if t < max_len:
+            model.advance(par, tok)
+    if scores.size and bp.tokens and len(bp.tokens) == max_len:
+        finish(max_len, np.arange(scores.size), scores)
+    all_scores = np.array(done_scores, np.float64)
+    order = sorted(range(len(all_scores)), key=lambda i: (-all_scores[i], done_seqs[i]))[:top]
+    stats.total_time_s = time.perf_counter() - start
+    return [Hypothesis(done_seqs[i], float(all_scores[i]), float(all_scores[i]), stats)
+            for i in order]
+
+
+def exact_search(lm, max_len, *, bos, eos=None, max_expansions=None, backend: str | None = None):
+    """The true argmax of Eq. 1 by best-first (uniform-cost) search.
+
+    Log-probabilities are <= 0, so a prefix's log-probability bounds every
+    extension's: the first complete hypothesis taken from the frontier is
+    optimal, usually after expanding a tiny part of the N^T tree.  Equal to
+    ``exhaustive_search(top=1)`` wherever both run.  ``max_expansions``: LM
+    calls allowed before giving up with ``ValueError``.  For a stateful model
+    each expansion branches its node's state with ``reorder(state, [0])``.
+    """
+    start = time.perf_counter()
+    max_len, _ = _common(max_len)
+    if max_expansions is not None:
+        max_expansions = check_int(max_expansions, "max_expansions", minimum=1)
+    stats = SearchStats("exact_search")
+    model = Model(lm, bos, eos, stats)
+    eos_set = frozenset(model.eos)
+    order = itertools.count()
+    # node: (tokens tuple, state-or-None); frontier entries: (-score, tokens, complete, id)
+    states: dict[int, object] = {}
+    frontier = [(-0.0, (), False, next(order))]
+    stats.heap_pushes += 1
+    held = 0                     # tokens held by the frontier's prefixes
+    model.start(1)
+    if model.stateful:
+        states[frontier[0][3]] = model.state
+    while frontier:
+        neg, tokens, complete, nid = heapq.heappop(frontier)
+        stats.heap_pops += 1
+        held -= len(tokens)
+        if complete:
+            stats.total_time_s = time.perf_counter() - start
+            return [Hypothesis(tokens, -float(neg), -float(neg), stats)]
+        if max_expansions is not None and stats.lm_calls >= max_expansions:
+            raise ValueError(f"exact_search expanded max_expansions={max_expansions} prefixes "
+                             "without proving an optimum; raise max_expansions")
+        model.t = len(tokens)
+        model.last = np.array([tokens[-1] if tokens else model.bos], np.int64)
+        if model.stateful:
+            model.state = states.pop(nid)
+            if tokens:
+                model.state = model.branch(model.state)
+        else:
+            model.hist = np.array([(model.bos,) + tokens], np.int64)
+        lp, _ = model.step()
+        stats.steps += 1
+        stats.candidates_scored += lp.shape[1]
+        if not model.normalized:
+            lp = log_softmax(lp, backend=backend)
+        row = lp[0].astype(np.float64)
+        for j in np.flatnonzero(row > -np.inf).tolist():
+            child = tokens + (j,)
+            done = j in eos_set or len(child) == max_len
+            cid = next(order)
+            heapq.heappush(frontier, (neg - row[j], child, done, cid))
+            stats.heap_pushes += 1
+            held += len(child)
+            if not done and model.stateful:
+                states[cid] = model.state
+        stats.hypothesis_tokens = max(stats.hypothesis_tokens, held)
+    raise _no_sequence(f"exact_search, after {stats.steps} expansions")
