@@ -10,9 +10,5 @@ ONLY = "norm/*"
 
 
 @pytest.mark.parametrize("backend", ["cython", "numpy"])
-def test_norm_layers(benchmark, case, backend, inputs_cache):
-    if case.name not in inputs_cache:
-        inputs_cache[case.name] = case.setup()
-    inp = inputs_cache[case.name]
-    benchmark.extra_info.update(bytes=case.bytes_read + case.bytes_written, **case.params)
-    benchmark(case.call, inp, backend)
+def test_norm_layers(run_bench, case, backend):
+    run_bench(case, backend)

@@ -1,4 +1,4 @@
-"""The ``fastdl`` command: info, backends, bench."""
+"""The ``fastdl`` command: info, backends, bench, demo."""
 from __future__ import annotations
 
 import argparse
@@ -69,7 +69,7 @@ def _results_table(rows) -> Table:
     table.add_column("case", no_wrap=True, overflow="fold")
     for col, just in [("backend", "left"), ("median", "right"), ("GB/s", "right"),
                       ("vs numpy", "right"), ("vs torch", "right"), ("/ mem limit", "right"),
-                      ("limit", "right"), ("target", "left")]:
+                      ("limit", "right"), ("other", "left"), ("target", "left")]:
         table.add_column(col, justify=just, no_wrap=col != "target")
     last = None
     for r in rows:
@@ -78,9 +78,12 @@ def _results_table(rows) -> Table:
         target = ""
         if r.targets:
             target = "[green]met[/]" if not r.missed else "[red]missed: " + "; ".join(r.missed) + "[/]"
+        other = "; ".join([f"vs {k} {_fmt_ratio(v)}" for k, v in r.vs_peers.items()]
+                          + [f"{k} {v:.3g}" for k, v in r.metrics.items()])
         table.add_row(r.case if r.case != last else "", r.backend, _fmt_time(r.median_s),
                       f"{r.gbps:.1f}", _fmt_ratio(r.vs_numpy), _fmt_ratio(r.vs_torch),
-                      _fmt_ratio(r.vs_limit), f"{_fmt_time(r.limit_s)} {r.limit_kind}", target)
+                      _fmt_ratio(r.vs_limit), f"{_fmt_time(r.limit_s)} {r.limit_kind}", other,
+                      target)
         last = r.case
     return table
 
@@ -92,7 +95,8 @@ def cmd_bench(args, console: Console) -> int:
         fastdl.set_num_threads(args.threads)
     if args.backend:
         registry._check_names(tuple(args.backend))
-    cases = all_cases(quick=not args.full, only=args.only)
+    # --only picks from every case unless --quick is given too
+    cases = all_cases(quick=args.quick or not (args.full or args.only), only=args.only)
     if not cases:
         console.print(f"[red]no benchmark case matches --only {args.only!r}[/]")
         return 2
@@ -124,6 +128,11 @@ def cmd_bench(args, console: Console) -> int:
     return 0
 
 
+def cmd_demo(args, console: Console) -> int:
+    from fastdl import demo
+    return demo.run(console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastdl", description=fastdl.__doc__)
     p.add_argument("--version", action="version", version=f"fastdl {fastdl.__version__}")
@@ -131,11 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     pi = sub.add_parser("info", help="build and machine information")
     pi.add_argument("--json", action="store_true", help="print JSON")
     sub.add_parser("backends", help="table of backends x ops")
+    sub.add_parser("demo", help="the document's worked examples, recomputed")
     pb = sub.add_parser("bench", help="run the benchmark cases")
     mode = pb.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="quick set, under a minute (default)")
     mode.add_argument("--full", action="store_true", help="every case, more rounds")
-    pb.add_argument("--only", metavar="PATTERN", help="glob or substring of case names")
+    pb.add_argument("--only", metavar="PATTERN",
+                    help="glob or substring of case names, chosen from every case (with "
+                         "--quick: from the quick set)")
     pb.add_argument("--backend", nargs="+", metavar="NAME",
                     help="backends to measure (numpy is always measured as the baseline)")
     pb.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -151,7 +163,8 @@ def main(argv=None) -> int:
     if not console.is_terminal:          # logs and pipes: do not squeeze the tables
         console = Console(width=180)
     try:
-        return {"info": cmd_info, "backends": cmd_backends, "bench": cmd_bench}[args.command](
+        return {"info": cmd_info, "backends": cmd_backends, "bench": cmd_bench,
+                "demo": cmd_demo}[args.command](
             args, console)
     except (ValueError, TypeError) as exc:
         console.print(f"[red]fastdl {args.command}: {exc}[/]")

@@ -63,3 +63,42 @@ def test_bad_arguments_exit_with_usage(argv):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
+
+
+def test_demo_prints_the_documents_results(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert '"the red rectangle"  log p = -9.7' in out            # greedy and exact search
+    assert '"a blue square"  log p = -9.9' in out and '"a red circle"  log p = -10.0' in out
+    assert "[3.167 2.000 2.500 3.333]" in out                    # layer-norm means of Question 1
+    assert 'greedy\'s prefix "the red" (-5.0) ranked 3' in out
+
+
+def test_only_picks_from_every_case_unless_quick():
+    full = {c.name for c in all_cases(only="decode")}
+    quick = {c.name for c in all_cases(quick=True, only="decode")}
+    assert "decode/topk/n1e7/k1000/float32" in full - quick
+    assert "decode/beam_topk/B16xN50257/float32" in quick
+
+
+def test_bench_reports_named_peers_and_metrics(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    rc = main(["bench", "--only", "decode/topk/n1e6/k10/*", "--rounds", "1", "--no-torch",
+               "--json", str(path)])
+    assert rc == 0
+    rows = {r["backend"]: r for r in json.loads(path.read_text())["results"]}
+    assert {"cython", "numpy", "np.argpartition+sort"} <= set(rows)
+    assert rows["cython"]["vs_peers"]["np.argpartition+sort"] > 0
+    assert rows["np.argpartition+sort"]["vs_peers"] == {}
+    assert "vs np.argpartition+sort" in capsys.readouterr().out
+
+
+def test_targets_on_peers_and_metrics():
+    from fastdl.bench.runner import Row, _check_targets
+    row = Row(case="c", op="topk", backend="cython", median_s=1.0, gbps=1.0, vs_numpy=4.0,
+              vs_torch=None, vs_limit=2.5, limit_s=0.4, limit_kind="read", rounds=1,
+              targets={"vs_numpy": 3.0, "vs_limit": 2.0, "vs:argsort": 3.0, "max:ratio": 2.0,
+                       "vs_torch": 1.0},
+              vs_peers={"argsort": 2.0}, metrics={"ratio": 1.5})
+    _check_targets(row)
+    assert row.missed == ["vs_limit 2.50 (target <= 2.0)", "vs:argsort 2.00 (target >= 3.0)"]

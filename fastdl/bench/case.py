@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 # modules that register cases on import; later issues append theirs
-CASE_MODULES = ["fastdl.bench.cases_norm", "fastdl.bench.cases_layers"]
+CASE_MODULES = ["fastdl.bench.cases_norm", "fastdl.bench.cases_layers",
+                "fastdl.bench.cases_decode"]
 
 
 @dataclass
@@ -21,8 +22,14 @@ class Case:
     flops: int = 0
     torch: Callable[[dict], Callable[[], Any]] | None = None   # inputs -> thunk running torch
     quick: bool = True                          # part of --quick
-    targets: dict = field(default_factory=dict)  # backend -> {"vs_numpy": x, "vs_torch": x, "vs_limit": x}
+    # backend -> {"vs_numpy": x, "vs_torch": x, "vs_limit": x (at most), "vs:PEER": x,
+    #             "max:METRIC": x (at most)}
+    targets: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
+    # other named peers timed with the rest: name -> (inputs -> thunk)
+    peers: dict = field(default_factory=dict)
+    # extra figures per backend, measured after the timing: (inputs, backend) -> {name: value}
+    metrics: Callable[[dict, str], dict] | None = None
 
 
 _CASES: dict[str, Case] = {}

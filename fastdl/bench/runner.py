@@ -29,6 +29,8 @@ class Row:
     targets: dict = field(default_factory=dict)
     missed: list = field(default_factory=list)
     params: dict = field(default_factory=dict)
+    vs_peers: dict = field(default_factory=dict)    # peer name -> peer time / this time
+    metrics: dict = field(default_factory=dict)     # case-specific figures
 
     def as_dict(self):
         return asdict(self)
@@ -112,6 +114,8 @@ def run_case(case: Case, *, backends: Iterable[str] | None = None, full: bool = 
         from fastdl._threads import get_num_threads
         torch.set_num_threads(get_num_threads())
         thunks["torch"] = case.torch(inputs)
+    for name, make in case.peers.items():
+        thunks["peer:" + name] = make(inputs)
     limits = limit_thunks(case.bytes_read, case.bytes_written)
     for k, fn in limits.items():
         thunks["limit:" + k] = fn
@@ -126,10 +130,13 @@ def run_case(case: Case, *, backends: Iterable[str] | None = None, full: bool = 
     limit_s = med["limit:" + limit_kind] if limit_kind else None
     t_np, t_torch = med.get(registry.REFERENCE), med.get("torch")
     nbytes = case.bytes_read + case.bytes_written
+    peers = {k[5:]: v for k, v in med.items() if k.startswith("peer:")}
     rows = []
     for name, t in med.items():
         if name.startswith("limit:"):
             continue
+        peer = name.startswith("peer:")
+        name = name[5:] if peer else name
         targets = case.targets.get(name, {})
         row = Row(
             case=case.name, op=case.op, backend=name, median_s=t, gbps=nbytes / t / 1e9,
@@ -137,16 +144,31 @@ def run_case(case: Case, *, backends: Iterable[str] | None = None, full: bool = 
             vs_torch=t_torch / t if t_torch and name != "torch" else None,
             vs_limit=t / limit_s if limit_s else None, limit_s=limit_s, limit_kind=limit_kind,
             rounds=n, targets=targets, params=case.params,
+            vs_peers={p: tp / t for p, tp in peers.items() if not (peer and p == name)},
         )
-        for key, goal in targets.items():
-            got = getattr(row, key)
-            if got is None or (math.isnan(got)):
-                continue
-            ok = got <= goal if key == "vs_limit" else got >= goal
-            if not ok:
-                row.missed.append(f"{key} {got:.2f} (target {'<=' if key == 'vs_limit' else '>='} {goal})")
+        if case.metrics is not None and not peer and name in registry.backends():
+            row.metrics = case.metrics(inputs, name)
+        _check_targets(row)
         rows.append(row)
     return rows
+
+
+def _target_value(row: Row, key: str):
+    """(value, at_most) of a target key, or (None, _) when this row lacks it."""
+    if key.startswith("vs:"):
+        return row.vs_peers.get(key[3:]), False
+    if key.startswith("max:"):
+        return row.metrics.get(key[4:]), True
+    return getattr(row, key), key == "vs_limit"
+
+
+def _check_targets(row: Row) -> None:
+    for key, goal in row.targets.items():
+        got, at_most = _target_value(row, key)
+        if got is None or math.isnan(got):
+            continue
+        if not (got <= goal if at_most else got >= goal):
+            row.missed.append(f"{key} {got:.2f} (target {'<=' if at_most else '>='} {goal})")
 
 
 def run_cases(cases: list[Case], *, backends=None, full=False, with_torch=True, rounds=None,
