@@ -146,9 +146,11 @@ def _check_beam_args(beam_width, num_return, early_stopping, min_len, no_repeat_
     num_return = B if num_return is None else check_int(num_return, "num_return", minimum=1)
     if num_return > B:
         raise ValueError(f"num_return must be <= beam_width ({B}), got {num_return}")
-    if early_stopping not in (True, False, "never"):
+    if isinstance(early_stopping, (bool, np.bool_)):
+        early_stopping = bool(early_stopping)
+    elif not (isinstance(early_stopping, str) and early_stopping == "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-    return (B, num_return, check_int(min_len, "min_len", minimum=0),
+    return (B, num_return, early_stopping, check_int(min_len, "min_len", minimum=0),
             check_int(no_repeat_ngram_size, "no_repeat_ngram_size", minimum=0))
 
 
@@ -165,9 +167,9 @@ def _banned_ngrams(seqs: np.ndarray, n: int):
     return out
 
 
-def _trace_step(t, lp, scores, bp, model, cs, cb, cj):
+def _trace_step(t, lp, normalize, scores, bp, cs, cb, cj):
     """All finite candidates of this step, per beam (for small vocabularies)."""
-    full = (log_softmax(lp) if not model.normalized else lp) + scores[:, None]
+    full = (log_softmax(lp) if normalize else lp) + scores[:, None]
     prefixes = bp.tokens_of(t - 1, np.arange(lp.shape[0])) if t > 1 else np.zeros((1, 0), np.int64)
     cands = [(tuple(prefixes[b].tolist()), int(j), float(full[b, j]))
              for b in range(lp.shape[0]) for j in np.flatnonzero(np.isfinite(full[b]))]
@@ -197,8 +199,11 @@ def _beam(lm, B, max_len, *, bos, eos, length_penalty, num_return, early_stoppin
         stats.steps += 1
         stats.candidates_scored += rows * N
         ban_eos = eos_set and t - 1 < min_len
+        normalize = not model.normalized
         if ban_eos or no_repeat_ngram_size:
-            lp = lp.copy()                         # the model's array stays as it gave it
+            # bans remove tokens from the model's distribution, not from its logits
+            lp = log_softmax(lp, backend=backend) if normalize else lp.copy()
+            normalize = False
             if ban_eos:
                 lp[:, list(eos_set)] = -np.inf
             if no_repeat_ngram_size:
@@ -209,10 +214,10 @@ def _beam(lm, B, max_len, *, bos, eos, length_penalty, num_return, early_stoppin
         scores = scores.astype(lp.dtype, copy=False)
         k = min(k_factor * B, rows * N)
         t0 = time.perf_counter()
-        cs, cb, cj = beam_topk(lp, scores, k, normalize=not model.normalized, backend=backend)
+        cs, cb, cj = beam_topk(lp, scores, k, normalize=normalize, backend=backend)
         stats.kernel_time_s += time.perf_counter() - t0
         if trace:
-            stats.trace.append(_trace_step(t, lp, scores, bp, model, cs, cb, cj))
+            stats.trace.append(_trace_step(t, lp, normalize, scores, bp, cs, cb, cj))
         par, tok, sc = [], [], []
         for rank, (s, b, j) in enumerate(zip(cs.tolist(), cb.tolist(), cj.tolist())):
             if s == -math.inf:
@@ -279,7 +284,7 @@ def beam_search(lm, beam_width, max_len, *, bos, eos=None, length_penalty=0.0, n
     (default ``beam_width``) hypotheses by score.
     """
     max_len, length_penalty = _common(max_len, length_penalty)
-    B, num_return, min_len, ngram = _check_beam_args(beam_width, num_return, early_stopping,
+    B, num_return, early_stopping, min_len, ngram = _check_beam_args(beam_width, num_return, early_stopping,
                                                      min_len, no_repeat_ngram_size)
     return _beam(lm, B, max_len, bos=bos, eos=eos, length_penalty=length_penalty,
                  num_return=num_return, early_stopping=early_stopping, min_len=min_len,
@@ -340,7 +345,10 @@ def exhaustive_search(lm, max_len, *, bos, eos=None, top=1, limit=1_000_000,
     if scores.size and bp.tokens and len(bp.tokens) == max_len:
         finish(max_len, np.arange(scores.size), scores)
     all_scores = np.array(done_scores, np.float64)
-    order = sorted(range(len(all_scores)), key=lambda i: (-all_scores[i], done_seqs[i]))[:top]
+    finite = np.flatnonzero(all_scores > -np.inf)      # probability-0 sequences are not results
+    if finite.size == 0:
+        raise _no_sequence("exhaustive_search")
+    order = sorted(finite.tolist(), key=lambda i: (-all_scores[i], done_seqs[i]))[:top]
     stats.total_time_s = time.perf_counter() - start
     return [Hypothesis(done_seqs[i], float(all_scores[i]), float(all_scores[i]), stats)
             for i in order]

@@ -44,7 +44,7 @@ def _offsets(x: np.ndarray) -> np.ndarray:
     m = x.max(axis=1).astype(np.float64)
     ok = np.isfinite(m)
     safe = np.where(ok, m, 0.0)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         lse = safe + np.log(np.exp(x.astype(np.float64) - safe[:, None]).sum(axis=1))
     return np.where(ok, lse, np.nan)
 
