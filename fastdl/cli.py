@@ -70,7 +70,7 @@ def _results_table(rows) -> Table:
     for col, just in [("backend", "left"), ("median", "right"), ("GB/s", "right"),
                       ("vs numpy", "right"), ("vs torch", "right"), ("/ mem limit", "right"),
                       ("limit", "right"), ("other", "left"), ("target", "left")]:
-        table.add_column(col, justify=just, no_wrap=col != "target")
+        table.add_column(col, justify=just, no_wrap=col not in ("target", "other"))
     last = None
     for r in rows:
         if last is not None and r.case != last:
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
     if not console.is_terminal:          # logs and pipes: do not squeeze the tables
-        console = Console(width=180)
+        console = Console(width=250)
     try:
         return {"info": cmd_info, "backends": cmd_backends, "bench": cmd_bench,
                 "demo": cmd_demo}[args.command](

@@ -30,6 +30,9 @@ class Case:
     peers: dict = field(default_factory=dict)
     # extra figures per backend, measured after the timing: (inputs, backend) -> {name: value}
     metrics: Callable[[dict, str], dict] | None = None
+    # the memory-traffic limit's thunks, when not plain streams of bytes_read/bytes_written:
+    # inputs -> {name: thunk}
+    limit: Callable[[dict], dict] | None = None
 
 
 _CASES: dict[str, Case] = {}

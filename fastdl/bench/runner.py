@@ -116,7 +116,8 @@ def run_case(case: Case, *, backends: Iterable[str] | None = None, full: bool = 
         thunks["torch"] = case.torch(inputs)
     for name, make in case.peers.items():
         thunks["peer:" + name] = make(inputs)
-    limits = limit_thunks(case.bytes_read, case.bytes_written)
+    limits = (case.limit(inputs) if case.limit is not None
+              else limit_thunks(case.bytes_read, case.bytes_written))
     for k, fn in limits.items():
         thunks["limit:" + k] = fn
     if rounds is not None:

@@ -158,8 +158,8 @@ class Model:
         m = lp.max(axis=1)                 # one read finds NaN, +inf and positive log-probs
         if np.isnan(m).any():
             raise ValueError(f"{where} returned NaN (row {int(np.flatnonzero(np.isnan(m))[0])})")
-        if np.isposinf(m).any():
-            raise ValueError(f"{where} returned +inf (row {int(np.flatnonzero(np.isposinf(m))[0])})")
+        if (m == np.inf).any():
+            raise ValueError(f"{where} returned +inf (row {int(np.flatnonzero(m == np.inf)[0])})")
         if self.normalized and m.max() > _POSITIVE_TOL[lp.dtype]:
             raise ValueError(f"{where} returned log-probabilities above 0 (max {float(m.max()):g}) "
                              "while it says it is normalized; give it normalized = False or "

@@ -129,7 +129,7 @@ def beam_topk(log_probs, beam_scores, k, *, normalize: bool = True, backend: str
     if s.shape != (B,):
         raise ValueError(f"beam_scores must have shape ({B},) (one score per row of log_probs), "
                          f"got {s.shape}")
-    if np.isnan(s).any() or np.isposinf(s).any():
+    if not (s < np.inf).all():              # NaN and +inf fail this compare
         raise ValueError("beam_scores must be finite or -inf, got NaN or +inf")
     k = check_int(k, "k", minimum=1)
     if k > B * N:

@@ -10,7 +10,8 @@ import os
 import numpy as np
 
 from fastdl._threads import get_num_threads
-from fastdl._backends.cython import _cpu, _norm, _norm_stats
+from fastdl._backends.cython import _cpu, _decode, _norm, _norm_stats
+from fastdl.decode.ops import DECODE_OPS
 from fastdl.norm import NORM_OPS
 from fastdl.registry import Backend
 
@@ -144,4 +145,66 @@ def batch_norm_bwd(dy, x, mean, rstd, w, training, need_dw, need_db):
                                 bool(training), need_dw, need_db, get_num_threads())
 
 
-backend = Backend(name="cython", ops={op: globals()[op] for op in NORM_OPS})
+# ---------------------------------------------------------------- decoding
+
+
+def _rows2d(x, name):
+    """x as the kernels need it: a C-contiguous, non-empty 2-D float32/float64 ndarray."""
+    if not isinstance(x, np.ndarray) or x.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be a float32/float64 numpy.ndarray, got "
+                        f"{type(x).__name__} {getattr(x, 'dtype', '')}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows, n), got shape {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} must not be empty, got shape {x.shape} (the public "
+                         "functions handle empty inputs before dispatching)")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (the public functions pack it), "
+                         f"got strides {x.strides} for shape {x.shape}")
+    return x
+
+
+def _k(k, limit, what):
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    k = int(k)
+    if not 1 <= k <= limit:
+        raise ValueError(f"k must be in [1, {limit}] ({what}), got {k}")
+    return k
+
+
+def topk(x, k):
+    x = _rows2d(x, "x")
+    return _decode.topk(x, _k(k, x.shape[1], "the row length n"), get_num_threads())
+
+
+def log_softmax(x, out):
+    x = _rows2d(x, "x")
+    if out is not None:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a numpy.ndarray or None, got {type(out).__name__}")
+        if (out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous
+                or not out.flags.writeable):
+            raise ValueError(f"out must be a writeable C-contiguous {x.dtype} array of shape "
+                             f"{x.shape}, got {out.dtype} {out.shape} (c_contiguous="
+                             f"{out.flags.c_contiguous}, writeable={out.flags.writeable})")
+    return _decode.log_softmax(x, out, get_num_threads())
+
+
+def beam_topk(log_probs, beam_scores, k, normalize):
+    lp = _rows2d(log_probs, "log_probs")
+    B, N = lp.shape
+    if not isinstance(beam_scores, np.ndarray) or beam_scores.dtype != lp.dtype:
+        raise TypeError(f"beam_scores must be a {lp.dtype} numpy.ndarray (the dtype of "
+                        f"log_probs), got {type(beam_scores).__name__} "
+                        f"{getattr(beam_scores, 'dtype', '')}")
+    if beam_scores.shape != (B,) or not beam_scores.flags.c_contiguous:
+        raise ValueError(f"beam_scores must be a contiguous array of shape ({B},), got "
+                         f"shape {beam_scores.shape} strides {beam_scores.strides}")
+    if not isinstance(normalize, (bool, np.bool_)):
+        raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+    return _decode.beam_topk(lp, beam_scores, _k(k, B * N, "the number of candidates B*N"),
+                             bool(normalize), get_num_threads())
+
+
+backend = Backend(name="cython", ops={op: globals()[op] for op in NORM_OPS + DECODE_OPS})
