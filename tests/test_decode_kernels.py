@@ -11,13 +11,10 @@ src/decodek.{c,h}) against the NumPy backend and against independent sort refere
   with non-contiguous / axis != -1 input, hypothesis property tests, bad input to
   the raw backend ops.
 """
-import contextlib
-import zlib
 
 import numpy as np
 import pytest
 
-import fastdl
 from fastdl.decode import beam_topk, log_softmax, topk
 
 cy = pytest.importorskip("fastdl._backends.cython")
@@ -25,35 +22,13 @@ from fastdl._backends.cython import _cpu, _decode  # noqa: E402
 
 hyp = pytest.importorskip("hypothesis")
 from hypothesis import given, settings, strategies as st  # noqa: E402
+from kernel_helpers import rng_for, simd, threads  # noqa: E402
 
 HAVE_AVX2 = _cpu.detected_simd() == "avx2"
 needs_avx2 = pytest.mark.skipif(not HAVE_AVX2, reason="no AVX2 on this CPU/build")
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 CHUNK = _decode.PARAMS["chunk"]
 LONG = 300_001          # one row > TOPK_MIN_PART * several: the part + merge path
-
-
-def _rng(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-@contextlib.contextmanager
-def simd(level):
-    old = _cpu.set_simd_level(level)
-    try:
-        yield
-    finally:
-        _cpu.set_simd_level(old)
-
-
-@contextlib.contextmanager
-def threads(n):
-    old = fastdl.get_num_threads()
-    fastdl.set_num_threads(n)
-    try:
-        yield
-    finally:
-        fastdl.set_num_threads(old)
 
 
 def _order_key(v, i):
@@ -115,7 +90,7 @@ def ref_offsets(x):
                                      ((1, LONG), 1), ((1, LONG), 64), ((1, LONG), 1000),
                                      ((2, LONG), 3)])
 def test_topk_ties_vs_sort(dtype, shape, k):
-    x = _rng("ties", shape, k).integers(-6, 7, size=shape).astype(dtype)   # many duplicates
+    x = rng_for("ties", shape, k).integers(-6, 7, size=shape).astype(dtype)   # many duplicates
     v, i = check_topk(x, k)
     rv, ri = ref_topk_argsort(x, k)
     assert np.array_equal(i, ri) and same(v, rv)
@@ -124,7 +99,7 @@ def test_topk_ties_vs_sort(dtype, shape, k):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k", [(1, 1), (17, 4), (17, 17), (200, 50), (LONG, 20)])
 def test_topk_nonfinite_vs_sorted(dtype, n, k):
-    rng = _rng("nonfinite", n, k)
+    rng = rng_for("nonfinite", n, k)
     x = rng.integers(-3, 4, size=(3, n)).astype(dtype)
     x[0] = -np.inf                                            # all -inf row
     x[1, rng.integers(0, n, size=max(1, n // 5))] = np.nan     # NaNs rank first, by index
@@ -173,7 +148,7 @@ def test_topk_nan_root_and_many_nans(dtype):
 
 
 def test_topk_public_api_axes_and_noncontiguous():
-    x = _rng("axes").integers(-4, 5, size=(6, 40, 5)).astype(np.float32)
+    x = rng_for("axes").integers(-4, 5, size=(6, 40, 5)).astype(np.float32)
     for axis in (0, 1, 2, -1, -2):
         check_topk(x, 3, axis=axis)
     check_topk(x[:, ::3, :], 2, axis=1)                   # strided
@@ -190,7 +165,7 @@ def test_topk_public_api_axes_and_noncontiguous():
 @pytest.mark.parametrize("shape", [(1, 1), (5, 1), (3, 31), (7, 1000), (1, CHUNK), (2, CHUNK + 1),
                                    (1, LONG), (3, 3 * CHUNK + 5), (64, 2000)])
 def test_log_softmax_vs_numpy(dtype, shape):
-    x = (_rng("lsm", shape).standard_normal(shape) * 6).astype(dtype)
+    x = (rng_for("lsm", shape).standard_normal(shape) * 6).astype(dtype)
     got = log_softmax(x, backend="cython")
     ref = log_softmax(x, backend="numpy")
     off = ref_offsets(x)
@@ -206,7 +181,7 @@ def test_log_softmax_vs_numpy(dtype, shape):
 def test_log_softmax_offsets_round_like_reference(dtype):
     # the offset is rounded once to the dtype: it must match the float64 reference's
     # rounding in the vast majority of rows (float32 exp error is about 1 ulp)
-    x = (_rng("round", dtype).standard_normal((2000, 300)) * 3).astype(dtype)
+    x = (rng_for("round", dtype).standard_normal((2000, 300)) * 3).astype(dtype)
     koff = _decode._row_offsets(x).astype(dtype)
     roff = ref_offsets(x).astype(dtype)
     # float64: both are float64 sums in different orders, equal within a few ulps
@@ -217,7 +192,7 @@ def test_log_softmax_offsets_round_like_reference(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [5, 40, CHUNK * 2 + 3])
 def test_log_softmax_nonfinite_rows(dtype, n):
-    x = _rng("lsm-nf", n).standard_normal((6, n)).astype(dtype)
+    x = rng_for("lsm-nf", n).standard_normal((6, n)).astype(dtype)
     x[0] = -np.inf                     # no finite max -> NaN
     x[1, n // 2] = np.inf              # +inf -> NaN
     x[2, n - 1] = np.nan               # NaN -> NaN
@@ -242,7 +217,7 @@ def test_log_softmax_exp_underflow(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_log_softmax_out_and_in_place(dtype):
-    x = _rng("out").standard_normal((5, 3 * CHUNK)).astype(dtype)
+    x = rng_for("out").standard_normal((5, 3 * CHUNK)).astype(dtype)
     keep = x.copy()
     ref = log_softmax(x, backend="cython")
     out = np.full_like(x, 7)
@@ -311,7 +286,7 @@ def check_beam(lp, s, k, normalize, exact_values=None):
                                    (1, 128_256, 2), (3, 40_000, 6), (4, 50_257, 8),
                                    (16, 3000, 32), (9, 20_000, 500)])
 def test_beam_vs_numpy(dtype, normalize, B, N, k):
-    rng = _rng("beam", B, N, k)
+    rng = rng_for("beam", B, N, k)
     lp = (rng.standard_normal((B, N)) * 3).astype(dtype)
     s = (rng.standard_normal(B) * 5).astype(dtype)
     check_beam(lp, s, k, normalize)
@@ -322,7 +297,7 @@ def test_beam_vs_numpy(dtype, normalize, B, N, k):
 def test_beam_ties_across_beams(dtype, normalize):
     # identical rows and scores: every candidate ties with its copies in other beams,
     # the lower flat index must win; integer data ties within rows too
-    row = _rng("bt").integers(-3, 3, size=50).astype(dtype)
+    row = rng_for("bt").integers(-3, 3, size=50).astype(dtype)
     lp = np.tile(row, (4, 1))
     s = np.zeros(4, dtype)
     v, b, t = check_beam(lp, s, 40, normalize)
@@ -335,7 +310,7 @@ def test_beam_ties_across_beams(dtype, normalize):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("normalize", [True, False])
 def test_beam_dead_and_nonfinite_rows(dtype, normalize):
-    rng = _rng("dead", normalize)
+    rng = rng_for("dead", normalize)
     lp = rng.standard_normal((6, 40)).astype(dtype)
     s = rng.standard_normal(6).astype(dtype)
     lp[0] = -np.inf                    # dead row: -inf candidates (not NaN)
@@ -359,7 +334,7 @@ def test_beam_all_dead(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_beam_inputs_not_modified(dtype):
-    lp = _rng("nm").standard_normal((3, 5000)).astype(dtype)
+    lp = rng_for("nm").standard_normal((3, 5000)).astype(dtype)
     s = np.arange(3, dtype=dtype)
     a, c = lp.copy(), s.copy()
     beam_topk(lp, s, 10, backend="cython")
@@ -369,7 +344,7 @@ def test_beam_inputs_not_modified(dtype):
 # ------------------------------------------------------ twins and thread counts
 
 def _all_ops(dtype, seed):
-    rng = _rng("ops", seed)
+    rng = rng_for("ops", seed)
     outs = []
     for shape, k in [((7, 1000), 13), ((1, LONG), 100), ((3, 3 * CHUNK + 7), 1)]:
         x = rng.integers(-50, 50, size=shape).astype(dtype) + (rng.standard_normal(shape) * 0.5).astype(dtype)
@@ -398,7 +373,7 @@ def test_scalar_twin_bitwise(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_scalar_twin_offsets_bitwise(dtype):
     # the float64 offsets themselves (before rounding to the dtype), every tail length
-    rng = _rng("twin-off", dtype)
+    rng = rng_for("twin-off", dtype)
     for n in list(range(1, 70)) + [CHUNK - 1, CHUNK, CHUNK + 33, 3 * CHUNK + 17]:
         x = (rng.standard_normal((3, n)) * 4).astype(dtype)
         x[2, ::5] = -np.inf

@@ -15,14 +15,12 @@ src/normk*.{c,h}, src/moments.c) against the NumPy reference and against themsel
 
 Everything here must run in well under a minute on 2 cores.
 """
-import contextlib
 import gc
 import json
 import os
 import subprocess
 import sys
 import threading
-import zlib
 
 import numpy as np
 import pytest
@@ -31,6 +29,7 @@ import fastdl
 
 cy = pytest.importorskip("fastdl._backends.cython")
 from fastdl._backends.cython import _cpu  # noqa: E402
+from kernel_helpers import rng_for, simd, threads
 
 HAVE_AVX2 = _cpu.detected_simd() == "avx2"
 needs_avx2 = pytest.mark.skipif(not HAVE_AVX2, reason="no AVX2 on this CPU/build")
@@ -43,31 +42,6 @@ STREAM_BYTES = 8 << 20
 ROW_NORMS = ["layer", "rms"]                       # x (R, D)
 CHAN_NORMS = ["group", "instance", "batch_train", "batch_eval"]   # x (N, C, S)
 NORMS = ROW_NORMS + CHAN_NORMS
-
-
-def _rng(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-# ---------------------------------------------------------------- context helpers
-
-@contextlib.contextmanager
-def simd(level):
-    old = _cpu.set_simd_level(level)
-    try:
-        yield
-    finally:
-        _cpu.set_simd_level(old)
-
-
-@contextlib.contextmanager
-def threads(n):
-    old = fastdl.get_num_threads()
-    fastdl.set_num_threads(n)
-    try:
-        yield
-    finally:
-        fastdl.set_num_threads(old)
 
 
 @pytest.fixture(autouse=True)
@@ -100,7 +74,7 @@ def placed(values, offset_elems):
 
 
 def operands(norm, shape, dtype, key=(), loc=1.5):
-    rng = _rng(norm, shape, np.dtype(dtype).name, *key)
+    rng = rng_for(norm, shape, np.dtype(dtype).name, *key)
     x = (rng.standard_normal(shape) * 1.3 + loc).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
     ps = shape[-1:] if norm in ROW_NORMS else (shape[1],)
@@ -346,7 +320,7 @@ def test_streaming_backend_op_out_rows_misaligned():
     """layer_norm_fwd / rms_norm_fwd write into a misaligned out (rows of odd length)
     on the streaming path: every element written, nothing outside touched."""
     R, D = 4099, 513
-    x = _rng("op-out").standard_normal((R, D)).astype(np.float32)
+    x = rng_for("op-out").standard_normal((R, D)).astype(np.float32)
     assert x.nbytes >= STREAM_BYTES
     raw = aligned_empty((R * D + 64,), np.float32, 0)
     raw[...] = np.float32(12345.0)
@@ -409,7 +383,7 @@ def test_batch_threshold_paths_agree(S, dtype):
 
 def test_layer_norm_mean_far_from_zero_float32():
     """Split mean (head + rest): float32 rows at 1e4 + N(0, 1) normalize to ~N(0, 1)."""
-    rng = _rng("far")
+    rng = rng_for("far")
     x = (1e4 + rng.standard_normal((8, 4097))).astype(np.float32)
     y = fastdl.layer_norm(x, 4097, backend="cython")
     want = fastdl.layer_norm(x, 4097, backend="numpy")

@@ -18,7 +18,7 @@ import numpy as np
 
 from fastdl._validate import check_int, check_real
 from fastdl.decode.lm import Model
-from fastdl.decode.ops import beam_topk, log_softmax, topk
+from fastdl.decode.ops import beam_topk, log_softmax
 
 __all__ = ["Hypothesis", "SearchStats", "greedy", "beam_search", "exhaustive_search",
            "exact_search"]
