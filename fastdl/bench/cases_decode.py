@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 
+from fastdl import complexity
 from fastdl.bench.case import Case, register
 from fastdl.decode import beam_search, beam_topk, topk
 from fastdl.decode.examples import SyntheticLM
@@ -83,7 +84,10 @@ def _beam_search_case(B=8, N=50257, T=32):
 
     Metric ``overhead/beam_topk``: search time per step (all but the LM call)
     over the time of that step's ``beam_topk`` call inside the search (medians
-    of 5 searches); ``beam_topk alone ms`` times the same call on a hot array."""
+    of 5 searches); ``beam_topk alone ms`` times the same call on a hot array.
+    The counts are compared with the document's formulas (fastdl.complexity):
+    candidates scored (O(T·B·N)) and hypothesis memory, backpointers (O(B·T))
+    against Algorithm 1's prefix copies (O(B·T²))."""
 
     def setup():
         lm = SyntheticLM(N)
@@ -102,9 +106,13 @@ def _beam_search_case(B=8, N=50257, T=32):
             t0 = time.perf_counter()
             beam_topk(inp["step_x"], inp["step_s"], B, backend=backend)
             alone.append(time.perf_counter() - t0)
+        st = stats[0]
         return {"overhead/step ms": over * 1e3, "beam_topk in search ms": step * 1e3,
                 "beam_topk alone ms": statistics.median(alone) * 1e3,
-                "overhead/beam_topk": over / step}
+                "overhead/beam_topk": over / step,
+                "candidates/analytic": st.candidates_scored / complexity.beam_candidates(B, N, T),
+                "backpointer tokens": st.hypothesis_tokens,
+                "prefix-copy tokens (doc)": complexity.beam_prefix_copy_tokens(B, N, T)}
 
     return Case(
         name=f"decode/beam_search/B{B}xN{N}xT{T}/float32", op="beam_topk", setup=setup,
