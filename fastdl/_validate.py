@@ -25,6 +25,8 @@ def as_float_array(x, name: str = "x") -> np.ndarray:
     kind = arr.dtype.kind
     if arr.dtype in FLOAT_DTYPES:
         return arr
+    if kind == "f" and arr.dtype.newbyteorder("=") in FLOAT_DTYPES:
+        return arr.astype(arr.dtype.newbyteorder("="))     # non-native byte order
     if kind == "f" and arr.dtype.itemsize < 4:
         return arr.astype(np.float32)
     if kind in "biu":

@@ -21,6 +21,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from fastdl._validate import as_float_array
+
 __all__ = ["Logits", "TreeLM", "vocab_size"]
 
 # float32 log-sum-exp rounding can leave a normalized log-prob a few ulp above 0
@@ -138,12 +140,10 @@ class Model:
             lp = np.asarray(out)
         except Exception as exc:  # noqa: BLE001 - report what came back
             raise ValueError(f"{where} returned {type(out).__name__}, not an array: {exc}") from None
-        if lp.dtype.kind in "biu":
-            lp = lp.astype(np.float64)
-        elif lp.dtype.kind == "f" and lp.dtype.itemsize < 4:
-            lp = lp.astype(np.float32)
-        elif lp.dtype not in _POSITIVE_TOL:
-            raise ValueError(f"{where} returned dtype {lp.dtype}; expected float32/float64")
+        if lp.dtype.kind not in "biuf":
+            raise ValueError(f"{where} returned dtype {lp.dtype}; expected real numbers "
+                             "(float32/float64)")
+        lp = as_float_array(lp, "log_probs")
         if lp.ndim != 2 or lp.shape[0] != rows or (self.N is not None and lp.shape[1] != self.N):
             want = f"({rows}, {self.N if self.N is not None else 'N'})"
             raise ValueError(f"{where} returned shape {lp.shape}; expected {want} "
@@ -160,10 +160,14 @@ class Model:
             raise ValueError(f"{where} returned NaN (row {int(np.flatnonzero(np.isnan(m))[0])})")
         if (m == np.inf).any():
             raise ValueError(f"{where} returned +inf (row {int(np.flatnonzero(m == np.inf)[0])})")
-        if self.normalized and m.max() > _POSITIVE_TOL[lp.dtype]:
-            raise ValueError(f"{where} returned log-probabilities above 0 (max {float(m.max()):g}) "
-                             "while it says it is normalized; give it normalized = False or "
-                             "wrap it in fastdl.decode.Logits if it returns logits")
+        if self.normalized and m.max() > 0:
+            if m.max() > _POSITIVE_TOL[lp.dtype]:
+                raise ValueError(f"{where} returned log-probabilities above 0 (max "
+                                 f"{float(m.max()):g}) while it says it is normalized; give it "
+                                 "normalized = False or wrap it in fastdl.decode.Logits if it "
+                                 "returns logits")
+            # rounding noise above 0: clip, so a prefix still bounds its extensions
+            lp, m = np.minimum(lp, 0), np.minimum(m, 0)
         return lp, m
 
 

@@ -17,16 +17,17 @@ Order (``topk`` and ``beam_topk``): descending by value; equal values by the
 lower index (``beam_topk``: the lower flat index ``b*N + j``); NaN ranks above
 every number (as in ``torch.topk``), NaNs among themselves by index.
 
-``log_softmax`` of a row: ``x - off`` with ``off = m + log(sum(exp(x - m)))``,
-``m`` the row maximum, ``off`` computed in float64 and rounded once to the
-dtype; a row without a finite maximum (all -inf, or holding +inf or NaN)
-becomes all NaN, as in PyTorch.
+``log_softmax`` of a row: ``(x - m) - l`` in the dtype, ``m`` the row maximum
+and ``l = log(sum(exp(x - m)))`` computed in float64 and rounded once to the
+dtype (as PyTorch: no cancellation when the logits are large); a row without a
+finite maximum (all -inf, or holding +inf or NaN) becomes all NaN, as in
+PyTorch.
 
-``beam_topk`` candidate ``(b, j)`` scores ``log_probs[b, j] + add[b]`` in the
-dtype, where ``add[b] = beam_scores[b] - off[b]`` (computed in float64, rounded
-once) when normalizing, else ``beam_scores[b]``.  A row whose log-probs are all
--inf has no candidates worth anything: its scores are -inf (not NaN).  The B×N
-score matrix is never stored.
+``beam_topk`` candidate ``(b, j)`` scores ``(log_probs[b, j] - m[b]) + add[b]``
+in the dtype, where ``add[b] = beam_scores[b] - l[b]`` (computed in float64,
+rounded once) when normalizing; without normalizing ``m[b] = 0`` and ``add[b]
+= beam_scores[b]``.  A row whose log-probs are all -inf has no candidates worth
+anything: its scores are -inf (not NaN).  The B×N score matrix is never stored.
 """
 from __future__ import annotations
 
@@ -59,8 +60,9 @@ def topk(x, k, axis=-1, *, backend: str | None = None):
     """The ``k`` largest entries of ``x`` along ``axis``: ``(values, indices)``.
 
     Sorted descending; equal values come in index order; NaN ranks above every
-    number.  ``indices`` are int64.  float32/float64 keep their dtype; integer
-    and bool inputs are computed in float64.  A heap of size k behind a SIMD
+    number.  ``indices`` are int64.  float32/float64 keep their dtype; float16
+    is computed in float32, integer and bool inputs in float64 (integers above
+    2^53 lose their order).  A heap of size k behind a SIMD
     threshold compare (Cython backend): O(n log k), most elements cost one
     compare.
     """
@@ -85,8 +87,9 @@ def log_softmax(x, axis=-1, *, out=None, backend: str | None = None):
     """``x - logsumexp(x, axis)``, in one max/log-sum-exp pass and one write per row.
 
     float32/float64 keep their dtype (the log-sum-exp is accumulated in
-    float64).  A slice with no finite maximum becomes NaN, as in PyTorch.
-    ``out``: an array of x's shape and dtype, not overlapping x.
+    float64); float16 is computed in float32, integers and bool in float64.  A
+    slice with no finite maximum becomes NaN, as in PyTorch.  ``out``: an array
+    of x's shape and of that computation dtype, not overlapping x.
     """
     x = as_float_array(x, "x")
     if x.ndim == 0:
@@ -129,14 +132,15 @@ def beam_topk(log_probs, beam_scores, k, *, normalize: bool = True, backend: str
     if s.shape != (B,):
         raise ValueError(f"beam_scores must have shape ({B},) (one score per row of log_probs), "
                          f"got {s.shape}")
-    if not (s < np.inf).all():              # NaN and +inf fail this compare
-        raise ValueError("beam_scores must be finite or -inf, got NaN or +inf")
+    with np.errstate(over="ignore"):
+        s = np.ascontiguousarray(s, dtype=lp.dtype)
+    if not (s < np.inf).all():              # NaN and +inf (also after the cast) fail this
+        raise ValueError(f"beam_scores must be finite or -inf in {lp.dtype}, got NaN or +inf")
     k = check_int(k, "k", minimum=1)
     if k > B * N:
         raise ValueError(f"k must be <= the number of candidates B*N = {B * N}, got k={k}")
     if not isinstance(normalize, (bool, np.bool_)):
         raise TypeError(f"normalize must be a bool, got {normalize!r}")
     lp = np.ascontiguousarray(lp)
-    s = np.ascontiguousarray(s, dtype=lp.dtype)
     return registry.dispatch("beam_topk", (lp, s, k, bool(normalize)), {}, backend)
 

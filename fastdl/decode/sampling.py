@@ -15,8 +15,12 @@ __all__ = ["sample"]
 
 def _filter(logits: np.ndarray, temperature, top_k, top_p, min_p, backend) -> np.ndarray:
     """Log-probabilities (rows, N) of the filtered, tempered distribution; excluded
-    tokens are -inf.  Order as in Hugging Face: temperature, top-k, top-p, min-p."""
-    x = log_softmax(logits / temperature if temperature != 1.0 else logits, backend=backend)
+    tokens are -inf.  Order as in Hugging Face: temperature, top-k, top-p, min-p.
+    Every row has a finite maximum (dead rows were dropped before)."""
+    if temperature != 1.0:            # shift first, in float64: tiny temperatures must not overflow
+        with np.errstate(over="ignore", divide="ignore"):
+            logits = (logits - logits.max(axis=1, keepdims=True)).astype(np.float64) / temperature
+    x = log_softmax(logits, backend=backend)
     rows, N = x.shape
     if top_k is not None and top_k < N:
         _, keep = topk(x, top_k, backend=backend)         # ties: the lower ids stay

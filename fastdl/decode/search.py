@@ -70,6 +70,15 @@ class Hypothesis:
     stats: SearchStats = field(compare=False, repr=False)
 
 
+def _pow_exceeds(N: int, T: int, bound: int) -> bool:
+    """N**T > bound, without building N**T when it is astronomically large."""
+    if N <= 1:
+        return 1 > bound
+    if T * math.log2(N) > math.log2(max(bound, 1)) + 2:
+        return True
+    return N ** T > bound
+
+
 def _common(max_len, length_penalty=0.0):
     return check_int(max_len, "max_len", minimum=1), check_real(length_penalty, "length_penalty")
 
@@ -191,9 +200,9 @@ def _beam(lm, B, max_len, *, bos, eos, length_penalty, num_return, early_stoppin
     scores = np.zeros(1)
     live_done = False
     for t in range(1, max_len + 1):
-        lp, _ = model.step()
+        lp, m = model.step()
         rows, N = lp.shape
-        if t == 1 and B > N ** max_len:
+        if t == 1 and not _pow_exceeds(N, max_len, B - 1):
             raise ValueError(f"beam_width must be <= the number of sequences N^max_len = "
                              f"{N}^{max_len}, got {B}")
         stats.steps += 1
@@ -203,6 +212,7 @@ def _beam(lm, B, max_len, *, bos, eos, length_penalty, num_return, early_stoppin
         if ban_eos or no_repeat_ngram_size:
             # bans remove tokens from the model's distribution, not from its logits
             lp = log_softmax(lp, backend=backend) if normalize else lp.copy()
+            lp[m == -np.inf] = -np.inf             # log_softmax made a dead row NaN
             normalize = False
             if ban_eos:
                 lp[:, list(eos_set)] = -np.inf
@@ -274,14 +284,17 @@ def beam_search(lm, beam_width, max_len, *, bos, eos=None, length_penalty=0.0, n
     duplicate.  With ``eos`` (an id or a list of ids): a candidate ending in
     eos among the best ``beam_width`` leaves the beam for the finished list
     (which keeps the best ``beam_width``), as in Hugging Face; the search stops
-    per ``early_stopping`` (True: once ``beam_width`` hypotheses finished;
-    False: once no live beam can beat the worst finished one; "never": as False
-    but with the best reachable length penalty).  ``length_penalty`` α: score =
+    per ``early_stopping`` as Hugging Face does (True: once ``beam_width``
+    hypotheses finished; False: once the best live beam, scored at the current
+    length, cannot beat the worst finished one, a heuristic when α > 0;
+    "never": the same with the length that favours the live beam most).  ``length_penalty`` α: score =
     log_prob / len^α (0: the document's raw log-likelihood).  ``min_len``
     forbids eos before that many tokens; ``no_repeat_ngram_size`` n forbids
     repeating an n-gram.  ``trace=True`` records every step's candidates in
     ``stats.trace`` (small vocabularies).  Returns the best ``num_return``
-    (default ``beam_width``) hypotheses by score.
+    (default ``beam_width``) hypotheses by score; fewer when fewer sequences
+    have a finite log-probability.  ``beam_width`` may exceed N (later steps
+    fill the beam) but not N^max_len, the number of sequences.
     """
     max_len, length_penalty = _common(max_len, length_penalty)
     B, num_return, early_stopping, min_len, ngram = _check_beam_args(beam_width, num_return, early_stopping,
@@ -319,10 +332,10 @@ def exhaustive_search(lm, max_len, *, bos, eos=None, top=1, limit=1_000_000,
     for t in range(1, max_len + 1):
         lp, _ = model.step()
         rows, N = lp.shape
-        if t == 1 and N ** max_len > limit:
-            raise ValueError(f"exhaustive search would score N^max_len = {N}^{max_len} = "
-                             f"{N ** max_len} sequences, over limit={limit}; raise limit= or "
-                             "use beam_search/exact_search")
+        if t == 1 and _pow_exceeds(N, max_len, limit):
+            raise ValueError(f"exhaustive search would score N^max_len = {N}^{max_len} "
+                             f"sequences, over limit={limit}; raise limit= or use "
+                             "beam_search/exact_search")
         stats.steps += 1
         stats.candidates_scored += rows * N
         if not model.normalized:

@@ -21,7 +21,7 @@
 """
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint32_t, uint64_t
-from libc.math cimport isnan, INFINITY
+from libc.math cimport isnan, INFINITY, NAN
 from cython cimport floating
 
 import numpy as np
@@ -35,10 +35,11 @@ cdef extern from "decodek.h" nogil:
     int64_t fdl_dk_scan_f64(uint64_t *hk, int64_t *hi, int64_t size, int64_t k,
                             const double *x, int64_t n, int64_t base, int level)
     int64_t fdl_dk_scan_add_f32(uint32_t *hk, int64_t *hi, int64_t size, int64_t k,
-                                const float *x, int64_t n, float add, int64_t base, int level)
-    int64_t fdl_dk_scan_add_f64(uint64_t *hk, int64_t *hi, int64_t size, int64_t k,
-                                const double *x, int64_t n, double add, int64_t base,
+                                const float *x, int64_t n, float sub, float add, int64_t base,
                                 int level)
+    int64_t fdl_dk_scan_add_f64(uint64_t *hk, int64_t *hi, int64_t size, int64_t k,
+                                const double *x, int64_t n, double sub, double add,
+                                int64_t base, int level)
     int64_t fdl_dk_merge_f32(uint32_t *hk, int64_t *hi, int64_t size, int64_t k,
                              const uint32_t *sk, const int64_t *si, int64_t n)
     int64_t fdl_dk_merge_f64(uint64_t *hk, int64_t *hi, int64_t size, int64_t k,
@@ -48,11 +49,12 @@ cdef extern from "decodek.h" nogil:
     void fdl_dk_stats_f32(const float *x, int64_t n, double *m, double *s, int *bad, int level)
     void fdl_dk_stats_f64(const double *x, int64_t n, double *m, double *s, int *bad,
                           int level)
-    double fdl_dk_fold(const double *m, const double *s, const int *bad, int64_t nch)
-    double fdl_dk_row_offset_f32(const float *x, int64_t n, int level)
-    double fdl_dk_row_offset_f64(const double *x, int64_t n, int level)
-    void fdl_dk_sub_f32(const float *x, float *y, int64_t n, float off, int level)
-    void fdl_dk_sub_f64(const double *x, double *y, int64_t n, double off, int level)
+    double fdl_dk_fold(const double *m, const double *s, const int *bad, int64_t nch,
+                       double *pm)
+    double fdl_dk_row_lse_f32(const float *x, int64_t n, int level, double *pm)
+    double fdl_dk_row_lse_f64(const double *x, int64_t n, int level, double *pm)
+    void fdl_dk_sub_f32(const float *x, float *y, int64_t n, float m, float l, int level)
+    void fdl_dk_sub_f64(const double *x, double *y, int64_t n, double m, double l, int level)
     void fdl_dk_exp_f32(const float *x, float *y, int64_t n, int level)
     void fdl_dk_exp_f64(const double *x, double *y, int64_t n, int level)
 
@@ -82,12 +84,12 @@ cdef inline int64_t _scan(floating *hk, int64_t *hi, int64_t size, int64_t k,
 
 
 cdef inline int64_t _scan_add(floating *hk, int64_t *hi, int64_t size, int64_t k,
-                              const floating *x, int64_t n, floating add, int64_t base,
-                              int level) noexcept nogil:
+                              const floating *x, int64_t n, floating sub, floating add,
+                              int64_t base, int level) noexcept nogil:
     if floating is float:
-        return fdl_dk_scan_add_f32(<uint32_t *>hk, hi, size, k, x, n, add, base, level)
+        return fdl_dk_scan_add_f32(<uint32_t *>hk, hi, size, k, x, n, sub, add, base, level)
     else:
-        return fdl_dk_scan_add_f64(<uint64_t *>hk, hi, size, k, x, n, add, base, level)
+        return fdl_dk_scan_add_f64(<uint64_t *>hk, hi, size, k, x, n, sub, add, base, level)
 
 
 cdef inline int64_t _merge(floating *hk, int64_t *hi, int64_t size, int64_t k,
@@ -113,19 +115,22 @@ cdef inline void _stats(const floating *x, int64_t n, double *m, double *s, int 
         fdl_dk_stats_f64(x, n, m, s, bad, level)
 
 
-cdef inline double _row_offset(const floating *x, int64_t n, int level) noexcept nogil:
+cdef inline double _row_lse(const floating *x, int64_t n, int level, double *m) noexcept nogil:
     if floating is float:
-        return fdl_dk_row_offset_f32(x, n, level)
+        return fdl_dk_row_lse_f32(x, n, level, m)
     else:
-        return fdl_dk_row_offset_f64(x, n, level)
+        return fdl_dk_row_lse_f64(x, n, level, m)
 
 
-cdef inline void _sub(const floating *x, floating *y, int64_t n, floating off,
+cdef inline void _sub(const floating *x, floating *y, int64_t n, double m, double l,
                       int level) noexcept nogil:
+    """y = (x - m) - l in the dtype; a row without a finite max (l NaN) becomes NaN"""
+    if isnan(l):
+        m = NAN
     if floating is float:
-        fdl_dk_sub_f32(x, y, n, off, level)
+        fdl_dk_sub_f32(x, y, n, <float>m, <float>l, level)
     else:
-        fdl_dk_sub_f64(x, y, n, off, level)
+        fdl_dk_sub_f64(x, y, n, m, l, level)
 
 
 cdef inline int _threads(int nthreads, int64_t work, int64_t units) noexcept nogil:
@@ -216,48 +221,48 @@ def log_softmax(const floating[:, ::1] x, out, int nthreads):
     cdef int level = simd_level()
     cdef int64_t r, u, c, lo, ln, nch = (n + FDL_DK_CHUNK - 1) // FDL_DK_CHUNK
     cdef int nt
-    cdef double off
+    cdef double lse, mx
     if R >= 2 * nthreads or nch < 2 or nthreads < 2:
         nt = _threads(nthreads, R * n, R)
         for r in prange(R, nogil=True, num_threads=nt, schedule="static"):
-            off = _row_offset(&x[r, 0], n, level)
-            _sub(&x[r, 0], &Y[r, 0], n, <floating>off, level)
+            mx = 0.0            # assigned here: private to the thread (written via &mx)
+            lse = _row_lse(&x[r, 0], n, level, &mx)
+            _sub(&x[r, 0], &Y[r, 0], n, mx, lse, level)
         return out
     m_arr = np.empty(R * nch, np.float64)
     s_arr = np.empty(R * nch, np.float64)
     b_arr = np.empty(R * nch, np.intc)
-    offs_arr = np.empty(R, dtype)
-    cdef double[::1] M = m_arr, S = s_arr
+    rm_arr = np.empty(R, np.float64)
+    rl_arr = np.empty(R, np.float64)
+    cdef double[::1] M = m_arr, S = s_arr, RM = rm_arr, RL = rl_arr
     cdef int[::1] BAD = b_arr
-    cdef floating[::1] OFF = offs_arr
     with nogil:
         _chunk_stats(x, M, S, BAD, nch, nthreads, level)
         for r in range(R):
-            OFF[r] = <floating>fdl_dk_fold(&M[r * nch], &S[r * nch], &BAD[r * nch], nch)
+            RL[r] = fdl_dk_fold(&M[r * nch], &S[r * nch], &BAD[r * nch], nch, &RM[r])
     nt = _threads(nthreads, R * n, R * nch)
     for u in prange(R * nch, nogil=True, num_threads=nt, schedule="static"):
         r = u // nch
         c = u % nch
         lo = c * FDL_DK_CHUNK
         ln = min(<int64_t>FDL_DK_CHUNK, n - lo)
-        _sub(&x[r, lo], &Y[r, lo], ln, OFF[r], level)
+        _sub(&x[r, lo], &Y[r, lo], ln, RM[r], RL[r], level)
     return out
 
 
 # ------------------------------------------------------------- beam_topk
 
-cdef inline floating _add(const floating *row, int64_t N, double score, double off,
-                          bint normalize) noexcept nogil:
-    """add[b]: (dtype)(score - off) in float64; -inf for an all -inf row"""
-    cdef int64_t j
-    if not normalize:
-        return <floating>score
-    if isnan(off):
-        for j in range(N):
-            if row[j] != -INFINITY:
-                return <floating>off
-        return <floating>(-INFINITY)
-    return <floating>(score - off)
+cdef inline void _shift(double score, double lse, double mx, floating *sub,
+                        floating *add) noexcept nogil:
+    """candidates of row b are (x - sub[b]) + add[b]: sub = the row max, add =
+    (dtype)(score - lse) in float64; an all -inf row gives -inf, a row holding
+    NaN or +inf gives NaN"""
+    if isnan(lse):
+        sub[0] = 0
+        add[0] = -INFINITY if mx == -INFINITY else NAN
+    else:
+        sub[0] = <floating>mx
+        add[0] = <floating>(score - lse)
 
 
 def beam_topk(const floating[:, ::1] lp, const floating[::1] s, int64_t k, bint normalize,
@@ -277,7 +282,6 @@ def beam_topk(const floating[:, ::1] lp, const floating[::1] s, int64_t k, bint 
     cdef int64_t nparts = max(1, min(<int64_t>nthreads, T // BEAM_MIN_PART))
     cdef bint rows_mode = nparts == 1 or B >= 4 * nparts or (B >= nparts and B % nparts == 0)
     cdef int64_t p, b, b0, b1, lo, hi, size, cap, j, u, nch, c
-    cdef floating a
     cdef int nt = <int>nparts
     if rows_mode:
         cap = min(k, ((B + nparts - 1) // nparts) * N)
@@ -288,23 +292,31 @@ def beam_topk(const floating[:, ::1] lp, const floating[::1] s, int64_t k, bint 
     else:
         hv_arr, hi_arr = np.empty((nparts, cap), dtype), np.empty((nparts, cap), np.int64)
     sizes_arr = np.zeros(nparts, np.int64)
+    # candidates (x - SUB[b]) + ADD[b]; without normalizing SUB = 0 (x - 0 is exact)
     adds_arr = np.empty(B, dtype)
+    subs_arr = np.zeros(B, dtype)
     cdef floating[:, ::1] HV = hv_arr
     cdef int64_t[:, ::1] HI = hi_arr
     cdef int64_t[::1] SZ = sizes_arr
-    cdef floating[::1] ADD = adds_arr
+    cdef floating[::1] ADD = adds_arr, SUB = subs_arr
     cdef double[::1] M, S
     cdef int[::1] BAD
+    cdef double lse, mx
+    if not normalize:
+        for b in range(B):
+            ADD[b] = s[b]
     if rows_mode:
         for p in prange(nparts, nogil=True, num_threads=nt, schedule="static"):
             b0 = p * B // nparts
             b1 = (p + 1) * B // nparts
             size = 0
+            mx = 0.0                # assigned here: private to the thread (written via &mx)
             for b in range(b0, b1):
-                a = _add(&lp[b, 0], N, s[b],
-                         _row_offset(&lp[b, 0], N, level) if normalize else 0.0, normalize)
-                ADD[b] = a
-                size = _scan_add(&HV[p, 0], &HI[p, 0], size, k, &lp[b, 0], N, a, b * N, level)
+                if normalize:
+                    lse = _row_lse(&lp[b, 0], N, level, &mx)
+                    _shift(s[b], lse, mx, &SUB[b], &ADD[b])
+                size = _scan_add(&HV[p, 0], &HI[p, 0], size, k, &lp[b, 0], N, SUB[b], ADD[b],
+                                 b * N, level)
             SZ[p] = size
     else:
         if normalize:
@@ -318,11 +330,8 @@ def beam_topk(const floating[:, ::1] lp, const floating[::1] s, int64_t k, bint 
             with nogil:
                 _chunk_stats(lp, M, S, BAD, nch, nthreads, level)
                 for b in range(B):
-                    ADD[b] = _add(&lp[b, 0], N, s[b],
-                                  fdl_dk_fold(&M[b * nch], &S[b * nch], &BAD[b * nch], nch), 1)
-        else:
-            for b in range(B):
-                ADD[b] = s[b]
+                    lse = fdl_dk_fold(&M[b * nch], &S[b * nch], &BAD[b * nch], nch, &mx)
+                    _shift(s[b], lse, mx, &SUB[b], &ADD[b])
         for p in prange(nparts, nogil=True, num_threads=nt, schedule="static"):
             lo = p * T // nparts
             hi = (p + 1) * T // nparts
@@ -331,7 +340,7 @@ def beam_topk(const floating[:, ::1] lp, const floating[::1] s, int64_t k, bint 
                 b = lo // N
                 j = min(hi, (b + 1) * N)
                 size = _scan_add(&HV[p, 0], &HI[p, 0], size, k, &lp[b, lo - b * N], j - lo,
-                                 ADD[b], lo, level)
+                                 SUB[b], ADD[b], lo, level)
                 lo = j
             SZ[p] = size
     if nparts == 1:
@@ -345,7 +354,7 @@ def beam_topk(const floating[:, ::1] lp, const floating[::1] s, int64_t k, bint 
         _sort(&V[0], &I[0], size)
         for j in range(k):
             b = I[j] // N
-            V[j] = lp[b, I[j] - b * N] + ADD[b]
+            V[j] = <floating>(lp[b, I[j] - b * N] - SUB[b]) + ADD[b]
     return scores, flat // N, flat % N
 
 
@@ -367,10 +376,12 @@ def _exp(const floating[::1] x):
 
 
 def _row_offsets(const floating[:, ::1] x):
-    """float64 offsets max + log(sum(exp(x - max))) per row, as the kernels compute them."""
+    """float64 max + log(sum(exp(x - max))) per row from the kernels' statistics (tests)."""
     cdef int64_t r, R = x.shape[0]
+    cdef double mx
     out = np.empty(R, np.float64)
     cdef double[::1] O = out
     for r in range(R):
-        O[r] = _row_offset(&x[r, 0], x.shape[1], simd_level())
+        O[r] = _row_lse(&x[r, 0], x.shape[1], simd_level(), &mx)
+        O[r] += mx
     return out

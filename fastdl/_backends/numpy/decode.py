@@ -39,37 +39,43 @@ def topk(x, k):
     return out_vals, idx
 
 
-def _offsets(x: np.ndarray) -> np.ndarray:
-    """float64 log-sum-exp per row; NaN where the row has no finite maximum."""
-    m = x.max(axis=1).astype(np.float64)
+def _lse(x: np.ndarray):
+    """Row max (dtype) and float64 log(sum(exp(x - max))); the log is NaN where
+    the row has no finite maximum (all -inf, or NaN / +inf present)."""
+    m = x.max(axis=1)
     ok = np.isfinite(m)
-    safe = np.where(ok, m, 0.0)
+    safe = np.where(ok, m, 0).astype(x.dtype)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        lse = safe + np.log(np.exp(x.astype(np.float64) - safe[:, None]).sum(axis=1))
-    return np.where(ok, lse, np.nan)
+        lse = np.log(np.exp(x.astype(np.float64) - safe[:, None].astype(np.float64)).sum(axis=1))
+    return m, np.where(ok, lse, np.nan)
 
 
 def log_softmax(x, out):
-    off = _offsets(x).astype(x.dtype)
+    m, lse = _lse(x)
+    m = np.where(np.isnan(lse), np.nan, m).astype(x.dtype)
     if out is None:
         out = np.empty_like(x)
-    np.subtract(x, off[:, None], out=out)
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.subtract(x, m[:, None], out=out)
+        np.subtract(out, lse.astype(x.dtype)[:, None], out=out)
     return out
 
 
 def beam_topk(log_probs, beam_scores, k, normalize):
     B, N = log_probs.shape
+    sub = np.zeros(B, log_probs.dtype)
     if normalize:
-        off = _offsets(log_probs)
-        dead = np.all(log_probs == -np.inf, axis=1)
+        m, lse = _lse(log_probs)
         with np.errstate(invalid="ignore"):
-            add = beam_scores.astype(np.float64) - off
-        add[dead] = -np.inf
+            add = beam_scores.astype(np.float64) - lse
+        add[np.isnan(lse) & (m == -np.inf)] = -np.inf      # all -inf: no candidate
+        ok = ~np.isnan(lse)
+        sub[ok] = m[ok]
         add = add.astype(log_probs.dtype)
     else:
         add = beam_scores
-    with np.errstate(invalid="ignore"):
-        scores = log_probs + add[:, None]
+    with np.errstate(invalid="ignore", over="ignore"):
+        scores = (log_probs - sub[:, None]) + add[:, None]
     vals, flat = topk(scores.reshape(1, -1), k)
     flat = flat[0]
     return vals[0], flat // N, flat % N

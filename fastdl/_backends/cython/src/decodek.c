@@ -77,17 +77,17 @@ void fdl_dk_sort_##SFX(KT *hk, int64_t *hi, int64_t size) {                     
 /* Scalar scan (the twin; also the AVX2 versions' head and tail).  Indices are   \
  * increasing, so v == root never enters; a NaN root ends the scan. */                 \
 static inline int64_t scan_tail_##SFX(KT *hk, int64_t *hi, int64_t size, int64_t k,    \
-                                      const T *x, int64_t i, int64_t n, T add,         \
+                                      const T *x, int64_t i, int64_t n, T sub, T add,  \
                                       int has_add, int64_t base) {                     \
     for (; i < n && size < k; i++) {                                                   \
-        T v = has_add ? (T)(x[i] + add) : x[i];                                        \
+        T v = has_add ? (T)((T)(x[i] - sub) + add) : x[i];                                        \
         size = push_##SFX(hk, hi, size, key_##SFX(v), base + i);                       \
     }                                                                                  \
     if (i >= n) return size;                                                           \
     T thr = unkey_##SFX(hk[0]);                                                        \
     if (thr != thr) return size;                                                       \
     for (; i < n; i++) {                                                               \
-        T v = has_add ? (T)(x[i] + add) : x[i];                                        \
+        T v = has_add ? (T)((T)(x[i] - sub) + add) : x[i];                                        \
         if (!(v <= thr)) {                                                             \
             sift_down_##SFX(hk, hi, size, 0, key_##SFX(v), base + i);                  \
             thr = unkey_##SFX(hk[0]);                                                  \
@@ -412,30 +412,34 @@ FDL_TARGET_AVX2 static void stats_f64_avx2(const double *x, int64_t n, double *p
                                    exp_f64_core_v(_mm256_sub_pd(_mm256_loadu_pd(x + i + 4 * j), mv)));
     double a[F64_LANES];
     for (int l = 0; l < 4; l++) _mm256_storeu_pd(a + 4 * l, acc[l]);
-    for (int l = 0; i < n; i++, l++) a[l] += exp_f64_s(x[i] - mx);
+    for (int l = 0; i < n; i++, l++) a[l] += exp_f64_core_s(x[i] - mx);
     finish_stats(mx, a, F64_LANES, pm, ps);
 }
 
 /* Prefiltered top-k scans: 4 vectors per step compared with !(x <= thr)
  * (_CMP_NLE_UQ: NaN passes); lanes that pass go, in index order, to the exact
  * scalar replacement against the current root. */
-#define DK_SCAN_AVX2(SFX, T, KT, VT, W, LOADU, SET1, ADD, CMP, OR, MOVEMASK)            \
+#define DK_SCAN_AVX2(SFX, T, KT, VT, W, LOADU, SET1, ADD, SUB, CMP, OR, MOVEMASK)       \
 FDL_TARGET_AVX2 static int64_t scan_##SFX##_avx2(KT *hv, int64_t *hi, int64_t size,     \
                                                  int64_t k, const T *x, int64_t n,      \
-                                                 T add, int has_add, int64_t base) {    \
+                                                 T sub, T add, int has_add,             \
+                                                 int64_t base) {                        \
     int64_t i = 0;                                                                      \
     for (; i < n && size < k; i++) {                                                    \
-        T v = has_add ? (T)(x[i] + add) : x[i];                                         \
+        T v = has_add ? (T)((T)(x[i] - sub) + add) : x[i];                                         \
         size = push_##SFX(hv, hi, size, key_##SFX(v), base + i);                        \
     }                                                                                   \
     if (i >= n) return size;                                                            \
     T thr = unkey_##SFX(hv[0]);                                                                   \
     if (thr != thr) return size;                                                        \
-    VT vt = SET1(thr), va = SET1(add);                                                  \
+    VT vt = SET1(thr), va = SET1(add), vs = SET1(sub);                                  \
     for (; i + 4 * W <= n; i += 4 * W) {                                                \
         VT a = LOADU(x + i), b = LOADU(x + i + W);                                      \
         VT c = LOADU(x + i + 2 * W), d = LOADU(x + i + 3 * W);                          \
-        if (has_add) { a = ADD(a, va); b = ADD(b, va); c = ADD(c, va); d = ADD(d, va); }\
+        if (has_add) {                                                                  \
+            a = ADD(SUB(a, vs), va); b = ADD(SUB(b, vs), va);                           \
+            c = ADD(SUB(c, vs), va); d = ADD(SUB(d, vs), va);                           \
+        }                                                                               \
         VT ma = CMP(a, vt, _CMP_NLE_UQ), mb = CMP(b, vt, _CMP_NLE_UQ);                  \
         VT mc = CMP(c, vt, _CMP_NLE_UQ), md = CMP(d, vt, _CMP_NLE_UQ);                  \
         VT any = OR(OR(ma, mb), OR(mc, md));                                            \
@@ -446,7 +450,7 @@ FDL_TARGET_AVX2 static int64_t scan_##SFX##_avx2(KT *hv, int64_t *hi, int64_t si
         while (mask) {                                                                  \
             int j = __builtin_ctz(mask);                                                \
             mask &= mask - 1;                                                           \
-            T v = has_add ? (T)(x[i + j] + add) : x[i + j];                             \
+            T v = has_add ? (T)((T)(x[i + j] - sub) + add) : x[i + j];                             \
             if (!(v <= thr)) {                                                          \
                 sift_down_##SFX(hv, hi, size, 0, key_##SFX(v), base + i + j);           \
                 thr = unkey_##SFX(hv[0]);                                               \
@@ -455,32 +459,36 @@ FDL_TARGET_AVX2 static int64_t scan_##SFX##_avx2(KT *hv, int64_t *hi, int64_t si
         }                                                                               \
         vt = SET1(thr);                                                                 \
     }                                                                                   \
-    return scan_tail_##SFX(hv, hi, size, k, x, i, n, add, has_add, base);               \
+    return scan_tail_##SFX(hv, hi, size, k, x, i, n, sub, add, has_add, base);          \
 }
 
 DK_SCAN_AVX2(f32, float, uint32_t, __m256, 8, _mm256_loadu_ps, _mm256_set1_ps, _mm256_add_ps,
-             _mm256_cmp_ps, _mm256_or_ps, _mm256_movemask_ps)
+             _mm256_sub_ps, _mm256_cmp_ps, _mm256_or_ps, _mm256_movemask_ps)
 DK_SCAN_AVX2(f64, double, uint64_t, __m256d, 4, _mm256_loadu_pd, _mm256_set1_pd, _mm256_add_pd,
-             _mm256_cmp_pd, _mm256_or_pd, _mm256_movemask_pd)
+             _mm256_sub_pd, _mm256_cmp_pd, _mm256_or_pd, _mm256_movemask_pd)
 
-FDL_TARGET_AVX2 static void sub_f32_avx2(const float *x, float *y, int64_t n, float off) {
-    __m256 o = _mm256_set1_ps(off);
+FDL_TARGET_AVX2 static void sub_f32_avx2(const float *x, float *y, int64_t n, float m,
+                                         float l) {
+    __m256 vm = _mm256_set1_ps(m), vl = _mm256_set1_ps(l);
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        _mm256_storeu_ps(y + i, _mm256_sub_ps(_mm256_loadu_ps(x + i), o));
-        _mm256_storeu_ps(y + i + 8, _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), o));
+        _mm256_storeu_ps(y + i, _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm), vl));
+        _mm256_storeu_ps(y + i + 8,
+                         _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), vm), vl));
     }
-    for (; i < n; i++) y[i] = x[i] - off;
+    for (; i < n; i++) y[i] = (x[i] - m) - l;
 }
 
-FDL_TARGET_AVX2 static void sub_f64_avx2(const double *x, double *y, int64_t n, double off) {
-    __m256d o = _mm256_set1_pd(off);
+FDL_TARGET_AVX2 static void sub_f64_avx2(const double *x, double *y, int64_t n, double m,
+                                         double l) {
+    __m256d vm = _mm256_set1_pd(m), vl = _mm256_set1_pd(l);
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        _mm256_storeu_pd(y + i, _mm256_sub_pd(_mm256_loadu_pd(x + i), o));
-        _mm256_storeu_pd(y + i + 4, _mm256_sub_pd(_mm256_loadu_pd(x + i + 4), o));
+        _mm256_storeu_pd(y + i, _mm256_sub_pd(_mm256_sub_pd(_mm256_loadu_pd(x + i), vm), vl));
+        _mm256_storeu_pd(y + i + 4,
+                         _mm256_sub_pd(_mm256_sub_pd(_mm256_loadu_pd(x + i + 4), vm), vl));
     }
-    for (; i < n; i++) y[i] = x[i] - off;
+    for (; i < n; i++) y[i] = (x[i] - m) - l;
 }
 
 FDL_TARGET_AVX2 static void exp_f32_avx2(const float *x, float *y, int64_t n) {
@@ -512,14 +520,14 @@ FDL_TARGET_AVX2 static void exp_f64_avx2(const double *x, double *y, int64_t n) 
 #define DK_PUBLIC(SFX, T, KT)                                                            \
 int64_t fdl_dk_scan_##SFX(KT *hv, int64_t *hi, int64_t size, int64_t k, const T *x,       \
                           int64_t n, int64_t base, int level) {                          \
-    DK_DISPATCH(level, return scan_##SFX##_avx2(hv, hi, size, k, x, n, 0, 0, base),      \
-                return scan_tail_##SFX(hv, hi, size, k, x, 0, n, 0, 0, base));           \
+    DK_DISPATCH(level, return scan_##SFX##_avx2(hv, hi, size, k, x, n, 0, 0, 0, base),   \
+                return scan_tail_##SFX(hv, hi, size, k, x, 0, n, 0, 0, 0, base));        \
     return size;                                                                         \
 }                                                                                        \
 int64_t fdl_dk_scan_add_##SFX(KT *hv, int64_t *hi, int64_t size, int64_t k, const T *x,   \
-                              int64_t n, T add, int64_t base, int level) {               \
-    DK_DISPATCH(level, return scan_##SFX##_avx2(hv, hi, size, k, x, n, add, 1, base),    \
-                return scan_tail_##SFX(hv, hi, size, k, x, 0, n, add, 1, base));         \
+                              int64_t n, T sub, T add, int64_t base, int level) {        \
+    DK_DISPATCH(level, return scan_##SFX##_avx2(hv, hi, size, k, x, n, sub, add, 1, base),\
+                return scan_tail_##SFX(hv, hi, size, k, x, 0, n, sub, add, 1, base));    \
     return size;                                                                         \
 }                                                                                        \
 void fdl_dk_stats_##SFX(const T *x, int64_t n, double *m, double *s, int *bad,           \
@@ -527,7 +535,7 @@ void fdl_dk_stats_##SFX(const T *x, int64_t n, double *m, double *s, int *bad,  
     DK_DISPATCH(level, stats_##SFX##_avx2(x, n, m, s, bad),                              \
                 stats_##SFX##_scalar(x, n, m, s, bad));                                  \
 }                                                                                        \
-double fdl_dk_row_offset_##SFX(const T *x, int64_t n, int level) {                       \
+double fdl_dk_row_lse_##SFX(const T *x, int64_t n, int level, double *pm) {              \
     double M = -INFINITY, S = 0.0;                                                       \
     int bad = 0;                                                                         \
     for (int64_t i = 0; i < n; i += FDL_DK_CHUNK) {                                      \
@@ -537,11 +545,11 @@ double fdl_dk_row_offset_##SFX(const T *x, int64_t n, int level) {              
                            &b, level);                                                   \
         fold_step(&M, &S, &bad, m, s, b);                                                \
     }                                                                                    \
-    return fold_end(M, S, bad);                                                          \
+    return fold_end(M, S, bad, pm);                                                      \
 }                                                                                        \
-void fdl_dk_sub_##SFX(const T *x, T *y, int64_t n, T off, int level) {                   \
-    DK_DISPATCH(level, sub_##SFX##_avx2(x, y, n, off),                                   \
-                for (int64_t i = 0; i < n; i++) y[i] = x[i] - off);                      \
+void fdl_dk_sub_##SFX(const T *x, T *y, int64_t n, T m, T l, int level) {                \
+    DK_DISPATCH(level, sub_##SFX##_avx2(x, y, n, m, l),                                  \
+                for (int64_t i = 0; i < n; i++) y[i] = (x[i] - m) - l);                  \
 }                                                                                        \
 void fdl_dk_exp_##SFX(const T *x, T *y, int64_t n, int level) {                          \
     DK_DISPATCH(level, exp_##SFX##_avx2(x, y, n),                                        \
@@ -561,16 +569,21 @@ static inline void fold_step(double *M, double *S, int *bad, double m, double s,
     }
 }
 
-static inline double fold_end(double M, double S, int bad) {
-    if (bad || !(M > -INFINITY && M < INFINITY)) return NAN;
-    return M + log(S);
+/* log(sum) of a folded row, its max in *pm: NaN and NaN when the row holds NaN
+ * or +inf; NaN and -inf when it is all -inf. */
+static inline double fold_end(double M, double S, int bad, double *pm) {
+    if (bad) { *pm = NAN; return NAN; }
+    *pm = M;
+    if (M == -INFINITY) return NAN;
+    return log(S);
 }
 
-double fdl_dk_fold(const double *m, const double *s, const int *bad, int64_t nch) {
+double fdl_dk_fold(const double *m, const double *s, const int *bad, int64_t nch,
+                   double *pm) {
     double M = -INFINITY, S = 0.0;
     int b = 0;
     for (int64_t c = 0; c < nch; c++) fold_step(&M, &S, &b, m[c], s[c], bad[c]);
-    return fold_end(M, S, b);
+    return fold_end(M, S, b, pm);
 }
 
 DK_PUBLIC(f32, float, uint32_t)

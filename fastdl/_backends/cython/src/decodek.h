@@ -16,7 +16,7 @@
  *   bad) with the sum accumulated in float64 lanes in a fixed lane layout that
  *   the scalar twin reproduces; the exp is a polynomial evaluated with fma in
  *   both twins (bitwise equal).  fdl_dk_fold folds chunk statistics in chunk
- *   order into a row's float64 offset max + log(sum).
+ *   order into a row's max and float64 log(sum).
  */
 #ifndef FASTDL_DECODEK_H
 #define FASTDL_DECODEK_H
@@ -34,11 +34,13 @@ int64_t fdl_dk_scan_f32(uint32_t *hk, int64_t *hi, int64_t size, int64_t k,
                         const float *x, int64_t n, int64_t base, int level);
 int64_t fdl_dk_scan_f64(uint64_t *hk, int64_t *hi, int64_t size, int64_t k,
                         const double *x, int64_t n, int64_t base, int level);
-/* Same over candidates (T)(x[i] + add). */
+/* Same over candidates (T)((T)(x[i] - sub) + add). */
 int64_t fdl_dk_scan_add_f32(uint32_t *hk, int64_t *hi, int64_t size, int64_t k,
-                            const float *x, int64_t n, float add, int64_t base, int level);
+                            const float *x, int64_t n, float sub, float add, int64_t base,
+                            int level);
 int64_t fdl_dk_scan_add_f64(uint64_t *hk, int64_t *hi, int64_t size, int64_t k,
-                            const double *x, int64_t n, double add, int64_t base, int level);
+                            const double *x, int64_t n, double sub, double add, int64_t base,
+                            int level);
 /* Offer n items (any index order; merging part heaps): returns the new size. */
 int64_t fdl_dk_merge_f32(uint32_t *hk, int64_t *hi, int64_t size, int64_t k,
                          const uint32_t *sk, const int64_t *si, int64_t n);
@@ -52,16 +54,18 @@ void fdl_dk_sort_f64(uint64_t *hk, int64_t *hi, int64_t size);
  * the chunk is all -inf), *bad = 1 when it holds NaN or +inf (then *s = 0). */
 void fdl_dk_stats_f32(const float *x, int64_t n, double *m, double *s, int *bad, int level);
 void fdl_dk_stats_f64(const double *x, int64_t n, double *m, double *s, int *bad, int level);
-/* Fold nch chunk statistics in order: max + log(sum) in float64, NaN when the
- * row has no finite maximum. */
-double fdl_dk_fold(const double *m, const double *s, const int *bad, int64_t nch);
-/* Offset of a whole row (chunks of FDL_DK_CHUNK, folded): same value as
+/* Fold nch chunk statistics in order: returns L = log(sum exp(x - max)) in
+ * float64 and the row max in *pm.  A row holding NaN or +inf: L = NaN, *pm =
+ * NaN; an all -inf row: L = NaN, *pm = -inf. */
+double fdl_dk_fold(const double *m, const double *s, const int *bad, int64_t nch,
+                   double *pm);
+/* The same for a whole row (chunks of FDL_DK_CHUNK, folded): equal to
  * fdl_dk_stats_* over the chunks + fdl_dk_fold. */
-double fdl_dk_row_offset_f32(const float *x, int64_t n, int level);
-double fdl_dk_row_offset_f64(const double *x, int64_t n, int level);
-/* y = x - off */
-void fdl_dk_sub_f32(const float *x, float *y, int64_t n, float off, int level);
-void fdl_dk_sub_f64(const double *x, double *y, int64_t n, double off, int level);
+double fdl_dk_row_lse_f32(const float *x, int64_t n, int level, double *pm);
+double fdl_dk_row_lse_f64(const double *x, int64_t n, int level, double *pm);
+/* y = (x - m) - l */
+void fdl_dk_sub_f32(const float *x, float *y, int64_t n, float m, float l, int level);
+void fdl_dk_sub_f64(const double *x, double *y, int64_t n, double m, double l, int level);
 
 /* The exp polynomials, elementwise (tests/diagnostics). */
 void fdl_dk_exp_f32(const float *x, float *y, int64_t n, int level);
