@@ -1,0 +1,391 @@
+"""Quantized weights (DESIGN.md §5): int2..int8 absmax and NF4, packed, with fused
+dequantize-matmul.
+
+A weight ``w`` has shape ``(d_in, d_out)`` as in the document (``Y = X W``).
+Scales run in blocks along ``d_in`` for each output column; the last block of
+a column is short when ``block_size`` does not divide ``d_in``.
+
+Storage (what ``QuantizedTensor`` holds; backends read it as is):
+
+* ``data``: one row per output column ``j`` (``W[:, j]``), i.e. the transposed
+  layout of ``W``, so a matrix-vector product streams each row once.
+  - bits 5..8: int8 ``(d_out, d_in)``, the signed integer ``q``.
+  - bits 2..4: uint8 ``(d_out, row_bytes)``, two codes per byte.  The code is
+    ``q + 2^(bits-1)`` (absmax) or the codebook index (NF4).  Nibble order:
+    a row is cut in groups of 64 values (the last group of ``g`` values is
+    short); in a full group byte ``i`` (0..31) holds value ``i`` in its low
+    nibble and value ``i + 32`` in its high nibble; in the short group, with
+    ``h = ceil(g / 2)``, byte ``i`` holds value ``i`` (low) and value ``i + h``
+    (high; 0 when ``i + h >= g``).  ``row_bytes = 32*(d_in//64) + ceil((d_in % 64)/2)``.
+* ``scales``: float32 ``(d_out, nblocks)``, ``nblocks = ceil(d_in / block_size)``;
+  per-tensor absmax (``block_size=None``) stores one float32, shape ``(1,)``.
+* double quantization (``double_quant=True``, block-wise only): instead of
+  ``scales``, ``scale_codes`` int8 ``(d_out * nblocks,)`` (scales in row-major
+  order, minus their mean, in groups of 256 quantized to 8-bit absmax),
+  ``scale_scales`` float32 ``(ceil(d_out*nblocks / 256),)`` and ``scale_mean``
+  float32.  The scale of block ``b`` of column ``j`` (flat index ``u = j*nblocks + b``)
+  is ``float32(float32(scale_codes[u]) * scale_scales[u // 256]) + scale_mean``.
+
+Values (all arithmetic in float32; ``w`` is rounded to float32 first):
+
+* absmax: ``Δ = float32(absmax of the block) / float32(2^(bits-1) - 1)`` (the
+  scale); ``q = rounding(w / Δ)`` clipped to ``±(2^(bits-1) - 1)``, with
+  ``floor`` or ``nearest`` (half away from zero); an all-zero block has Δ = 0
+  and q = 0.  Dequantized: ``Δ * q``.  ``block_size=None, rounding="floor"``
+  is the document's W̃ = ⌊W/Δ⌋, Δ = max|W| / (2^(m-1) - 1).
+* NF4: scale ``s`` = absmax of the block; the code of ``w`` is the nearest
+  codebook entry to ``w / s`` (ties to the lower code); dequantized:
+  ``s * NF4_CODEBOOK[code]``.
+
+============  ===============================================  =====================
+op            arguments                                        returns
+============  ===============================================  =====================
+quantize      w (d_in, d_out) float32 C-contiguous, bits,      data, scales (above;
+              scheme, block_size (int; d_in for per-tensor),   per-tensor: (1,))
+              rounding, per_tensor (bool)
+dequantize    q (QuantizedTensor), out (d_in, d_out) float32   out
+              or float64, C-contiguous
+qmatmul       x (n, k) float32/float64 C-contiguous, q,        out (n, d_out), or
+              transpose, out (C-contiguous, x's dtype)         (n, d_in) transposed
+============  ===============================================  =====================
+"""
+from __future__ import annotations
+
+import json
+import numbers
+import zipfile
+
+import numpy as np
+
+from fastdl import registry
+from fastdl._validate import check_choice, check_int, check_out
+
+__all__ = ["QuantizedTensor", "quantize", "dequantize", "qmatmul", "NF4_CODEBOOK", "QUANT_OPS",
+           "SCHEMES", "ROUNDINGS"]
+
+QUANT_OPS = ("quantize", "dequantize", "qmatmul")
+for _op in QUANT_OPS:
+    registry.declare_op(_op)
+
+SCHEMES = ("absmax", "nf4")
+ROUNDINGS = ("nearest", "floor")
+FORMAT_VERSION = 1
+DQ_GROUP = 256            # block scales per group in double quantization
+NF4_DEFAULT_BLOCK = 64
+
+NF4_CODEBOOK = np.array([
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0], dtype=np.float32)
+NF4_CODEBOOK.setflags(write=False)
+
+
+def nf4_thresholds() -> np.ndarray:
+    """float32 t_k with ``v > t_k`` ⇔ ``v`` above the exact midpoint of codes k, k+1
+    (the midpoint rounded toward -inf), for every float32 v: ``code = #{k: v > t_k}``."""
+    cb = NF4_CODEBOOK.astype(np.float64)
+    mid = (cb[:-1] + cb[1:]) / 2
+    t = mid.astype(np.float32)
+    too_big = t.astype(np.float64) > mid
+    t[too_big] = np.nextafter(t[too_big], np.float32(-np.inf))
+    return t
+
+
+def row_bytes(d_in: int) -> int:
+    """Bytes per packed row of d_in codes (two per byte, groups of 64)."""
+    return 32 * (d_in // 64) + (d_in % 64 + 1) // 2
+
+
+class QuantizedTensor:
+    """A quantized ``(d_in, d_out)`` weight; immutable (its arrays are read-only).
+
+    ``shape``, ``bits``, ``scheme``, ``block_size`` (None: one scale for the
+    tensor), ``rounding``, ``double_quant``, ``data``, ``scales`` (None with
+    double quantization), ``scale_codes`` / ``scale_scales`` / ``scale_mean``
+    (double quantization), ``nbytes`` (real storage: data + scales),
+    ``bits_per_param``; ``dequantize()``, ``block_scales()``, ``save(path)``,
+    ``QuantizedTensor.load(path)``.  The storage format is in this module's
+    docstring.
+    """
+
+    __slots__ = ("shape", "bits", "scheme", "block_size", "rounding", "double_quant", "data",
+                 "scales", "scale_codes", "scale_scales", "scale_mean", "_frozen")
+
+    def __init__(self, shape, bits, scheme, block_size, rounding, data, scales=None, *,
+                 scale_codes=None, scale_scales=None, scale_mean=None):
+        d_in, d_out = (check_int(s, "shape entries", minimum=1) for s in shape)
+        bits = check_int(bits, "bits", minimum=2)
+        _check_format(bits, scheme, block_size, rounding, double_quant=scale_codes is not None)
+        self._set("shape", (d_in, d_out))
+        self._set("bits", bits)
+        self._set("scheme", scheme)
+        self._set("block_size", block_size)
+        self._set("rounding", rounding)
+        self._set("double_quant", scale_codes is not None)
+        nblocks = self.nblocks
+        if bits <= 4:
+            want = ("data", np.uint8, (d_out, row_bytes(d_in)))
+        else:
+            want = ("data", np.int8, (d_out, d_in))
+        self._set("data", _frozen_array(data, *want))
+        if scale_codes is None:
+            sshape = (1,) if block_size is None else (d_out, nblocks)
+            self._set("scales", _frozen_array(scales, "scales", np.float32, sshape))
+            for name in ("scale_codes", "scale_scales", "scale_mean"):
+                self._set(name, None)
+        else:
+            if scales is not None:
+                raise ValueError("give either scales or the double-quantized scale_* arrays")
+            count = d_out * nblocks
+            self._set("scales", None)
+            self._set("scale_codes", _frozen_array(scale_codes, "scale_codes", np.int8, (count,)))
+            self._set("scale_scales", _frozen_array(scale_scales, "scale_scales", np.float32,
+                                                    (-(-count // DQ_GROUP),)))
+            self._set("scale_mean", _frozen_array(scale_mean, "scale_mean", np.float32, ()))
+        self._set("_frozen", True)
+
+    def _set(self, name, value):
+        object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"QuantizedTensor is immutable (cannot set {name!r})")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"QuantizedTensor is immutable (cannot delete {name!r})")
+
+    @property
+    def nblocks(self) -> int:
+        """Scale blocks per output column (1 for a per-tensor scale)."""
+        return 1 if self.block_size is None else -(-self.shape[0] // self.block_size)
+
+    @property
+    def nbytes(self) -> int:
+        if self.double_quant:
+            return self.data.nbytes + self.scale_codes.nbytes + self.scale_scales.nbytes + 4
+        return self.data.nbytes + self.scales.nbytes
+
+    @property
+    def bits_per_param(self) -> float:
+        return 8 * self.nbytes / (self.shape[0] * self.shape[1])
+
+    def block_scales(self) -> np.ndarray:
+        """float32 (d_out, nblocks) scales (dequantized when double-quantized;
+        per-tensor: (1, 1))."""
+        if not self.double_quant:
+            return self.scales.reshape(-1, 1) if self.block_size is None else self.scales
+        groups = np.repeat(self.scale_scales, DQ_GROUP)[:self.scale_codes.size]
+        s = self.scale_codes.astype(np.float32) * groups + self.scale_mean
+        return s.astype(np.float32).reshape(self.shape[1], self.nblocks)
+
+    def dequantize(self, dtype=np.float32, *, backend: str | None = None) -> np.ndarray:
+        return dequantize(self, dtype=dtype, backend=backend)
+
+    def __repr__(self):
+        bs = "tensor" if self.block_size is None else self.block_size
+        dq = ", double_quant" if self.double_quant else ""
+        fmt = "nf4" if self.scheme == "nf4" else f"int{self.bits} absmax"
+        return (f"QuantizedTensor(shape={self.shape}, {fmt}, block={bs}{dq}, "
+                f"{self.bits_per_param:.3f} bits/param)")
+
+    # ------------------------------------------------------------ files
+
+    def save(self, path) -> None:
+        """Write a NumPy ``.npz`` (no pickle) with a format version."""
+        meta = {"format": "fastdl.QuantizedTensor", "version": FORMAT_VERSION,
+                "shape": list(self.shape), "bits": self.bits, "scheme": self.scheme,
+                "block_size": self.block_size, "rounding": self.rounding,
+                "double_quant": self.double_quant}
+        arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8), "data": self.data}
+        if self.double_quant:
+            arrays.update(scale_codes=self.scale_codes, scale_scales=self.scale_scales,
+                          scale_mean=self.scale_mean)
+        else:
+            arrays["scales"] = self.scales
+        if hasattr(path, "write"):
+            np.savez(path, **arrays)
+        else:
+            with open(path, "wb") as f:
+                np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path) -> "QuantizedTensor":
+        """Read a file written by ``save``; anything else raises ``ValueError``."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise ValueError(f"not a fastdl QuantizedTensor file: {path!r} ({exc})") from None
+        try:
+            meta = json.loads(bytes(arrays.pop("meta")).decode())
+            if meta.get("format") != "fastdl.QuantizedTensor":
+                raise ValueError("missing format tag")
+            if meta.get("version") != FORMAT_VERSION:
+                raise ValueError(f"format version {meta.get('version')!r}, this fastdl reads "
+                                 f"{FORMAT_VERSION}")
+            kw = {k: arrays[k] for k in ("scale_codes", "scale_scales", "scale_mean")
+                  if meta["double_quant"]}
+            return cls(tuple(meta["shape"]), meta["bits"], meta["scheme"], meta["block_size"],
+                       meta["rounding"], arrays["data"],
+                       None if meta["double_quant"] else arrays["scales"], **kw)
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError, AttributeError) as exc:
+            raise ValueError(f"not a valid fastdl QuantizedTensor file: {path!r} ({exc})") from None
+
+
+def _frozen_array(a, name, dtype, shape) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != tuple(shape):
+        raise ValueError(f"{name} must be a {np.dtype(dtype)} array of shape {tuple(shape)}, "
+                         f"got {getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
+    a = np.array(a, copy=True, order="C")
+    a.setflags(write=False)
+    return a
+
+
+def _check_format(bits, scheme, block_size, rounding, double_quant):
+    check_choice(scheme, "scheme", SCHEMES)
+    check_choice(rounding, "rounding", ROUNDINGS)
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must be in 2..8, got {bits}")
+    if scheme == "nf4" and bits != 4:
+        raise ValueError(f"scheme='nf4' needs bits=4, got bits={bits}")
+    if block_size is not None:
+        if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
+            raise ValueError(f"block_size must be an integer >= 2 or None, got {block_size!r}")
+        if block_size < 2:
+            raise ValueError(f"block_size must be an integer >= 2 or None, got {block_size}")
+    elif scheme == "nf4":
+        raise ValueError("scheme='nf4' needs a block_size")
+    if double_quant and block_size is None:
+        raise ValueError("double_quant=True needs block-wise scales (a block_size), got "
+                         "block_size=None")
+
+
+# ---------------------------------------------------------------- functions
+
+def _weights(w) -> np.ndarray:
+    if not isinstance(w, np.ndarray):
+        try:
+            w = np.asarray(w)
+        except Exception as exc:  # noqa: BLE001 - ragged lists and the like
+            raise ValueError(f"w must be a 2-D array of real numbers: {exc}") from None
+    if w.dtype.kind not in "biuf":
+        raise ValueError(f"w must have a real dtype, got {w.dtype}")
+    if w.ndim != 2:
+        raise ValueError(f"w must be 2-D (d_in, d_out), got shape {w.shape}")
+    if w.size == 0:
+        raise ValueError(f"w must not be empty, got shape {w.shape}")
+    with np.errstate(over="ignore"):
+        w32 = np.ascontiguousarray(w, dtype=np.float32)
+    if not np.isfinite(w32).all():
+        if w.dtype.kind == "f" and np.isnan(w).any():
+            raise ValueError("w must be finite, got NaN")
+        if w.dtype.kind == "f" and np.isinf(w).any():
+            raise ValueError("w must be finite, got Inf")
+        raise ValueError("w must fit in float32, got values beyond ±3.4e38")
+    return w32
+
+
+def _dq_scales(scales: np.ndarray):
+    """Double quantization of block scales: mean, then 8-bit absmax in groups of 256."""
+    flat = scales.reshape(-1).astype(np.float32)
+    mean = np.float32(flat.mean(dtype=np.float64))
+    c = flat - mean
+    pad = (-c.size) % DQ_GROUP
+    groups = np.concatenate([c, np.zeros(pad, np.float32)]).reshape(-1, DQ_GROUP)
+    delta = (np.abs(groups).max(axis=1) / np.float32(127)).astype(np.float32)
+    safe = np.where(delta > 0, delta, np.float32(1))
+    v = groups / safe[:, None]
+    q = np.trunc(v) + np.where(np.abs(v - np.trunc(v)) >= 0.5, np.sign(v), 0)
+    q = np.clip(q, -127, 127).astype(np.int8).reshape(-1)[:c.size]
+    return q, delta, np.array(mean, np.float32)
+
+
+def quantize(w, bits, *, scheme="absmax", block_size=None, rounding="nearest", double_quant=False,
+             backend: str | None = None) -> QuantizedTensor:
+    """Quantize a ``(d_in, d_out)`` weight (see the module docstring for the format).
+
+    ``scheme="absmax"``: ``bits`` 2..8, one scale per block of ``block_size``
+    values along ``d_in`` per output column (None: one scale for the tensor, the
+    document's formula); ``rounding`` "nearest" (half away from zero) or
+    "floor".  ``scheme="nf4"``: QLoRA's NormalFloat4 (bits=4, block 64 by
+    default).  ``double_quant``: quantize the block scales too (8-bit, groups of
+    256), as QLoRA does.
+    """
+    bits = check_int(bits, "bits")
+    if scheme == "nf4" and block_size is None:
+        block_size = NF4_DEFAULT_BLOCK
+    if not isinstance(double_quant, (bool, np.bool_)):
+        raise ValueError(f"double_quant must be a bool, got {double_quant!r}")
+    _check_format(bits, scheme, block_size, rounding, bool(double_quant))
+    w32 = _weights(w)
+    d_in, d_out = w32.shape
+    bs = d_in if block_size is None else int(block_size)
+    data, scales = registry.dispatch("quantize", (w32, bits, scheme, bs, rounding, block_size is None),
+                                     {}, backend)
+    if block_size is None:
+        scales = np.asarray(scales, np.float32).reshape(1)
+    if double_quant:
+        codes, groups, mean = _dq_scales(scales)
+        return QuantizedTensor((d_in, d_out), bits, scheme, int(block_size), rounding, data,
+                               scale_codes=codes, scale_scales=groups, scale_mean=mean)
+    return QuantizedTensor((d_in, d_out), bits, scheme, block_size if block_size is None
+                           else int(block_size), rounding, data, scales)
+
+
+def _q(q):
+    if not isinstance(q, QuantizedTensor):
+        raise TypeError(f"q must be a fastdl.quant.QuantizedTensor, got {type(q).__name__}")
+    return q
+
+
+def dequantize(q, dtype=np.float32, *, out=None, backend: str | None = None) -> np.ndarray:
+    """The float ``(d_in, d_out)`` matrix of ``q`` (float32 or float64)."""
+    q = _q(q)
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    out = check_out(out, "out", q.shape, dtype)
+    if out is not None and not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous")
+    if out is None:
+        out = np.empty(q.shape, dtype)
+    return registry.dispatch("dequantize", (q, out), {}, backend)
+
+
+def qmatmul(x, q, *, transpose: bool = False, out=None, backend: str | None = None):
+    """``x @ dequantize(q)`` (``transpose=True``: ``x @ dequantize(q).T``) without
+    building the float matrix.
+
+    ``x``: ``(n, d_in)`` or ``(d_in,)`` (transposed: ``d_out``), float32 or
+    float64 (others are computed in float64); the result has x's dtype and
+    shape ``(n, d_out)`` / ``(d_out,)`` (transposed: ``d_in``).
+    """
+    q = _q(q)
+    if not isinstance(transpose, (bool, np.bool_)):
+        raise ValueError(f"transpose must be a bool, got {transpose!r}")
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"x must have a real dtype, got {x.dtype}")
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float32 if x.dtype.kind == "f" and x.dtype.itemsize < 4 else np.float64)
+    d_in, d_out = q.shape
+    k, m = (d_out, d_in) if transpose else (d_in, d_out)
+    if x.ndim not in (1, 2) or x.shape[-1] != k:
+        what = f"dequantize(q).T of shape {(d_out, d_in)}" if transpose else \
+            f"dequantize(q) of shape {q.shape}"
+        raise ValueError(f"x of shape {x.shape} cannot be multiplied with {what}: the inner "
+                         f"dimensions differ (x needs shape (n, {k}) or ({k},))")
+    vec = x.ndim == 1
+    x2 = np.ascontiguousarray(x.reshape(1, k) if vec else x)
+    n = x2.shape[0]
+    res_shape = (m,) if vec else (n, m)
+    if out is not None:
+        check_out(out, "out", res_shape, x2.dtype, inputs=(x,))
+        if not out.flags.c_contiguous:
+            raise ValueError("out must be C-contiguous")
+    buf = np.empty((n, m), x2.dtype) if out is None else out.reshape(n, m)
+    if n == 0:
+        return out if out is not None else buf.reshape(res_shape)
+    res = registry.dispatch("qmatmul", (x2, q, bool(transpose), buf), {}, backend)
+    return out if out is not None else res.reshape(res_shape)
+
