@@ -60,8 +60,8 @@ import numpy as np
 from fastdl import registry
 from fastdl._validate import check_choice, check_int, check_out
 
-__all__ = ["QuantizedTensor", "quantize", "dequantize", "qmatmul", "NF4_CODEBOOK", "QUANT_OPS",
-           "SCHEMES", "ROUNDINGS"]
+__all__ = ["QuantizedTensor", "quantize", "dequantize", "qmatmul", "storage_bytes", "row_bytes",
+           "NF4_CODEBOOK", "QUANT_OPS", "SCHEMES", "ROUNDINGS"]
 
 QUANT_OPS = ("quantize", "dequantize", "qmatmul")
 for _op in QUANT_OPS:
@@ -95,6 +95,18 @@ def nf4_thresholds() -> np.ndarray:
 def row_bytes(d_in: int) -> int:
     """Bytes per packed row of d_in codes (two per byte, groups of 64)."""
     return 32 * (d_in // 64) + (d_in % 64 + 1) // 2
+
+
+def storage_bytes(shape, bits: int, block_size: int | None, double_quant: bool = False) -> int:
+    """Real bytes of a quantized ``shape = (d_in, d_out)`` weight: data + scales."""
+    d_in, d_out = shape
+    data = d_out * (row_bytes(d_in) if bits <= 4 else d_in)
+    if block_size is None:
+        return data + 4
+    count = d_out * -(-d_in // block_size)
+    if double_quant:
+        return data + count + 4 * -(-count // DQ_GROUP) + 4
+    return data + 4 * count
 
 
 class QuantizedTensor:
@@ -161,9 +173,7 @@ class QuantizedTensor:
 
     @property
     def nbytes(self) -> int:
-        if self.double_quant:
-            return self.data.nbytes + self.scale_codes.nbytes + self.scale_scales.nbytes + 4
-        return self.data.nbytes + self.scales.nbytes
+        return storage_bytes(self.shape, self.bits, self.block_size, self.double_quant)
 
     @property
     def bits_per_param(self) -> float:

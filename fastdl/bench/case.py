@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 # modules that register cases on import; later issues append theirs
 CASE_MODULES = ["fastdl.bench.cases_norm", "fastdl.bench.cases_layers",
-                "fastdl.bench.cases_decode"]
+                "fastdl.bench.cases_decode", "fastdl.bench.cases_quant"]
 
 
 @dataclass

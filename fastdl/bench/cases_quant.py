@@ -1,0 +1,112 @@
+"""Benchmark cases for quantized weights (d_in = d_out = 4096, float32 activations).
+
+``qmatmul`` peers: the NumPy backend (dequantize, then matmul), NumPy float32
+``x @ W`` on the unquantized weight, PyTorch float32 ``x @ W`` and PyTorch's
+dynamic int8 ``Linear``; the limit is a plain read of the packed bytes (data +
+scales + x).  Metric ``bits/param``: the format's real storage.
+"""
+import importlib.util
+
+import numpy as np
+
+from fastdl.bench.case import Case, register
+from fastdl.quant import qmatmul, quantize, storage_bytes
+
+D = 4096
+FORMATS = {          # name -> quantize keywords
+    "int8-b64": dict(bits=8, block_size=64),
+    "int4-b64": dict(bits=4, block_size=64),
+    "nf4-b64-dq": dict(bits=4, scheme="nf4", block_size=64, double_quant=True),
+}
+BITS_LIMIT = {"int8-b64": 8.5, "int4-b64": 4.5, "nf4-b64-dq": 4.13}
+GEMV_SPEEDUP = {"int8-b64": 3.0, "int4-b64": 5.0, "nf4-b64-dq": 5.0}
+
+_weights = {}
+
+
+def _w():
+    if "w" not in _weights:
+        rng = np.random.default_rng(0)
+        _weights["w"] = (rng.standard_normal((D, D), dtype=np.float32) * 0.02)
+    return _weights["w"]
+
+
+def _q(fmt):
+    if fmt not in _weights:
+        _weights[fmt] = quantize(_w(), **FORMATS[fmt])
+    return _weights[fmt]
+
+
+def _nbytes(fmt):
+    kw = FORMATS[fmt]
+    return storage_bytes((D, D), kw["bits"], kw["block_size"], kw.get("double_quant", False))
+
+
+def _numpy_f32(inp):
+    x, w, out = inp["x"], _w(), inp["out"]
+    return lambda: np.matmul(x, w, out=out)
+
+
+def _torch_f32(inp):
+    import torch
+    x, w = torch.from_numpy(inp["x"]), torch.from_numpy(_w())
+    return lambda: torch.matmul(x, w)
+
+
+def _torch_int8(inp):
+    import torch
+    lin = torch.nn.Linear(D, D, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(_w().T)))
+    qlin = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear},
+                                                  dtype=torch.qint8)
+    x = torch.from_numpy(inp["x"])
+
+    def run():
+        with torch.no_grad():
+            return qlin(x)
+    return run
+
+
+def _qmatmul_case(fmt, n):
+    def setup():
+        x = np.random.default_rng(1).standard_normal((n, D), dtype=np.float32)
+        return {"x": x, "q": _q(fmt), "out": np.empty((n, D), np.float32)}
+
+    peers = {"numpy x@W f32": _numpy_f32}
+    if importlib.util.find_spec("torch") is not None:
+        peers["torch int8 dynamic"] = _torch_int8
+    nbytes = _nbytes(fmt)
+    targets = {"max:bits/param": BITS_LIMIT[fmt]}
+    if n == 1:
+        targets.update({"vs:numpy x@W f32": GEMV_SPEEDUP[fmt], "vs_limit": 1.5})
+    if n == 512 and fmt != "int8-b64":
+        targets["vs:numpy x@W f32"] = 1 / 1.15
+    return Case(
+        name=f"quant/qmatmul/{fmt}/n{n}/float32", op="qmatmul", setup=setup,
+        call=lambda inp, backend: qmatmul(inp["x"], inp["q"], out=inp["out"], backend=backend),
+        bytes_read=nbytes + n * D * 4, bytes_written=n * D * 4, flops=2 * n * D * D,
+        torch=_torch_f32, peers=peers, quick=n in (1, 512) and fmt != "int8-b64" or
+        (n == 1 and fmt == "int8-b64"),
+        metrics=lambda inp, backend: {"bits/param": inp["q"].bits_per_param},
+        targets={"cython": targets}, params={"format": fmt, "n": n, "d": D},
+    )
+
+
+def _quantize_case(fmt):
+    def setup():
+        return {"w": _w()}
+
+    return Case(
+        name=f"quant/quantize/{fmt}/{D}x{D}/float32", op="quantize", setup=setup,
+        call=lambda inp, backend: quantize(inp["w"], **FORMATS[fmt], backend=backend),
+        bytes_read=D * D * 4, bytes_written=_nbytes(fmt), flops=3 * D * D,
+        quick=fmt == "int4-b64", targets={"cython": {"vs_limit": 3.0}},
+        params={"format": fmt, "d": D},
+    )
+
+
+for _fmt in FORMATS:
+    for _n in (1, 8, 64, 512):
+        register(_qmatmul_case(_fmt, _n))
+    register(_quantize_case(_fmt))
