@@ -28,11 +28,16 @@ Storage (what ``QuantizedTensor`` holds; backends read it as is):
 
 Values (all arithmetic in float32; ``w`` is rounded to float32 first):
 
-* absmax: ``Δ = float32(absmax of the block) / float32(2^(bits-1) - 1)`` (the
-  scale); ``q = rounding(w / Δ)`` clipped to ``±(2^(bits-1) - 1)``, with
-  ``floor`` or ``nearest`` (half away from zero); an all-zero block has Δ = 0
-  and q = 0.  Dequantized: ``Δ * q``.  ``block_size=None, rounding="floor"``
-  is the document's W̃ = ⌊W/Δ⌋, Δ = max|W| / (2^(m-1) - 1).
+* absmax: the scale Δ is ``absmax / qmax`` (``qmax = 2^(bits-1) - 1``)
+  rounded to the largest float32 not above it, so the block maximum gets
+  exactly ``±qmax`` and ``qmax * Δ`` never overflows; ``q = rounding(w / Δ)``
+  (float32 quotient) clipped to ``±qmax``, with ``floor`` or ``nearest`` (half
+  away from zero); an all-zero block has Δ = 0 and q = 0.  Dequantized:
+  ``Δ * q``.  ``block_size=None, rounding="floor"`` is the document's
+  W̃ = ⌊W/Δ⌋, Δ = max|W| / (2^(m-1) - 1).  Blocks whose absmax is subnormal
+  (below 2^-126 · qmax) get a subnormal Δ with fewer significant bits; there
+  the ±Δ/2 bound of "nearest" is not guaranteed (values stay finite, with
+  their sign, and within the block's absmax).
 * NF4: scale ``s`` = absmax of the block; the code of ``w`` is the nearest
   codebook entry to ``w / s`` (ties to the lower code); dequantized:
   ``s * NF4_CODEBOOK[code]``.
@@ -160,6 +165,20 @@ class QuantizedTensor:
     def _set(self, name, value):
         object.__setattr__(self, name, value)
 
+    def _fields(self) -> tuple:
+        kw = {}
+        if self.double_quant:
+            kw = dict(scale_codes=self.scale_codes, scale_scales=self.scale_scales,
+                      scale_mean=self.scale_mean)
+        return (self.shape, self.bits, self.scheme, self.block_size, self.rounding, self.data,
+                self.scales, kw)
+
+    def __reduce__(self):                   # copy, deepcopy and pickle rebuild through __init__
+        return _rebuild, self._fields()
+
+    def __copy__(self):
+        return self                          # immutable: a copy may be the object itself
+
     def __setattr__(self, name, value):
         raise AttributeError(f"QuantizedTensor is immutable (cannot set {name!r})")
 
@@ -222,16 +241,22 @@ class QuantizedTensor:
     def load(cls, path) -> "QuantizedTensor":
         """Read a file written by ``save``; anything else raises ``ValueError``."""
         try:
-            with np.load(path, allow_pickle=False) as z:
+            z = np.load(path, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an .npz archive")
+            with z:
                 arrays = {k: z[k] for k in z.files}
+        except FileNotFoundError:
+            raise
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
             raise ValueError(f"not a fastdl QuantizedTensor file: {path!r} ({exc})") from None
         try:
             meta = json.loads(bytes(arrays.pop("meta")).decode())
             if meta.get("format") != "fastdl.QuantizedTensor":
                 raise ValueError("missing format tag")
-            if meta.get("version") != FORMAT_VERSION:
-                raise ValueError(f"format version {meta.get('version')!r}, this fastdl reads "
+            version = meta.get("version")
+            if type(version) is not int or version != FORMAT_VERSION:
+                raise ValueError(f"format version {version!r}, this fastdl reads "
                                  f"{FORMAT_VERSION}")
             kw = {k: arrays[k] for k in ("scale_codes", "scale_scales", "scale_mean")
                   if meta["double_quant"]}
@@ -242,13 +267,16 @@ class QuantizedTensor:
             raise ValueError(f"not a valid fastdl QuantizedTensor file: {path!r} ({exc})") from None
 
 
+def _rebuild(shape, bits, scheme, block_size, rounding, data, scales, kw):
+    return QuantizedTensor(shape, bits, scheme, block_size, rounding, data, scales, **kw)
+
+
 def _frozen_array(a, name, dtype, shape) -> np.ndarray:
+    """A read-only copy over an immutable buffer (its WRITEABLE flag cannot be set back)."""
     if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != tuple(shape):
         raise ValueError(f"{name} must be a {np.dtype(dtype)} array of shape {tuple(shape)}, "
                          f"got {getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
-    a = np.array(a, copy=True, order="C")
-    a.setflags(write=False)
-    return a
+    return np.frombuffer(np.ascontiguousarray(a).tobytes(), dtype=dtype).reshape(shape)
 
 
 def _check_format(bits, scheme, block_size, rounding, double_quant):
@@ -367,7 +395,7 @@ def qmatmul(x, q, *, transpose: bool = False, out=None, backend: str | None = No
     building the float matrix.
 
     ``x``: ``(n, d_in)`` or ``(d_in,)`` (transposed: ``d_out``), float32 or
-    float64 (others are computed in float64); the result has x's dtype and
+    float64 (float16 is computed in float32, integers and bool in float64); the result has that dtype and
     shape ``(n, d_out)`` / ``(d_out,)`` (transposed: ``d_in``).
     """
     q = _q(q)

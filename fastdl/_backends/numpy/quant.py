@@ -18,6 +18,15 @@ def _blocks(wt: np.ndarray, bs: int) -> np.ndarray:
     return padded.reshape(d_out, nb, bs)
 
 
+def absmax_step(absmax: np.ndarray, qmax: int) -> np.ndarray:
+    """Δ: the largest float32 not above absmax / qmax (so ⌊absmax/Δ⌋ = qmax and qmax·Δ
+    never overflows); float32 products by qmax <= 127 are exact in float64."""
+    d = (absmax / np.float32(qmax)).astype(np.float32)
+    high = d.astype(np.float64) * qmax > absmax.astype(np.float64)
+    d[high] = np.nextafter(d[high], np.float32(0))
+    return d
+
+
 def round_half_away(v: np.ndarray) -> np.ndarray:
     t = np.trunc(v)
     return t + np.where(np.abs(v - t) >= 0.5, np.sign(v), 0).astype(v.dtype)
@@ -66,7 +75,7 @@ def quantize(w, bits, scheme, bs, rounding, per_tensor):
         codes = np.searchsorted(nf4_thresholds(), v, side="left").astype(np.uint8)
     else:
         qmax = 2 ** (bits - 1) - 1
-        scale = (absmax.astype(np.float32) / np.float32(qmax)).astype(np.float32)
+        scale = absmax_step(absmax.astype(np.float32), qmax)
         v = blocks / np.where(scale > 0, scale, np.float32(1))[..., None]
         q = np.floor(v) if rounding == "floor" else round_half_away(v)
         q = np.clip(q, -qmax, qmax)
