@@ -24,6 +24,7 @@ EXTENSIONS = {
     "_traffic": [SRC_DIR + "/traffic.c"],
     "_norm": [SRC_DIR + "/normk.c", SRC_DIR + "/moments.c"],
     "_decode": [SRC_DIR + "/decodek.c"],
+    "_quant": [SRC_DIR + "/quantk.c"],
 }
 
 OPENMP_TEST = r"""
