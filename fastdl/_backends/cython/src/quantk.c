@@ -559,8 +559,8 @@ static NOINLINE float mv_tail(const fdl_qk_desc *q, const uint8_t *row, int64_t 
     return tot + acc * qk_scale(q, j, b);
 }
 
-/* nibble kinds, n = 1: the value of vector v, lane l of a 32-value half (the order the
- * pshufb lookup + byte/word interleaves produce) */
+/* NF4, n = 1: the value of vector v, lane l of a 32-value half (the order the pshufb
+ * lookup + byte/word interleaves produce); the other kinds use lane order 8v + l */
 static inline int64_t qk_lane_idx(int v, int l) { return l < 4 ? 4 * v + l : 16 + 4 * v + (l - 4); }
 
 /* fast part of one (row, column) product, scalar twin of the AVX2 lanes */
@@ -573,7 +573,7 @@ static float mv_fast_scalar(const fdl_qk_desc *q, const uint8_t *row, int64_t j,
     for (int64_t H = 0; H < nHf; H++) {
         for (int v = 0; v < 4; v++)
             for (int l = 0; l < 8; l++) {
-                int64_t r = 32 * H + (q->bits > 4 ? 8 * v + l : qk_lane_idx(v, l));
+                int64_t r = 32 * H + (q->nf4 ? qk_lane_idx(v, l) : 8 * v + l);
                 A[v][l] = fmaf(x[r], qk_unit(q, row, r), A[v][l]);
             }
         if (++cnt == hpb || H + 1 == nHf) {
@@ -630,7 +630,7 @@ FDL_TARGET_AVX2 static ALWAYS_INLINE void mv_fast_avx2(const fdl_qk_desc *q, con
         A[i][0] = A[i][1] = A[i][2] = A[i][3] = _mm256_setzero_ps();
     }
     int64_t cnt = 0, b = 0;
-    if (kind != K_INT8) {
+    if (kind == K_NF4) {
         /* x is permuted to the lane order (qk_lane_idx) of the lookup below */
         const uint8_t *lp = LUTP[q->nf4 ? 0 : q->bits][0];
         const __m256i P0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)lp));
@@ -655,6 +655,17 @@ FDL_TARGET_AVX2 static ALWAYS_INLINE void mv_fast_avx2(const fdl_qk_desc *q, con
             for (int v = 0; v < 4; v++)
                 for (int i = 0; i < NR; i++)
                     A[i][v] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i * ldx + 32 * H + 8 * v), u[v], A[i][v]);
+            MV_FLUSH()
+        }
+    } else if (kind == K_LIN) {
+        /* nibble codes -> floats exactly: (2^23 | code) - (2^23 + offset); lanes in order */
+        for (int64_t H = 0; H < nHf; H++) {
+            const uint8_t *p = half_ptr(kind, row, H);
+            if (H & 1) {
+                MV_HALF(K_LIN, 1, p, 32 * H)
+            } else {
+                MV_HALF(K_LIN, 0, p, 32 * H)
+            }
             MV_FLUSH()
         }
     } else {
@@ -805,7 +816,7 @@ static int mv_small(const fdl_qk_desc *q, const void *xv, int64_t n, void *yv, i
     /* n = 1, nibble kinds, AVX2: x in the lookup's lane order */
     float *xl = NULL;
 #if FDL_HAVE_AVX2_TARGET
-    if (n == 1 && f1 && nHf > 0 && q->bits <= 4) {
+    if (n == 1 && f1 && nHf > 0 && q->nf4) {
         xl = (float *)malloc((size_t)(32 * nHf) * sizeof(float));
         if (!xl) { free(xp); return -1; }
         for (int64_t H = 0; H < nHf; H++)
