@@ -10,6 +10,7 @@ rest run the NumPy reference (``-k "not cython"`` selects those alone).
 import copy
 import io
 import json
+import warnings
 from fractions import Fraction
 from math import floor
 
@@ -949,3 +950,19 @@ def test_module_exports():
         set(quant.__all__)
     assert quant.SCHEMES == ("absmax", "nf4") and set(quant.ROUNDINGS) == {"nearest", "floor"}
     assert fastdl.quant is quant
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("fmt", [dict(bits=4, block_size=None), dict(bits=8, block_size=64),
+                                 dict(bits=4, scheme="nf4", block_size=3)])
+def test_non_finite_anywhere_is_rejected(backend, fmt, value):
+    # the check rides on the block absmax (no extra pass over w): a NaN or inf must reach
+    # the scale from any position, first or last of a block, vector or scalar columns
+    for shape, pos in [((130, 13), (0, 0)), ((130, 13), (129, 12)), ((64, 8), (63, 7)),
+                       ((70, 17), (35, 16))]:
+        w = weights(("nf", str(value)), shape)
+        w[pos] = value
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ValueError, match="w must be finite"):
+                quantize(w, backend=backend, **fmt)

@@ -61,6 +61,12 @@ def unpack_nibbles(data: np.ndarray, d_in: int) -> np.ndarray:
 
 
 def quantize(w, bits, scheme, bs, rounding, per_tensor):
+    # non-finite weights give non-finite scales, which the caller rejects: no warnings here
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return _quantize(w, bits, scheme, bs, rounding, per_tensor)
+
+
+def _quantize(w, bits, scheme, bs, rounding, per_tensor):
     d_in, d_out = w.shape
     wt = np.ascontiguousarray(w.T)
     if per_tensor:

@@ -152,6 +152,20 @@ static inline float qz_scale(const qz_t *z, float amax) {
 }
 
 /* Tile: columns [j0, j0+jw), rows [r0, r1) -> codes buf[jj*R + r - r0], scales. */
+/* |v| as its bit pattern: ordered like the values, with NaN above +inf, so a max over
+ * bit patterns keeps a NaN (the caller then sees a NaN or inf scale and rejects w) */
+static inline uint32_t abs_bits(float v) {
+    uint32_t b;
+    memcpy(&b, &v, 4);
+    return b & 0x7fffffffu;
+}
+
+static inline float bits_float(uint32_t b) {
+    float v;
+    memcpy(&v, &b, 4);
+    return v;
+}
+
 static void qz_tile_scalar(const qz_t *z, const float *w, int64_t j0, int64_t jw, int64_t r0,
                            int64_t r1, uint8_t *buf, int64_t R, float *scales) {
     int64_t step = z->per_tensor ? r1 - r0 : z->bs;
@@ -163,12 +177,12 @@ static void qz_tile_scalar(const qz_t *z, const float *w, int64_t j0, int64_t jw
             if (z->per_tensor) {
                 s = z->gscale;
             } else {
-                float m = 0.0f;
+                uint32_t mb = 0;
                 for (int64_t r = b0; r < b1; r++) {
-                    float a = fabsf(w[r * z->d_out + j]);
-                    m = a > m ? a : m;
+                    uint32_t a = abs_bits(w[r * z->d_out + j]);
+                    mb = a > mb ? a : mb;
                 }
-                s = qz_scale(z, m);
+                s = qz_scale(z, bits_float(mb));
                 scales[j * z->nb + b0 / z->bs] = s;
             }
             float div = s > 0.0f ? s : 1.0f;
@@ -237,8 +251,10 @@ FDL_TARGET_AVX2 static ALWAYS_INLINE void qz_tile_avx2_m(const int MODE, const q
                 int64_t pfn = r + QZ_PF_ROWS < r1 ? jv * 4 : 0;
                 for (int64_t k = 0; k < jv; k += 8) {
                     if (((k * 4) & 63) == 0 && k * 4 < pfn) _mm_prefetch(pf + k * 4, _MM_HINT_T0);
-                    _mm256_storeu_ps(dv + k, _mm256_max_ps(_mm256_loadu_ps(dv + k),
-                                     _mm256_and_ps(_mm256_loadu_ps(p + k), absmask)));
+                    /* integer max of |x| bit patterns: NaN above +inf above numbers */
+                    _mm256_storeu_si256((__m256i *)(dv + k), _mm256_max_epi32(
+                        _mm256_loadu_si256((const __m256i *)(dv + k)),
+                        _mm256_castps_si256(_mm256_and_ps(_mm256_loadu_ps(p + k), absmask))));
                 }
             }
             int64_t b = b0 / bs;
@@ -343,15 +359,15 @@ int fdl_qk_quantize(const float *w, int64_t d_in, int64_t d_out, int bits, int n
     z.coff = (bits <= 4 && !nf4) ? (1 << (bits - 1)) : 0;
     z.gscale = 0.0f;
     if (per_tensor) {
-        float m = 0.0f;
+        uint32_t mb = 0;
         int64_t total = d_in * d_out;
         int nt = qk_threads(nthreads, total / 65536);
-        #pragma omp parallel for num_threads(nt) reduction(max:m) schedule(static)
+        #pragma omp parallel for num_threads(nt) reduction(max:mb) schedule(static)
         for (int64_t i = 0; i < total; i++) {
-            float a = fabsf(w[i]);
-            m = a > m ? a : m;
+            uint32_t a = abs_bits(w[i]);
+            mb = a > mb ? a : mb;
         }
-        z.gscale = qz_scale(&z, m);
+        z.gscale = qz_scale(&z, bits_float(mb));
         scales[0] = z.gscale;
     }
     /* row chunk: a multiple of 64 (packing groups) and of the block size; column strips
