@@ -130,7 +130,7 @@ class QuantizedTensor:
                  "scales", "scale_codes", "scale_scales", "scale_mean", "_frozen")
 
     def __init__(self, shape, bits, scheme, block_size, rounding, data, scales=None, *,
-                 scale_codes=None, scale_scales=None, scale_mean=None):
+                 scale_codes=None, scale_scales=None, scale_mean=None, _copy=True):
         d_in, d_out = (check_int(s, "shape entries", minimum=1) for s in shape)
         bits = check_int(bits, "bits", minimum=2)
         _check_format(bits, scheme, block_size, rounding, double_quant=scale_codes is not None)
@@ -145,10 +145,10 @@ class QuantizedTensor:
             want = ("data", np.uint8, (d_out, row_bytes(d_in)))
         else:
             want = ("data", np.int8, (d_out, d_in))
-        self._set("data", _frozen_array(data, *want))
+        self._set("data", _frozen_array(data, *want, copy=_copy))
         if scale_codes is None:
             sshape = (1,) if block_size is None else (d_out, nblocks)
-            self._set("scales", _frozen_array(scales, "scales", np.float32, sshape))
+            self._set("scales", _frozen_array(scales, "scales", np.float32, sshape, copy=_copy))
             for name in ("scale_codes", "scale_scales", "scale_mean"):
                 self._set(name, None)
         else:
@@ -271,12 +271,15 @@ def _rebuild(shape, bits, scheme, block_size, rounding, data, scales, kw):
     return QuantizedTensor(shape, bits, scheme, block_size, rounding, data, scales, **kw)
 
 
-def _frozen_array(a, name, dtype, shape) -> np.ndarray:
-    """A read-only copy over an immutable buffer (its WRITEABLE flag cannot be set back)."""
+def _frozen_array(a, name, dtype, shape, copy=True) -> np.ndarray:
+    """A read-only view of a read-only array (the view's WRITEABLE flag cannot be set
+    back); a copy unless ``copy=False`` (arrays fresh from a kernel, owned by nobody else)."""
     if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != tuple(shape):
         raise ValueError(f"{name} must be a {np.dtype(dtype)} array of shape {tuple(shape)}, "
                          f"got {getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
-    return np.frombuffer(np.ascontiguousarray(a).tobytes(), dtype=dtype).reshape(shape)
+    base = np.array(a, order="C", copy=True) if copy or not a.flags.c_contiguous else a
+    base.setflags(write=False)
+    return base.view()
 
 
 def _check_format(bits, scheme, block_size, rounding, double_quant):
@@ -368,12 +371,14 @@ def quantize(w, bits, *, scheme="absmax", block_size=None, rounding="nearest", d
     _check_finite(np.asarray(w), scales)
     if block_size is None:
         scales = np.asarray(scales, np.float32).reshape(1)
+    # the backend's fresh arrays become the tensor's own (no copy)
     if double_quant:
         codes, groups, mean = _dq_scales(scales)
         return QuantizedTensor((d_in, d_out), bits, scheme, int(block_size), rounding, data,
-                               scale_codes=codes, scale_scales=groups, scale_mean=mean)
+                               scale_codes=codes, scale_scales=groups, scale_mean=mean,
+                               _copy=False)
     return QuantizedTensor((d_in, d_out), bits, scheme, block_size if block_size is None
-                           else int(block_size), rounding, data, scales)
+                           else int(block_size), rounding, data, scales, _copy=False)
 
 
 def _q(q):
