@@ -33,6 +33,9 @@ class Case:
     # the memory-traffic limit's thunks, when not plain streams of bytes_read/bytes_written:
     # inputs -> {name: thunk}
     limit: Callable[[dict], dict] | None = None
+    # untimed calls before each contender's timed burst (None: the runner's default);
+    # longer where a peer leaves threads spinning (OpenBLAS spins ~0.1 s after a call)
+    warm_s: float | None = None
 
 
 _CASES: dict[str, Case] = {}

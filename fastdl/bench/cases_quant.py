@@ -89,6 +89,7 @@ def _qmatmul_case(fmt, n):
         torch=_torch_f32, peers=peers, quick=n in (1, 512) and fmt != "int8-b64" or
         (n == 1 and fmt == "int8-b64"),
         metrics=lambda inp, backend: {"bits/param": inp["q"].bits_per_param},
+        warm_s=0.15,                 # OpenBLAS (the x @ W peer) spins ~0.1 s after each call
         targets={"cython": targets}, params={"format": fmt, "n": n, "d": D},
     )
 

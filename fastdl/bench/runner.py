@@ -59,10 +59,10 @@ BURST = 5            # timed calls per contender per round (at most)
 BURST_S = 0.05       # ... or until this much time has passed
 
 
-def _burst(fn: Callable[[], object]) -> list[float]:
+def _burst(fn: Callable[[], object], warm_s: float = WARM_S) -> list[float]:
     t0 = time.perf_counter()
     fn()
-    while time.perf_counter() - t0 < WARM_S:
+    while time.perf_counter() - t0 < warm_s:
         fn()
     out: list[float] = []
     t0 = time.perf_counter()
@@ -72,7 +72,7 @@ def _burst(fn: Callable[[], object]) -> list[float]:
 
 
 def measure(thunks: dict[str, Callable[[], object]], *, min_rounds: int, max_rounds: int,
-            budget_s: float) -> tuple[dict[str, float], int]:
+            budget_s: float, warm_s: float = WARM_S) -> tuple[dict[str, float], int]:
     """Median time of each thunk, timed in interleaved rounds (a noisy machine
     slows all of them alike) until ``budget_s`` is spent or ``max_rounds`` done.
 
@@ -87,7 +87,7 @@ def measure(thunks: dict[str, Callable[[], object]], *, min_rounds: int, max_rou
     try:
         while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start < budget_s):
             for name, fn in thunks.items():
-                samples[name].extend(_burst(fn))
+                samples[name].extend(_burst(fn, warm_s))
             rounds += 1
     finally:
         if gc_was:
@@ -120,12 +120,13 @@ def run_case(case: Case, *, backends: Iterable[str] | None = None, full: bool = 
               else limit_thunks(case.bytes_read, case.bytes_written))
     for k, fn in limits.items():
         thunks["limit:" + k] = fn
+    warm = WARM_S if case.warm_s is None else case.warm_s
     if rounds is not None:
-        med, n = measure(thunks, min_rounds=rounds, max_rounds=rounds, budget_s=0.0)
+        med, n = measure(thunks, min_rounds=rounds, max_rounds=rounds, budget_s=0.0, warm_s=warm)
     elif full:
-        med, n = measure(thunks, min_rounds=10, max_rounds=200, budget_s=4.0)
+        med, n = measure(thunks, min_rounds=10, max_rounds=200, budget_s=4.0, warm_s=warm)
     else:
-        med, n = measure(thunks, min_rounds=3, max_rounds=40, budget_s=1.0)
+        med, n = measure(thunks, min_rounds=3, max_rounds=40, budget_s=1.0, warm_s=warm)
 
     limit_kind = min(limits, key=lambda k: med["limit:" + k]) if limits else None
     limit_s = med["limit:" + limit_kind] if limit_kind else None
