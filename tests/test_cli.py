@@ -102,3 +102,14 @@ def test_targets_on_peers_and_metrics():
               vs_peers={"argsort": 2.0}, metrics={"ratio": 1.5})
     _check_targets(row)
     assert row.missed == ["vs_limit 2.50 (target <= 2.0)", "vs:argsort 2.00 (target >= 3.0)"]
+
+
+def test_quant_cases_cover_the_issue_matrix():
+    names = {c.name for c in all_cases(only="quant")}
+    for fmt in ("int8-b64", "int4-b64", "nf4-b64-dq"):
+        for n in (1, 8, 64, 512):
+            assert f"quant/qmatmul/{fmt}/n{n}/float32" in names
+        assert f"quant/quantize/{fmt}/4096x4096/float32" in names
+    case = next(c for c in all_cases(only="quant/qmatmul/int4-b64/n1/*"))
+    assert case.targets["cython"] == {"max:bits/param": 4.5, "vs:numpy x@W f32": 5.0,
+                                      "vs_limit": 1.5}
