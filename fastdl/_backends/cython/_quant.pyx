@@ -8,8 +8,8 @@ arithmetic contracts of the kernels in src/quantk.h.
   transposed.
 * ``qmatmul``: n <= ``PARAMS["small_n"]`` (``"small_n_t"`` transposed; both
   measured): fused AVX2 kernels.  n = 1: each 32-value half is unpacked in
-  registers (nibbles by and/shift, floats by the 2^23 magic number, NF4 by two
-  permutes + blend) and FMA'd with x into per-block lane accumulators, one
+  registers (nibbles by and/shift, int2-4 to floats by the 2^23 magic number,
+  NF4 by a pshufb lookup of the codebook's byte planes) and FMA'd with x into per-block lane accumulators, one
   scale multiply per block.  n >= 2: each pair of storage rows is decoded
   once into float32 values (exactly dequantize's), then 2 rows x 2 columns
   register tiles.  Transposed: threads own slices of d_in (private, padded
