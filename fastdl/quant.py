@@ -24,7 +24,9 @@ Storage (what ``QuantizedTensor`` holds; backends read it as is):
   order, minus their mean, in groups of 256 quantized to 8-bit absmax),
   ``scale_scales`` float32 ``(ceil(d_out*nblocks / 256),)`` and ``scale_mean``
   float32.  The scale of block ``b`` of column ``j`` (flat index ``u = j*nblocks + b``)
-  is ``float32(float32(scale_codes[u]) * scale_scales[u // 256]) + scale_mean``.
+  is ``float32(float32(scale_codes[u]) * scale_scales[u // 256]) + scale_mean``,
+  clamped to [0, float32 max] (a block whose scale is below the group's step
+  rebuilds as 0 rather than with a flipped sign).
 
 Values (all arithmetic in float32; ``w`` is rounded to float32 first):
 
@@ -59,6 +61,7 @@ from __future__ import annotations
 import json
 import numbers
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -105,6 +108,8 @@ def row_bytes(d_in: int) -> int:
 def storage_bytes(shape, bits: int, block_size: int | None, double_quant: bool = False) -> int:
     """Real bytes of a quantized ``shape = (d_in, d_out)`` weight: data + scales."""
     d_in, d_out = shape
+    if block_size is not None and block_size < 1:
+        raise ValueError(f"block_size must be >= 1 or None, got {block_size}")
     data = d_out * (row_bytes(d_in) if bits <= 4 else d_in)
     if block_size is None:
         return data + 4
@@ -137,7 +142,7 @@ class QuantizedTensor:
         self._set("shape", (d_in, d_out))
         self._set("bits", bits)
         self._set("scheme", scheme)
-        self._set("block_size", block_size)
+        self._set("block_size", None if block_size is None else int(block_size))
         self._set("rounding", rounding)
         self._set("double_quant", scale_codes is not None)
         nblocks = self.nblocks
@@ -204,10 +209,13 @@ class QuantizedTensor:
         if not self.double_quant:
             return self.scales.reshape(-1, 1) if self.block_size is None else self.scales
         groups = np.repeat(self.scale_scales, DQ_GROUP)[:self.scale_codes.size]
-        s = self.scale_codes.astype(np.float32) * groups + self.scale_mean
-        return s.astype(np.float32).reshape(self.shape[1], self.nblocks)
+        with np.errstate(over="ignore"):
+            s = self.scale_codes.astype(np.float32) * groups + self.scale_mean
+        # clamped to [0, float32 max]: a rebuilt scale must not flip a block's sign
+        s = np.clip(s, 0, np.finfo(np.float32).max).astype(np.float32)
+        return s.reshape(self.shape[1], self.nblocks)
 
-    def dequantize(self, dtype=np.float32, *, backend: str | None = None) -> np.ndarray:
+    def dequantize(self, dtype=None, *, backend: str | None = None) -> np.ndarray:
         return dequantize(self, dtype=dtype, backend=backend)
 
     def __repr__(self):
@@ -248,7 +256,7 @@ class QuantizedTensor:
                 arrays = {k: z[k] for k in z.files}
         except FileNotFoundError:
             raise
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
             raise ValueError(f"not a fastdl QuantizedTensor file: {path!r} ({exc})") from None
         try:
             meta = json.loads(bytes(arrays.pop("meta")).decode())
@@ -263,7 +271,8 @@ class QuantizedTensor:
             return cls(tuple(meta["shape"]), meta["bits"], meta["scheme"], meta["block_size"],
                        meta["rounding"], arrays["data"],
                        None if meta["double_quant"] else arrays["scales"], **kw)
-        except (KeyError, TypeError, ValueError, UnicodeDecodeError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError, AttributeError,
+                RecursionError, OverflowError, zlib.error) as exc:
             raise ValueError(f"not a valid fastdl QuantizedTensor file: {path!r} ({exc})") from None
 
 
@@ -278,6 +287,10 @@ def _frozen_array(a, name, dtype, shape, copy=True) -> np.ndarray:
         raise ValueError(f"{name} must be a {np.dtype(dtype)} array of shape {tuple(shape)}, "
                          f"got {getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
     base = np.array(a, order="C", copy=True) if copy or not a.flags.c_contiguous else a
+    owner = base
+    while isinstance(owner.base, np.ndarray):       # a kernel's array may be a view: lock its owner
+        owner = owner.base
+    owner.setflags(write=False)
     base.setflags(write=False)
     return base.view()
 
@@ -354,7 +367,7 @@ def quantize(w, bits, *, scheme="absmax", block_size=None, rounding="nearest", d
     values along ``d_in`` per output column (None: one scale for the tensor, the
     document's formula); ``rounding`` "nearest" (half away from zero) or
     "floor".  ``scheme="nf4"``: QLoRA's NormalFloat4 (bits=4, block 64 by
-    default).  ``double_quant``: quantize the block scales too (8-bit, groups of
+    default; ``rounding`` does not apply: codes are the nearest).  ``double_quant``: quantize the block scales too (8-bit, groups of
     256), as QLoRA does.
     """
     bits = check_int(bits, "bits")
@@ -365,7 +378,7 @@ def quantize(w, bits, *, scheme="absmax", block_size=None, rounding="nearest", d
     _check_format(bits, scheme, block_size, rounding, bool(double_quant))
     w32 = _weights(w)
     d_in, d_out = w32.shape
-    bs = d_in if block_size is None else int(block_size)
+    bs = d_in if block_size is None else min(int(block_size), d_in)   # a block >= d_in: one
     data, scales = registry.dispatch("quantize", (w32, bits, scheme, bs, rounding, block_size is None),
                                      {}, backend)
     _check_finite(np.asarray(w), scales)
@@ -387,9 +400,12 @@ def _q(q):
     return q
 
 
-def dequantize(q, dtype=np.float32, *, out=None, backend: str | None = None) -> np.ndarray:
-    """The float ``(d_in, d_out)`` matrix of ``q`` (float32 or float64)."""
+def dequantize(q, dtype=None, *, out=None, backend: str | None = None) -> np.ndarray:
+    """The float ``(d_in, d_out)`` matrix of ``q``: float32 (default), float64, or the
+    dtype of ``out``."""
     q = _q(q)
+    if dtype is None:
+        dtype = out.dtype if isinstance(out, np.ndarray) else np.float32
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -407,7 +423,9 @@ def qmatmul(x, q, *, transpose: bool = False, out=None, backend: str | None = No
 
     ``x``: ``(n, d_in)`` or ``(d_in,)`` (transposed: ``d_out``), float32 or
     float64 (float16 is computed in float32, integers and bool in float64); the result has that dtype and
-    shape ``(n, d_out)`` / ``(d_out,)`` (transposed: ``d_in``).
+    shape ``(n, d_out)`` / ``(d_out,)`` (transposed: ``d_in``).  The fused
+    float32 path multiplies each block's sum by its scale at the end, so for
+    |x| beyond ~1e33 a block sum can overflow where ``x @ dequantize(q)`` would not.
     """
     q = _q(q)
     if not isinstance(transpose, (bool, np.bool_)):

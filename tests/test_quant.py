@@ -937,7 +937,12 @@ def test_dequantize_bad_arguments(q34):
     with pytest.raises(ValueError, match=r"out must have shape \(3, 4\), got \(4, 3\)"):
         dequantize(q34, out=np.empty((4, 3), np.float32))
     with pytest.raises(TypeError, match="out must have dtype float32, got float64"):
-        dequantize(q34, out=np.empty((3, 4)))
+        dequantize(q34, np.float32, out=np.empty((3, 4)))
+    got = dequantize(q34, out=np.empty((3, 4)))          # out alone sets the dtype
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, dequantize(q34).astype(np.float64))
+    with pytest.raises(ValueError, match="dtype must be float32 or float64"):
+        dequantize(q34, out=np.empty((3, 4), np.float16))
     with pytest.raises(ValueError, match="C-contiguous"):
         dequantize(q34, np.float64, out=np.empty((4, 3)).T)
     for bad in (np.ones((3, 4)), [[1.0]], "q", None):
@@ -966,3 +971,33 @@ def test_non_finite_anywhere_is_rejected(backend, fmt, value):
             warnings.simplefilter("error")
             with pytest.raises(ValueError, match="w must be finite"):
                 quantize(w, backend=backend, **fmt)
+
+
+@pytest.mark.parametrize("block_size", [2 ** 20, 2 ** 57 + 1, 2 ** 62 + 1, 10 ** 12])
+def test_block_larger_than_d_in_is_one_block(backend, block_size):
+    w = weights(("huge-bs",), (100, 64))
+    q = quantize(w, 8, block_size=block_size, backend=backend)
+    ref = quantize(w, 8, block_size=100, backend=backend)
+    np.testing.assert_array_equal(q.data, ref.data)
+    np.testing.assert_array_equal(q.scales, ref.scales)
+    assert q.block_size == block_size and q.nblocks == 1
+    np.testing.assert_array_equal(dequantize(q, backend=backend), dequantize(ref, backend=backend))
+
+
+def test_arrays_cannot_be_made_writeable_again(backend):
+    for kw in (dict(bits=8), dict(bits=8, block_size=10), dict(bits=4, block_size=32)):
+        q = quantize(weights(("lock",), (40, 6)), backend=backend, **kw)
+        for a in (q.data, q.scales):
+            with pytest.raises(ValueError):
+                a.setflags(write=True)
+
+
+def test_double_quant_never_flips_a_block_sign(backend):
+    rng = rng_for("dq-sign")
+    w = rng.standard_normal((64, 256)).astype(np.float32)
+    w[:, 0] *= 1e-2                        # a scale far below its group's step
+    w[:, 1] *= 30
+    q = quantize(w, 4, scheme="nf4", double_quant=True, backend=backend)
+    assert (q.block_scales() >= 0).all()
+    deq = dequantize(q, backend=backend)
+    assert np.corrcoef(w[:, 0], deq[:, 0])[0, 1] >= 0 or not deq[:, 0].any()

@@ -128,7 +128,7 @@ cdef int _desc(fdl_qk_desc *d, q, dict keep) except -1:
     d.bits = q.bits
     d.nf4 = q.scheme == "nf4"
     d.per_tensor = q.block_size is None
-    d.bs = d_in if q.block_size is None else q.block_size
+    d.bs = d_in if q.block_size is None else min(q.block_size, d_in)   # one block at most d_in
     d.nb = 1 if q.block_size is None else (d_in + d.bs - 1) // d.bs
     d.rowb = data.shape[1]
     d.data = &data[0, 0]

@@ -104,7 +104,7 @@ def values(q) -> np.ndarray:
     else:
         units = q.data.astype(np.float32)
     s = q.block_scales()
-    bs = d_in if q.block_size is None else q.block_size
+    bs = d_in if q.block_size is None else min(q.block_size, d_in)
     per = np.repeat(s, bs, axis=1)[:, :d_in] if s.shape[0] > 1 or q.block_size else \
         np.broadcast_to(s.reshape(1, 1), (d_out, d_in))
     return (per * units).astype(np.float32)

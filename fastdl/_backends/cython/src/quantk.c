@@ -1,5 +1,6 @@
 /* Quantization kernels; see quantk.h for the arithmetic contracts. */
 #include "quantk.h"
+#include <float.h>
 #include "simd.h"
 
 #include <math.h>
@@ -70,7 +71,9 @@ static inline float qk_scale(const fdl_qk_desc *q, int64_t j, int64_t b) {
     int64_t u = j * q->nb + b;
     if (q->dq) {
         float t = (float)q->sc_codes[u] * q->sc_scales[u >> 8];
-        return t + q->sc_mean;
+        t = t + q->sc_mean;
+        /* clamped to [0, FLT_MAX]: a rebuilt scale must not flip a block's sign */
+        return t > 0.0f ? (t < FLT_MAX ? t : FLT_MAX) : 0.0f;
     }
     return q->scales[u];
 }
