@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from fastdl import quant
-from fastdl.quant import QuantizedTensor
 
 cy = pytest.importorskip("fastdl._backends.cython")
 from fastdl._backends.cython import _cpu, _quant  # noqa: E402

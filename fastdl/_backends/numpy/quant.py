@@ -53,8 +53,7 @@ def unpack_nibbles(data: np.ndarray, d_in: int) -> np.ndarray:
     G, r = divmod(d_in, 64)
     full = data[:, :32 * G].reshape(rows, G, 32)
     parts = [np.stack([full & 15, full >> 4], axis=2).reshape(rows, 64 * G)]
-    if r:
-        h = (r + 1) // 2
+    if r:                           # short group: low nibbles first, then high, cut to r
         tail = data[:, 32 * G:]
         parts.append(np.concatenate([tail & 15, tail >> 4], axis=1)[:, :r])
     return np.concatenate(parts, axis=1)
