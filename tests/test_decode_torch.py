@@ -5,13 +5,13 @@
 log-softmax).  Run on the NumPy backend and, where it is built and provides the op, on
 the Cython backend; float32 and float64.
 """
-import zlib
 
 import numpy as np
 import pytest
 
 import fastdl
 from fastdl.decode import beam_topk, log_softmax, topk
+from fastdl._testing import rng_for
 
 torch = pytest.importorskip("torch")
 
@@ -28,12 +28,8 @@ def _backends(op):
         not has, reason=f"cython backend does not provide {op}"))]
 
 
-def _rng(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
 def _data(shape, dtype, *key, special=False):
-    rng = _rng(shape, np.dtype(dtype).name, *key)
+    rng = rng_for(shape, np.dtype(dtype).name, *key)
     x = (rng.standard_normal(shape) * 3).astype(dtype)
     if special and x.size:
         flat = x.reshape(-1)

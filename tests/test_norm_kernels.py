@@ -29,7 +29,7 @@ import fastdl
 
 cy = pytest.importorskip("fastdl._backends.cython")
 from fastdl._backends.cython import _cpu  # noqa: E402
-from kernel_helpers import rng_for, simd, threads
+from fastdl._testing import rng_for, simd, threads
 
 HAVE_AVX2 = _cpu.detected_simd() == "avx2"
 needs_avx2 = pytest.mark.skipif(not HAVE_AVX2, reason="no AVX2 on this CPU/build")

@@ -4,7 +4,6 @@ finite differences, the document's Question 1, accuracy, threads, argument rules
 Tests whose id contains "cython" run the Cython kernels; the rest run the NumPy
 reference (``-k "not cython"`` selects those alone).
 """
-import zlib
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from hypothesis import strategies as st
 
 import fastdl
 from fastdl import NormStats
+from fastdl._testing import rng_for, threads
 
 BACKENDS = ["numpy", "cython"]
 
@@ -21,10 +21,6 @@ DOC_X = np.array([[[2, 5, 1], [4, 3, 4]],
                   [[1, 2, 4], [1, 2, 2]],
                   [[3, 1, 2], [3, 2, 4]],
                   [[3, 4, 3], [5, 2, 3]]], dtype=np.float64)
-
-
-def _rng(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
 # ---------------------------------------------------------------- one interface for every norm
@@ -77,7 +73,7 @@ def bwd(norm, dy, x, w=None, b=None, rm=None, rv=None, *, backend, **kw):
 
 def operands(norm, shape, dtype=np.float64, *, affine=True, key=()):
     """x, dy, w, b, rm, rv for ``norm`` (None where the layer / mode takes none)."""
-    rng = _rng(norm, shape, np.dtype(dtype).name, affine, *key)
+    rng = rng_for(norm, shape, np.dtype(dtype).name, affine, *key)
     x = (rng.standard_normal(shape) * 1.3 + 0.4).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
     ps = param_shape(norm, shape)
@@ -324,7 +320,7 @@ def numeric_grad(f, a, h=1e-6):
 @pytest.mark.parametrize("norm,shape", FD_CASES)
 def test_finite_difference_gradients(norm, shape, affine, backend):
     x, _, w, b, rm, rv = operands(norm, shape, affine=affine, key=("fd",))
-    r = _rng("projection", norm, shape).standard_normal(shape)   # L = sum(y * r), dL/dy = r
+    r = rng_for("projection", norm, shape).standard_normal(shape)   # L = sum(y * r), dL/dy = r
     # running buffers must not move between the perturbed forwards: training modes get none
     rm_f = None if norm in ("batch_train", "instance") else rm
     rv_f = None if norm in ("batch_train", "instance") else rv
@@ -397,7 +393,7 @@ def test_document_question_1(kind, backend):
 def test_large_offset_float32_is_normalized(norm, backend):
     # mean 1e4, std 0.1: E[x^2] - E[x]^2 in float32 would be all rounding error
     shape = (8, 16, 1000)
-    x = (1e4 + 0.1 * _rng("offset").standard_normal(shape)).astype(np.float32)
+    x = (1e4 + 0.1 * rng_for("offset").standard_normal(shape)).astype(np.float32)
     y = fwd(norm, x, backend=backend).astype(np.float64)
     assert np.isfinite(y).all()
     if norm == "batch_train":
@@ -464,7 +460,7 @@ def _mean_var(x, norm):
 def test_inputs_not_modified(norm, layout, backend):
     shape = (4, 6, 5)
     x, dy, w, b, rm, rv = operands(norm, shape, key=("untouched",))
-    rng = _rng("layout", norm, layout)
+    rng = rng_for("layout", norm, layout)
     x = make_array(shape, np.float64, layout, rng, 0.5, 2.0)
     dy = make_array(shape, np.float64, layout, rng)
     arrays = {"input": x, "grad_output": dy, "weight": w, "bias": b}
@@ -955,16 +951,13 @@ def test_batch_norm_few_channels_parallel_over_batch(dtype):
     dy = rng.standard_normal(x.shape).astype(dtype)
     w, b = rng.standard_normal(3).astype(dtype), rng.standard_normal(3).astype(dtype)
     tol = 1e-4 if dtype == np.float32 else 1e-10
-    got, before = {}, fastdl.get_num_threads()
+    got = {}
     for nt in (1, 2):
-        fastdl.set_num_threads(nt)
-        try:
+        with threads(nt):
             y, st = fastdl.batch_norm(x, None, None, w, b, True, return_stats=True,
                                       backend="cython")
             grads = fastdl.batch_norm_backward(dy, x, None, None, w, b, True, stats=st,
                                                backend="cython")
-        finally:
-            fastdl.set_num_threads(before)
         got[nt] = (y, st.mean, st.rstd) + grads
     for a, c in zip(got[1], got[2]):
         assert np.array_equal(a, c)

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 import fastdl
 from fastdl._backends.cython import _cpu
+from fastdl._testing import simd, threads
 
 BACKENDS = ["cython", "numpy"]
 KINDS = ["batch", "layer", "instance", "group"]
@@ -154,14 +155,10 @@ def test_property_cython_equals_numpy_float64(params):
 def test_same_bits_for_any_thread_count(kind, shape):
     x = np.random.default_rng(3).standard_normal(shape).astype(np.float32) + 5
     g = 4 if kind == "group" else None
-    old = fastdl.get_num_threads()
-    try:
-        results = []
-        for n in (1, 2, 3):
-            fastdl.set_num_threads(n)
+    results = []
+    for n in (1, 2, 3):
+        with threads(n):
             results.append(fastdl.norm_stats(x, kind, num_groups=g, backend="cython"))
-    finally:
-        fastdl.set_num_threads(old)
     for mean, var in results[1:]:
         np.testing.assert_array_equal(mean, results[0][0])
         np.testing.assert_array_equal(var, results[0][1])
@@ -174,13 +171,10 @@ def test_same_bits_for_any_thread_count(kind, shape):
 def test_simd_twin_equals_scalar_twin(shape, dtype):
     x = (np.random.default_rng(4).standard_normal(shape) * 4 + 7).astype(dtype)
     out = {}
-    try:
-        for level in ("avx2", "scalar"):
-            _cpu.set_simd_level(level)
+    for level in ("avx2", "scalar"):
+        with simd(level):
             out[level] = [fastdl.norm_stats(x, k, num_groups=1 if k == "group" else None,
                                             backend="cython") for k in KINDS]
-    finally:
-        _cpu.set_simd_level(_cpu.detected_simd())
     for (m1, v1), (m2, v2) in zip(out["avx2"], out["scalar"]):
         np.testing.assert_array_equal(m1, m2)
         np.testing.assert_array_equal(v1, v2)

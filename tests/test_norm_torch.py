@@ -7,12 +7,12 @@ where torch exposes them), and ``(dx, dweight, dbias)`` against autograd of the
 same call with a random ``grad_output``.  The backward with ``stats=`` from the
 forward must equal, bit for bit, the backward that recomputes them.
 """
-import zlib
 
 import numpy as np
 import pytest
 
 import fastdl
+from fastdl._testing import rng_for
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -28,13 +28,9 @@ AFFINE = [pytest.param("none", id="plain"), pytest.param("wb", id="affine")]
 
 # ---------------------------------------------------------------- helpers
 
-def _rng(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
 def make(shape, dtype, param_shape, affine, *key):
     """x (mean 0.7, std 1.5), grad_output, weight and bias (None unless asked for)."""
-    rng = _rng(shape, np.dtype(dtype).name, affine, *key)
+    rng = rng_for(shape, np.dtype(dtype).name, affine, *key)
     x = (rng.standard_normal(shape) * 1.5 + 0.7).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
     w = (rng.standard_normal(param_shape) * 0.5 + 1).astype(dtype) if "w" in affine else None
@@ -43,7 +39,7 @@ def make(shape, dtype, param_shape, affine, *key):
 
 
 def running(C, dtype, *key):
-    rng = _rng(C, np.dtype(dtype).name, "running", *key)
+    rng = rng_for(C, np.dtype(dtype).name, "running", *key)
     return ((rng.standard_normal(C) * 0.5).astype(dtype), rng.uniform(0.5, 2.0, C).astype(dtype))
 
 
@@ -335,7 +331,7 @@ def test_weight_only_or_bias_only(layer, affine, dtype, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batch_norm_momentum_and_unbiased_variance_like_torch(backend):
     """Several training steps with float32 buffers, default momentum and eps."""
-    x = _rng("steps").standard_normal((5, 3, 4)).astype(np.float32)
+    x = rng_for("steps").standard_normal((5, 3, 4)).astype(np.float32)
     rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
     trm, trv = tt(rm), tt(rv)
     for step in range(4):

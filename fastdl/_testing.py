@@ -1,12 +1,11 @@
-"""Helpers shared by the kernel test modules: seeded generators, SIMD level and
-thread-count contexts."""
+"""Helpers for fastdl's own tests: seeded generators, SIMD-level and thread-count
+contexts (so every test module does not write them again)."""
 import contextlib
 import zlib
 
 import numpy as np
 
 import fastdl
-from fastdl._backends.cython import _cpu
 
 
 def rng_for(*key):
@@ -16,6 +15,8 @@ def rng_for(*key):
 
 @contextlib.contextmanager
 def simd(level):
+    """Run the Cython kernels at SIMD ``level`` ("scalar" or "avx2") inside the block."""
+    from fastdl._backends.cython import _cpu
     old = _cpu.set_simd_level(level)
     try:
         yield
