@@ -13,14 +13,16 @@ from fastdl.decode.search import Hypothesis, SearchStats
 __all__ = ["sample"]
 
 
-def _filter(logits: np.ndarray, temperature, top_k, top_p, min_p, backend) -> np.ndarray:
-    """Log-probabilities (rows, N) of the filtered, tempered distribution; excluded
-    tokens are -inf.  Order as in Hugging Face: temperature, top-k, top-p, min-p.
-    Every row has a finite maximum (dead rows were dropped before)."""
+def _filter(dist: np.ndarray, temperature, top_k, top_p, min_p, backend) -> np.ndarray:
+    """Log-probabilities (rows, N) of the filtered, tempered version of ``dist`` (the
+    model's normalized log-probabilities); excluded tokens are -inf.  Order as in
+    Hugging Face: temperature, top-k, top-p, min-p.  Every row has a finite maximum
+    (dead rows were dropped before)."""
+    x = dist
     if temperature != 1.0:            # shift first, in float64: tiny temperatures must not overflow
         with np.errstate(over="ignore", divide="ignore"):
-            logits = (logits - logits.max(axis=1, keepdims=True)).astype(np.float64) / temperature
-    x = log_softmax(logits, backend=backend)
+            x = (dist - dist.max(axis=1, keepdims=True)).astype(np.float64) / temperature
+        x = log_softmax(x, backend=backend)
     rows, N = x.shape
     if top_k is not None and top_k < N:
         _, keep = topk(x, top_k, backend=backend)         # ties: the lower ids stay
@@ -93,11 +95,12 @@ def sample(lm, max_len, *, bos, eos=None, temperature=1.0, top_k=None, top_p=Non
                 break
             model.keep(go)
             lp, live, rows = lp[go], live[go], go.size
-        q = _filter(lp, temperature, top_k, top_p, min_p, backend)
+        dist = log_softmax(lp, backend=backend)     # renormalizes pruned rows too
+        q = _filter(dist, temperature, top_k, top_p, min_p, backend)
         cdf = np.cumsum(np.exp(q.astype(np.float64)), axis=1)
         u = rng.random(rows) * cdf[:, -1]
         tok = np.minimum((cdf <= u[:, None]).sum(axis=1), N - 1)   # first index with cdf > u
-        true_lp = lp if model.normalized else log_softmax(lp, backend=backend)
+        true_lp = lp if model.normalized else dist
         logp[live] += true_lp[np.arange(rows), tok]
         seqs[live, t - 1] = tok
         length[live] = t
