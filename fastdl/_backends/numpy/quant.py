@@ -102,10 +102,8 @@ def values(q) -> np.ndarray:
             units = codes.astype(np.float32) - np.float32(2 ** (q.bits - 1))
     else:
         units = q.data.astype(np.float32)
-    s = q.block_scales()
     bs = d_in if q.block_size is None else min(q.block_size, d_in)
-    per = np.repeat(s, bs, axis=1)[:, :d_in] if s.shape[0] > 1 or q.block_size else \
-        np.broadcast_to(s.reshape(1, 1), (d_out, d_in))
+    per = np.repeat(q.block_scales(), bs, axis=1)[:, :d_in]   # per-tensor (1, d_in) broadcasts
     return (per * units).astype(np.float32)
 
 
