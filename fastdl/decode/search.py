@@ -297,8 +297,8 @@ def beam_search(lm, beam_width, max_len, *, bos, eos=None, length_penalty=0.0, n
     fill the beam) but not N^max_len, the number of sequences.
     """
     max_len, length_penalty = _common(max_len, length_penalty)
-    B, num_return, early_stopping, min_len, ngram = _check_beam_args(beam_width, num_return, early_stopping,
-                                                     min_len, no_repeat_ngram_size)
+    B, num_return, early_stopping, min_len, ngram = _check_beam_args(
+        beam_width, num_return, early_stopping, min_len, no_repeat_ngram_size)
     return _beam(lm, B, max_len, bos=bos, eos=eos, length_penalty=length_penalty,
                  num_return=num_return, early_stopping=early_stopping, min_len=min_len,
                  no_repeat_ngram_size=ngram, trace=bool(trace), backend=backend,
@@ -341,14 +341,12 @@ def exhaustive_search(lm, max_len, *, bos, eos=None, top=1, limit=1_000_000,
         if not model.normalized:
             lp = log_softmax(lp, backend=backend)
         total = scores[:, None] + lp                       # (rows, N), every child
-        live = np.arange(rows)
-        if eos_set.size:
-            r, c = np.meshgrid(live, eos_set, indexing="ij")
+        if eos_set.size:                                   # children ending in eos finish
+            r, c = np.meshgrid(np.arange(rows), eos_set, indexing="ij")
             finish(t - 1, r.ravel(), total[r, c].ravel(), c.ravel())
-        keep = np.zeros(N, bool)
-        keep[np.setdiff1d(np.arange(N), eos_set)] = True
-        par = np.repeat(live, keep.sum())
-        tok = np.tile(np.flatnonzero(keep), live.size)
+        going = np.setdiff1d(np.arange(N), eos_set)        # the other children continue
+        par = np.repeat(np.arange(rows), going.size)
+        tok = np.tile(going, rows)
         if par.size == 0:
             break
         bp.push(par, tok, stats)
