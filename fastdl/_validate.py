@@ -46,6 +46,13 @@ def check_int(value, name: str, *, minimum: int | None = None) -> int:
     return value
 
 
+def check_flag(value, name: str) -> bool:
+    """A bool (Python or NumPy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
 def check_choice(value, name: str, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")

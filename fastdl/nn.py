@@ -31,18 +31,12 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from fastdl import norm as F
-from fastdl._validate import FLOAT_DTYPES, as_float_array, check_int, check_real
+from fastdl._validate import FLOAT_DTYPES, as_float_array, check_flag, check_int, check_real
 
 __all__ = ["Module", "BatchNorm", "LayerNorm", "InstanceNorm", "GroupNorm", "RMSNorm"]
 
 
 # ---------------------------------------------------------------- argument checks
-
-def _flag(value, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
-    return bool(value)
-
 
 def _dtype(value) -> np.dtype:
     if value is None:          # torch's default dtype
@@ -112,7 +106,7 @@ class Module(ABC):
         return self.params.get("bias")
 
     def train(self, mode: bool = True):
-        self.training = _flag(mode, "mode")
+        self.training = check_flag(mode, "mode")
         return self
 
     def eval(self):
@@ -177,8 +171,8 @@ class _RunningNorm(Module):
         self.num_features = check_int(num_features, "num_features", minimum=1)
         self.eps = _eps(eps)
         self.momentum = _momentum(momentum)
-        self.affine = _flag(affine, "affine")
-        self.track_running_stats = _flag(track_running_stats, "track_running_stats")
+        self.affine = check_flag(affine, "affine")
+        self.track_running_stats = check_flag(track_running_stats, "track_running_stats")
         self.dtype = _dtype(dtype)
         if self.affine:
             self._add_param("weight", (self.num_features,), self.dtype, 1)
@@ -311,7 +305,7 @@ class GroupNorm(Module):
             raise ValueError(f"num_groups must divide num_channels, got num_groups="
                              f"{self.num_groups} and num_channels={self.num_channels}")
         self.eps = _eps(eps)
-        self.affine = _flag(affine, "affine")
+        self.affine = check_flag(affine, "affine")
         self.dtype = _dtype(dtype)
         if self.affine:
             self._add_param("weight", (self.num_channels,), self.dtype, 1)
@@ -342,8 +336,8 @@ class LayerNorm(Module):
         super().__init__(backend)
         self.normalized_shape = _shape(normalized_shape)
         self.eps = _eps(eps)
-        self.elementwise_affine = _flag(elementwise_affine, "elementwise_affine")
-        bias = _flag(bias, "bias")
+        self.elementwise_affine = check_flag(elementwise_affine, "elementwise_affine")
+        bias = check_flag(bias, "bias")
         self.dtype = _dtype(dtype)
         if self.elementwise_affine:
             self._add_param("weight", self.normalized_shape, self.dtype, 1)
@@ -373,7 +367,7 @@ class RMSNorm(Module):
         super().__init__(backend)
         self.normalized_shape = _shape(normalized_shape)
         self.eps = None if eps is None else _eps(eps)
-        self.elementwise_affine = _flag(elementwise_affine, "elementwise_affine")
+        self.elementwise_affine = check_flag(elementwise_affine, "elementwise_affine")
         self.dtype = _dtype(dtype)
         if self.elementwise_affine:
             self._add_param("weight", self.normalized_shape, self.dtype, 1)

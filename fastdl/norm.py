@@ -37,7 +37,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fastdl import registry
-from fastdl._validate import (as_float_array, check_choice, check_int, check_out,
+from fastdl._validate import (as_float_array, check_choice, check_flag, check_int, check_out,
                               check_param, check_real, overlaps)
 
 __all__ = [
@@ -164,12 +164,6 @@ def _eps(eps) -> float:
 
 def _momentum(momentum) -> float:
     return check_real(momentum, "momentum", low=0.0, high=1.0)
-
-
-def _flag(value, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
-    return bool(value)
 
 
 def _running(rm, rv, C: int, *, required: str | None, update: bool):
@@ -458,7 +452,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     otherwise the running statistics normalize.
     """
     x, C, w, b = _channel_args(input, weight, bias)
-    use_input_stats = _flag(use_input_stats, "use_input_stats")
+    use_input_stats = check_flag(use_input_stats, "use_input_stats")
     momentum, eps = _momentum(momentum), _eps(eps)
     rm, rv = _running(running_mean, running_var, C,
                       required=None if use_input_stats else "when use_input_stats=False",
@@ -500,7 +494,7 @@ def instance_norm_backward(grad_output, input, running_mean=None, running_var=No
     """Gradients of ``instance_norm``: ``(dx, dweight, dbias)``.  Running buffers
     are not touched."""
     x, C, w, b = _channel_args(input, weight, bias)
-    use_input_stats = _flag(use_input_stats, "use_input_stats")
+    use_input_stats = check_flag(use_input_stats, "use_input_stats")
     _momentum(momentum)
     eps = _eps(eps)
     rm, rv = _running(running_mean, running_var, C,
@@ -541,7 +535,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     batch variance.  Evaluation: the running statistics (required) normalize.
     """
     x, C, w, b = _channel_args(input, weight, bias)
-    training = _flag(training, "training")
+    training = check_flag(training, "training")
     momentum, eps = _momentum(momentum), _eps(eps)
     rm, rv = _running(running_mean, running_var, C,
                       required=None if training else "when training=False", update=training)
@@ -570,7 +564,7 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
     """Gradients of ``batch_norm``: ``(dx, dweight, dbias)``.  Running buffers are
     not touched (the forward updated them)."""
     x, C, w, b = _channel_args(input, weight, bias)
-    training = _flag(training, "training")
+    training = check_flag(training, "training")
     _momentum(momentum)
     eps = _eps(eps)
     rm, rv = _running(running_mean, running_var, C,

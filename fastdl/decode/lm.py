@@ -70,11 +70,11 @@ class Model:
     """
 
     def __init__(self, lm, bos, eos, stats):
-        if not is_stateful(lm) and not callable(lm):
+        self.stateful = is_stateful(lm)
+        if not self.stateful and not callable(lm):
             raise TypeError("lm must be callable (lm(prefixes) -> log_probs) or have "
                             f"initial_state/step/reorder methods, got {type(lm).__name__}")
         self.lm, self.stats = lm, stats
-        self.stateful = is_stateful(lm)
         self.normalized = bool(getattr(lm, "normalized", True))
         self.N = vocab_size(lm)
         self.bos = _token(bos, "bos", self.N)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastdl import registry
-from fastdl._validate import as_float_array, check_int, check_out
+from fastdl._validate import as_float_array, check_flag, check_int, check_out
 
 __all__ = ["topk", "log_softmax", "beam_topk", "DECODE_OPS"]
 
@@ -139,8 +139,7 @@ def beam_topk(log_probs, beam_scores, k, *, normalize: bool = True, backend: str
     k = check_int(k, "k", minimum=1)
     if k > B * N:
         raise ValueError(f"k must be <= the number of candidates B*N = {B * N}, got k={k}")
-    if not isinstance(normalize, (bool, np.bool_)):
-        raise TypeError(f"normalize must be a bool, got {normalize!r}")
+    normalize = check_flag(normalize, "normalize")
     lp = np.ascontiguousarray(lp)
-    return registry.dispatch("beam_topk", (lp, s, k, bool(normalize)), {}, backend)
+    return registry.dispatch("beam_topk", (lp, s, k, normalize), {}, backend)
 

@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from fastdl._threads import get_num_threads
+from fastdl._validate import check_flag
 from fastdl._backends.cython import _cpu, _decode, _norm, _norm_stats, _quant
 from fastdl.decode.ops import DECODE_OPS
 from fastdl.norm import NORM_OPS
@@ -202,8 +203,7 @@ def beam_topk(log_probs, beam_scores, k, normalize):
     if beam_scores.shape != (B,) or not beam_scores.flags.c_contiguous:
         raise ValueError(f"beam_scores must be a contiguous array of shape ({B},), got "
                          f"shape {beam_scores.shape} strides {beam_scores.strides}")
-    if not isinstance(normalize, (bool, np.bool_)):
-        raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+    check_flag(normalize, "normalize")
     return _decode.beam_topk(lp, beam_scores, _k(k, B * N, "the number of candidates B*N"),
                              bool(normalize), get_num_threads())
 
@@ -221,12 +221,6 @@ def _qt(q):
     if q.data.shape != want or not q.data.flags.c_contiguous:
         raise ValueError(f"q.data must be C-contiguous with shape {want}, got {q.data.shape}")
     return q
-
-
-def _flag(v, name):
-    if not isinstance(v, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
-    return bool(v)
 
 
 def quantize(w, bits, scheme, block_size, rounding, per_tensor):
@@ -248,7 +242,7 @@ def quantize(w, bits, scheme, block_size, rounding, per_tensor):
                          f"got {scheme!r}, {rounding!r}")
     if scheme == "nf4" and bits != 4:
         raise ValueError(f"scheme='nf4' needs bits=4, got {bits}")
-    per_tensor = _flag(per_tensor, "per_tensor")
+    per_tensor = check_flag(per_tensor, "per_tensor")
     if per_tensor and scheme == "nf4":
         raise ValueError("scheme='nf4' needs block-wise scales")
     if per_tensor:
@@ -272,7 +266,7 @@ def dequantize(q, out):
 
 def qmatmul(x, q, transpose, out, *, _path=None):
     q = _qt(q)
-    transpose = _flag(transpose, "transpose")
+    transpose = check_flag(transpose, "transpose")
     x = _rows2d(x, "x")
     d_in, d_out = q.shape
     k, m = (d_out, d_in) if transpose else (d_in, d_out)
