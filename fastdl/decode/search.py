@@ -318,14 +318,10 @@ def exhaustive_search(lm, max_len, *, bos, eos=None, top=1, limit=1_000_000,
     model = Model(lm, bos, eos, stats)
     eos_set = np.array(model.eos, np.int64)
     bp = _Backpointers()
-    done_scores, done_seqs = [], []            # sequences that ended before max_len
+    done = []        # complete sequences, by batch: (depth, rows, scores, eos token or None)
 
     def finish(depth, rows, scores, extra=None):
-        seqs = bp.tokens_of(depth, rows)
-        if extra is not None:
-            seqs = np.concatenate([seqs, extra[:, None]], axis=1)
-        done_scores.extend(scores.tolist())
-        done_seqs.extend(map(tuple, seqs.tolist()))
+        done.append((depth, rows, scores, extra))
 
     model.start(1)
     scores = np.zeros(1)
@@ -355,14 +351,23 @@ def exhaustive_search(lm, max_len, *, bos, eos=None, top=1, limit=1_000_000,
             model.advance(par, tok)
     if scores.size and bp.tokens and len(bp.tokens) == max_len:
         finish(max_len, np.arange(scores.size), scores)
-    all_scores = np.array(done_scores, np.float64)
-    finite = np.flatnonzero(all_scores > -np.inf)      # probability-0 sequences are not results
+    # only sequences scoring at least the top-th best (ties included) are spelled out
+    every = np.concatenate([sc for _, _, sc, _ in done])
+    finite = every[every > -np.inf]                    # probability-0 sequences are not results
     if finite.size == 0:
         raise _no_sequence("exhaustive_search")
-    order = sorted(finite.tolist(), key=lambda i: (-all_scores[i], done_seqs[i]))[:top]
+    m = min(top, finite.size)
+    bar = np.partition(finite, finite.size - m)[finite.size - m]
+    cands = []
+    for depth, rows, sc, extra in done:
+        pick = np.flatnonzero((sc >= bar) & (sc > -np.inf))
+        seqs = bp.tokens_of(depth, rows[pick])
+        if extra is not None:
+            seqs = np.concatenate([seqs, extra[pick][:, None]], axis=1)
+        cands.extend(zip(sc[pick].tolist(), map(tuple, seqs.tolist())))
+    best = sorted(cands, key=lambda c: (-c[0], c[1]))[:top]
     stats.total_time_s = time.perf_counter() - start
-    return [Hypothesis(done_seqs[i], float(all_scores[i]), float(all_scores[i]), stats)
-            for i in order]
+    return [Hypothesis(seq, float(score), float(score), stats) for score, seq in best]
 
 
 def exact_search(lm, max_len, *, bos, eos=None, max_expansions=None, backend: str | None = None):
