@@ -3,8 +3,8 @@
 The count is an upper bound.  Each parallel region of a kernel uses at most as
 many threads as it has independent work units, runs on the calling thread when
 its work is below a grain (about 64 KiB), and, when other processes keep the
-CPUs busy, uses only the CPUs they leave free unless its work is large (about
-32 MiB and more).  Results never depend on the number of threads.
+CPUs busy, uses only the CPUs they leave free.  Results never depend on the
+number of threads.
 
 Counts above ``MAX_THREADS`` = max(64, 4 x the CPUs of the machine) are
 rejected: memory- and compute-bound kernels gain nothing past one thread per

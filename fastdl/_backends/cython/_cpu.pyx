@@ -32,7 +32,6 @@ cdef extern from "team.h":
     int fdl_team_blas(int nthreads) nogil
     int fdl_team_install_fork_handlers() nogil
     int64_t fdl_team_set_grain(int64_t bytes) nogil
-    int64_t fdl_team_set_busy_grain(int64_t bytes) nogil
     int fdl_team_set_adaptive(int on) nogil
     int fdl_team_free_cpus() nogil
     int fdl_team_child_serial() nogil
@@ -112,17 +111,9 @@ def set_grain(int64_t nbytes):
     return fdl_team_set_grain(nbytes)
 
 
-def set_busy_grain(int64_t nbytes):
-    """Work (bytes) from which a region uses every thread even when other
-    processes keep the CPUs busy; returns the previous value."""
-    if nbytes < 0:
-        raise ValueError(f"nbytes must be >= 0, got {nbytes}")
-    return fdl_team_set_busy_grain(nbytes)
-
-
 def set_load_adaptive(bint on):
-    """Whether regions below the busy grain shrink to the CPUs that other
-    processes leave free; returns the previous setting."""
+    """Whether regions shrink to the CPUs that other processes leave free (on by
+    default); returns the previous setting."""
     return bool(fdl_team_set_adaptive(on))
 
 

@@ -6,9 +6,10 @@
  * - units: a thread without a work unit only adds to the join;
  * - load: every region ends at a barrier, and a thread that another process
  *   preempted holds the whole team until the scheduler runs it again (a quantum,
- *   ~4 ms).  When other processes keep the CPUs busy, regions below the busy
- *   grain get only the CPUs left free (usually 1 thread); larger work still uses
- *   every thread, a preempted thread then costing little next to the work.
+ *   ~4 ms, each time).  When other processes keep the CPUs busy, a region gets
+ *   only the CPUs they leave free, usually 1 thread.  Measured on 2 cores with 2
+ *   busy processes: even 60 MiB norm_stats and 4096x4096 quantize lose with 2
+ *   threads once the load is higher than that (2x slower at a load of 7).
  *
  * Fork: GNU OpenMP keeps a pool of worker threads per calling thread; a forked
  * child inherits the pool's bookkeeping but not its threads, and its first
@@ -50,9 +51,6 @@
 
 /* 64 KiB: ~5 us of streaming work on one core, a few times an idle fork/join */
 static int64_t grain = 64 * 1024;
-/* 32 MiB: ~3 ms or more on one core; below that a preempted thread's quantum
- * costs more than the second thread gains */
-static int64_t busy_grain = 32 * 1024 * 1024;
 static int adaptive = 1;
 
 static int child_serial = 0;
@@ -123,7 +121,7 @@ int fdl_team(int nthreads, int64_t work_bytes, int64_t units) {
         return 1;
     int64_t n = nthreads < units ? nthreads : units;
     if (n > FDL_TEAM_MAX) n = FDL_TEAM_MAX;
-    if (LOAD(adaptive) && work_bytes < LOAD(busy_grain)) {
+    if (LOAD(adaptive)) {
         int f = fdl_team_free_cpus();
         if (n > f) n = f;
     }
@@ -179,12 +177,6 @@ int fdl_team_install_fork_handlers(void) {
 int64_t fdl_team_set_grain(int64_t bytes) {
     int64_t old = LOAD(grain);
     STORE(grain, bytes < 0 ? 0 : bytes);
-    return old;
-}
-
-int64_t fdl_team_set_busy_grain(int64_t bytes) {
-    int64_t old = LOAD(busy_grain);
-    STORE(busy_grain, bytes < 0 ? 0 : bytes);
     return old;
 }
 

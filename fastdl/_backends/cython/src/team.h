@@ -16,7 +16,7 @@ typedef int (*fdl_team_fn)(int nthreads, int64_t work_bytes, int64_t units);
  * `work_bytes` bytes, given the configured count `nthreads`: 1 below the grain
  * or in a forked child that could not get a fresh OpenMP pool; never more than
  * `units`; with load adaptation on, no more than the CPUs other processes leave
- * free, unless the work is large enough to be worth a preempted thread. */
+ * free. */
 int fdl_team(int nthreads, int64_t work_bytes, int64_t units);
 
 /* Threads for one BLAS call (OpenBLAS synchronizes its threads many times per
@@ -28,7 +28,6 @@ int fdl_team_install_fork_handlers(void);
 
 /* Settings (tests, benchmarks); each returns the previous value. */
 int64_t fdl_team_set_grain(int64_t bytes);
-int64_t fdl_team_set_busy_grain(int64_t bytes);
 int fdl_team_set_adaptive(int on);
 
 /* Facts for diagnostics. */
