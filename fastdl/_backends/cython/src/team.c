@@ -55,20 +55,21 @@ static int adaptive = 1;
 
 static int child_serial = 0;
 static int pause_failed = 0;
-static int last_team = 1;               /* our workers that may still spin */
 
 /* ------------------------------------------------------------ load */
 
 #if FDL_HAVE_LOADAVG
 static int loadavg_fd = -1;
 static int ncpu = 1;
-static int64_t stamp_ns = 0;
-static int cached_free = 1;
-#define REFRESH_NS 1000000      /* load read at most once a millisecond */
+#define REFRESH_NS 1000000      /* load read at most once a millisecond per thread */
 
-static int64_t now_ns(void) {
+/* per calling thread: the last sample and its verdict */
+static __thread int64_t s_wall = 0, s_proc = 0, s_self = 0;
+static __thread int s_free = 1;
+
+static int64_t clock_ns(clockid_t c) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(c, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
@@ -91,12 +92,20 @@ static int runnable(void) {
     return r;
 }
 
-static int free_cpus_now(void) {
+/* CPUs that tasks of other processes leave free.  The runnable count includes
+ * this thread and our own running threads (OpenMP workers computing, or
+ * spinning after a region for up to milliseconds); those are counted from the
+ * CPU time this process used beside this thread since the last sample. */
+static int free_cpus_now(int64_t wall) {
+    int64_t proc = clock_ns(CLOCK_PROCESS_CPUTIME_ID), self = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    int64_t dw = wall - s_wall, dp = (proc - s_proc) - (self - s_self);
+    int fresh = s_wall == 0;
+    s_wall = wall; s_proc = proc; s_self = self;
     int r = runnable();
     if (r < 0) return ncpu;
-    /* not counted as others: this thread, and our workers of the last team,
-     * which may still be spinning after their region */
-    int others = r - 1 - (LOAD(last_team) - 1);
+    int ours = 0;
+    if (!fresh && dw > 0 && dp > 0) ours = (int)((dp + dw / 2) / dw);
+    int others = r - 1 - ours;
     if (others < 0) others = 0;
     int f = ncpu - others;
     return f < 1 ? 1 : f;
@@ -105,12 +114,9 @@ static int free_cpus_now(void) {
 
 int fdl_team_free_cpus(void) {
 #if FDL_HAVE_LOADAVG
-    int64_t t = now_ns();
-    if (t - LOAD(stamp_ns) > REFRESH_NS) {
-        STORE(cached_free, free_cpus_now());
-        STORE(stamp_ns, t);
-    }
-    return LOAD(cached_free);
+    int64_t t = clock_ns(CLOCK_MONOTONIC);
+    if (t - s_wall > REFRESH_NS) s_free = free_cpus_now(t);
+    return s_free;
 #else
     return FDL_TEAM_MAX;
 #endif
@@ -125,7 +131,6 @@ int fdl_team(int nthreads, int64_t work_bytes, int64_t units) {
         int f = fdl_team_free_cpus();
         if (n > f) n = f;
     }
-    if (n > 1) STORE(last_team, (int)n);
     return (int)n;
 }
 
@@ -136,7 +141,6 @@ int fdl_team_blas(int nthreads) {
         int f = fdl_team_free_cpus();
         if (n > f) n = f;
     }
-    if (n > 1) STORE(last_team, n);
     return n;
 }
 
@@ -154,7 +158,9 @@ static void before_fork(void) {
 
 static void in_child(void) {
     if (pause_failed) child_serial = 1;
-    stamp_ns = 0;
+#if FDL_HAVE_LOADAVG
+    s_wall = 0;         /* the child's CPU clocks start again */
+#endif
 }
 #endif
 
