@@ -104,7 +104,8 @@ static int free_cpus_now(int64_t wall) {
     int r = runnable();
     if (r < 0) return ncpu;
     int ours = 0;
-    if (!fresh && dw > 0 && dp > 0) ours = (int)((dp + dw / 2) / dw);
+    /* rounded up: a worker that ran for part of the window may be spinning now */
+    if (!fresh && dw > 0 && dp > 0) ours = (int)((dp + dw - dw / 16) / dw);
     int others = r - 1 - ours;
     if (others < 0) others = 0;
     int f = ncpu - others;
