@@ -2,7 +2,7 @@
 the machine as it is ("idle") and with busy processes beside them.
 
     python bench/contention_probe.py [--reps 15] [--ops topk,layer_norm]
-                                     [--idle-only | --busy-only] [--busy N]
+                                     [--idle-only | --busy-only] [--busy N] [--fixed-teams]
 
 "busy" starts N processes spinning in Python (default: one per CPU) and always
 stops them, also on Ctrl-C.  The default and the 1-thread runs alternate call
@@ -92,7 +92,12 @@ def main():
     ap.add_argument("--idle-only", action="store_true")
     ap.add_argument("--busy-only", action="store_true")
     ap.add_argument("--busy", type=int, default=os.cpu_count(), help="busy processes")
+    ap.add_argument("--fixed-teams", action="store_true",
+                    help="teams ignore the load (the kernels' own multi-threaded speed)")
     a = ap.parse_args()
+    if a.fixed_teams:
+        from fastdl._backends.cython import _cpu
+        _cpu.set_load_adaptive(False)
     ops = cases()
     if a.ops:
         ops = {k: v for k, v in ops.items() if k in a.ops.split(",")}

@@ -103,15 +103,20 @@ static int free_cpus_now(int64_t wall) {
     s_wall = wall; s_proc = proc; s_self = self;
     int r = runnable();
     if (r < 0) return ncpu;
-    int ours = 0;
-    /* rounded up: a worker that ran for part of the window may be spinning now */
-    if (!fresh && dw > 0 && dp > 0) ours = (int)((dp + dw - dw / 16) / dw);
-    int others = r - 1 - ours;
-    if (others < 0) others = 0;
-    int f = ncpu - others;
-    return f < 1 ? 1 : f;
+    return fdl_team_free_from(ncpu, r, fresh ? 0 : dp, dw);
 }
 #endif
+
+int fdl_team_free_from(int cpus, int runnable_tasks, int64_t other_cpu_ns, int64_t wall_ns) {
+    int ours = 0;
+    /* rounded up: a worker that ran for part of the window may be spinning now */
+    if (wall_ns > 0 && other_cpu_ns > 0)
+        ours = (int)((other_cpu_ns + wall_ns - wall_ns / 16) / wall_ns);
+    int others = runnable_tasks - 1 - ours;
+    if (others < 0) others = 0;
+    int f = cpus - others;
+    return f < 1 ? 1 : f;
+}
 
 int fdl_team_free_cpus(void) {
 #if FDL_HAVE_LOADAVG
