@@ -129,18 +129,21 @@ def test_team_size_rules():
 
 
 def test_free_cpus_discounts_our_own_threads():
-    f = _cpu._free_from
     ms = 1_000_000
-    assert f(2, 1, 0, ms) == 2                  # idle: only the caller runs
-    assert f(2, 2, ms, ms) == 2                 # idle: our worker spins after its region
-    assert f(2, 2, ms // 3, ms) == 2            # ... it ran for part of the window
-    assert f(16, 16, 15 * ms, ms) == 16         # 15 workers of ours
-    assert f(2, 3, 0, ms) == 1                  # two other processes busy
-    assert f(2, 4, ms, ms) == 1                 # ... and our worker spinning beside them
-    assert f(16, 17, 0, ms) == 1                # one busy process per CPU
-    assert f(16, 5, 0, ms) == 12                # four busy: the rest is free
-    assert f(2, 2, 0, ms) == 1                  # one busy of two CPUs
-    assert f(4, 1000, 0, ms) == 1
+
+    def f(cpus, runnable, other_ns, workers=1):
+        return _cpu._free_from(cpus, runnable, other_ns, ms, workers)
+    assert f(2, 1, 0) == 2                      # idle: only the caller runs
+    assert f(2, 2, ms) == 2                     # idle: our worker spins after its region
+    assert f(2, 2, ms // 3) == 2                # ... it ran for part of the window
+    assert f(16, 16, 15 * ms, 15) == 16         # 15 workers of ours
+    assert f(2, 3, 0) == 1                      # two other processes busy
+    assert f(2, 4, ms) == 1                     # ... and our worker spinning beside them
+    assert f(16, 17, 0, 15) == 1                # one busy process per CPU
+    assert f(16, 5, 0, 15) == 12                # four busy: the rest is free
+    assert f(2, 2, 0) == 1                      # one busy of two CPUs
+    assert f(2, 3, 2 * ms, 0) == 1              # a busy Python thread of ours is load too
+    assert f(4, 1000, 0) == 1
 
 
 def test_team_settings_validate():

@@ -35,7 +35,7 @@ cdef extern from "team.h":
     int fdl_team_set_adaptive(int on) nogil
     int fdl_team_free_cpus() nogil
     int fdl_team_free_from(int cpus, int runnable_tasks, int64_t other_cpu_ns,
-                           int64_t wall_ns) nogil
+                           int64_t wall_ns, int workers) nogil
     int fdl_team_child_serial() nogil
     int fdl_team_fork_pause() nogil
 
@@ -124,9 +124,9 @@ def free_cpus():
     return fdl_team_free_cpus()
 
 
-def _free_from(int cpus, int runnable_tasks, int64_t other_cpu_ns, int64_t wall_ns):
+def _free_from(int cpus, int runnable_tasks, int64_t other_cpu_ns, int64_t wall_ns, int workers):
     """free_cpus' arithmetic on given samples (tests)."""
-    return fdl_team_free_from(cpus, runnable_tasks, other_cpu_ns, wall_ns)
+    return fdl_team_free_from(cpus, runnable_tasks, other_cpu_ns, wall_ns, workers)
 
 
 def fork_facts():

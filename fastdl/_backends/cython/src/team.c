@@ -55,6 +55,13 @@ static int adaptive = 1;
 
 static int child_serial = 0;
 static int pause_failed = 0;
+/* most worker threads (OpenMP or BLAS) a team of ours has had: the only threads
+ * of this process not counted as other load */
+static int pool_workers = 0;
+
+static void note_team(int n) {
+    if (n - 1 > LOAD(pool_workers)) STORE(pool_workers, n - 1);
+}
 
 /* ------------------------------------------------------------ load */
 
@@ -103,15 +110,17 @@ static int free_cpus_now(int64_t wall) {
     s_wall = wall; s_proc = proc; s_self = self;
     int r = runnable();
     if (r < 0) return ncpu;
-    return fdl_team_free_from(ncpu, r, fresh ? 0 : dp, dw);
+    return fdl_team_free_from(ncpu, r, fresh ? 0 : dp, dw, LOAD(pool_workers));
 }
 #endif
 
-int fdl_team_free_from(int cpus, int runnable_tasks, int64_t other_cpu_ns, int64_t wall_ns) {
+int fdl_team_free_from(int cpus, int runnable_tasks, int64_t other_cpu_ns, int64_t wall_ns,
+                       int workers) {
     int ours = 0;
     /* rounded up: a worker that ran for part of the window may be spinning now */
     if (wall_ns > 0 && other_cpu_ns > 0)
         ours = (int)((other_cpu_ns + wall_ns - wall_ns / 16) / wall_ns);
+    if (ours > workers) ours = workers;     /* other busy threads of ours are load */
     int others = runnable_tasks - 1 - ours;
     if (others < 0) others = 0;
     int f = cpus - others;
@@ -137,6 +146,7 @@ int fdl_team(int nthreads, int64_t work_bytes, int64_t units) {
         int f = fdl_team_free_cpus();
         if (n > f) n = f;
     }
+    note_team((int)n);
     return (int)n;
 }
 
@@ -147,6 +157,7 @@ int fdl_team_blas(int nthreads) {
         int f = fdl_team_free_cpus();
         if (n > f) n = f;
     }
+    note_team(n);
     return n;
 }
 
