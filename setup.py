@@ -19,7 +19,7 @@ SRC_DIR = CY_DIR + "/src"
 
 # extension name -> extra C sources
 EXTENSIONS = {
-    "_cpu": [],
+    "_cpu": [SRC_DIR + "/team.c"],
     "_norm_stats": [SRC_DIR + "/moments.c"],
     "_traffic": [SRC_DIR + "/traffic.c"],
     "_norm": [SRC_DIR + "/normk.c", SRC_DIR + "/moments.c"],
@@ -37,6 +37,26 @@ int main(void) {
 }
 """
 
+# omp_pause_resource_all (OpenMP 5.0) releases a thread pool before fork; GCC
+# has it from version 10 while still defining _OPENMP as 201511, so it is probed.
+OPENMP_PAUSE_TEST = r"""
+#include <omp.h>
+int main(void) { return omp_pause_resource_all(omp_pause_hard); }
+"""
+
+
+def _probe(compiler, source, cflags, lflags):
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write(source)
+        try:
+            objs = compiler.compile([src], output_dir=tmp, extra_postargs=cflags)
+            compiler.link_executable(objs, "probe", output_dir=tmp, extra_postargs=lflags)
+        except Exception:  # noqa: BLE001 - any failure means "not available"
+            return False
+    return True
+
 
 def _openmp_flags(compiler):
     """Return (compile_args, link_args) for OpenMP, or None if unsupported."""
@@ -46,17 +66,8 @@ def _openmp_flags(compiler):
         candidates = [(["/openmp"], [])]
     else:
         candidates = [(["-fopenmp"], ["-fopenmp"])]
-    with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "omp_probe.c")
-        with open(src, "w") as f:
-            f.write(OPENMP_TEST)
-        for cflags, lflags in candidates:
-            try:
-                objs = compiler.compile([src], output_dir=tmp, extra_postargs=cflags)
-                compiler.link_executable(objs, "omp_probe", output_dir=tmp,
-                                         extra_postargs=lflags)
-            except Exception:  # noqa: BLE001 - any failure means "no OpenMP"
-                continue
+    for cflags, lflags in candidates:
+        if _probe(compiler, OPENMP_TEST, cflags, lflags):
             return cflags, lflags
     return None
 
@@ -65,8 +76,13 @@ class BuildExt(build_ext):
     def build_extensions(self):
         ctype = self.compiler.compiler_type
         omp = _openmp_flags(self.compiler)
+        pause = False
         if omp is None:
             print("fastdl: OpenMP not available with this compiler; building serial kernels")
+        else:
+            pause = _probe(self.compiler, OPENMP_PAUSE_TEST, *omp)
+            if not pause:
+                print("fastdl: no omp_pause_resource_all; forked children run single-threaded")
         if ctype == "msvc":
             base = ["/O2"]
         else:
@@ -77,6 +93,8 @@ class BuildExt(build_ext):
             ext.extra_link_args = omp[1] if omp else []
             if omp:
                 ext.define_macros.append(("FASTDL_OPENMP", "1"))
+            if pause:
+                ext.define_macros.append(("FASTDL_OMP_PAUSE", "1"))
         super().build_extensions()
 
 

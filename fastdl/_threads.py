@@ -1,9 +1,41 @@
-"""Thread count used by the OpenMP kernels (global, like torch.set_num_threads)."""
+"""Thread count used by the OpenMP kernels (global, like torch.set_num_threads).
+
+The count is an upper bound.  Each parallel region of a kernel uses at most as
+many threads as it has independent work units, runs on the calling thread when
+its work is below a grain (about 64 KiB), and, when other processes keep the
+CPUs busy, uses only the CPUs they leave free.  Results never depend on the
+number of threads.
+
+Counts above ``MAX_THREADS`` = max(64, 4 x the CPUs of the machine) are
+rejected: memory- and compute-bound kernels gain nothing past one thread per
+core, each thread costs a stack and a share of every join, and thread counts in
+the tens of thousands exhaust the OpenMP runtime.  The floor of 64 keeps
+moderate oversubscription (tests of odd counts, containers whose CPU quota is
+smaller than the CPUs they see) possible on small machines.
+"""
 from __future__ import annotations
 
+import operator
 import os
 
+MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
+
 _num_threads: int | None = None
+
+
+def _check(n, what: str) -> int:
+    if isinstance(n, bool):
+        raise TypeError(f"{what} must be an int, got bool")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"{what} must be an int, got {type(n).__name__}") from None
+    if n < 1:
+        raise ValueError(f"{what} must be >= 1, got {n}")
+    if n > MAX_THREADS:
+        raise ValueError(f"{what} must be <= {MAX_THREADS} (fastdl's bound: max(64, 4 x the "
+                         f"{os.cpu_count()} CPUs)), got {n}")
+    return n
 
 
 def _default() -> int:
@@ -12,22 +44,19 @@ def _default() -> int:
         try:
             n = int(raw)
         except ValueError:
-            raise ValueError(f"FASTDL_NUM_THREADS must be a positive integer, got {raw!r}") from None
-        if n < 1:
-            raise ValueError(f"FASTDL_NUM_THREADS must be a positive integer, got {raw!r}")
-        return n
+            raise ValueError("FASTDL_NUM_THREADS must be a positive integer at most "
+                             f"{MAX_THREADS}, got {raw!r}") from None
+        return _check(n, "FASTDL_NUM_THREADS")
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    return max(1, min(n, MAX_THREADS))
 
 
 def set_num_threads(n: int) -> None:
-    """Number of threads the kernels use (results do not depend on it)."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n must be an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    """Most threads a kernel uses, 1 to ``MAX_THREADS`` (results do not depend on it)."""
+    n = _check(n, "n")
     global _num_threads
     _num_threads = n
 

@@ -2,8 +2,10 @@
 
 Every kernel module cimports ``simd_level`` from here, so a single switch
 (``set_simd_level`` or env ``FASTDL_SIMD``) selects the SIMD or the scalar
-twin everywhere.
+twin everywhere.  ``team`` sizes every parallel region (src/team.c): the
+kernels cimport it, C sources get it as a function pointer.
 """
+from libc.stdint cimport int64_t
 
 cdef extern from "simd.h":
     int FDL_SIMD_SCALAR
@@ -23,6 +25,114 @@ cdef extern from *:
     #endif
     """
     int fdl_omp_max_threads() nogil
+
+cdef extern from "team.h":
+    int FDL_TEAM_MAX
+    int fdl_team(int nthreads, int64_t work_bytes, int64_t units) noexcept nogil
+    int fdl_team_blas(int nthreads) nogil
+    int fdl_team_install_fork_handlers() nogil
+    int64_t fdl_team_set_grain(int64_t bytes) nogil
+    int fdl_team_set_adaptive(int on) nogil
+    int fdl_team_free_cpus() nogil
+    int fdl_team_free_from(int cpus, int runnable_tasks, int64_t other_cpu_ns,
+                           int64_t wall_ns, int workers) nogil
+    int fdl_team_child_serial() nogil
+    int fdl_team_fork_pause() nogil
+
+if fdl_team_install_fork_handlers():
+    raise ImportError("fastdl: pthread_atfork failed; forked children could hang in OpenMP")
+
+TEAM_MAX = FDL_TEAM_MAX
+
+
+cdef int team(int nthreads, int64_t work_bytes, int64_t units) noexcept nogil:
+    return fdl_team(nthreads, work_bytes, units)
+
+
+def team_size(int nthreads, int64_t work_bytes, int64_t units):
+    """Threads a region over ``units`` work units of ``work_bytes`` bytes gets."""
+    return fdl_team(nthreads, work_bytes, units)
+
+
+_blas_set = None     # ctypes setter of the BLAS behind scipy.linalg.cython_blas, or False
+_blas_get = None     # getter for a process-wide setter (None: the setter returns the old count)
+
+
+def _bind_blas():
+    """Find how to set the thread count of the BLAS that scipy.linalg.cython_blas
+    calls: OpenBLAS's thread-local setter (0.3.27+), else its process-wide one."""
+    global _blas_set, _blas_get
+    _blas_set = False
+    try:
+        import ctypes
+        import scipy.linalg.cython_blas as cb
+        lib = ctypes.CDLL(cb.__file__)      # already loaded: symbols of it and its BLAS
+    except (ImportError, OSError):
+        return
+    for name in ("openblas_set_num_threads_local", "scipy_openblas_set_num_threads_local"):
+        f = getattr(lib, name, None)
+        if f is not None:
+            f.restype, f.argtypes = ctypes.c_int, [ctypes.c_int]
+            _blas_set = f
+            return
+    for prefix in ("scipy_openblas", "openblas"):
+        f = getattr(lib, prefix + "_set_num_threads", None)
+        g = getattr(lib, prefix + "_get_num_threads", None)
+        if f is not None and g is not None:
+            f.restype, f.argtypes = None, [ctypes.c_int]
+            g.restype, g.argtypes = ctypes.c_int, []
+            _blas_set, _blas_get = f, g
+            return
+
+
+def blas_threads(int n):
+    """Set the calling thread's BLAS thread count to ``n``; returns the previous
+    count, or 0 when the BLAS offers no way to set it (then nothing changed)."""
+    if _blas_set is None:
+        _bind_blas()
+    if _blas_set is False or n < 1:
+        return 0
+    if _blas_get is not None:
+        old = _blas_get()
+        if old != n:
+            _blas_set(n)
+        return old
+    return _blas_set(n)
+
+
+def blas_team(int nthreads):
+    """Threads for one BLAS call of a kernel configured for ``nthreads``."""
+    return fdl_team_blas(nthreads)
+
+
+def set_grain(int64_t nbytes):
+    """Work (bytes) below which a region runs on one thread; returns the previous
+    value.  Tests set 0 to run the parallel paths on small inputs."""
+    if nbytes < 0:
+        raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+    return fdl_team_set_grain(nbytes)
+
+
+def set_load_adaptive(bint on):
+    """Whether regions shrink to the CPUs that other processes leave free (on by
+    default); returns the previous setting."""
+    return bool(fdl_team_set_adaptive(on))
+
+
+def free_cpus():
+    """CPUs not taken by other runnable tasks (as the team sizes see it), >= 1."""
+    return fdl_team_free_cpus()
+
+
+def _free_from(int cpus, int runnable_tasks, int64_t other_cpu_ns, int64_t wall_ns, int workers):
+    """free_cpus' arithmetic on given samples (tests)."""
+    return fdl_team_free_from(cpus, runnable_tasks, other_cpu_ns, wall_ns, workers)
+
+
+def fork_facts():
+    """(forks release the OpenMP pool, this process runs serially after a fork)."""
+    return bool(fdl_team_fork_pause()), bool(fdl_team_child_serial())
+
 
 LEVELS = {"scalar": FDL_SIMD_SCALAR, "avx2": FDL_SIMD_AVX2}
 _NAMES = {v: k for k, v in LEVELS.items()}

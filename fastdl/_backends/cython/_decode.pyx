@@ -27,6 +27,7 @@ from cython cimport floating
 import numpy as np
 
 from fastdl._backends.cython._cpu cimport simd_level
+from fastdl._backends.cython._cpu cimport team
 
 cdef extern from "decodek.h" nogil:
     int FDL_DK_CHUNK
@@ -134,9 +135,10 @@ cdef inline void _sub(const floating *x, floating *y, int64_t n, double m, doubl
 
 
 cdef inline int _threads(int nthreads, int64_t work, int64_t units) noexcept nogil:
+    # work in elements; 4 bytes each for the grain and load checks (float32's size)
     if work < SERIAL_WORK or units < 2 or nthreads < 2:
         return 1
-    return <int>min(<int64_t>nthreads, units)
+    return team(nthreads, 4 * work, units)
 
 
 # ------------------------------------------------------------------ topk
@@ -154,6 +156,7 @@ def topk(const floating[:, ::1] x, int64_t k, int nthreads):
     cdef int level = simd_level()
     cdef int64_t pp = 1, r, u, p, j, lo, hi, size, cap, units
     cdef int nt
+    nthreads = _threads(nthreads, R * n, R * max(1, n // TOPK_MIN_PART))
     if R < nthreads:
         pp = min((nthreads + R - 1) // R, n // TOPK_MIN_PART)
         pp = max(pp, 1)
@@ -222,6 +225,7 @@ def log_softmax(const floating[:, ::1] x, out, int nthreads):
     cdef int64_t r, u, c, lo, ln, nch = (n + FDL_DK_CHUNK - 1) // FDL_DK_CHUNK
     cdef int nt
     cdef double lse, mx
+    nthreads = _threads(nthreads, R * n, R * nch)
     if R >= 2 * nthreads or nch < 2 or nthreads < 2:
         nt = _threads(nthreads, R * n, R)
         for r in prange(R, nogil=True, num_threads=nt, schedule="static"):
@@ -279,7 +283,7 @@ def beam_topk(const floating[:, ::1] lp, const floating[::1] s, int64_t k, bint 
     cdef floating[::1] V = scores
     cdef int64_t[::1] I = flat
     cdef int level = simd_level()
-    cdef int64_t nparts = max(1, min(<int64_t>nthreads, T // BEAM_MIN_PART))
+    cdef int64_t nparts = _threads(nthreads, T, T // BEAM_MIN_PART)
     cdef bint rows_mode = nparts == 1 or B >= 4 * nparts or (B >= nparts and B % nparts == 0)
     cdef int64_t p, b, b0, b1, lo, hi, size, cap, j, u, nch, c
     cdef int nt = <int>nparts

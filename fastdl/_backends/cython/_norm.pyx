@@ -16,6 +16,7 @@ from cython cimport floating
 import numpy as np
 
 from fastdl._backends.cython._cpu cimport simd_level
+from fastdl._backends.cython._cpu cimport team
 from fastdl._backends.cython._moments cimport FDL_BLOCK_BYTES
 from fastdl._backends.cython._norm_stats import _moments, _scratch_array
 
@@ -160,7 +161,7 @@ cdef void _layer_fwd(const floating[:, ::1] x, const floating[::1] w, const floa
     cdef int level = simd_level()
     cdef double mu, v
     cdef floating mh, ml
-    with parallel(num_threads=nt):
+    with parallel(num_threads=team(nt, R * D * sizeof(floating), nrun)):
         for k in prange(nrun, schedule="static"):
             r0 = k * run
             if floating is float:
@@ -208,7 +209,7 @@ cdef void _layer_bwd(const floating[:, ::1] dy, const floating[:, ::1] x,
     cdef int64_t R = x.shape[0], D = x.shape[1], nch = dwp.shape[0], k, r
     cdef double s1, s2
     cdef floating mh, ml, rs
-    with parallel(num_threads=nt):
+    with parallel(num_threads=team(nt, 2 * R * D * sizeof(floating), nch)):
         for k in prange(nch, schedule="static"):
             memset(&dwp[k, 0], 0, D * sizeof(floating))
             memset(&dbp[k, 0], 0, D * sizeof(floating))
@@ -236,7 +237,8 @@ cdef void _sum_rows(const floating[:, ::1] p, double[::1] out, int nt) noexcept 
     # out[j] = sum over rows of p[:, j], in row order (fixed), columns in parallel
     cdef int64_t K = p.shape[0], D = p.shape[1], j0, j, k
     cdef int64_t STRIP = 256
-    for j0 in prange(0, D, STRIP, num_threads=nt, schedule="static"):
+    for j0 in prange(0, D, STRIP, num_threads=team(nt, K * D * sizeof(floating), (D + STRIP - 1) // STRIP),
+                    schedule="static"):
         for j in range(j0, min(D, j0 + STRIP)):
             out[j] = 0
         for k in range(K):
@@ -281,7 +283,7 @@ cdef void _rms_fwd(const floating[:, ::1] x, const floating[::1] w, double eps,
     cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(simd_level())
     cdef int64_t R = x.shape[0], D = x.shape[1], r
     cdef double m
-    with parallel(num_threads=nt):
+    with parallel(num_threads=team(nt, R * D * sizeof(floating), R)):
         for r in prange(R, schedule="static"):
             if floating is float:
                 m = K32.sumsq(&x[r, 0], D) / D
@@ -317,7 +319,7 @@ cdef void _rms_bwd(const floating[:, ::1] dy, const floating[:, ::1] x, const do
     cdef int64_t R = x.shape[0], D = x.shape[1], nch = dwp.shape[0], k, r
     cdef double s2
     cdef floating rs
-    with parallel(num_threads=nt):
+    with parallel(num_threads=team(nt, 2 * R * D * sizeof(floating), nch)):
         for k in prange(nch, schedule="static"):
             memset(&dwp[k, 0], 0, D * sizeof(floating))
             for r in range(k * rpc, min(R, (k + 1) * rpc)):
@@ -361,7 +363,7 @@ cdef void _group_fwd(const floating[:, :, ::1] x, int64_t G, const floating[::1]
     cdef int level = simd_level()
     cdef double mu, v, rs
     cdef floating mh, ml
-    with parallel(num_threads=nt):
+    with parallel(num_threads=team(nt, R * M * sizeof(floating), nrun)):
         for k in prange(nrun, schedule="static"):
             r0 = k * run
             if floating is float:
@@ -416,7 +418,7 @@ cdef void _group_bwd(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
     cdef int64_t row, n, g, c
     cdef double s1, s2, M = <double>(K * S)
     cdef floating mh, ml, rs
-    with parallel(num_threads=nt):
+    with parallel(num_threads=team(nt, 2 * N * C * S * sizeof(floating), N * G)):
         for row in prange(N * G, schedule="static"):
             n = row // G
             g = row % G
@@ -479,7 +481,7 @@ cdef void _batch_fwd_channels(const floating[:, :, ::1] x, const floating[::1] w
     cdef double mu, q, v, rs
     cdef floating mh, ml, a
     cdef int tid = 0
-    with parallel(num_threads=nt):
+    with parallel(num_threads=team(nt, N * C * S * sizeof(floating), C)):
         tid = threadid()
         for c in prange(C, schedule="static"):
             mu = 0
@@ -512,7 +514,7 @@ cdef void _apply_rows(const floating[:, ::1] x, const floating[:, ::1] vec,
     cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(simd_level())
     # y[n] = ((x[n] - mh) - ml) * a + c with vec = (mh, ml, a, c) per column
     cdef int64_t R = x.shape[0], L = x.shape[1], r
-    with parallel(num_threads=nt):
+    with parallel(num_threads=team(nt, R * L * sizeof(floating), R)):
         for r in prange(R, schedule="static"):
             if floating is float:
                 K32.apply_cols(&x[r, 0], &y[r, 0], L, &vec[0, 0], &vec[1, 0], &vec[2, 0],
@@ -559,7 +561,7 @@ cdef void _apply_channels(const floating[:, :, ::1] x, const double[::1] mean,
     cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(simd_level())
     cdef int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2], i, n, c
     cdef floating mh, ml
-    with parallel(num_threads=nt):
+    with parallel(num_threads=team(nt, N * C * S * sizeof(floating), N * C)):
         for i in prange(N * C, schedule="static"):
             n = i // C
             c = i % C
@@ -629,7 +631,8 @@ cdef void _batch_seg_sums(const floating[:, :, ::1] dy, const floating[:, :, ::1
     cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(simd_level())
     cdef int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2], i, n, c
     cdef float mh
-    for i in prange(N * C, num_threads=nt, schedule="static"):
+    for i in prange(N * C, num_threads=team(nt, 2 * N * C * S * sizeof(floating), N * C),
+                    schedule="static"):
         n = i // C
         c = i % C
         A[n, c] = 0
@@ -653,7 +656,8 @@ cdef void _batch_seg_dx(const floating[:, :, ::1] dy, const floating[:, :, ::1] 
     cdef const fdl_nk_f64 *K64 = fdl_nk_f64_table(simd_level())
     cdef int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2], i, n, c
     cdef float mh
-    for i in prange(N * C, num_threads=nt, schedule="static"):
+    for i in prange(N * C, num_threads=team(nt, 2 * N * C * S * sizeof(floating), N * C),
+                    schedule="static"):
         n = i // C
         c = i % C
         if not training:          # constant statistics: dx = dy w r
@@ -701,7 +705,7 @@ cdef void _col_sums(const floating[:, ::1] dy, const floating[:, ::1] x,
     # partial column sums of dy * xh and dy over fixed chunks of rpc rows;
     # vec rows: mean head, mean rest, rstd
     cdef int64_t R = x.shape[0], L = x.shape[1], nch = ap.shape[0], k, r
-    for k in prange(nch, num_threads=nt, schedule="static"):
+    for k in prange(nch, num_threads=team(nt, 2 * R * L * sizeof(floating), nch), schedule="static"):
         memset(&ap[k, 0], 0, L * sizeof(floating))
         memset(&bp[k, 0], 0, L * sizeof(floating))
         for r in range(k * rpc, min(R, (k + 1) * rpc)):
@@ -723,7 +727,7 @@ cdef void _col_dx(const floating[:, ::1] dy, const floating[:, ::1] x,
     # vec rows: mean head, mean rest, rstd, weight, c1, c2; without training
     # (constant statistics) dx = dy * weight * rstd
     cdef int64_t R = x.shape[0], L = x.shape[1], r
-    with parallel(num_threads=nt):
+    with parallel(num_threads=team(nt, 2 * R * L * sizeof(floating), R)):
         for r in prange(R, schedule="static"):
             if not training:
                 if floating is float:

@@ -17,6 +17,7 @@ import threading
 import numpy as np
 
 from fastdl._backends.cython._cpu cimport simd_level
+from fastdl._backends.cython._cpu cimport team
 
 from fastdl._backends.cython._moments cimport (
     FDL_BLOCK_BYTES, fdl_chan, fdl_colmoments_f32, fdl_colmoments_f64, fdl_moments_blocks_f32,
@@ -59,7 +60,8 @@ cdef void _segment_items(const floating[::1] x, int64_t M, int64_t L, double[::1
     else:                              # short segments: runs of whole segments
         per_run = max(1, (RUN_BLOCKS * _block_len(sizeof(floating))) // L)
         total = (M + per_run - 1) // per_run
-    for it in prange(total, num_threads=nthreads, schedule="static"):
+    for it in prange(total, num_threads=team(nthreads, M * L * sizeof(floating), total),
+                     schedule="static"):
         if nblk > 1:
             m = it // nrun
             r = it % nrun
@@ -90,7 +92,7 @@ cdef void _row_chunk_items(const floating[::1] x, int64_t N, int64_t C, int64_t 
     cdef int64_t k, c, r0, rows
     cdef int64_t tid = 0
     cdef int level = simd_level()
-    with parallel(num_threads=nthreads):
+    with parallel(num_threads=team(nthreads, N * C * S * sizeof(floating), nch)):
         tid = threadid()
         for k in prange(nch, schedule="static"):
             r0 = k * rpc
@@ -114,7 +116,7 @@ cdef void _merge_groups(double[::1] cnt, double[::1] mu, double[::1] m2, int64_t
     # of groups, which is contiguous when nblk == 1.
     cdef int64_t J = P * nblk, nb = (G + MERGE_GROUPS - 1) // MERGE_GROUPS
     cdef int64_t gb, g, g0, g1, step, j, a0, b0, ia, ib
-    for gb in prange(nb, num_threads=nthreads, schedule="static"):
+    for gb in prange(nb, num_threads=team(nthreads, 24 * J * G, nb), schedule="static"):
         g0 = gb * MERGE_GROUPS
         g1 = min(G, g0 + MERGE_GROUPS)
         step = 1

@@ -27,6 +27,8 @@ from scipy.linalg.cython_blas cimport sgemm, dgemm
 import numpy as np
 
 from fastdl._backends.cython._cpu cimport simd_level
+from fastdl._backends.cython._cpu cimport team
+from fastdl._backends.cython import _cpu
 
 cdef extern from "quantk.h" nogil:
     ctypedef void (*fdl_sgemm_t)(char *, char *, int *, int *, int *, float *, float *, int *,
@@ -42,6 +44,7 @@ cdef extern from "quantk.h" nogil:
         const float *sc_scales
         float sc_mean
     void fdl_qk_init()
+    void fdl_qk_set_team(int (*team)(int, int64_t, int64_t) noexcept nogil)
     const float *fdl_qk_nf4_thresholds()
     int fdl_qk_quantize(const float *w, int64_t d_in, int64_t d_out, int bits, int nf4,
                         int64_t bs, int floor_, int per_tensor, uint8_t *data, float *scales,
@@ -54,6 +57,7 @@ cdef extern from "quantk.h" nogil:
                             int decode_threads, fdl_sgemm_t sgemm, fdl_dgemm_t dgemm)
 
 fdl_qk_init()
+fdl_qk_set_team(team)
 
 cdef int64_t INT_MAX = 2147483647
 
@@ -186,12 +190,18 @@ def qmatmul(x, q, bint transpose, out, int nthreads, path=None):
     if path not in ("small", "blas"):
         raise ValueError(f"path must be None, 'small' or 'blas', got {path!r}")
     cdef bint small = path == "small"
-    with nogil:
-        if small:
-            rc = fdl_qk_matmul_small(&d, &xv[0], n, &ov[0], f64, transpose, nthreads, level)
-        else:
-            rc = fdl_qk_matmul_large(&d, &xv[0], n, &ov[0], f64, transpose, nthreads, level,
-                                     panel, dthreads, sgemm, dgemm)
+    # BLAS runs outside any OpenMP region, on as many threads as fastdl would use
+    cdef int blas_old = 0 if small else _cpu.blas_threads(_cpu.blas_team(nthreads))
+    try:
+        with nogil:
+            if small:
+                rc = fdl_qk_matmul_small(&d, &xv[0], n, &ov[0], f64, transpose, nthreads, level)
+            else:
+                rc = fdl_qk_matmul_large(&d, &xv[0], n, &ov[0], f64, transpose, nthreads, level,
+                                         panel, dthreads, sgemm, dgemm)
+    finally:
+        if blas_old:
+            _cpu.blas_threads(blas_old)
     if rc:
         raise MemoryError("qmatmul: out of memory for the work buffers")
     return out

@@ -4,6 +4,7 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy
 
 from fastdl._backends.cython._cpu cimport simd_level
+from fastdl._backends.cython._cpu cimport team
 
 cdef extern from "traffic.h" nogil:
     uint64_t fdl_read_bytes(const unsigned char *p, int64_t nbytes, int level)
@@ -20,7 +21,7 @@ def read(const unsigned char[::1] buf, int nthreads):
     cdef int level = simd_level()
     if n == 0:
         return 0
-    for k in prange(nchunks, nogil=True, num_threads=nthreads, schedule="static"):
+    for k in prange(nchunks, nogil=True, num_threads=team(nthreads, n, nchunks), schedule="static"):
         lo = k * CHUNK
         ln = min(CHUNK, n - lo)
         acc |= fdl_read_bytes(&buf[lo], ln, level)
@@ -34,7 +35,7 @@ def copy(unsigned char[::1] dst, const unsigned char[::1] src, int nthreads):
     cdef int64_t k, lo, ln
     if dst.shape[0] != n:
         raise ValueError(f"dst must have {n} bytes, got {dst.shape[0]}")
-    for k in prange(nchunks, nogil=True, num_threads=nthreads, schedule="static"):
+    for k in prange(nchunks, nogil=True, num_threads=team(nthreads, n, nchunks), schedule="static"):
         lo = k * CHUNK
         ln = min(CHUNK, n - lo)
         memcpy(&dst[lo], &src[lo], ln)

@@ -55,7 +55,13 @@ void fdl_qk_init(void) {
 
 const float *fdl_qk_nf4_thresholds(void) { return NF4_T; }
 
-static inline int qk_threads(int nthreads, int64_t units) {
+static int (*qk_team)(int, int64_t, int64_t) = NULL;
+
+void fdl_qk_set_team(int (*team)(int, int64_t, int64_t)) { qk_team = team; }
+
+/* work: bytes touched, or multiply-adds for the matmuls (as costly per unit) */
+static inline int qk_threads(int nthreads, int64_t work, int64_t units) {
+    if (qk_team) return qk_team(nthreads, work, units);
     if (nthreads < 1) nthreads = 1;
     if (units < nthreads) nthreads = units < 1 ? 1 : (int)units;
     return nthreads;
@@ -364,7 +370,7 @@ int fdl_qk_quantize(const float *w, int64_t d_in, int64_t d_out, int bits, int n
     if (per_tensor) {
         uint32_t mb = 0;
         int64_t total = d_in * d_out;
-        int nt = qk_threads(nthreads, total / 65536);
+        int nt = qk_threads(nthreads, total * 4, total / 65536);
         #pragma omp parallel for num_threads(nt) reduction(max:mb) schedule(static)
         for (int64_t i = 0; i < total; i++) {
             uint32_t a = abs_bits(w[i]);
@@ -394,7 +400,7 @@ int fdl_qk_quantize(const float *w, int64_t d_in, int64_t d_out, int bits, int n
     }
     int64_t nstrips = (d_out + JS - 1) / JS;
     int64_t rowb = bits > 4 ? d_in : 32 * (d_in / 64) + (d_in % 64 + 1) / 2;
-    int nt = qk_threads(nthreads, nstrips);
+    int nt = qk_threads(nthreads, d_in * d_out * 4, nstrips);
     int fail = 0;
     #pragma omp parallel num_threads(nt)
     {
@@ -533,7 +539,7 @@ static void dec_range_f64(const fdl_qk_desc *q, int64_t j, int64_t r0, int64_t r
 int fdl_qk_dequantize(const fdl_qk_desc *q, void *out, int f64, int nthreads, int level) {
     int64_t d_in = q->d_in, d_out = q->d_out;
     int64_t nstrips = (d_out + DQ_JS - 1) / DQ_JS;
-    int nt = qk_threads(nthreads, (d_in * d_out) >= 65536 ? nstrips : 1);
+    int nt = qk_threads(nthreads, d_in * d_out * 4, nstrips);
     #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t s = 0; s < nstrips; s++) {
         float buf[DQ_JS * DQ_R];
@@ -795,7 +801,7 @@ static int mv_small(const fdl_qk_desc *q, const void *xv, int64_t n, void *yv, i
     int fast = q->per_tensor || q->bs % 32 == 0;
     int64_t nHf = fast ? qk_halves(q) : 0;
     int64_t hpb = q->per_tensor ? INT64_MAX : q->bs / 32;
-    int nt = qk_threads(nthreads, (d_in * d_out * n) >= 32768 ? d_out : 1);
+    int nt = qk_threads(nthreads, d_in * d_out * n, d_out);
     int fail = 0;
     (void)level;
     if (f64) {
@@ -1017,7 +1023,7 @@ static int mt_small(const fdl_qk_desc *q, const void *xv, int64_t n, void *yv, i
     int64_t ch = (d_in + nch - 1) / nch;
     ch = (ch + 63) & ~(int64_t)63;
     nch = (d_in + ch - 1) / ch;
-    int nt = qk_threads(nthreads, (d_in * d_out * n) >= 32768 ? nch : 1);
+    int nt = qk_threads(nthreads, d_in * d_out * n, nch);
     int fail = 0;
     (void)level;
     if (f64) {
@@ -1109,7 +1115,8 @@ int fdl_qk_matmul_large(const fdl_qk_desc *q, const void *x, int64_t n, void *y,
     size_t esz = f64 ? sizeof(double) : sizeof(float);
     void *P = malloc((size_t)panel * (size_t)d_in * esz);
     if (!P) return -1;
-    int nt = qk_threads(decode_threads < nthreads ? decode_threads : nthreads, panel);
+    int nt = qk_threads(decode_threads < nthreads ? decode_threads : nthreads,
+                        panel * d_in * (int64_t)esz, panel);
     int ni = (int)n, di = (int)d_in, doi = (int)d_out;
     for (int64_t j0 = 0; j0 < d_out; j0 += panel) {
         int64_t jn = d_out - j0 < panel ? d_out - j0 : panel;

@@ -52,6 +52,8 @@ typedef struct {
 } fdl_qk_desc;
 
 void fdl_qk_init(void);
+/* team sizes of the parallel regions (fdl_team of the _cpu extension) */
+void fdl_qk_set_team(int (*team)(int nthreads, int64_t work_bytes, int64_t units));
 /* the float32 NF4 thresholds used by quantize (for tests) */
 const float *fdl_qk_nf4_thresholds(void);
 
