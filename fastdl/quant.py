@@ -1,7 +1,7 @@
-"""Quantized weights (DESIGN.md §5): int2..int8 absmax and NF4, packed, with fused
+"""Quantized weights: int2..int8 absmax and NF4, packed, with fused
 dequantize-matmul.
 
-A weight ``w`` has shape ``(d_in, d_out)`` as in the document (``Y = X W``).
+A weight ``w`` has shape ``(d_in, d_out)`` (a layer computes ``Y = X W``).
 Scales run in blocks along ``d_in`` for each output column; the last block of
 a column is short when ``block_size`` does not divide ``d_in``.
 
@@ -36,7 +36,7 @@ Values (all arithmetic in float32; ``w`` is rounded to float32 first):
   exactly ``±qmax`` and ``qmax * Δ`` never overflows; ``q = rounding(w / Δ)``
   (float32 quotient) clipped to ``±qmax``, with ``floor`` or ``nearest`` (half
   away from zero); an all-zero block has Δ = 0 and q = 0.  Dequantized:
-  ``Δ * q``.  ``block_size=None, rounding="floor"`` is the document's
+  ``Δ * q``.  ``block_size=None, rounding="floor"`` is the textbook
   W̃ = ⌊W/Δ⌋, Δ = max|W| / (2^(m-1) - 1).  Blocks whose absmax is subnormal
   (below 2^-126 · qmax) get a subnormal Δ with fewer significant bits; there
   the ±Δ/2 bound of "nearest" is not guaranteed (values stay finite, with
@@ -129,8 +129,10 @@ class QuantizedTensor:
     double quantization), ``scale_codes`` / ``scale_scales`` / ``scale_mean``
     (double quantization), ``nbytes`` (real storage: data + scales),
     ``bits_per_param``; ``dequantize()``, ``block_scales()``, ``save(path)``,
-    ``QuantizedTensor.load(path)``.  The storage format is in this module's
-    docstring.
+    ``QuantizedTensor.load(path)``.  ``x @ q`` is ``qmatmul(x, q)`` (x of shape
+    ``(*, d_in)``), ``q @ y`` is ``dequantize(q) @ y`` computed the same way, and
+    ``np.asarray(q)`` is ``q.dequantize()`` (float32, a new array).  The storage
+    format is in this module's docstring.
     """
 
     __slots__ = ("shape", "bits", "scheme", "block_size", "rounding", "double_quant", "data",
