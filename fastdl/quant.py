@@ -1,7 +1,7 @@
-"""Quantized weights (DESIGN.md §5): int2..int8 absmax and NF4, packed, with fused
+"""Quantized weights: int2..int8 absmax and NF4, packed, with fused
 dequantize-matmul.
 
-A weight ``w`` has shape ``(d_in, d_out)`` as in the document (``Y = X W``).
+A weight ``w`` has shape ``(d_in, d_out)`` (a layer computes ``Y = X W``).
 Scales run in blocks along ``d_in`` for each output column; the last block of
 a column is short when ``block_size`` does not divide ``d_in``.
 
@@ -17,8 +17,9 @@ Storage (what ``QuantizedTensor`` holds; backends read it as is):
     nibble and value ``i + 32`` in its high nibble; in the short group, with
     ``h = ceil(g / 2)``, byte ``i`` holds value ``i`` (low) and value ``i + h``
     (high; 0 when ``i + h >= g``).  ``row_bytes = 32*(d_in//64) + ceil((d_in % 64)/2)``.
-* ``scales``: float32 ``(d_out, nblocks)``, ``nblocks = ceil(d_in / block_size)``;
-  per-tensor absmax (``block_size=None``) stores one float32, shape ``(1,)``.
+* ``scales``: float32 ``(d_out, nblocks)``, ``nblocks = ceil(d_in / block_size)``
+  (a block size above d_in is one block per column); a per-tensor scale
+  (``block_size=None``, any scheme) is one float32, shape ``(1,)``.
 * double quantization (``double_quant=True``, block-wise only): instead of
   ``scales``, ``scale_codes`` int8 ``(d_out * nblocks,)`` (scales in row-major
   order, minus their mean, in groups of 256 quantized to 8-bit absmax),
@@ -35,12 +36,12 @@ Values (all arithmetic in float32; ``w`` is rounded to float32 first):
   exactly ``±qmax`` and ``qmax * Δ`` never overflows; ``q = rounding(w / Δ)``
   (float32 quotient) clipped to ``±qmax``, with ``floor`` or ``nearest`` (half
   away from zero); an all-zero block has Δ = 0 and q = 0.  Dequantized:
-  ``Δ * q``.  ``block_size=None, rounding="floor"`` is the document's
+  ``Δ * q``.  ``block_size=None, rounding="floor"`` is the textbook
   W̃ = ⌊W/Δ⌋, Δ = max|W| / (2^(m-1) - 1).  Blocks whose absmax is subnormal
   (below 2^-126 · qmax) get a subnormal Δ with fewer significant bits; there
   the ±Δ/2 bound of "nearest" is not guaranteed (values stay finite, with
   their sign, and within the block's absmax).
-* NF4: scale ``s`` = absmax of the block; the code of ``w`` is the nearest
+* NF4: scale ``s`` = absmax of the block (of the tensor per tensor); the code of ``w`` is the nearest
   codebook entry to ``w / s`` (ties to the lower code); dequantized:
   ``s * NF4_CODEBOOK[code]``.
 
@@ -48,24 +49,25 @@ Values (all arithmetic in float32; ``w`` is rounded to float32 first):
 op            arguments                                        returns
 ============  ===============================================  =====================
 quantize      w (d_in, d_out) float32 C-contiguous, bits,      data, scales (above;
-              scheme, block_size (int; d_in for per-tensor),   per-tensor: (1,))
-              rounding, per_tensor (bool)
+              scheme, block_size (int in [1, d_in]; d_in for   per-tensor: (1,))
+              per-tensor), rounding, per_tensor (bool)
 dequantize    q (QuantizedTensor), out (d_in, d_out) float32   out
               or float64, C-contiguous
-qmatmul       x (n, k) float32/float64 C-contiguous, q,        out (n, d_out), or
-              transpose, out (C-contiguous, x's dtype)         (n, d_in) transposed
+qmatmul       x (n, k) float32/float64 C-contiguous, n >= 1,   out (n, d_out), or
+              q, transpose, out (C-contiguous, x's dtype)      (n, d_in) transposed
 ============  ===============================================  =====================
+
+Backend ops check what their kernels rely on themselves (they can be called
+directly): the public functions below have normalised the user's input already.
 """
 from __future__ import annotations
 
 import json
 import numbers
-import zipfile
-import zlib
 
 import numpy as np
 
-from fastdl import registry
+from fastdl import _qfile, registry
 from fastdl._validate import check_choice, check_int, check_out
 
 __all__ = ["QuantizedTensor", "quantize", "dequantize", "qmatmul", "storage_bytes", "row_bytes",
@@ -79,7 +81,7 @@ SCHEMES = ("absmax", "nf4")
 ROUNDINGS = ("nearest", "floor")
 FORMAT_VERSION = 1
 DQ_GROUP = 256            # block scales per group in double quantization
-NF4_DEFAULT_BLOCK = 64
+DEFAULT_BLOCK = 64         # every peer quantizes in blocks; 64 is QLoRA's and bitsandbytes'
 
 NF4_CODEBOOK = np.array([
     -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
@@ -127,8 +129,10 @@ class QuantizedTensor:
     double quantization), ``scale_codes`` / ``scale_scales`` / ``scale_mean``
     (double quantization), ``nbytes`` (real storage: data + scales),
     ``bits_per_param``; ``dequantize()``, ``block_scales()``, ``save(path)``,
-    ``QuantizedTensor.load(path)``.  The storage format is in this module's
-    docstring.
+    ``QuantizedTensor.load(path)``.  ``x @ q`` is ``qmatmul(x, q)`` (x of shape
+    ``(*, d_in)``), ``q @ y`` is ``dequantize(q) @ y`` computed the same way, and
+    ``np.asarray(q)`` is ``q.dequantize()`` (float32, a new array).  The storage
+    format is in this module's docstring.
     """
 
     __slots__ = ("shape", "bits", "scheme", "block_size", "rounding", "double_quant", "data",
@@ -247,33 +251,65 @@ class QuantizedTensor:
 
     @classmethod
     def load(cls, path) -> "QuantizedTensor":
-        """Read a file written by ``save``; anything else raises ``ValueError``."""
-        try:
-            z = np.load(path, allow_pickle=False)
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise ValueError("a single array, not an .npz archive")
-            with z:
-                arrays = {k: z[k] for k in z.files}
-        except FileNotFoundError:
-            raise
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
-            raise ValueError(f"not a fastdl QuantizedTensor file: {path!r} ({exc})") from None
-        try:
-            meta = json.loads(bytes(arrays.pop("meta")).decode())
-            if meta.get("format") != "fastdl.QuantizedTensor":
-                raise ValueError("missing format tag")
-            version = meta.get("version")
-            if type(version) is not int or version != FORMAT_VERSION:
-                raise ValueError(f"format version {version!r}, this fastdl reads "
-                                 f"{FORMAT_VERSION}")
-            kw = {k: arrays[k] for k in ("scale_codes", "scale_scales", "scale_mean")
-                  if meta["double_quant"]}
-            return cls(tuple(meta["shape"]), meta["bits"], meta["scheme"], meta["block_size"],
-                       meta["rounding"], arrays["data"],
-                       None if meta["double_quant"] else arrays["scales"], **kw)
-        except (KeyError, TypeError, ValueError, UnicodeDecodeError, AttributeError,
-                RecursionError, OverflowError, zlib.error) as exc:
-            raise ValueError(f"not a valid fastdl QuantizedTensor file: {path!r} ({exc})") from None
+        """Read a file written by ``save`` (a path or a binary file object).  A damaged
+        file, or one that is not a fastdl QuantizedTensor file, raises ``ValueError``
+        saying so; nothing is allocated from the file's headers before they are checked
+        against its real size."""
+        fields, arrays = _qfile.read_tensor_fields(path, FORMAT_VERSION, _layout)
+        kw = {k: arrays[k] for k in ("scale_codes", "scale_scales", "scale_mean")
+              if fields["double_quant"]}
+        # the reader's arrays are fresh and read-only: the tensor owns them (no copy)
+        return cls(tuple(fields["shape"]), fields["bits"], fields["scheme"],
+                   fields["block_size"], fields["rounding"], arrays["data"],
+                   arrays.get("scales"), _copy=False, **kw)
+
+    # ------------------------------------------------------------ NumPy protocols
+
+    __array_ufunc__ = None      # NumPy defers ``x @ q`` (and other operators) to q
+
+    def __array__(self, dtype=None, copy=None):
+        """``np.asarray(q)``: the dequantized float32 matrix (a new array each time, so
+        ``copy=False`` is an error)."""
+        if copy is False:
+            raise ValueError("np.asarray(q, copy=False): dequantizing always makes a new "
+                             "array; call q.dequantize() or allow a copy")
+        dt = np.dtype(np.float32 if dtype is None else dtype)
+        out = dequantize(self, np.float64 if dt == np.float64 else np.float32)
+        return out if out.dtype == dt else out.astype(dt)
+
+    def __rmatmul__(self, x):
+        """``x @ q`` = ``x @ q.dequantize()`` for x of shape ``(*, d_in)``: ``qmatmul(x, q)``."""
+        if isinstance(x, QuantizedTensor):
+            return NotImplemented
+        return qmatmul(x, self)
+
+    def __matmul__(self, y):
+        """``q @ y`` = ``q.dequantize() @ y`` for y of shape ``(d_out,)`` or
+        ``(*, d_out, n)``, through ``qmatmul(..., transpose=True)``."""
+        if isinstance(y, QuantizedTensor):
+            return NotImplemented
+        y = _plain(y, "y")
+        if y.ndim == 1:
+            return qmatmul(y, self, transpose=True)
+        if y.ndim == 0 or y.shape[-2] != self.shape[1]:
+            raise ValueError(f"q of shape {self.shape} cannot be multiplied with y of shape "
+                             f"{y.shape}: y needs shape ({self.shape[1]},) or "
+                             f"(..., {self.shape[1]}, n)")
+        return np.swapaxes(qmatmul(np.swapaxes(y, -1, -2), self, transpose=True), -1, -2)
+
+
+def _layout(meta) -> dict:
+    """{entry: (dtype, shape)} of a saved tensor with these (type-checked) fields."""
+    d_in, d_out = meta["shape"]
+    bits, bs, dq = meta["bits"], meta["block_size"], meta["double_quant"]
+    _check_format(bits, meta["scheme"], bs, meta["rounding"], dq)
+    data = (np.int8, (d_out, d_in)) if bits > 4 else (np.uint8, (d_out, row_bytes(d_in)))
+    nb = 1 if bs is None else -(-d_in // bs)
+    if not dq:
+        return {"data": data, "scales": (np.float32, (1,) if bs is None else (d_out, nb))}
+    count = d_out * nb
+    return {"data": data, "scale_codes": (np.int8, (count,)),
+            "scale_scales": (np.float32, (-(-count // DQ_GROUP),)), "scale_mean": (np.float32, ())}
 
 
 def _rebuild(shape, bits, scheme, block_size, rounding, data, scales, kw):
@@ -302,13 +338,14 @@ def _check_format(bits, scheme, block_size, rounding, double_quant):
         raise ValueError(f"bits must be in 2..8, got {bits}")
     if scheme == "nf4" and bits != 4:
         raise ValueError(f"scheme='nf4' needs bits=4, got bits={bits}")
+    if scheme == "nf4" and rounding == "floor":
+        raise ValueError("rounding='floor' does not apply to scheme='nf4' (its codes are the "
+                         "nearest codebook entries); use rounding='nearest'")
     if block_size is not None:
         if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
             raise ValueError(f"block_size must be an integer >= 2 or None, got {block_size!r}")
         if block_size < 2:
             raise ValueError(f"block_size must be an integer >= 2 or None, got {block_size}")
-    elif scheme == "nf4":
-        raise ValueError("scheme='nf4' needs a block_size")
     if double_quant and block_size is None:
         raise ValueError("double_quant=True needs block-wise scales (a block_size), got "
                          "block_size=None")
@@ -316,12 +353,24 @@ def _check_format(bits, scheme, block_size, rounding, double_quant):
 
 # ---------------------------------------------------------------- functions
 
-def _weights(w) -> np.ndarray:
-    if not isinstance(w, np.ndarray):
-        try:
-            w = np.asarray(w)
-        except Exception as exc:  # noqa: BLE001 - ragged lists and the like
-            raise ValueError(f"w must be a 2-D array of real numbers: {exc}") from None
+def _plain(a, name) -> np.ndarray:
+    """``a`` as a plain ndarray: backends get no subclass (np.matrix, masked arrays) whose
+    operators or hidden values would change their results.  A masked array with masked
+    entries is an error, since its hidden values are not the caller's numbers."""
+    if isinstance(a, np.ma.MaskedArray):
+        if np.ma.getmaskarray(a).any():
+            raise ValueError(f"{name} is a masked array with masked entries; fill them first "
+                             f"(e.g. {name}.filled(0)) or pass a plain array")
+        a = np.ma.getdata(a)
+    try:
+        return np.asarray(a)
+    except Exception as exc:  # noqa: BLE001 - ragged lists and the like
+        raise ValueError(f"{name} must be an array of real numbers: {exc}") from None
+
+
+def _weights(w) -> tuple[np.ndarray, np.ndarray]:
+    """(w as a plain ndarray, w as C-contiguous float32)."""
+    w = _plain(w, "w")
     if w.dtype.kind not in "biuf":
         raise ValueError(f"w must have a real dtype, got {w.dtype}")
     if w.ndim != 2:
@@ -329,7 +378,7 @@ def _weights(w) -> np.ndarray:
     if w.size == 0:
         raise ValueError(f"w must not be empty, got shape {w.shape}")
     with np.errstate(over="ignore"):
-        return np.ascontiguousarray(w, dtype=np.float32)
+        return w, np.ascontiguousarray(w, dtype=np.float32)
 
 
 def _check_finite(w, scales):
@@ -359,29 +408,30 @@ def _dq_scales(scales: np.ndarray):
     return q, delta, np.array(mean, np.float32)
 
 
-def quantize(w, bits, *, scheme="absmax", block_size=None, rounding="nearest", double_quant=False,
-             backend: str | None = None) -> QuantizedTensor:
+def quantize(w, bits, *, scheme="absmax", block_size=DEFAULT_BLOCK, rounding="nearest",
+             double_quant=False, backend: str | None = None) -> QuantizedTensor:
     """Quantize a ``(d_in, d_out)`` weight (see the module docstring for the format).
 
-    ``scheme="absmax"``: ``bits`` 2..8, one scale per block of ``block_size``
-    values along ``d_in`` per output column (None: one scale for the tensor, the
-    document's formula); ``rounding`` "nearest" (half away from zero) or
-    "floor".  ``scheme="nf4"``: QLoRA's NormalFloat4 (bits=4, block 64 by
-    default; ``rounding`` does not apply: codes are the nearest).  ``double_quant``: quantize the block scales too (8-bit, groups of
-    256), as QLoRA does.
+    ``block_size`` (default 64, every scheme): one scale per block of that many
+    values along ``d_in`` in each output column, so one outlier only coarsens its
+    own block; ``None``: one scale for the whole tensor.  ``scheme="absmax"``:
+    ``bits`` 2..8, ``rounding`` "nearest" (half away from zero) or "floor";
+    ``quantize(w, m, block_size=None, rounding="floor")`` is exactly
+    W̃ = ⌊W/Δ⌋, Δ = max|W| / (2^(m-1) - 1).  ``scheme="nf4"``: QLoRA's
+    NormalFloat4 (bits=4; codes are the nearest codebook entry, so
+    ``rounding="floor"`` is an error).  ``double_quant``: quantize the block
+    scales too (8-bit, groups of 256), as QLoRA does.
     """
     bits = check_int(bits, "bits")
-    if scheme == "nf4" and block_size is None:
-        block_size = NF4_DEFAULT_BLOCK
     if not isinstance(double_quant, (bool, np.bool_)):
         raise ValueError(f"double_quant must be a bool, got {double_quant!r}")
     _check_format(bits, scheme, block_size, rounding, bool(double_quant))
-    w32 = _weights(w)
+    w, w32 = _weights(w)
     d_in, d_out = w32.shape
     bs = d_in if block_size is None else min(int(block_size), d_in)   # a block >= d_in: one
     data, scales = registry.dispatch("quantize", (w32, bits, scheme, bs, rounding, block_size is None),
                                      {}, backend)
-    _check_finite(np.asarray(w), scales)
+    _check_finite(w, scales)
     if block_size is None:
         scales = np.asarray(scales, np.float32).reshape(1)
     # the backend's fresh arrays become the tensor's own (no copy)
@@ -419,33 +469,35 @@ def dequantize(q, dtype=None, *, out=None, backend: str | None = None) -> np.nda
 
 def qmatmul(x, q, *, transpose: bool = False, out=None, backend: str | None = None):
     """``x @ dequantize(q)`` (``transpose=True``: ``x @ dequantize(q).T``) without
-    building the float matrix.
+    building the float matrix; ``x @ q`` is the same call.
 
-    ``x``: ``(n, d_in)`` or ``(d_in,)`` (transposed: ``d_out``), float32 or
-    float64 (float16 is computed in float32, integers and bool in float64); the result has that dtype and
-    shape ``(n, d_out)`` / ``(d_out,)`` (transposed: ``d_in``).  The fused
-    float32 path multiplies each block's sum by its scale at the end, so for
-    |x| beyond ~1e33 a block sum can overflow where ``x @ dequantize(q)`` would not.
+    ``x``: shape ``(*, d_in)`` (transposed: ``(*, d_out)``), as torch's Linear
+    takes its input: leading dimensions (any number, possibly empty) are rows, a
+    1-D ``x`` is one row; the result has shape ``(*, d_out)`` (transposed:
+    ``(*, d_in)``).  float32 or float64 (float16 is computed in float32, integers
+    and bool in float64); the result has that dtype.  The fused float32 path
+    multiplies each block's sum by its scale at the end, so for |x| beyond ~1e33
+    a block sum can overflow where ``x @ dequantize(q)`` would not.
     """
     q = _q(q)
     if not isinstance(transpose, (bool, np.bool_)):
         raise ValueError(f"transpose must be a bool, got {transpose!r}")
-    x = np.asarray(x)
+    x = _plain(x, "x")
     if x.dtype.kind not in "biuf":
         raise ValueError(f"x must have a real dtype, got {x.dtype}")
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float32 if x.dtype.kind == "f" and x.dtype.itemsize < 4 else np.float64)
     d_in, d_out = q.shape
     k, m = (d_out, d_in) if transpose else (d_in, d_out)
-    if x.ndim not in (1, 2) or x.shape[-1] != k:
+    if x.ndim == 0 or x.shape[-1] != k:
         what = f"dequantize(q).T of shape {(d_out, d_in)}" if transpose else \
             f"dequantize(q) of shape {q.shape}"
         raise ValueError(f"x of shape {x.shape} cannot be multiplied with {what}: the inner "
-                         f"dimensions differ (x needs shape (n, {k}) or ({k},))")
-    vec = x.ndim == 1
-    x2 = np.ascontiguousarray(x.reshape(1, k) if vec else x)
-    n = x2.shape[0]
-    res_shape = (m,) if vec else (n, m)
+                         f"dimensions differ (x needs shape (..., {k}))")
+    lead = x.shape[:-1]
+    n = int(np.prod(lead, dtype=np.int64))
+    x2 = np.ascontiguousarray(x.reshape(n, k))
+    res_shape = lead + (m,)
     if out is not None:
         check_out(out, "out", res_shape, x2.dtype, inputs=(x,))
         if not out.flags.c_contiguous:
@@ -455,4 +507,3 @@ def qmatmul(x, q, *, transpose: bool = False, out=None, backend: str | None = No
         return out if out is not None else buf.reshape(res_shape)
     res = registry.dispatch("qmatmul", (x2, q, bool(transpose), buf), {}, backend)
     return out if out is not None else res.reshape(res_shape)
-

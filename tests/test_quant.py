@@ -148,6 +148,8 @@ FORMATS = [
     dict(bits=4, scheme="nf4", double_quant=True),
     dict(bits=8, block_size=64, double_quant=True),
     dict(bits=3, block_size=7, rounding="floor", double_quant=True),
+    dict(bits=4, scheme="nf4", block_size=None),       # one NF4 scale for the tensor
+    dict(bits=6),                                      # the default block size
 ]
 
 
@@ -321,15 +323,16 @@ def test_half_rounds_away_from_zero(backend, bits, per_tensor):
 @pytest.mark.parametrize("rounding", ["nearest", "floor"])
 @pytest.mark.parametrize("bits", [
     2, 3, 4, 5, 6, 7, 8])
-def test_largest_finite_weights_stay_finite(backend, bits, rounding):
+@pytest.mark.parametrize("block_size", [None, 64])
+def test_largest_finite_weights_stay_finite(backend, bits, rounding, block_size):
     big = np.finfo(np.float32).max
     w = np.array([[big, -big], [big / 3, 1.0]], np.float32)
-    q = quantize(w, bits, rounding=rounding, backend=backend)
+    q = quantize(w, bits, rounding=rounding, block_size=block_size, backend=backend)
     with np.errstate(over="ignore"):
         deq = dequantize(q, backend=backend)
     assert np.isfinite(deq).all(), deq
     err = np.abs(w.astype(np.float64) - deq.astype(np.float64))
-    assert np.all(err <= float(q.scales[0]) * (1 + 1e-6))
+    assert np.all(err <= q.block_scales().T.astype(np.float64) * (1 + 1e-6))
 
 
 @pytest.mark.parametrize("units", [1, 190])
@@ -476,7 +479,7 @@ def test_packing_exact(backend, bits, d_in):
     ints[0, 0] = qmax                         # absmax = qmax * 0.25, Δ = 0.25 exactly
     w = ints * 0.25
     for rounding in ("nearest", "floor"):
-        q = quantize(w, bits, rounding=rounding, backend=backend)
+        q = quantize(w, bits, block_size=None, rounding=rounding, backend=backend)
         assert q.data.dtype == np.uint8 and q.data.shape == (3, row_bytes(d_in))
         codes = (ints + 2 ** (bits - 1)).T
         np.testing.assert_array_equal(unpack(q.data, d_in), codes)
@@ -489,7 +492,7 @@ def test_int8_storage(backend, bits):
     qmax = 2 ** (bits - 1) - 1
     ints = rng_for("int8", bits).integers(-qmax, qmax + 1, (65, 3))
     ints[5, 1] = -qmax
-    q = quantize(ints * 0.5, bits, backend=backend)
+    q = quantize(ints * 0.5, bits, block_size=None, backend=backend)
     assert q.data.dtype == np.int8 and q.data.shape == (3, 65)
     np.testing.assert_array_equal(q.data, ints.T)
 
@@ -815,7 +818,7 @@ QUANTIZE_ERRORS = [
     (dict(bits=4, block_size=True), "block_size.*got True"),
     (dict(bits=4, scheme="nf4", block_size=1), "block_size"),
     (dict(bits=4, rounding="up"), "rounding must be one of 'nearest', 'floor', got 'up'"),
-    (dict(bits=4, double_quant=True), "double_quant=True needs .*block_size"),
+    (dict(bits=4, block_size=None, double_quant=True), "double_quant=True needs .*block_size"),
     (dict(bits=8, block_size=None, double_quant=True), "double_quant"),
     (dict(bits=4, block_size=4, double_quant=1), "double_quant must be a bool"),
 ]
@@ -858,8 +861,10 @@ def test_quantize_accepts_other_real_inputs(backend):
               np.asfortranarray(np.array([[1.0, -2.0], [3.0, 0.5]])),
               np.array([[1.0, -2.0], [3.0, 0.5]], ">f4")):
         assert_same(ref, quantize(w, 8, backend=backend))
-    qi = quantize(np.array([[1, -2], [3, 0]]), 8, backend=backend)
+    qi = quantize(np.array([[1, -2], [3, 0]]), 8, block_size=None, backend=backend)
     np.testing.assert_array_equal(ints_of(qi), [[42, -85], [127, 0]])   # 127/3 = 42.33...
+    qi = quantize(np.array([[1, -2], [3, 0]]), 8, backend=backend)     # a block per column
+    np.testing.assert_array_equal(ints_of(qi), [[42, -127], [127, 0]])
     qb = quantize(np.array([[True, False]]), 2, backend=backend)
     np.testing.assert_array_equal(ints_of(qb), [[1, 0]])
 
@@ -895,8 +900,8 @@ def test_qmatmul_inner_dimension_message(q34):
         qmatmul(np.ones(4), q34)
     with pytest.raises(ValueError, match=r"\(2, 3\).*\(4, 3\)"):
         qmatmul(np.ones((2, 3)), q34, transpose=True)
-    with pytest.raises(ValueError, match="inner dimensions"):
-        qmatmul(np.ones((2, 2, 3)), q34)
+    with pytest.raises(ValueError, match=r"\(2, 2, 4\).*inner dimensions.*\(\.\.\., 3\)"):
+        qmatmul(np.ones((2, 2, 4)), q34)
     with pytest.raises(ValueError, match="inner dimensions"):
         qmatmul(np.float64(1.0), q34)
 

@@ -4,7 +4,7 @@ src/quantk.{c,h}) against the NumPy backend (fastdl/_backends/numpy/quant.py).
 * quantize: bit-identical data and scales for bits 2..8 absmax (nearest and
   floor), NF4, per-tensor and block sizes 2, 3, 32, 64, 100, 128, odd d_in
   (1, 3, 63, 65, 4095), all-zero blocks and columns, exact .5 quotients and
-  values on the NF4 thresholds;
+  values on the NF4 thresholds; NF4 per tensor too;
 * dequantize: bit-identical float32 / float64 output, with and without double
   quantization;
 * qmatmul: against float64 ``x @ dequantize(q)`` (rtol 1e-5 of |x| @ |W| for
@@ -32,13 +32,13 @@ needs_avx2 = pytest.mark.skipif(not HAVE_AVX2, reason="no AVX2 on this CPU/build
 # (bits, scheme, block_size, rounding)
 FORMATS = ([(b, "absmax", bs, r) for b in range(2, 9) for r in ("nearest", "floor")
             for bs in (None, 2, 3, 32, 64, 100, 128)]
-           + [(4, "nf4", bs, "nearest") for bs in (2, 3, 32, 64, 100, 128)])
+           + [(4, "nf4", bs, "nearest") for bs in (None, 2, 3, 32, 64, 100, 128)])
 SHAPES = [(1, 5), (3, 4), (63, 7), (65, 9), (128, 24), (200, 33), (4095, 3)]
 # a smaller set for the matmul sweeps
 MM_FORMATS = [(8, "absmax", 64, "nearest"), (5, "absmax", None, "floor"), (6, "absmax", 100, "nearest"),
               (4, "absmax", 64, "nearest"), (3, "absmax", 32, "floor"), (2, "absmax", None, "nearest"),
               (4, "absmax", 3, "nearest"), (4, "nf4", 64, "nearest"), (4, "nf4", 128, "nearest"),
-              (4, "nf4", 100, "nearest")]
+              (4, "nf4", 100, "nearest"), (4, "nf4", None, "nearest")]
 
 
 def fmt_id(f):

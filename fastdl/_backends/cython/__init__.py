@@ -14,7 +14,7 @@ from fastdl._validate import check_flag
 from fastdl._backends.cython import _cpu, _decode, _norm, _norm_stats, _quant
 from fastdl.decode.ops import DECODE_OPS
 from fastdl.norm import NORM_OPS
-from fastdl.quant import QUANT_OPS, QuantizedTensor, SCHEMES, ROUNDINGS
+from fastdl.quant import QUANT_OPS
 from fastdl.registry import Backend
 
 if os.environ.get("FASTDL_SIMD"):
@@ -211,17 +211,18 @@ def beam_topk(log_probs, beam_scores, k, normalize):
 # ---------------------------------------------------------------- quantization
 
 
-def _qt(q):
-    if not isinstance(q, QuantizedTensor):
-        raise TypeError(f"q must be a fastdl.quant.QuantizedTensor, got {type(q).__name__}")
-    # QuantizedTensor validated its arrays (dtype, shape, C order) when it was built and
-    # they are read-only; check the facts the kernels index with once more.
-    d_in, d_out = q.shape
-    want = (d_out, d_in) if q.bits > 4 else (d_out, 32 * (d_in // 64) + (d_in % 64 + 1) // 2)
-    if q.data.shape != want or not q.data.flags.c_contiguous:
-        raise ValueError(f"q.data must be C-contiguous with shape {want}, got {q.data.shape}")
-    return q
+def _py_int(v, name, low, high, bounds=None):
+    """An int in [low, high], so it fits the kernel's C argument (no OverflowError)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {v!r} ({type(v).__name__})")
+    if not low <= v <= high:
+        raise ValueError(f"{name} must be in {bounds or [low, high]}, got {v}")
+    return int(v)
 
+
+# The kernel modules check every array, shape, stride and block size they index with
+# (they may be called directly too); these wrappers check what must hold before the
+# Python values can become C arguments.
 
 def quantize(w, bits, scheme, block_size, rounding, per_tensor):
     if not isinstance(w, np.ndarray) or w.dtype != np.float32:
@@ -229,56 +230,20 @@ def quantize(w, bits, scheme, block_size, rounding, per_tensor):
                         f"{getattr(w, 'dtype', '')}")
     if w.ndim != 2 or w.size == 0:
         raise ValueError(f"w must be a non-empty 2-D array (d_in, d_out), got shape {w.shape}")
-    if not w.flags.c_contiguous:
-        raise ValueError(f"w must be C-contiguous, got strides {w.strides}")
-    for v, name in ((bits, "bits"), (block_size, "block_size")):
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    bits, bs = int(bits), int(block_size)
-    if not 2 <= bits <= 8:
-        raise ValueError(f"bits must be in 2..8, got {bits}")
-    if scheme not in SCHEMES or rounding not in ROUNDINGS:
-        raise ValueError(f"scheme must be one of {SCHEMES} and rounding one of {ROUNDINGS}, "
-                         f"got {scheme!r}, {rounding!r}")
-    if scheme == "nf4" and bits != 4:
-        raise ValueError(f"scheme='nf4' needs bits=4, got {bits}")
+    bits = _py_int(bits, "bits", 2, 8)
     per_tensor = check_flag(per_tensor, "per_tensor")
-    if per_tensor and scheme == "nf4":
-        raise ValueError("scheme='nf4' needs block-wise scales")
-    if per_tensor:
-        bs = w.shape[0]
-    if bs < 1:
-        raise ValueError(f"block_size must be >= 1, got {bs}")
+    d_in = w.shape[0]
+    bs = _py_int(block_size, "block_size", 1, d_in,
+                 f"[1, d_in={d_in}] (a larger block is one block of d_in)")
     return _quant.quantize(w, bits, scheme, bs, rounding, per_tensor, get_num_threads())
 
 
 def dequantize(q, out):
-    q = _qt(q)
-    if not isinstance(out, np.ndarray) or out.dtype not in _FLOATS:
-        raise TypeError(f"out must be a float32/float64 numpy.ndarray, got "
-                        f"{type(out).__name__} {getattr(out, 'dtype', '')}")
-    if out.shape != q.shape or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(f"out must be a writeable C-contiguous array of shape {q.shape}, got "
-                         f"{out.shape} (c_contiguous={out.flags.c_contiguous}, "
-                         f"writeable={out.flags.writeable})")
     return _quant.dequantize(q, out, get_num_threads())
 
 
 def qmatmul(x, q, transpose, out, *, _path=None):
-    q = _qt(q)
     transpose = check_flag(transpose, "transpose")
-    x = _rows2d(x, "x")
-    d_in, d_out = q.shape
-    k, m = (d_out, d_in) if transpose else (d_in, d_out)
-    if x.shape[1] != k:
-        raise ValueError(f"x must have shape (n, {k}), got {x.shape}")
-    if not isinstance(out, np.ndarray) or out.dtype != x.dtype:
-        raise TypeError(f"out must be a {x.dtype} numpy.ndarray (x's dtype), got "
-                        f"{type(out).__name__} {getattr(out, 'dtype', '')}")
-    if (out.shape != (x.shape[0], m) or not out.flags.c_contiguous or not out.flags.writeable
-            or np.may_share_memory(out, x)):
-        raise ValueError(f"out must be a writeable C-contiguous array of shape "
-                         f"{(x.shape[0], m)} not overlapping x, got {out.shape}")
     return _quant.qmatmul(x, q, transpose, out, get_num_threads(), _path)
 
 

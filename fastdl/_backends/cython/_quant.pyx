@@ -26,6 +26,8 @@ from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 import numpy as np
 
+from fastdl.quant import QuantizedTensor
+
 from fastdl._backends.cython._cpu cimport simd_level
 from fastdl._backends.cython._cpu cimport team
 from fastdl._backends.cython import _cpu
@@ -92,8 +94,81 @@ def nf4_thresholds():
     return np.array([t[k] for k in range(15)], np.float32)
 
 
+# ---------------------------------------------------------------- checks
+# These functions are reachable directly (backend ops, plugins, tests), so each checks
+# every fact the C kernels index memory with before it releases the GIL: a wrong
+# size, dtype, stride or block size must be a ValueError/TypeError, never a write
+# past a buffer.
+
+_SCHEMES = ("absmax", "nf4")
+_ROUNDINGS = ("nearest", "floor")
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+
+
+def _desc_of(a):
+    return f"{type(a).__name__} {getattr(a, 'dtype', '')} {getattr(a, 'shape', '')}".rstrip()
+
+
+cdef _array(a, str name, dtypes, tuple shape, bint writeable=False):
+    """a: an ndarray of one of ``dtypes`` (native order), exactly ``shape``, C-contiguous."""
+    if not isinstance(a, np.ndarray) or a.dtype not in dtypes:
+        want = "/".join(str(np.dtype(t)) for t in dtypes)
+        raise TypeError(f"{name} must be a {want} numpy.ndarray, got {_desc_of(a)}")
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous, got strides {a.strides} for shape "
+                         f"{a.shape}")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{name} must be writeable")
+    return a
+
+
+cdef int64_t _rowb(int64_t d_in, int bits):
+    return d_in if bits > 4 else 32 * (d_in // 64) + (d_in % 64 + 1) // 2
+
+
+cdef _check_format(int bits, scheme, rounding):
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must be in 2..8, got {bits}")
+    if scheme not in _SCHEMES:
+        raise ValueError(f"scheme must be one of {_SCHEMES}, got {scheme!r}")
+    if rounding not in _ROUNDINGS:
+        raise ValueError(f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
+    if scheme == "nf4" and bits != 4:
+        raise ValueError(f"scheme='nf4' needs bits=4, got {bits}")
+
+
+cdef _check_quantize(w, int bits, scheme, int64_t bs, rounding, bint per_tensor):
+    if not isinstance(w, np.ndarray) or w.dtype != _F32:
+        raise TypeError(f"w must be a float32 numpy.ndarray, got {_desc_of(w)}")
+    if w.ndim != 2 or w.shape[0] == 0 or w.shape[1] == 0:
+        raise ValueError(f"w must be a non-empty 2-D array (d_in, d_out), got shape {w.shape}")
+    _array(w, "w", (_F32,), w.shape)
+    _check_format(bits, scheme, rounding)
+    if not per_tensor and not 1 <= bs <= w.shape[0]:
+        raise ValueError(f"block_size must be in [1, d_in={w.shape[0]}] (a larger block is "
+                         f"one block of d_in), got {bs}")
+
+
+cdef int64_t _dim(v, str name) except -1:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1 \
+            or v > 2 ** 62:
+        raise ValueError(f"{name} must be an int in [1, 2**62], got {v!r}")
+    return int(v)
+
+
+cdef _check_out_array(out, tuple shape, dtypes, inputs):
+    _array(out, "out", dtypes, shape, writeable=True)
+    for a in inputs:
+        if a is not None and np.may_share_memory(out, a):
+            raise ValueError("out must not overlap the input arrays")
+
+
 def quantize(w, int bits, scheme, int64_t bs, rounding, bint per_tensor, int nthreads):
-    """w: C-contiguous float32 (d_in, d_out), checked by the caller."""
+    """w: C-contiguous float32 (d_in, d_out); 1 <= bs <= d_in (ignored per tensor)."""
+    _check_quantize(w, bits, scheme, bs, rounding, per_tensor)
     cdef const float[:, ::1] wv = w
     cdef int64_t d_in = wv.shape[0], d_out = wv.shape[1]
     cdef int nf4 = scheme == "nf4"
@@ -121,47 +196,79 @@ def quantize(w, int bits, scheme, int64_t bs, rounding, bint per_tensor, int nth
 
 
 cdef int _desc(fdl_qk_desc *d, q, dict keep) except -1:
-    """Fill d from the QuantizedTensor q; keep holds the arrays alive."""
-    cdef const uint8_t[:, ::1] data = q.data.view(np.uint8)
+    """Check the QuantizedTensor q field by field against each other (it may have been
+    built by hand or be a subclass) and fill d; each field is read once, and keep holds
+    the arrays alive."""
+    if not isinstance(q, QuantizedTensor):
+        raise TypeError(f"q must be a fastdl.quant.QuantizedTensor, got {type(q).__name__}")
+    shape, bits, scheme, bsz, dq = q.shape, q.bits, q.scheme, q.block_size, q.double_quant
+    if not isinstance(shape, tuple) or len(shape) != 2:
+        raise ValueError(f"q.shape must be a tuple (d_in, d_out), got {shape!r}")
+    cdef int64_t d_in = _dim(shape[0], "q.shape[0]"), d_out = _dim(shape[1], "q.shape[1]")
+    if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, (int, np.integer)) \
+            or not 2 <= bits <= 8:
+        raise ValueError(f"q.bits must be an int in 2..8, got {bits!r}")
+    _check_format(int(bits), scheme, "nearest")
+    if not isinstance(dq, (bool, np.bool_)):
+        raise TypeError(f"q.double_quant must be a bool, got {dq!r}")
+    cdef int64_t bs = d_in, nb = 1
+    if bsz is None:
+        if dq:
+            raise ValueError("q.double_quant needs block-wise scales, got q.block_size=None")
+    else:
+        if isinstance(bsz, (bool, np.bool_)) or not isinstance(bsz, (int, np.integer)) \
+                or bsz < 1:
+            raise ValueError(f"q.block_size must be an int >= 1 or None, got {bsz!r}")
+        bs = min(int(bsz), d_in)                 # a block longer than d_in is one block
+        nb = (d_in + bs - 1) // bs
+    data_arr = _array(q.data, "q.data", (np.dtype(np.int8 if bits > 4 else np.uint8),),
+                      (int(d_out), int(_rowb(d_in, bits))))
+    cdef const uint8_t[:, ::1] data = data_arr.view(np.uint8)
     cdef const float[::1] sc
     cdef const int8_t[::1] codes
     cdef const float[::1] gs
-    d_in, d_out = q.shape
     d.d_in = d_in
     d.d_out = d_out
-    d.bits = q.bits
-    d.nf4 = q.scheme == "nf4"
-    d.per_tensor = q.block_size is None
-    d.bs = d_in if q.block_size is None else min(q.block_size, d_in)   # one block at most d_in
-    d.nb = 1 if q.block_size is None else (d_in + d.bs - 1) // d.bs
+    d.bits = bits
+    d.nf4 = scheme == "nf4"
+    d.per_tensor = bsz is None
+    d.bs = bs
+    d.nb = nb
     d.rowb = data.shape[1]
     d.data = &data[0, 0]
-    keep["data"] = data
-    d.dq = bool(q.double_quant)
+    keep["data"] = data_arr
+    d.dq = bool(dq)
     d.scales = NULL
     d.sc_codes = NULL
     d.sc_scales = NULL
     d.sc_mean = 0
     if d.dq:
-        codes = q.scale_codes
-        gs = q.scale_scales
+        count = int(d_out * nb)
+        q_codes = _array(q.scale_codes, "q.scale_codes", (np.dtype(np.int8),), (count,))
+        q_gs = _array(q.scale_scales, "q.scale_scales", (_F32,), (-(-count // 256),))
+        codes = q_codes
+        gs = q_gs
+        mean = _array(q.scale_mean, "q.scale_mean", (_F32,), ())
         d.sc_codes = &codes[0]
         d.sc_scales = &gs[0]
-        d.sc_mean = float(q.scale_mean)
-        keep["codes"] = codes
-        keep["gs"] = gs
+        d.sc_mean = float(mean)
+        keep["codes"] = q_codes
+        keep["gs"] = q_gs
     else:
-        sc = q.scales.reshape(-1)
+        sc_arr = _array(q.scales, "q.scales", (_F32,), (1,) if bsz is None else
+                        (int(d_out), int(nb)))
+        sc = sc_arr.reshape(-1)
         d.scales = &sc[0]
-        keep["sc"] = sc
+        keep["sc"] = sc_arr
     return 0
 
 
 def dequantize(q, out, int nthreads):
-    """out: C-contiguous writeable float32/float64 (d_in, d_out), checked by the caller."""
+    """out: C-contiguous writeable float32/float64 (d_in, d_out)."""
     cdef fdl_qk_desc d
     cdef dict keep = {}
     _desc(&d, q, keep)
+    _check_out_array(out, (int(d.d_in), int(d.d_out)), (_F32, _F64), tuple(keep.values()))
     cdef int f64 = out.dtype == np.float64
     cdef uint8_t[::1] ov = out.reshape(-1).view(np.uint8)
     cdef int level = simd_level()
@@ -170,12 +277,23 @@ def dequantize(q, out, int nthreads):
     return out
 
 
+cdef _check_matmul(x, int64_t d_in, int64_t d_out, bint transpose, out, tuple q_arrays):
+    k, m = (int(d_out), int(d_in)) if transpose else (int(d_in), int(d_out))
+    if not isinstance(x, np.ndarray) or x.dtype not in (_F32, _F64):
+        raise TypeError(f"x must be a float32/float64 numpy.ndarray, got {_desc_of(x)}")
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != k:
+        raise ValueError(f"x must have shape (n, {k}) with n >= 1, got {x.shape}")
+    _array(x, "x", (x.dtype,), x.shape)
+    _check_out_array(out, (x.shape[0], m), (x.dtype,), (x,) + q_arrays)
+
+
 def qmatmul(x, q, bint transpose, out, int nthreads, path=None):
-    """x (n, k) and out (n, m): C-contiguous, same float dtype, checked by the caller.
-    ``path``: None (choose by n), "small" or "blas" (tests)."""
+    """x (n, k) and out (n, m): C-contiguous, same float dtype, n >= 1, out not
+    overlapping x; ``path``: None (choose by n), "small" or "blas" (tests)."""
     cdef fdl_qk_desc d
     cdef dict keep = {}
     _desc(&d, q, keep)
+    _check_matmul(x, d.d_in, d.d_out, transpose, out, tuple(keep.values()))
     cdef int64_t n = x.shape[0]
     cdef int f64 = x.dtype == np.float64
     cdef const uint8_t[::1] xv = x.reshape(-1).view(np.uint8)
