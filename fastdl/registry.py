@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Mapping
 
+from fastdl._validate import check_flag
+
 __all__ = [
     "Backend", "BackendInfo", "BackendNotImplementedError", "backends", "set_backend",
     "use_backend", "which_backend", "register_backend", "ENTRY_POINT_GROUP",
@@ -311,7 +313,12 @@ class use_backend:
     """
 
     def __init__(self, *names: str, ops=None, only: bool = False, coerce: bool = False):
-        self._scope = _Scope(_check_names(names), _check_ops(ops), bool(only), bool(coerce))
+        names = _check_names(names)
+        only = check_flag(only, "only")
+        if only and not names:
+            # a scope that forbids every backend would fail each op it covers, far from here
+            raise ValueError("use_backend(only=True) needs at least one backend name, got none")
+        self._scope = _Scope(names, _check_ops(ops), only, check_flag(coerce, "coerce"))
 
     def __enter__(self):
         _scopes.set(_scopes.get() + (self._scope,))
