@@ -38,7 +38,7 @@ import numpy as np
 
 from fastdl import registry
 from fastdl._validate import (as_float_array, check_choice, check_flag, check_int, check_out,
-                              check_param, check_real, overlaps)
+                              check_param, check_real, overlaps, plain_array, reject_masked)
 
 __all__ = [
     "norm_stats", "NORM_KINDS", "NormStats",
@@ -190,11 +190,13 @@ def _running(rm, rv, C: int, *, required: str | None, update: bool):
     out = []
     for value, name in ((rm, "running_mean"), (rv, "running_var")):
         if update:
+            reject_masked(value, name)
             if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
                 raise TypeError(f"{name} must be a float numpy.ndarray (it is updated in place), "
                                 f"got {type(value).__name__} {getattr(value, 'dtype', '')}")
             if not value.flags.writeable:
                 raise ValueError(f"{name} must be writeable (it is updated in place)")
+            value = plain_array(value, name)    # a subclass: updated through a plain view
         else:
             value = as_float_array(value, name)
         if value.shape != (C,):

@@ -66,7 +66,7 @@ import zlib
 import numpy as np
 
 from fastdl import registry
-from fastdl._validate import check_choice, check_int, check_out
+from fastdl._validate import check_choice, check_int, check_out, reject_masked
 
 __all__ = ["QuantizedTensor", "quantize", "dequantize", "qmatmul", "storage_bytes", "row_bytes",
            "NF4_CODEBOOK", "QUANT_OPS", "SCHEMES", "ROUNDINGS"]
@@ -317,6 +317,7 @@ def _check_format(bits, scheme, block_size, rounding, double_quant):
 # ---------------------------------------------------------------- functions
 
 def _weights(w) -> np.ndarray:
+    reject_masked(w, "w")
     if not isinstance(w, np.ndarray):
         try:
             w = np.asarray(w)
@@ -430,7 +431,8 @@ def qmatmul(x, q, *, transpose: bool = False, out=None, backend: str | None = No
     q = _q(q)
     if not isinstance(transpose, (bool, np.bool_)):
         raise ValueError(f"transpose must be a bool, got {transpose!r}")
-    x = np.asarray(x)
+    reject_masked(x, "x")
+    x = np.asarray(x)      # an ndarray subclass becomes a plain view
     if x.dtype.kind not in "biuf":
         raise ValueError(f"x must have a real dtype, got {x.dtype}")
     if x.dtype not in (np.float32, np.float64):
@@ -447,7 +449,7 @@ def qmatmul(x, q, *, transpose: bool = False, out=None, backend: str | None = No
     n = x2.shape[0]
     res_shape = (m,) if vec else (n, m)
     if out is not None:
-        check_out(out, "out", res_shape, x2.dtype, inputs=(x,))
+        out = check_out(out, "out", res_shape, x2.dtype, inputs=(x,))
         if not out.flags.c_contiguous:
             raise ValueError("out must be C-contiguous")
     buf = np.empty((n, m), x2.dtype) if out is None else out.reshape(n, m)
