@@ -23,7 +23,6 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any, Callable, Mapping
 
 from fastdl._validate import check_flag
@@ -134,6 +133,9 @@ def _discover() -> None:
         for name, target in _BUILTIN.items():
             _state.slots.setdefault(name, _Slot(name, "builtin", target))
         try:
+            # imported here, not at import time: importlib.metadata costs more than the rest
+            # of ``import fastdl``, and only the first op or listing needs the entry points
+            from importlib import metadata
             eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
         except Exception as exc:  # noqa: BLE001 - broken metadata must not break import
             warnings.warn(f"fastdl: could not read entry points: {exc}", RuntimeWarning)
