@@ -4,6 +4,11 @@ The submodules ``fastdl.nn``, ``fastdl.norm``, ``fastdl.decode``, ``fastdl.quant
 ``fastdl.registry``, ``fastdl.complexity`` and ``fastdl.bench`` are reachable as
 attributes after ``import fastdl``; those not needed by the names below are imported
 on first use, so ``import fastdl`` stays fast.
+
+Array arguments may be any array-like; ndarray subclasses (``np.matrix``,
+``np.memmap``, your own) are read as plain ndarrays (a view, no copy), and masked
+arrays are refused with a TypeError, since the kernels would read masked entries as
+data: pass ``a.filled(value)`` instead.
 """
 __version__ = "0.1.0"
 

@@ -21,6 +21,8 @@ Conventions, shared by every layer:
   runs: do not modify either between a forward and its backward.
 * ``train()`` / ``eval()`` switch ``training`` and return the layer;
   ``backward`` follows the mode its forward ran in.
+* Constructor arguments are torch's (``bias=False`` keeps the weight and drops the
+  bias); ``InstanceNorm1d/2d/3d`` also take torch's unbatched inputs.
 * ``backend=`` (constructor argument, attribute) is passed to every call; an
   unknown backend name is a ValueError when it is given or assigned.
 """
