@@ -1,9 +1,21 @@
-"""fastdl: fast CPU kernels for deep-learning building blocks, with pluggable backends."""
+"""fastdl: fast CPU kernels for deep-learning building blocks, with pluggable backends.
+
+The submodules ``fastdl.nn``, ``fastdl.norm``, ``fastdl.decode``, ``fastdl.quant``,
+``fastdl.registry``, ``fastdl.complexity`` and ``fastdl.bench`` are reachable as
+attributes after ``import fastdl``; those not needed by the names below are imported
+on first use, so ``import fastdl`` stays fast.
+
+Array arguments may be any array-like; ndarray subclasses (``np.matrix``,
+``np.memmap``, your own) are read as plain ndarrays (a view, no copy), and masked
+arrays are refused with a TypeError, since the kernels would read masked entries as
+data: pass ``a.filled(value)`` instead.
+"""
 __version__ = "0.1.0"
+
+import importlib as _importlib
 
 from fastdl._build_info import build_info
 from fastdl._threads import get_num_threads, set_num_threads
-from fastdl import decode, quant
 from fastdl.norm import (
     NORM_KINDS,
     NormStats,
@@ -37,3 +49,17 @@ __all__ = [
     "group_norm_backward", "rms_norm_backward", "Backend", "BackendInfo", "BackendNotImplementedError", "backends",
     "register_backend", "set_backend", "use_backend", "which_backend",
 ]
+
+# public submodules, imported on first attribute access (PEP 562)
+_SUBMODULES = ("bench", "complexity", "decode", "nn", "norm", "quant", "registry")
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        # import_module also binds the submodule on this package: later lookups are direct
+        return _importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SUBMODULES))

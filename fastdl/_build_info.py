@@ -37,7 +37,7 @@ def build_info() -> dict:
         info["scipy"] = None
     try:
         from fastdl._backends.cython import _cpu
-    except ImportError as exc:
+    except Exception as exc:  # noqa: BLE001 - a diagnostic must report a broken backend, not raise
         info.update(compiled=False, compile_error=f"{type(exc).__name__}: {exc}",
                     compiler=sysconfig.get_config_var("CC"))
         return info

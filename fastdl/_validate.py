@@ -8,20 +8,38 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def reject_masked(x, name: str) -> None:
+    """Masked arrays are refused: the kernels read every element, so the mask would be
+    silently ignored (masked entries would count as data)."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name} must not be a numpy masked array: its mask would be ignored; "
+                        f"pass {name}.filled(value) to choose what masked entries become, or "
+                        f"{name}.data to use the values underneath")
+
+
+def plain_array(x, name: str = "x") -> np.ndarray:
+    """``x`` as exactly ``numpy.ndarray``: other ndarray subclasses (``np.matrix``,
+    ``np.memmap``, user subclasses) become a base-class view of the same memory (no copy),
+    so their overridden operators cannot change the results; masked arrays are refused
+    (``reject_masked``); anything else goes through ``np.asarray``."""
+    reject_masked(x, name)
+    if type(x) is np.ndarray:
+        return x
+    try:
+        return np.asarray(x)
+    except Exception as exc:  # noqa: BLE001 - ragged lists and the like
+        raise TypeError(f"{name} must be array-like of real numbers; "
+                        f"could not convert {type(x).__name__}: {exc}") from None
+
+
 def as_float_array(x, name: str = "x") -> np.ndarray:
-    """``x`` as a float32/float64 ndarray (no copy when it already is one).
+    """``x`` as a float32/float64 ``numpy.ndarray`` (no copy when it already is one).
 
     Integers and bools are computed in float64, float16 in float32; complex,
-    object, string and datetime inputs are rejected.
+    object, string and datetime inputs are rejected.  ndarray subclasses become
+    a plain ndarray view and masked arrays are a TypeError (see ``plain_array``).
     """
-    if isinstance(x, np.ndarray):
-        arr = x
-    else:
-        try:
-            arr = np.asarray(x)
-        except Exception as exc:  # noqa: BLE001 - ragged lists and the like
-            raise TypeError(f"{name} must be array-like of real numbers; "
-                            f"could not convert {type(x).__name__}: {exc}") from None
+    arr = plain_array(x, name)
     kind = arr.dtype.kind
     if arr.dtype in FLOAT_DTYPES:
         return arr
@@ -95,11 +113,13 @@ def overlaps(a: np.ndarray, b: np.ndarray) -> bool:
 
 def check_out(out, name: str, shape: tuple, dtype, inputs=()) -> np.ndarray | None:
     """Validate an ``out=`` array: ndarray, exact shape and dtype, writeable, and
-    not overlapping any of ``inputs`` (kernels read inputs while writing out)."""
+    not overlapping any of ``inputs`` (kernels read inputs while writing out).
+    Returns a plain ndarray (a view of a subclass's memory); masked arrays are refused."""
     if out is None:
         return None
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    out = plain_array(out, name)     # a subclass is written through a plain view of its memory
     if out.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
     if out.dtype != dtype:

@@ -21,7 +21,10 @@ Conventions, shared by every layer:
   runs: do not modify either between a forward and its backward.
 * ``train()`` / ``eval()`` switch ``training`` and return the layer;
   ``backward`` follows the mode its forward ran in.
-* ``backend=`` (constructor argument, attribute) is passed to every call.
+* Constructor arguments are torch's (``bias=False`` keeps the weight and drops the
+  bias); ``InstanceNorm1d/2d/3d`` also take torch's unbatched inputs.
+* ``backend=`` (constructor argument, attribute) is passed to every call; an
+  unknown backend name is a ValueError when it is given or assigned.
 """
 from __future__ import annotations
 
@@ -31,9 +34,11 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from fastdl import norm as F
+from fastdl import registry
 from fastdl._validate import FLOAT_DTYPES, as_float_array, check_flag, check_int, check_real
 
-__all__ = ["Module", "BatchNorm", "LayerNorm", "InstanceNorm", "GroupNorm", "RMSNorm"]
+__all__ = ["Module", "BatchNorm", "LayerNorm", "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d",
+           "InstanceNorm3d", "GroupNorm", "RMSNorm"]
 
 
 # ---------------------------------------------------------------- argument checks
@@ -51,9 +56,13 @@ def _dtype(value) -> np.dtype:
 
 
 def _backend(value):
+    """None or the name of a registered backend: an unknown name fails here, when the
+    layer is configured, not at its first forward."""
     if value is not None and not isinstance(value, str):
         raise TypeError(f"backend must be a backend name (str) or None, got {value!r} "
                         f"({type(value).__name__})")
+    if value is not None:
+        registry._check_names((value,))
     return value
 
 
@@ -90,8 +99,17 @@ class Module(ABC):
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self.training = True
-        self.backend = _backend(backend)
+        self.backend = backend
         self._saved = None
+
+    @property
+    def backend(self):
+        """Backend name passed to every call (None: the registry's choice)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value):
+        self._backend = _backend(value)
 
     def _add_param(self, name: str, shape, dtype, fill: float) -> None:
         self.params[name] = np.full(shape, fill, dtype=dtype)
@@ -166,17 +184,20 @@ class Module(ABC):
 class _RunningNorm(Module):
     """Per-channel affine parameters and optional running statistics (batch/instance norm)."""
 
-    def __init__(self, num_features, eps, momentum, affine, track_running_stats, dtype, backend):
+    def __init__(self, num_features, eps, momentum, affine, track_running_stats, bias, dtype,
+                 backend):
         super().__init__(backend)
         self.num_features = check_int(num_features, "num_features", minimum=1)
         self.eps = _eps(eps)
         self.momentum = _momentum(momentum)
         self.affine = check_flag(affine, "affine")
         self.track_running_stats = check_flag(track_running_stats, "track_running_stats")
+        bias = check_flag(bias, "bias")
         self.dtype = _dtype(dtype)
         if self.affine:
             self._add_param("weight", (self.num_features,), self.dtype, 1)
-            self._add_param("bias", (self.num_features,), self.dtype, 0)
+            if bias:
+                self._add_param("bias", (self.num_features,), self.dtype, 0)
         if self.track_running_stats:
             self.running_mean = np.zeros(self.num_features, self.dtype)
             self.running_var = np.ones(self.num_features, self.dtype)
@@ -218,7 +239,8 @@ class _RunningNorm(Module):
 
     def _extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+                f"affine={self.affine}, bias={'bias' in self.params}, "
+                f"track_running_stats={self.track_running_stats}")
 
 
 class BatchNorm(_RunningNorm):
@@ -229,12 +251,14 @@ class BatchNorm(_RunningNorm):
     momentum * batch`` (unbiased batch variance); ``momentum=None`` uses the
     cumulative average, factor ``1 / num_batches_tracked``.  Eval: normalize
     with the running statistics, or with the batch statistics when
-    ``track_running_stats=False``.
+    ``track_running_stats=False``.  ``bias=False`` (with ``affine``) keeps the
+    weight and drops the bias, as torch's ``bias=`` does.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, *, dtype=None, backend=None):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, backend)
+                 track_running_stats=True, *, bias=True, dtype=None, backend=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, bias, dtype,
+                         backend)
 
     def _forward(self, x):
         self._check_input(x)
@@ -257,18 +281,61 @@ class BatchNorm(_RunningNorm):
 
 
 class InstanceNorm(_RunningNorm):
-    """``torch.nn.InstanceNorm1d/2d/3d`` on (N, C, *spatial) inputs.
+    """``torch.nn.InstanceNorm1d/2d/3d`` on (N, C, *spatial) inputs, or one unbatched
+    (C, L) instance (2-D input: without spatial dims there is nothing to normalize, so
+    a 2-D input is read as torch's unbatched ``InstanceNorm1d`` input).
 
     Each (n, c) is normalized by its own statistics over the spatial dims.  With
     ``track_running_stats`` the running buffers are updated in training (batch
     mean of the instance statistics, unbiased variance) and normalize in eval
     mode.  ``momentum=None`` is the cumulative average as for ``BatchNorm``
-    (torch instead never updates the buffers then).
+    (torch instead never updates the buffers then).  ``bias=False`` (with
+    ``affine``) keeps the weight and drops the bias.  ``InstanceNorm1d/2d/3d``
+    check the input rank as torch's classes do, batched or not.
     """
 
+    _spatial = None     # number of spatial dims (None: any); the unbatched rank is _spatial + 1
+
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False,
-                 track_running_stats=False, *, dtype=None, backend=None):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, backend)
+                 track_running_stats=False, *, bias=True, dtype=None, backend=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, bias, dtype,
+                         backend)
+
+    def _unbatched(self, x: np.ndarray) -> bool:
+        if self._spatial is None:
+            return x.ndim == 2
+        if x.ndim not in (self._spatial + 1, self._spatial + 2):
+            raise ValueError(f"{type(self).__name__} expects {self._spatial + 1}-D (unbatched) "
+                             f"or {self._spatial + 2}-D input, got shape {x.shape}")
+        return x.ndim == self._spatial + 1
+
+    def forward(self, x) -> np.ndarray:
+        """Normalize ``x``; an unbatched input is one instance of a batch of one, as in
+        torch (the running buffers, if tracked, are updated from it)."""
+        x = as_float_array(x, "input")
+        if not self._unbatched(x):
+            return super().forward(x)
+        if x.shape[0] != self.num_features:
+            raise ValueError(f"unbatched input must have num_features={self.num_features} "
+                             f"channels in dimension 0, got shape {x.shape}")
+        y, stats, ctx = self._forward(x[None])
+        self._saved = (x, stats, (ctx, True))
+        return y[0]
+
+    def backward(self, dy) -> np.ndarray:
+        saved = self._saved
+        if saved is None or not isinstance(saved[2], tuple):
+            return super().backward(dy)
+        x, stats, (ctx, _) = saved
+        dy = as_float_array(dy, "grad_output")
+        if dy.shape != x.shape:
+            raise ValueError(f"grad_output must have the input's shape {x.shape}, "
+                             f"got {dy.shape}")
+        self._saved = (x[None], stats, ctx)
+        try:
+            return super().backward(dy[None])[0]
+        finally:
+            self._saved = saved
 
     def _forward(self, x):
         self._check_input(x)
@@ -290,14 +357,30 @@ class InstanceNorm(_RunningNorm):
                                         self.eps, stats=stats, backend=self.backend)
 
 
+class InstanceNorm1d(InstanceNorm):
+    """``torch.nn.InstanceNorm1d``: (N, C, L) or unbatched (C, L) input."""
+    _spatial = 1
+
+
+class InstanceNorm2d(InstanceNorm):
+    """``torch.nn.InstanceNorm2d``: (N, C, H, W) or unbatched (C, H, W) input."""
+    _spatial = 2
+
+
+class InstanceNorm3d(InstanceNorm):
+    """``torch.nn.InstanceNorm3d``: (N, C, D, H, W) or unbatched (C, D, H, W) input."""
+    _spatial = 3
+
+
 # ---------------------------------------------------------------- group, layer and RMS norm
 
 class GroupNorm(Module):
     """``torch.nn.GroupNorm``: statistics over groups of ``num_channels // num_groups``
-    channels and the spatial dims of (N, C, *spatial); per-channel affine."""
+    channels and the spatial dims of (N, C, *spatial); per-channel affine
+    (``bias=False``: weight only)."""
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, dtype=None,
-                 backend=None):
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, bias=True,
+                 dtype=None, backend=None):
         super().__init__(backend)
         self.num_groups = check_int(num_groups, "num_groups", minimum=1)
         self.num_channels = check_int(num_channels, "num_channels", minimum=1)
@@ -306,10 +389,12 @@ class GroupNorm(Module):
                              f"{self.num_groups} and num_channels={self.num_channels}")
         self.eps = _eps(eps)
         self.affine = check_flag(affine, "affine")
+        bias = check_flag(bias, "bias")
         self.dtype = _dtype(dtype)
         if self.affine:
             self._add_param("weight", (self.num_channels,), self.dtype, 1)
-            self._add_param("bias", (self.num_channels,), self.dtype, 0)
+            if bias:
+                self._add_param("bias", (self.num_channels,), self.dtype, 0)
 
     def _forward(self, x):
         if x.ndim < 2 or x.shape[1] != self.num_channels:
@@ -324,7 +409,8 @@ class GroupNorm(Module):
                                      stats=stats, backend=self.backend)
 
     def _extra_repr(self) -> str:
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+                f"bias={'bias' in self.params}")
 
 
 class LayerNorm(Module):

@@ -38,7 +38,7 @@ import numpy as np
 
 from fastdl import registry
 from fastdl._validate import (as_float_array, check_choice, check_flag, check_int, check_out,
-                              check_param, check_real, overlaps)
+                              check_param, check_real, overlaps, plain_array, reject_masked)
 
 __all__ = [
     "norm_stats", "NORM_KINDS", "NormStats",
@@ -88,6 +88,10 @@ def norm_stats(x, kind: str, *, num_groups: int | None = None, ddof: int = 0,
     spatial.  ``ddof`` is NumPy's delta degrees of freedom (0: biased, as the
     normalization layers use).  float32/float64 keep their dtype; integer and
     bool inputs are computed in float64.  Returns ``(mean, var)``.
+
+    Groups that reduce over zero elements (an empty batch for ``"batch"``,
+    empty spatial dims) get NaN mean and variance, as NumPy's and torch's
+    ``mean``/``var`` of an empty slice do.
     """
     x = as_float_array(x, "x")
     check_choice(kind, "kind", NORM_KINDS)
@@ -102,12 +106,20 @@ def norm_stats(x, kind: str, *, num_groups: int | None = None, ddof: int = 0,
         raise ValueError(f"num_groups is only used with kind='group', got num_groups={num_groups!r} "
                          f"with kind={kind!r}")
     count = _group_count(x.shape, kind, num_groups)
-    if count == 0:
-        raise ValueError(f"kind={kind!r} reduces over zero elements for x of shape {x.shape}")
+    if count == 0 or x.size == 0:
+        # nothing to reduce (an empty batch, no spatial elements) or no groups at all: NaN
+        # statistics of the result's shape, as NumPy's and torch's mean/var of empty slices
+        return _empty_result(x, kind, num_groups)
     if count - ddof <= 0:
         raise ValueError(f"ddof must be smaller than the number of elements per group ({count}), "
                          f"got ddof={ddof}")
     return registry.dispatch("norm_stats", (x, kind, num_groups, ddof), {}, backend)
+
+
+def _empty_result(x: np.ndarray, kind: str, num_groups):
+    n, c = x.shape[0], x.shape[1]
+    shape = {"batch": (c,), "layer": (n,), "instance": (n, c), "group": (n, num_groups)}[kind]
+    return np.full(shape, np.nan, x.dtype), np.full(shape, np.nan, x.dtype)
 
 
 # ---------------------------------------------------------------- shared checks
@@ -152,10 +164,8 @@ def _normalized_shape(value, x: np.ndarray) -> tuple[tuple[int, ...], int]:
     if x.ndim < len(shape) or tuple(x.shape[x.ndim - len(shape):]) != shape:
         raise ValueError(f"normalized_shape must match the trailing dimensions of input: "
                          f"got normalized_shape={shape} for input of shape {x.shape}")
-    size = math.prod(shape)
-    if size == 0:
-        raise ValueError(f"normalized_shape {shape} has zero elements to normalize over")
-    return shape, size
+    # a normalized_shape with zero elements is an empty output, as in torch
+    return shape, math.prod(shape)
 
 
 def _eps(eps) -> float:
@@ -180,11 +190,13 @@ def _running(rm, rv, C: int, *, required: str | None, update: bool):
     out = []
     for value, name in ((rm, "running_mean"), (rv, "running_var")):
         if update:
+            reject_masked(value, name)
             if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
                 raise TypeError(f"{name} must be a float numpy.ndarray (it is updated in place), "
                                 f"got {type(value).__name__} {getattr(value, 'dtype', '')}")
             if not value.flags.writeable:
                 raise ValueError(f"{name} must be writeable (it is updated in place)")
+            value = plain_array(value, name)    # a subclass: updated through a plain view
         else:
             value = as_float_array(value, name)
         if value.shape != (C,):
@@ -299,8 +311,8 @@ def _layer_args(input, normalized_shape, weight, bias):
     shape, size = _normalized_shape(normalized_shape, x)
     w = check_param(weight, "weight", shape, x.dtype)
     b = check_param(bias, "bias", shape, x.dtype)
-    rows = x.size // size
     lead = x.shape[:x.ndim - len(shape)]
+    rows = math.prod(lead)
     return x, shape, size, rows, lead, w, b
 
 
@@ -462,8 +474,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     buf, target = _out_buffer(out, x, w, b, rm, rv)
     if not use_input_stats:
         return _apply_running(x, rm, rv, w, b, eps, buf, target, return_stats, backend)
-    if x.size:
-        _spatial_check(x)
+    _spatial_check(x)
     N, S = x.shape[0], math.prod(x.shape[2:])
     if x.size == 0:
         return _result(_deliver(_empty_out(buf, x), buf, target, x.shape), _empty_stats((N, C)), return_stats)
@@ -506,8 +517,7 @@ def instance_norm_backward(grad_output, input, running_mean=None, running_var=No
             stats = _running_stats(rm, rv, eps)
         mean, rstd = _saved(stats, (C,), True)
         return _batch_bwd(dy, x, mean, rstd, w, b, False, backend)
-    if x.size:
-        _spatial_check(x)
+    _spatial_check(x)
     if stats is None:
         _, stats = instance_norm(x, None, None, w, b, True, 0.0, eps, return_stats=True,
                                  backend=backend)
@@ -518,8 +528,10 @@ def instance_norm_backward(grad_output, input, running_mean=None, running_var=No
 # ---------------------------------------------------------------- batch norm
 
 def _training_count(x: np.ndarray) -> int:
+    # exactly one value has a zero batch variance and nothing to learn from; zero values (an
+    # empty batch) are an empty output, as in torch
     count = x.shape[0] * math.prod(x.shape[2:])
-    if count <= 1:
+    if count == 1:
         raise ValueError("batch_norm needs more than 1 value per channel when training, "
                          f"got input of shape {x.shape}")
     return count
@@ -533,6 +545,10 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     running buffers (optional) are updated in place,
     ``running = (1 - momentum) * running + momentum * batch`` with the unbiased
     batch variance.  Evaluation: the running statistics (required) normalize.
+
+    In training exactly one value per channel (N times the spatial size) is an
+    error, as in torch; an empty batch gives an empty output, NaN statistics
+    and leaves the running buffers untouched.
     """
     x, C, w, b = _channel_args(input, weight, bias)
     training = check_flag(training, "training")
@@ -545,7 +561,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if not training:
         return _apply_running(x, rm, rv, w, b, eps, buf, target, return_stats, backend)
     count = _training_count(x)
-    if x.size == 0:       # no channels
+    if x.size == 0:       # empty batch or no channels: the running buffers stay as they are
         return _result(_deliver(_empty_out(buf, x), buf, target, x.shape), _empty_stats((C,)),
                        return_stats)
     y, mean, var = registry.dispatch("batch_norm_fwd", (_ncs(x), w, b, eps,
@@ -571,6 +587,8 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
                       required=None if training or stats is not None
                       else "when training=False and stats is None", update=False)
     dy = _grad(grad_output, x)
+    if training:
+        _training_count(x)       # the forward refused it; a given stats= must not slip it past
     if stats is None:
         if training:
             _, stats = batch_norm(x, None, None, w, b, True, 0.0, eps, return_stats=True,

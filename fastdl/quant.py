@@ -68,7 +68,7 @@ import numbers
 import numpy as np
 
 from fastdl import _qfile, registry
-from fastdl._validate import check_choice, check_int, check_out
+from fastdl._validate import check_choice, check_int, check_out, reject_masked
 
 __all__ = ["QuantizedTensor", "quantize", "dequantize", "qmatmul", "storage_bytes", "row_bytes",
            "NF4_CODEBOOK", "QUANT_OPS", "SCHEMES", "ROUNDINGS"]
@@ -354,14 +354,10 @@ def _check_format(bits, scheme, block_size, rounding, double_quant):
 # ---------------------------------------------------------------- functions
 
 def _plain(a, name) -> np.ndarray:
-    """``a`` as a plain ndarray: backends get no subclass (np.matrix, masked arrays) whose
-    operators or hidden values would change their results.  A masked array with masked
-    entries is an error, since its hidden values are not the caller's numbers."""
-    if isinstance(a, np.ma.MaskedArray):
-        if np.ma.getmaskarray(a).any():
-            raise ValueError(f"{name} is a masked array with masked entries; fill them first "
-                             f"(e.g. {name}.filled(0)) or pass a plain array")
-        a = np.ma.getdata(a)
+    """``a`` as a plain ndarray: backends get no subclass (np.matrix, np.memmap) whose
+    operators could change their results; masked arrays are refused, since the kernels
+    would read masked entries as data."""
+    reject_masked(a, name)
     try:
         return np.asarray(a)
     except Exception as exc:  # noqa: BLE001 - ragged lists and the like
@@ -499,7 +495,7 @@ def qmatmul(x, q, *, transpose: bool = False, out=None, backend: str | None = No
     x2 = np.ascontiguousarray(x.reshape(n, k))
     res_shape = lead + (m,)
     if out is not None:
-        check_out(out, "out", res_shape, x2.dtype, inputs=(x,))
+        out = check_out(out, "out", res_shape, x2.dtype, inputs=(x,))
         if not out.flags.c_contiguous:
             raise ValueError("out must be C-contiguous")
     buf = np.empty((n, m), x2.dtype) if out is None else out.reshape(n, m)

@@ -23,8 +23,9 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any, Callable, Mapping
+
+from fastdl._validate import check_flag
 
 __all__ = [
     "Backend", "BackendInfo", "BackendNotImplementedError", "backends", "set_backend",
@@ -132,6 +133,9 @@ def _discover() -> None:
         for name, target in _BUILTIN.items():
             _state.slots.setdefault(name, _Slot(name, "builtin", target))
         try:
+            # imported here, not at import time: importlib.metadata costs more than the rest
+            # of ``import fastdl``, and only the first op or listing needs the entry points
+            from importlib import metadata
             eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
         except Exception as exc:  # noqa: BLE001 - broken metadata must not break import
             warnings.warn(f"fastdl: could not read entry points: {exc}", RuntimeWarning)
@@ -311,7 +315,12 @@ class use_backend:
     """
 
     def __init__(self, *names: str, ops=None, only: bool = False, coerce: bool = False):
-        self._scope = _Scope(_check_names(names), _check_ops(ops), bool(only), bool(coerce))
+        names = _check_names(names)
+        only = check_flag(only, "only")
+        if only and not names:
+            # a scope that forbids every backend would fail each op it covers, far from here
+            raise ValueError("use_backend(only=True) needs at least one backend name, got none")
+        self._scope = _Scope(names, _check_ops(ops), only, check_flag(coerce, "coerce"))
 
     def __enter__(self):
         _scopes.set(_scopes.get() + (self._scope,))

@@ -52,6 +52,25 @@ def test_simd_level_from_env():
     assert r.stdout.strip() == "scalar", r.stderr
 
 
+@pytest.mark.parametrize("value", ["bogus", "avx512", " "])
+def test_invalid_simd_level_from_env_warns_and_keeps_the_backend(value):
+    """The Cython backend stays loaded at the detected level; build_info() works."""
+    code = ("import warnings, fastdl\n"
+            "warnings.simplefilter('always')\n"
+            "from fastdl._backends.cython import _cpu\n"
+            "info = fastdl.build_info()\n"
+            "print(fastdl.which_backend('layer_norm_fwd')[0], info['simd_active'],"
+            " info['simd_detected'], fastdl.backends()['cython'].error)\n")
+    r = _run(code, FASTDL_SIMD=value)
+    assert r.returncode == 0, r.stderr
+    backend, active, detected, error = r.stdout.split()
+    assert (backend, error) == ("cython", "None")
+    assert active == detected
+    assert "RuntimeWarning" in r.stderr and f"FASTDL_SIMD={value!r}" in r.stderr
+    assert "valid values here: 'scalar'" in r.stderr
+    assert f"using the detected level {detected!r}" in r.stderr
+
+
 def test_traffic_helpers_touch_every_byte():
     buf = np.zeros(1_000_003, dtype=np.uint8)
     buf[-1] = 0x80

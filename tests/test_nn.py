@@ -362,16 +362,22 @@ def test_backward_before_forward(make):
 
 def test_repr():
     assert repr(nn.BatchNorm(64)) == \
-        "BatchNorm(64, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"
+        "BatchNorm(64, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)"
     assert repr(nn.BatchNorm(3, momentum=None, affine=False, track_running_stats=False)) == \
-        "BatchNorm(3, eps=1e-05, momentum=None, affine=False, track_running_stats=False)"
+        ("BatchNorm(3, eps=1e-05, momentum=None, affine=False, bias=False, "
+         "track_running_stats=False)")
+    assert repr(nn.BatchNorm(3, bias=False)) == \
+        "BatchNorm(3, eps=1e-05, momentum=0.1, affine=True, bias=False, track_running_stats=True)"
     assert repr(nn.InstanceNorm(8)) == \
-        "InstanceNorm(8, eps=1e-05, momentum=0.1, affine=False, track_running_stats=False)"
+        ("InstanceNorm(8, eps=1e-05, momentum=0.1, affine=False, bias=False, "
+         "track_running_stats=False)")
     assert repr(nn.LayerNorm(10)) == \
         "LayerNorm((10,), eps=1e-05, elementwise_affine=True, bias=True)"
     assert repr(nn.LayerNorm([3, 4], eps=1e-6, bias=False)) == \
         "LayerNorm((3, 4), eps=1e-06, elementwise_affine=True, bias=False)"
-    assert repr(nn.GroupNorm(4, 16)) == "GroupNorm(4, 16, eps=1e-05, affine=True)"
+    assert repr(nn.GroupNorm(4, 16)) == "GroupNorm(4, 16, eps=1e-05, affine=True, bias=True)"
+    assert repr(nn.GroupNorm(4, 16, bias=False)) == \
+        "GroupNorm(4, 16, eps=1e-05, affine=True, bias=False)"
     assert repr(nn.RMSNorm(10)) == "RMSNorm((10,), eps=None, elementwise_affine=True)"
     assert repr(nn.RMSNorm((3, 4), eps=1e-6, elementwise_affine=False)) == \
         "RMSNorm((3, 4), eps=1e-06, elementwise_affine=False)"
@@ -390,6 +396,9 @@ def test_repr():
     (lambda: nn.BatchNorm(3, dtype=np.int32), TypeError, "dtype"),
     (lambda: nn.BatchNorm(3, dtype="bogus"), TypeError, "dtype"),
     (lambda: nn.BatchNorm(3, backend=1), TypeError, "backend"),
+    (lambda: nn.BatchNorm(3, bias="no"), TypeError, "bias must be a bool"),
+    (lambda: nn.InstanceNorm(3, affine=True, bias=None), TypeError, "bias must be a bool"),
+    (lambda: nn.GroupNorm(1, 3, bias=1), TypeError, "bias must be a bool"),
     (lambda: nn.InstanceNorm(-1), ValueError, "num_features"),
     (lambda: nn.InstanceNorm(3, momentum=float("nan")), ValueError, "momentum"),
     (lambda: nn.LayerNorm(()), ValueError, "normalized_shape"),
@@ -415,6 +424,11 @@ def test_bad_constructor_arguments(make, exc, match):
     (nn.BatchNorm(3), (4, 5), "num_features=3"),
     (nn.BatchNorm(3), (4,), "at least 2 dimensions"),
     (nn.InstanceNorm(3), (4, 2, 5), "num_features=3"),
+    (nn.InstanceNorm(3), (4, 5), "unbatched input must have num_features=3 channels"),
+    (nn.InstanceNorm(3), (3,), "at least 2 dimensions"),
+    (nn.InstanceNorm1d(3), (2, 3, 4, 5), r"InstanceNorm1d expects 2-D \(unbatched\) or 3-D"),
+    (nn.InstanceNorm2d(3), (3, 4), r"InstanceNorm2d expects 3-D \(unbatched\) or 4-D"),
+    (nn.InstanceNorm3d(3), (2, 3, 4, 5, 6, 7), "InstanceNorm3d expects 4-D"),
     (nn.GroupNorm(2, 4), (4, 6, 5), "num_channels=4"),
     (nn.LayerNorm((3, 4)), (2, 4, 3), "normalized_shape"),
     (nn.RMSNorm(4), (2, 5), "normalized_shape"),
@@ -424,10 +438,41 @@ def test_bad_input_shape(layer, shape, match):
         layer(np.ones(shape, np.float32))
 
 
-def test_unknown_backend_is_reported_at_call_time():
-    layer = nn.LayerNorm(3, backend="no-such-backend")
-    with pytest.raises(ValueError, match="no-such-backend"):
-        layer(np.ones((2, 3), np.float32))
+@pytest.mark.parametrize("make", [
+    lambda b: nn.BatchNorm(3, backend=b), lambda b: nn.InstanceNorm(3, backend=b),
+    lambda b: nn.InstanceNorm2d(3, backend=b), lambda b: nn.LayerNorm(3, backend=b),
+    lambda b: nn.GroupNorm(1, 3, backend=b), lambda b: nn.RMSNorm(3, backend=b)])
+def test_unknown_backend_is_reported_when_configured(make):
+    """At construction and on assignment, not at the first forward."""
+    with pytest.raises(ValueError, match="unknown backend 'no-such-backend'; known backends: "
+                                         ".*numpy"):
+        make("no-such-backend")
+    layer = make("numpy")
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        layer.backend = "nope"
+    with pytest.raises(TypeError, match="backend must be a backend name"):
+        layer.backend = 3
+    assert layer.backend == "numpy"          # a rejected value leaves the old one
+    layer.backend = None
+    assert layer.backend is None
+
+
+def test_backend_registered_later_is_accepted_once_registered():
+    from fastdl import registry
+    from fastdl._backends import numpy as ref
+
+    class Spy:
+        name = "spy-later"
+        ops = {"layer_norm_fwd": ref.norm.layer_norm_fwd}
+
+    with pytest.raises(ValueError, match="unknown backend 'spy-later'"):
+        nn.LayerNorm(3, backend="spy-later")
+    registry.register_backend(Spy())
+    try:
+        layer = nn.LayerNorm(3, backend="spy-later")
+        assert layer(np.ones((2, 3), np.float32)).shape == (2, 3)
+    finally:
+        registry.unregister_backend("spy-later")
 
 
 # ---------------------------------------------------------------- training

@@ -189,6 +189,25 @@ def test_use_backend_only_stops_fallthrough():
         assert fastdl.which_backend(OP) == ("numpy", "use_backend scope (only)")
 
 
+@pytest.mark.parametrize("kwargs", [{"only": True}, {"only": True, "ops": [OP]}])
+def test_use_backend_only_without_names_fails_at_once(kwargs):
+    """A scope that allows no backend would make every op inside it fail."""
+    with pytest.raises(ValueError, match=r"use_backend\(only=True\) needs at least one "
+                                         "backend name, got none"):
+        fastdl.use_backend(**kwargs)
+    with pytest.raises(ValueError, match="needs at least one backend name"):
+        fastdl.use_backend([], **kwargs)
+    with fastdl.use_backend():                 # no names, no only: an empty scope, harmless
+        assert backend_of() == "cython"
+
+
+@pytest.mark.parametrize("kw", ["only", "coerce"])
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_use_backend_flags_must_be_bools(kw, value):
+    with pytest.raises(TypeError, match=f"{kw} must be a bool"):
+        fastdl.use_backend("numpy", **{kw: value})
+
+
 def test_use_backend_ops_limits_the_scope(rec):
     fastdl.register_backend(rec.backend("alt", extra_ops=["other_op"]))
     fastdl.set_backend("alt")

@@ -6,6 +6,7 @@ Each op checks the shapes, dtypes and layout the kernels rely on before they
 run without the GIL (the public API has already validated the user's input).
 """
 import os
+import warnings
 
 import numpy as np
 
@@ -17,8 +18,24 @@ from fastdl.norm import NORM_OPS
 from fastdl.quant import QUANT_OPS
 from fastdl.registry import Backend
 
-if os.environ.get("FASTDL_SIMD"):
-    _cpu.set_simd_level(os.environ["FASTDL_SIMD"].strip().lower())
+def _simd_from_env() -> None:
+    """Apply FASTDL_SIMD; a value this machine cannot use warns and keeps the detected
+    level (raising here would unload the whole backend and every op would fall back)."""
+    raw = os.environ.get("FASTDL_SIMD")
+    if not raw:
+        return
+    try:
+        _cpu.set_simd_level(raw.strip().lower())
+    except ValueError as exc:
+        detected = _cpu.detected_simd()
+        valid = [n for n, v in sorted(_cpu.LEVELS.items(), key=lambda kv: kv[1])
+                 if v <= _cpu.LEVELS[detected]]
+        warnings.warn(f"ignoring FASTDL_SIMD={raw!r}: {exc}; valid values here: "
+                      f"{', '.join(map(repr, valid))}; using the detected level {detected!r}",
+                      RuntimeWarning, stacklevel=2)
+
+
+_simd_from_env()
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
