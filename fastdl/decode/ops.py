@@ -1,4 +1,4 @@
-"""Decoding kernels (DESIGN.md §4): top-k, log-softmax and the fused beam step.
+"""Decoding kernels: top-k, log-softmax and the fused beam step.
 
 The public functions validate, move the reduced axis last, make the data a
 C-contiguous 2-D array and dispatch one op; backends implement the ops:
@@ -24,14 +24,15 @@ Order (``topk`` and ``beam_topk``): descending by value; equal values by the
 lower index (``beam_topk``: the lower flat index ``b*N + j``); NaN ranks above
 every number (as in ``torch.topk``), NaNs among themselves by index.
 
-``log_softmax`` of a row: ``(x - m) - l`` in the dtype, ``m`` the row maximum
+``log_softmax`` of a row: ``(x - m) - l`` in the dtype (float16: in float32,
+then rounded once to float16), ``m`` the row maximum
 and ``l = log(sum(exp(x - m)))`` computed in float64 and rounded once to the
 dtype (as PyTorch: no cancellation when the logits are large); a row without a
 finite maximum (all -inf, or holding +inf or NaN) becomes all NaN, as in
 PyTorch.
 
 ``beam_topk`` candidate ``(b, j)`` scores ``(log_probs[b, j] - m[b]) + add[b]``
-in the dtype, where ``add[b] = beam_scores[b] - l[b]`` (computed in float64,
+in the dtype (float32 for float16 log-probs), where ``add[b] = beam_scores[b] - l[b]`` (computed in float64,
 rounded once) when normalizing; without normalizing ``m[b] = 0`` and ``add[b]
 = beam_scores[b]``.  A row whose log-probs are all -inf has no candidates worth
 anything: its scores are -inf (not NaN).  The B×N score matrix is never stored.

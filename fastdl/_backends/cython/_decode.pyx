@@ -18,6 +18,9 @@
   Threads get contiguous row ranges (each row's offset and scan done back to
   back, the row still in L2) or, for few rows, contiguous pieces of the flat
   candidate range after parallel chunk statistics; part heaps are merged.
+* float16 (``*_f16``): the same algorithms over the uint16 bits of the array;
+  the C kernels convert L1-sized pieces to float32 as they read (F16C in the
+  AVX2 tier) and give bitwise the float32 results on the converted input.
 """
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
