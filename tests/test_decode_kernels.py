@@ -499,7 +499,7 @@ def test_bad_input_raw_ops():
     with pytest.raises(TypeError, match="normalize"):
         cy.beam_topk(x, s, 2, 1)
     with pytest.raises(TypeError, match="log_probs"):
-        cy.beam_topk(x.astype(np.float16), s, 2, True)
+        cy.beam_topk(x.astype(np.int32), s, 2, True)
     # the raw Cython kernels refuse inconsistent sizes instead of reading out of bounds
     with pytest.raises(ValueError):
         _decode.topk(x, 5, 1)

@@ -208,3 +208,70 @@ def test_beam_topk_all_candidates_and_dead_rows(backend, dtype):
     np.testing.assert_array_equal(beam[:8], flat.numpy() // 4)
     np.testing.assert_array_equal(tok[:8], flat.numpy() % 4)
     assert sorted(zip(beam[8:].tolist(), tok[8:].tolist())) == [(2, j) for j in range(4)]
+
+
+# ------------------------------------------------------------------ float16
+# PyTorch keeps float16 in topk and log_softmax; fastdl computes float16 in float32 and
+# rounds once (PyTorch's CPU kernel rounds some intermediates to float16 and is up to one
+# float16 step away from the exact result; fastdl is within half a step of it).  Beam
+# scores accumulate: float16 log-probs give float32 scores, as transformers' beam search
+# takes its scores in float32.
+
+@pytest.mark.parametrize("backend", _backends("topk"))
+@pytest.mark.parametrize("shape, k", SHAPES_K)
+def test_topk_float16_matches_torch(backend, shape, k):
+    x = _data(shape, np.float16, "topk16", special=True)
+    v, i = topk(x, k, backend=backend)
+    tv, ti = torch.topk(_t(x), k, dim=-1)
+    assert v.dtype == np.float16 and i.dtype == np.int64
+    np.testing.assert_array_equal(v, tv.numpy())           # exact: elements of x
+    rows_x = x.reshape(-1, shape[-1])
+    for r, (vi, ti_) in enumerate(zip(i.reshape(-1, k), ti.numpy().reshape(-1, k))):
+        if len(np.unique(rows_x[r])) == rows_x.shape[1]:
+            np.testing.assert_array_equal(vi, ti_)
+        np.testing.assert_array_equal(rows_x[r][vi], v.reshape(-1, k)[r])
+
+
+@pytest.mark.parametrize("backend", _backends("log_softmax"))
+@pytest.mark.parametrize("shape", [(1,), (3, 7), (4, 1000), (2, 3, 33), (16, 50257)])
+@pytest.mark.parametrize("special", [False, True], ids=["finite", "with_-inf"])
+def test_log_softmax_float16_matches_torch(backend, shape, special):
+    x = _data(shape, np.float16, "lsm16", special=special)
+    if special and x.ndim == 2 and x.shape[0] > 1:
+        x[0] = -np.inf
+    got = log_softmax(x, backend=backend)
+    want = torch.log_softmax(_t(x), dim=-1).numpy()
+    assert got.dtype == np.float16 == want.dtype and got.shape == x.shape
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+    fin = np.isfinite(want)
+    exact = torch.log_softmax(_t(x.astype(np.float64)), dim=-1).numpy()[fin]
+    # PyTorch's rounding is on the scale of the subtraction x - logsumexp(x)
+    scale = np.maximum(np.abs(exact), np.abs(x[fin].astype(np.float64) - exact))
+    step = np.spacing(scale.astype(np.float16)).astype(np.float64)
+    assert (np.abs(got[fin].astype(np.float64) - want[fin]) <= 2 * step).all()
+    err = np.abs(got[fin].astype(np.float64) - exact)
+    assert (err <= (0.5 + 2.0 ** -6) * np.spacing(np.abs(got[fin])).astype(np.float64)).all()
+
+
+@pytest.mark.parametrize("backend", _backends("beam_topk"))
+@pytest.mark.parametrize("B, N, k", BEAM_CASES)
+@pytest.mark.parametrize("normalize", [True, False], ids=["norm", "raw"])
+def test_beam_topk_float16_matches_torch_in_float32(backend, B, N, k, normalize):
+    x = _data((B, N), np.float16, "beam16", special=True)
+    x[:, 0] = 0.0
+    s = (-np.abs(_data((B,), np.float64, "beam-s")) * 4).astype(np.float32)
+    scores, beam, tok = beam_topk(x, s, k, normalize=normalize, backend=backend)
+    assert scores.dtype == np.float32
+    tx = _t(x).float()
+    tx = torch.log_softmax(tx, -1) if normalize else tx
+    full = (tx + _t(s)[:, None]).numpy()
+    tv, flat = torch.topk(torch.from_numpy(full).view(-1), k)
+    want = tv.numpy()
+    np.testing.assert_array_equal(np.isneginf(scores), np.isneginf(want))
+    fin = np.isfinite(want)
+    tol = _lsm_tol(np.concatenate([x.ravel().astype(np.float32), s]), np.float32)
+    np.testing.assert_allclose(scores[fin], want[fin], **tol)
+    np.testing.assert_allclose(scores[fin], full[beam[fin], tok[fin]], **tol)
+    m = _determined(full, k, np.float32)
+    np.testing.assert_array_equal(beam[:m] * N + tok[:m], flat.numpy()[:m])

@@ -1,4 +1,4 @@
-"""Decoding kernels (DESIGN.md §4): top-k, log-softmax and the fused beam step.
+"""Decoding kernels: top-k, log-softmax and the fused beam step.
 
 The public functions validate, move the reduced axis last, make the data a
 C-contiguous 2-D array and dispatch one op; backends implement the ops:
@@ -6,25 +6,33 @@ C-contiguous 2-D array and dispatch one op; backends implement the ops:
 ============  =====================================================  ===========================
 op            arguments                                              returns
 ============  =====================================================  ===========================
-topk          x (R, n) float32/64, k (1 <= k <= n)                   values (R, k), indices
-                                                                     (R, k) int64
-log_softmax   x (R, n), out (R, n) or None                           out
-beam_topk     log_probs (B, N), beam_scores (B,) same dtype,         scores (k,), beam (k,),
+topk          x (R, n) float16/32/64, k (1 <= k <= n)                values (R, k) x's dtype,
+                                                                     indices (R, k) int64
+log_softmax   x (R, n) float16/32/64, out (R, n) x's dtype or None   out
+beam_topk     log_probs (B, N) float16/32/64, beam_scores (B,)       scores (k,) beam_scores'
+              in log_probs' dtype (float32 for float16),             dtype, beam (k,),
               k (1 <= k <= B*N), normalize (bool)                    token (k,) int64
 ============  =====================================================  ===========================
+
+float16 is computed in float32 and every op equals the float32 op on the
+exactly converted input: ``topk`` returns float16 values (elements of x),
+``log_softmax`` rounds the float32 result once to float16 (nearest, ties to
+even), ``beam_topk`` returns float32 scores (the accumulation type of beam
+scores).  Backends read float16 directly; they may not convert by a copy.
 
 Order (``topk`` and ``beam_topk``): descending by value; equal values by the
 lower index (``beam_topk``: the lower flat index ``b*N + j``); NaN ranks above
 every number (as in ``torch.topk``), NaNs among themselves by index.
 
-``log_softmax`` of a row: ``(x - m) - l`` in the dtype, ``m`` the row maximum
+``log_softmax`` of a row: ``(x - m) - l`` in the dtype (float16: in float32,
+then rounded once to float16), ``m`` the row maximum
 and ``l = log(sum(exp(x - m)))`` computed in float64 and rounded once to the
 dtype (as PyTorch: no cancellation when the logits are large); a row without a
 finite maximum (all -inf, or holding +inf or NaN) becomes all NaN, as in
 PyTorch.
 
 ``beam_topk`` candidate ``(b, j)`` scores ``(log_probs[b, j] - m[b]) + add[b]``
-in the dtype, where ``add[b] = beam_scores[b] - l[b]`` (computed in float64,
+in the dtype (float32 for float16 log-probs), where ``add[b] = beam_scores[b] - l[b]`` (computed in float64,
 rounded once) when normalizing; without normalizing ``m[b] = 0`` and ``add[b]
 = beam_scores[b]``.  A row whose log-probs are all -inf has no candidates worth
 anything: its scores are -inf (not NaN).  The B×N score matrix is never stored.
@@ -41,6 +49,17 @@ __all__ = ["topk", "log_softmax", "beam_topk", "DECODE_OPS"]
 DECODE_OPS = ("topk", "log_softmax", "beam_topk")
 for _op in DECODE_OPS:
     registry.declare_op(_op)
+
+
+def _float_input(x, name: str) -> np.ndarray:
+    """A plain float16/float32/float64 ndarray: float16 stays float16 (the kernels read it
+    and compute in float32); other inputs as ``as_float_array`` converts them."""
+    arr = x if isinstance(x, np.ndarray) else None
+    if arr is None and isinstance(x, np.generic):
+        arr = np.asarray(x)
+    if arr is not None and arr.dtype.kind == "f" and arr.dtype.itemsize == 2:
+        return np.asarray(arr, np.float16)          # plain ndarray, native byte order
+    return as_float_array(x, name)
 
 
 def _axis(axis, ndim: int, name: str = "axis") -> int:
@@ -60,13 +79,13 @@ def topk(x, k, axis=-1, *, backend: str | None = None):
     """The ``k`` largest entries of ``x`` along ``axis``: ``(values, indices)``.
 
     Sorted descending; equal values come in index order; NaN ranks above every
-    number.  ``indices`` are int64.  float32/float64 keep their dtype; float16
-    is computed in float32, integer and bool inputs in float64 (integers above
-    2^53 lose their order).  A heap of size k behind a SIMD
+    number.  ``indices`` are int64.  float16/float32/float64 keep their dtype
+    (float16 is compared as the float32 it converts to exactly); integer and
+    bool inputs are computed in float64 (integers above 2^53 lose their order).  A heap of size k behind a SIMD
     threshold compare (Cython backend): O(n log k), most elements cost one
     compare.
     """
-    x = as_float_array(x, "x")
+    x = _float_input(x, "x")
     if x.ndim == 0:
         raise ValueError("x must have at least 1 dimension, got a 0-d array")
     axis = _axis(axis, x.ndim)
@@ -86,12 +105,13 @@ def topk(x, k, axis=-1, *, backend: str | None = None):
 def log_softmax(x, axis=-1, *, out=None, backend: str | None = None):
     """``x - logsumexp(x, axis)``, in one max/log-sum-exp pass and one write per row.
 
-    float32/float64 keep their dtype (the log-sum-exp is accumulated in
-    float64); float16 is computed in float32, integers and bool in float64.  A
-    slice with no finite maximum becomes NaN, as in PyTorch.  ``out``: an array
-    of x's shape and of that computation dtype, not overlapping x.
+    float16/float32/float64 keep their dtype (the log-sum-exp is accumulated in
+    float64); float16 is computed in float32 and the result rounded once to
+    float16, as PyTorch keeps float16; integers and bool are computed in
+    float64.  A slice with no finite maximum becomes NaN, as in PyTorch.
+    ``out``: an array of x's shape and of that result dtype, not overlapping x.
     """
-    x = as_float_array(x, "x")
+    x = _float_input(x, "x")
     if x.ndim == 0:
         raise ValueError("x must have at least 1 dimension, got a 0-d array")
     axis = _axis(axis, x.ndim)
@@ -121,10 +141,13 @@ def beam_topk(log_probs, beam_scores, k, *, normalize: bool = True, backend: str
     (``normalize=False``: ``log_probs[b, j]`` as given).  Returns ``(scores,
     beam_idx, token_idx)``, best first, ties by the lower flat index
     ``b*N + j``.  Rows are normalized, offset and filtered in one pass each
-    without storing the B×N score matrix.  ``log_probs`` (B, N) float32/float64;
-    ``beam_scores`` (B,) is cast to its dtype.
+    without storing the B×N score matrix.  ``log_probs`` (B, N) float32/float64:
+    ``beam_scores`` (B,) is cast to its dtype, the scores have it; float16
+    ``log_probs`` are computed in float32: ``beam_scores`` is cast to float32 and
+    the scores are float32 (beam scores accumulate over steps; float16 would
+    lose them).
     """
-    lp = as_float_array(log_probs, "log_probs")
+    lp = _float_input(log_probs, "log_probs")
     if lp.ndim != 2:
         raise ValueError(f"log_probs must be 2-D (beams, vocabulary), got shape {lp.shape}")
     B, N = lp.shape
@@ -132,10 +155,12 @@ def beam_topk(log_probs, beam_scores, k, *, normalize: bool = True, backend: str
     if s.shape != (B,):
         raise ValueError(f"beam_scores must have shape ({B},) (one score per row of log_probs), "
                          f"got {s.shape}")
+    sdt = np.float32 if lp.dtype == np.float16 else lp.dtype
     with np.errstate(over="ignore"):
-        s = np.ascontiguousarray(s, dtype=lp.dtype)
+        s = np.ascontiguousarray(s, dtype=sdt)
     if not (s < np.inf).all():              # NaN and +inf (also after the cast) fail this
-        raise ValueError(f"beam_scores must be finite or -inf in {lp.dtype}, got NaN or +inf")
+        raise ValueError(f"beam_scores must be finite or -inf in {np.dtype(sdt)}, "
+                         "got NaN or +inf")
     k = check_int(k, "k", minimum=1)
     if k > B * N:
         raise ValueError(f"k must be <= the number of candidates B*N = {B * N}, got k={k}")

@@ -167,19 +167,26 @@ def batch_norm_bwd(dy, x, mean, rstd, w, training, need_dw, need_db):
 # ---------------------------------------------------------------- decoding
 
 
-def _rows2d(x, name):
-    """x as the kernels need it: a C-contiguous, non-empty 2-D float32/float64 ndarray."""
-    if not isinstance(x, np.ndarray) or x.dtype not in _FLOATS:
-        raise TypeError(f"{name} must be a float32/float64 numpy.ndarray, got "
+_HALF = np.dtype(np.float16)
+_DECODE_FLOATS = _FLOATS + (_HALF,)
+
+
+def _rows2d(x, name, dtypes=_FLOATS):
+    """x as the kernels need it: a C-contiguous, aligned, non-empty 2-D ndarray of one
+    of ``dtypes`` (float32/float64 unless a caller reads float16 too)."""
+    if not isinstance(x, np.ndarray) or x.dtype not in dtypes:
+        names = "/".join(str(d) for d in dtypes)
+        raise TypeError(f"{name} must be a {names} numpy.ndarray, got "
                         f"{type(x).__name__} {getattr(x, 'dtype', '')}")
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D (rows, n), got shape {x.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} must not be empty, got shape {x.shape} (the public "
                          "functions handle empty inputs before dispatching)")
-    if not x.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous (the public functions pack it), "
-                         f"got strides {x.strides} for shape {x.shape}")
+    if not x.flags.c_contiguous or not x.flags.aligned:
+        raise ValueError(f"{name} must be C-contiguous and aligned (the public functions "
+                         f"pack it), got strides {x.strides} for shape {x.shape} "
+                         f"(aligned={x.flags.aligned})")
     return x
 
 
@@ -192,37 +199,56 @@ def _k(k, limit, what):
     return k
 
 
+def _bits(x):
+    """a float16 array as the uint16 view of its bits (what the float16 kernels read)"""
+    return x.view(np.uint16)
+
+
 def topk(x, k):
-    x = _rows2d(x, "x")
-    return _decode.topk(x, _k(k, x.shape[1], "the row length n"), get_num_threads())
+    x = _rows2d(x, "x", _DECODE_FLOATS)
+    k = _k(k, x.shape[1], "the row length n")
+    if x.dtype == _HALF:
+        vals, idx = _decode.topk_f16(_bits(x), k, get_num_threads())
+        return vals.view(np.float16), idx
+    return _decode.topk(x, k, get_num_threads())
 
 
 def log_softmax(x, out):
-    x = _rows2d(x, "x")
+    x = _rows2d(x, "x", _DECODE_FLOATS)
     if out is not None:
         if not isinstance(out, np.ndarray):
             raise TypeError(f"out must be a numpy.ndarray or None, got {type(out).__name__}")
         if (out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous
-                or not out.flags.writeable):
-            raise ValueError(f"out must be a writeable C-contiguous {x.dtype} array of shape "
-                             f"{x.shape}, got {out.dtype} {out.shape} (c_contiguous="
-                             f"{out.flags.c_contiguous}, writeable={out.flags.writeable})")
+                or not out.flags.aligned or not out.flags.writeable):
+            raise ValueError(f"out must be a writeable, aligned, C-contiguous {x.dtype} array of "
+                             f"shape {x.shape}, got {out.dtype} {out.shape} (c_contiguous="
+                             f"{out.flags.c_contiguous}, aligned={out.flags.aligned}, "
+                             f"writeable={out.flags.writeable})")
+    if x.dtype == _HALF:
+        res = _decode.log_softmax_f16(_bits(x), None if out is None else _bits(out),
+                                      get_num_threads())
+        return res.view(np.float16) if out is None else out
     return _decode.log_softmax(x, out, get_num_threads())
 
 
 def beam_topk(log_probs, beam_scores, k, normalize):
-    lp = _rows2d(log_probs, "log_probs")
+    lp = _rows2d(log_probs, "log_probs", _DECODE_FLOATS)
     B, N = lp.shape
-    if not isinstance(beam_scores, np.ndarray) or beam_scores.dtype != lp.dtype:
-        raise TypeError(f"beam_scores must be a {lp.dtype} numpy.ndarray (the dtype of "
+    # float16 log-probs are computed in float32: the beam scores come in that dtype
+    sdt = np.dtype(np.float32) if lp.dtype == _HALF else lp.dtype
+    if not isinstance(beam_scores, np.ndarray) or beam_scores.dtype != sdt:
+        raise TypeError(f"beam_scores must be a {sdt} numpy.ndarray (for {lp.dtype} "
                         f"log_probs), got {type(beam_scores).__name__} "
                         f"{getattr(beam_scores, 'dtype', '')}")
-    if beam_scores.shape != (B,) or not beam_scores.flags.c_contiguous:
-        raise ValueError(f"beam_scores must be a contiguous array of shape ({B},), got "
-                         f"shape {beam_scores.shape} strides {beam_scores.strides}")
-    check_flag(normalize, "normalize")
-    return _decode.beam_topk(lp, beam_scores, _k(k, B * N, "the number of candidates B*N"),
-                             bool(normalize), get_num_threads())
+    if (beam_scores.shape != (B,) or not beam_scores.flags.c_contiguous
+            or not beam_scores.flags.aligned):
+        raise ValueError(f"beam_scores must be an aligned contiguous array of shape ({B},), "
+                         f"got shape {beam_scores.shape} strides {beam_scores.strides}")
+    normalize = check_flag(normalize, "normalize")
+    k = _k(k, B * N, "the number of candidates B*N")
+    if lp.dtype == _HALF:
+        return _decode.beam_topk_f16(_bits(lp), beam_scores, k, normalize, get_num_threads())
+    return _decode.beam_topk(lp, beam_scores, k, normalize, get_num_threads())
 
 
 # ---------------------------------------------------------------- quantization

@@ -2,9 +2,12 @@
 
 ``topk`` is ``np.argpartition`` + a sort of the k survivors, made exact for
 ties and NaN; ``beam_topk`` materialises the B×N scores (the Cython kernel
-does not).
+does not).  float16 is computed in float32 through a converted copy (the
+readable reference; the Cython kernels convert while they read).
 """
 import numpy as np
+
+_HALF = np.dtype(np.float16)
 
 
 def _row_topk(row: np.ndarray, k: int):
@@ -25,6 +28,9 @@ def _row_topk(row: np.ndarray, k: int):
 
 
 def topk(x, k):
+    if x.dtype == _HALF:         # float16 -> float32 is exact: same order, same elements
+        vals, idx = topk(x.astype(np.float32), k)
+        return vals.astype(np.float16), idx
     R, n = x.shape
     part = np.argpartition(x, n - k, axis=1)[:, n - k:]          # the k largest, ties arbitrary
     vals = np.take_along_axis(x, part, axis=1)
@@ -51,6 +57,12 @@ def _lse(x: np.ndarray):
 
 
 def log_softmax(x, out):
+    if x.dtype == _HALF:         # computed in float32, rounded once to float16
+        res = log_softmax(x.astype(np.float32), None).astype(np.float16)
+        if out is None:
+            return res
+        out[...] = res
+        return out
     m, lse = _lse(x)
     m = np.where(np.isnan(lse), np.nan, m).astype(x.dtype)
     if out is None:
@@ -62,6 +74,8 @@ def log_softmax(x, out):
 
 
 def beam_topk(log_probs, beam_scores, k, normalize):
+    if log_probs.dtype == _HALF:     # computed in float32; beam_scores are float32
+        log_probs = log_probs.astype(np.float32)
     B, N = log_probs.shape
     sub = np.zeros(B, log_probs.dtype)
     if normalize:

@@ -7,6 +7,7 @@
  * vfmadd), the range reduction uses the same magic-number rounding, and the
  * sums go to float64 accumulators in the same lane layout. */
 #include "decodek.h"
+#include "half.h"
 #include "simd.h"
 
 #include <math.h>
@@ -588,3 +589,116 @@ double fdl_dk_fold(const double *m, const double *s, const int *bad, int64_t nch
 
 DK_PUBLIC(f32, float, uint32_t)
 DK_PUBLIC(f64, double, uint64_t)
+
+/* -------------------------------------------------------------- float16 */
+
+/* float16 rows (uint16_t bit patterns) are converted to float32 in pieces
+ * into a stack buffer that stays in L1 and fed to the float32 kernels above:
+ * the results are bitwise those of the float32 kernels on the converted row
+ * (the conversion is exact), so the float32 twins' equality carries over.  The
+ * AVX2 tier converts with F16C when the CPU has it. */
+#define H16_PIECE 1024
+
+#if FDL_HAVE_AVX2_TARGET
+FDL_TARGET_AVX2_F16C static void h2f_avx2(const uint16_t *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, fdl_h2f_v(x + i));
+    for (; i < n; i++) y[i] = fdl_h2f_s(x[i]);
+}
+
+FDL_TARGET_AVX2_F16C static void f2h_avx2(const float *x, uint16_t *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) fdl_f2h_v(y + i, _mm256_loadu_ps(x + i));
+    for (; i < n; i++) y[i] = fdl_f2h_s(x[i]);
+}
+
+FDL_TARGET_AVX2_F16C static void sub_f16_avx2(const uint16_t *x, uint16_t *y, int64_t n,
+                                              float m, float l) {
+    __m256 vm = _mm256_set1_ps(m), vl = _mm256_set1_ps(l);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        fdl_f2h_v(y + i, _mm256_sub_ps(_mm256_sub_ps(fdl_h2f_v(x + i), vm), vl));
+        fdl_f2h_v(y + i + 8, _mm256_sub_ps(_mm256_sub_ps(fdl_h2f_v(x + i + 8), vm), vl));
+    }
+    for (; i < n; i++) y[i] = fdl_f2h_s((fdl_h2f_s(x[i]) - m) - l);
+}
+#define USE_F16C(level) (USE_AVX2(level) && fdl_cpu_has_f16c())
+#else
+#define USE_F16C(level) 0
+#endif
+
+static void h2f(const uint16_t *x, float *y, int64_t n, int f16c) {
+#if FDL_HAVE_AVX2_TARGET
+    if (f16c) { h2f_avx2(x, y, n); return; }
+#endif
+    (void)f16c;
+    for (int64_t i = 0; i < n; i++) y[i] = fdl_h2f_s(x[i]);
+}
+
+static int64_t scan_f16(uint32_t *hk, int64_t *hi, int64_t size, int64_t k, const uint16_t *x,
+                        int64_t n, float sub, float add, int has_add, int64_t base, int level) {
+    float buf[H16_PIECE];
+    int f16c = USE_F16C(level);
+    for (int64_t lo = 0; lo < n; lo += H16_PIECE) {
+        if (size == k && hk[0] == UINT32_MAX) break;    /* a NaN root: nothing enters */
+        int64_t ln = n - lo < H16_PIECE ? n - lo : H16_PIECE;
+        h2f(x + lo, buf, ln, f16c);
+        DK_DISPATCH(level,
+                    size = scan_f32_avx2(hk, hi, size, k, buf, ln, sub, add, has_add, base + lo),
+                    size = scan_tail_f32(hk, hi, size, k, buf, 0, ln, sub, add, has_add, base + lo));
+    }
+    return size;
+}
+
+int64_t fdl_dk_scan_f16(uint32_t *hk, int64_t *hi, int64_t size, int64_t k, const uint16_t *x,
+                        int64_t n, int64_t base, int level) {
+    return scan_f16(hk, hi, size, k, x, n, 0.0f, 0.0f, 0, base, level);
+}
+
+int64_t fdl_dk_scan_add_f16(uint32_t *hk, int64_t *hi, int64_t size, int64_t k,
+                            const uint16_t *x, int64_t n, float sub, float add, int64_t base,
+                            int level) {
+    return scan_f16(hk, hi, size, k, x, n, sub, add, 1, base, level);
+}
+
+void fdl_dk_stats_f16(const uint16_t *x, int64_t n, double *m, double *s, int *bad, int level) {
+    float buf[FDL_DK_CHUNK];
+    if (n > FDL_DK_CHUNK) {         /* outside the contract: refuse rather than overflow */
+        *m = NAN; *s = 0.0; *bad = 1;
+        return;
+    }
+    h2f(x, buf, n, USE_F16C(level));
+    fdl_dk_stats_f32(buf, n, m, s, bad, level);
+}
+
+double fdl_dk_row_lse_f16(const uint16_t *x, int64_t n, int level, double *pm) {
+    double M = -INFINITY, S = 0.0;
+    int bad = 0;
+    for (int64_t i = 0; i < n; i += FDL_DK_CHUNK) {
+        double m, s;
+        int b;
+        fdl_dk_stats_f16(x + i, n - i < FDL_DK_CHUNK ? n - i : FDL_DK_CHUNK, &m, &s, &b, level);
+        fold_step(&M, &S, &bad, m, s, b);
+    }
+    return fold_end(M, S, bad, pm);
+}
+
+void fdl_dk_sub_f16(const uint16_t *x, uint16_t *y, int64_t n, float m, float l, int level) {
+#if FDL_HAVE_AVX2_TARGET
+    if (USE_F16C(level)) { sub_f16_avx2(x, y, n, m, l); return; }
+#endif
+    (void)level;
+    for (int64_t i = 0; i < n; i++) y[i] = fdl_f2h_s((fdl_h2f_s(x[i]) - m) - l);
+}
+
+void fdl_dk_h2f(const uint16_t *x, float *y, int64_t n, int level) {
+    h2f(x, y, n, USE_F16C(level));
+}
+
+void fdl_dk_f2h(const float *x, uint16_t *y, int64_t n, int level) {
+#if FDL_HAVE_AVX2_TARGET
+    if (USE_F16C(level)) { f2h_avx2(x, y, n); return; }
+#endif
+    (void)level;
+    for (int64_t i = 0; i < n; i++) y[i] = fdl_f2h_s(x[i]);
+}

@@ -67,6 +67,22 @@ double fdl_dk_row_lse_f64(const double *x, int64_t n, int level, double *pm);
 void fdl_dk_sub_f32(const float *x, float *y, int64_t n, float m, float l, int level);
 void fdl_dk_sub_f64(const double *x, double *y, int64_t n, double m, double l, int level);
 
+/* float16 inputs (uint16_t bit patterns), computed in float32: the same as
+ * the float32 functions on the converted values, bitwise (keys are float32
+ * keys; fdl_dk_stats_f16 needs n <= FDL_DK_CHUNK).  fdl_dk_sub_f16 rounds
+ * (x - m) - l, computed in float32, once to float16 (nearest, ties to even). */
+int64_t fdl_dk_scan_f16(uint32_t *hk, int64_t *hi, int64_t size, int64_t k, const uint16_t *x,
+                        int64_t n, int64_t base, int level);
+int64_t fdl_dk_scan_add_f16(uint32_t *hk, int64_t *hi, int64_t size, int64_t k,
+                            const uint16_t *x, int64_t n, float sub, float add, int64_t base,
+                            int level);
+void fdl_dk_stats_f16(const uint16_t *x, int64_t n, double *m, double *s, int *bad, int level);
+double fdl_dk_row_lse_f16(const uint16_t *x, int64_t n, int level, double *pm);
+void fdl_dk_sub_f16(const uint16_t *x, uint16_t *y, int64_t n, float m, float l, int level);
+/* Conversions, elementwise (tests/diagnostics; see half.h). */
+void fdl_dk_h2f(const uint16_t *x, float *y, int64_t n, int level);
+void fdl_dk_f2h(const float *x, uint16_t *y, int64_t n, int level);
+
 /* The exp polynomials, elementwise (tests/diagnostics). */
 void fdl_dk_exp_f32(const float *x, float *y, int64_t n, int level);
 void fdl_dk_exp_f64(const double *x, double *y, int64_t n, int level);
