@@ -400,6 +400,7 @@ def topk_f16(const uint16_t[:, ::1] x, int64_t k, int nthreads):
     cdef int level = simd_level()
     cdef int64_t pp = 1, r, u, p, j, lo, hi, size, cap, units
     cdef int nt
+    nthreads = _threads(nthreads, R * n, R * max(1, n // TOPK_MIN_PART))
     if R < nthreads:
         pp = min((nthreads + R - 1) // R, n // TOPK_MIN_PART)
         pp = max(pp, 1)
@@ -473,6 +474,7 @@ def log_softmax_f16(const uint16_t[:, ::1] x, out, int nthreads):
     cdef int64_t r, u, c, lo, ln, nch = (n + FDL_DK_CHUNK - 1) // FDL_DK_CHUNK
     cdef int nt
     cdef double lse, mx
+    nthreads = _threads(nthreads, R * n, R * nch)
     if R >= 2 * nthreads or nch < 2 or nthreads < 2:
         nt = _threads(nthreads, R * n, R)
         for r in prange(R, nogil=True, num_threads=nt, schedule="static"):
@@ -517,7 +519,7 @@ def beam_topk_f16(const uint16_t[:, ::1] lp, const float[::1] s, int64_t k, bint
     cdef uint32_t[::1] K = keys
     cdef int64_t[::1] I = flat
     cdef int level = simd_level()
-    cdef int64_t nparts = max(1, min(<int64_t>nthreads, T // BEAM_MIN_PART))
+    cdef int64_t nparts = _threads(nthreads, T, T // BEAM_MIN_PART)
     cdef bint rows_mode = nparts == 1 or B >= 4 * nparts or (B >= nparts and B % nparts == 0)
     cdef int64_t p, b, b0, b1, lo, hi, size, cap, j, u, nch, c
     cdef int nt = <int>nparts
