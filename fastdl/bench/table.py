@@ -51,15 +51,18 @@ def wrap(text: str, width: int, seps: str = "/ ") -> list[str]:
     if cur:
         pieces.append(cur)
     lines, line = [], ""
+
+    def room():                          # continuation lines lose two to the indent
+        return width - (2 if lines else 0)
+
     for piece in pieces:
-        limit = width - (2 if lines else 0)
-        if line and len(line) + len(piece.rstrip()) > limit:
+        if line and len(line) + len(piece.rstrip()) > room():
             lines.append(line.rstrip())
             line = ""
-            limit = width - 2
-        while len(piece) > limit:          # one piece too long for any line: fold it
-            lines.append(piece[:limit])
-            piece = piece[limit:]
+        while not line and len(piece.rstrip()) > room():   # too long for any line: fold
+            n = room()
+            lines.append(piece[:n])
+            piece = piece[n:]
         line += piece
     if line.strip() or not lines:
         lines.append(line.rstrip())
@@ -93,7 +96,21 @@ class LineTable:
         return out.rstrip()
 
     def header(self) -> list[str]:
-        return [self._line([c.header for c in self.columns])]
+        """The column names, under a line naming groups of columns when
+        ``self.groups`` ({first column index: name}) is set."""
+        names = self._line([c.header for c in self.columns])
+        groups = getattr(self, "groups", None)
+        if not groups:
+            return [names]
+        starts, pos = [], 0
+        for i, col in enumerate(self.columns):
+            pos += col.gap if i else 0
+            starts.append(pos)
+            pos += col.width
+        line = ""
+        for i, name in sorted(groups.items()):
+            line = line.ljust(starts[i]) + name + " "
+        return [line.rstrip(), names]
 
     def format_row(self, cells) -> list[str]:
         wrapped = []
@@ -233,17 +250,22 @@ def wide_lines(table: LineTable, rows) -> list[str]:
 # --- the contention table -------------------------------------------------------
 
 def contention_table(width: int, names: list[str], wide: bool) -> LineTable:
-    """case | busy | <=goal | idle | torch busy | torch idle (| the four times)."""
-    cols = [Column("busy", 6, True), Column("goal", 6, False, 1), Column("idle", 6, True),
-            Column("torch busy", 10, True), Column("torch idle", 10, True)]
+    """case | fastdl: busy, goal, idle | torch: busy, idle (| the four fastdl times)."""
+    cols = [Column("busy", 6, True), Column("goal", 6, False, 1), Column("idle", 6, True, 1),
+            Column("busy", 6, True, 3), Column("idle", 6, True, 1)]
     if wide:
-        cols += [Column(h, 11, True) for h in
-                 ("busy dflt", "busy 1 thr", "idle dflt", "idle 1 thr")]
+        cols += [Column(h, 9, True, 2 if i else 3) for i, h in
+                 enumerate(("busy dflt", "busy 1", "idle dflt", "idle 1"))]
         case_w = max(len(n) for n in names)
     else:
         rest = width - sum(c.width + c.gap for c in cols)
         case_w = max(16, min(max(len(n) for n in names), rest))
-    return LineTable([Column("case", case_w, gap=0), *cols])
+    table = LineTable([Column("case", case_w, gap=0), *cols])
+    groups = {1: "fastdl", 4: "torch"}
+    if wide:
+        groups[6] = "fastdl times"
+    table.groups = groups
+    return table
 
 
 def contention_lines(table: LineTable, row) -> list[str]:
