@@ -123,6 +123,7 @@ def _json_path_error(path: str) -> str | None:
 def _write_json(console: Console, path: str, payload: dict) -> int:
     """Write atomically; if that fails after all, keep the results in a temporary file."""
     text = json.dumps(payload, indent=2, default=str)
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
                                    prefix=".fastdl-bench-", suffix=".json")
@@ -130,12 +131,15 @@ def _write_json(console: Console, path: str, payload: dict) -> int:
             f.write(text)
         os.replace(tmp, path)
     except OSError as exc:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
         fd, rescue = tempfile.mkstemp(prefix="fastdl-bench-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        console.print(f"[red]could not write {path} ({exc}); the results are in {rescue}[/]")
+        console.print(f"could not write {path} ({exc}); the results are in {rescue}",
+                      style="red", markup=False, highlight=False)
         return 1
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path}", markup=False, highlight=False)
     return 0
 
 
@@ -342,10 +346,11 @@ def main(argv=None) -> int:
                 "demo": cmd_demo}[args.command](
             args, console)
     except (ValueError, TypeError) as exc:
-        console.print(f"[red]fastdl {args.command}: {exc}[/]")
+        console.print(f"fastdl {args.command}: {exc}", style="red", markup=False,
+                      highlight=False)
         return 2
     except KeyboardInterrupt:
-        console.print(f"[red]fastdl {args.command}: interrupted[/]")
+        console.print(f"fastdl {args.command}: interrupted", style="red")
         return 130
 
 

@@ -19,6 +19,7 @@ every contended phase, also on an exception, Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import statistics
@@ -39,8 +40,8 @@ BUSY_MARK = "fastdl-bench-busy"
 # The busy loop checks its clock and its parent every ~1 ms of spinning.
 _BUSY_CODE = r"""
 import os, signal, sys, time
-signal.signal(signal.SIGINT, signal.SIG_DFL)    # Ctrl-C in a terminal reaches us too: no traceback
-try:                                            # Linux: SIGTERM from the kernel when the parent dies
+signal.signal(signal.SIGINT, signal.SIG_DFL)    # a terminal's Ctrl-C reaches us too: no traceback
+try:                                            # Linux: SIGTERM from the kernel if the parent dies
     import ctypes
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 except Exception:
@@ -256,19 +257,22 @@ def alternate(fn, set_threads, threads: int, *, budget_s: float, warm_s: float,
               min_rounds: int = 3, max_rounds: int = 60) -> Pair:
     """Time ``fn`` at ``threads`` and at 1 thread in alternating bursts (ABBA
     order, so a drift in the machine's load charges both alike)."""
-    samples = {threads: [], 1: []}
+    samples = ([], [])                      # at ``threads``, at 1
     start, rounds = time.perf_counter(), 0
+    gc_was = gc.isenabled()
+    gc.disable()
     try:
         while rounds < max_rounds and (rounds < min_rounds
                                        or time.perf_counter() - start < budget_s):
-            order = (threads, 1) if rounds % 2 == 0 else (1, threads)
-            for n in order:
-                set_threads(n)
-                samples[n].extend(runner._burst(fn, warm_s))
+            for i in ((0, 1) if rounds % 2 == 0 else (1, 0)):
+                set_threads((threads, 1)[i])
+                samples[i].extend(runner._burst(fn, warm_s))
             rounds += 1
     finally:
         set_threads(threads)
-    return Pair(statistics.median(samples[threads]), statistics.median(samples[1]), rounds)
+        if gc_was:
+            gc.enable()
+    return Pair(statistics.median(samples[0]), statistics.median(samples[1]), rounds)
 
 
 def run_contention_case(case: Case, *, budget_s: float = 1.0, with_torch: bool = True,

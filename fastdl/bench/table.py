@@ -178,7 +178,8 @@ def _target_texts(cases) -> list[str]:
 def compact_table(width: int, cases) -> LineTable:
     """case | median | ×numpy | ×torch | target | result, fitted to ``width``:
     the case and target columns share what the others leave."""
-    fixed = [Column("median", 7, True), Column("×numpy", 6, True, 1), Column("×torch", 6, True, 1)]
+    fixed = [Column("median", 7, True), Column("×numpy", 6, True, 1),
+             Column("×torch", 6, True, 1)]
     result = Column("result", 11)
     rest = width - sum(c.width + c.gap for c in fixed) - result.width - result.gap - 2
     longest = max((len(c.name) for c in cases), default=4)
