@@ -82,9 +82,9 @@ def _run_piped(args, columns):
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("columns", [80, 120])
-def test_piped_output_fits_the_width(columns):
-    proc = _run_piped(TWO, columns)
+@pytest.mark.parametrize("columns, extra", [(80, []), (120, ["--no-torch"])])
+def test_piped_output_fits_the_width(columns, extra):
+    proc = _run_piped(TWO + extra, columns)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert all(len(ln) <= columns for ln in lines), max(lines, key=len)
