@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="the document's worked examples, recomputed")
     pb = sub.add_parser("bench", help="run the benchmark cases")
     mode = pb.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="quick set, under a minute (default)")
+    mode.add_argument("--quick", action="store_true", help="the quick set (default); the total time is printed at the end")
     mode.add_argument("--full", action="store_true", help="every case, more rounds")
     pb.add_argument("--only", metavar="PATTERN",
                     help="glob or substring of case names, chosen from every case (with "
@@ -320,8 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--wide", action="store_true",
                     help="every backend, peer and column (wider than a terminal)")
     pb.add_argument("--threads", type=_int_arg("--threads", 1, _max_threads),
-                    help="kernel threads (default: all available)")
-    pb.add_argument("--rounds", type=_int_arg("--rounds", 1, lambda: 10000),
+                    metavar="N", help="kernel threads (default: all available)")
+    pb.add_argument("--rounds", type=_int_arg("--rounds", 1, lambda: 10000), metavar="N",
                     help="fixed number of timed rounds per case")
     pb.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
     pb.add_argument("--list", action="store_true", help="print the case names and exit")
