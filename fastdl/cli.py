@@ -306,10 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     pi = sub.add_parser("info", help="build and machine information")
     pi.add_argument("--json", action="store_true", help="print JSON")
     sub.add_parser("backends", help="table of backends x ops")
-    sub.add_parser("demo", help="the document's worked examples, recomputed")
+    sub.add_parser("demo", help="worked examples (normalization statistics; greedy, beam "
+                                  "and exact search), recomputed")
     pb = sub.add_parser("bench", help="run the benchmark cases")
     mode = pb.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="the quick set (default); the total time is printed at the end")
+    mode.add_argument("--quick", action="store_true",
+                      help="the quick set (default); the total time is printed at the end")
     mode.add_argument("--full", action="store_true", help="every case, more rounds")
     pb.add_argument("--only", metavar="PATTERN",
                     help="glob or substring of case names, chosen from every case (with "

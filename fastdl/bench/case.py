@@ -6,7 +6,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-# modules that register cases on import; later issues append theirs
+# modules that register cases on import; a new area appends its own
 CASE_MODULES = ["fastdl.bench.cases_norm", "fastdl.bench.cases_layers",
                 "fastdl.bench.cases_decode", "fastdl.bench.cases_quant"]
 
