@@ -2,26 +2,51 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import sys
+import tempfile
+import textwrap
+import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 import fastdl
 from fastdl import registry
 
 
-def _fmt_ratio(x, digits=2):
-    return "—" if x is None else f"{x:.{digits}f}×"
+def _int_arg(name: str, lo: int, hi_fn):
+    """argparse type: an int in [lo, hi_fn()], else a usage error (exit status 2)."""
+    def parse(text):
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        hi = hi_fn()
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"{name} must be between {lo} and {hi}, got {n}")
+        return n
+    return parse
 
 
-def _fmt_time(t):
-    if t is None:
-        return "—"
-    return f"{t * 1e3:.3f} ms" if t < 1 else f"{t:.2f} s"
+def _max_threads() -> int:
+    from fastdl.bench.contention import cpus
+    return 4 * cpus()           # more than 4 threads per CPU only measures the scheduler
+
+
+def _seconds_arg(text):
+    try:
+        s = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--duration must be a number, got {text!r}") from None
+    if not 0 < s <= 600:
+        raise argparse.ArgumentTypeError(f"--duration must be in (0, 600] seconds, got {text}")
+    return s
 
 
 def cmd_info(args, console: Console) -> int:
@@ -63,68 +88,209 @@ def cmd_backends(args, console: Console) -> int:
     return 0
 
 
-def _results_table(rows) -> Table:
-    table = Table(title="fastdl bench (speed-ups: peer time / this time; limit: this time / "
-                  "plain read or copy of the same bytes)")
-    table.add_column("case", no_wrap=True, overflow="fold")
-    for col, just in [("backend", "left"), ("median", "right"), ("GB/s", "right"),
-                      ("vs numpy", "right"), ("vs torch", "right"), ("/ mem limit", "right"),
-                      ("limit", "right"), ("other", "left"), ("target", "left")]:
-        table.add_column(col, justify=just, no_wrap=col not in ("target", "other"))
-    last = None
-    for r in rows:
-        if last is not None and r.case != last:
-            table.add_section()
-        target = ""
-        if r.targets:
-            target = "[green]met[/]" if not r.missed else "[red]missed: " + "; ".join(r.missed) + "[/]"
-        other = "; ".join([f"vs {k} {_fmt_ratio(v)}" for k, v in r.vs_peers.items()]
-                          + [f"{k} {v:.3g}" for k, v in r.metrics.items()])
-        table.add_row(r.case if r.case != last else "", r.backend, _fmt_time(r.median_s),
-                      f"{r.gbps:.1f}", _fmt_ratio(r.vs_numpy), _fmt_ratio(r.vs_torch),
-                      _fmt_ratio(r.vs_limit), f"{_fmt_time(r.limit_s)} {r.limit_kind}", other,
-                      target)
-        last = r.case
-    return table
+def _emit(console: Console, lines) -> None:
+    """Print finished lines at once (a pipe or a log sees each case as it ends)."""
+    for ln in lines:
+        text = Text(ln)
+        text.highlight_regex(r"\bmissed\??(?=\s|$)", "red")
+        text.highlight_regex(r"\bmet\??(?=\s|$)", "green")
+        console.print(text, soft_wrap=True)     # lines are fitted already: no rewrapping
+    console.file.flush()
 
 
-def cmd_bench(args, console: Console) -> int:
-    from fastdl.bench import all_cases, run_cases
+def _say(console: Console, text: str, width: int) -> None:
+    _emit(console, textwrap.wrap(text, max(width, 40), break_on_hyphens=False))
 
-    if args.threads:
+
+def _json_path_error(path: str) -> str | None:
+    """Why results could not be written to ``path``, found before any case runs."""
+    full = os.path.abspath(path)
+    parent = os.path.dirname(full)
+    if os.path.isdir(full):
+        return f"--json {path!r} is a directory; give the path of a file"
+    if not os.path.isdir(parent):
+        return f"--json {path!r}: the directory {parent!r} does not exist"
+    if os.path.exists(full) and not os.access(full, os.W_OK):
+        return f"--json {path!r} exists and is not writable"
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".fastdl-bench-"):
+            pass
+    except OSError as exc:
+        return f"--json {path!r}: cannot write in {parent!r} ({exc.strerror or exc})"
+    return None
+
+
+def _write_json(console: Console, path: str, payload: dict) -> int:
+    """Write atomically; if that fails after all, keep the results in a temporary file."""
+    text = json.dumps(payload, indent=2, default=str)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                   prefix=".fastdl-bench-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        fd, rescue = tempfile.mkstemp(prefix="fastdl-bench-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        console.print(f"could not write {path} ({exc}); the results are in {rescue}",
+                      style="red", markup=False, highlight=False)
+        return 1
+    console.print(f"wrote {path}", markup=False, highlight=False)
+    return 0
+
+
+def _select_cases(args):
+    from fastdl.bench import all_cases
+    from fastdl.bench.contention import contention_cases
+
+    if args.contention:
+        cases = contention_cases(args.only)
+    else:
+        # --only picks from every case unless --quick is given too
+        cases = all_cases(quick=args.quick or not (args.full or args.only), only=args.only)
+    if not cases:
+        raise ValueError(f"no benchmark case matches --only {args.only!r}; "
+                         "`fastdl bench --full --list` names them all")
+    return cases
+
+
+def _check_bench_args(args):
+    """Everything that could fail, checked before the first case runs."""
+    if args.threads is not None:
         fastdl.set_num_threads(args.threads)
     if args.backend:
         registry._check_names(tuple(args.backend))
-    # --only picks from every case unless --quick is given too
-    cases = all_cases(quick=args.quick or not (args.full or args.only), only=args.only)
-    if not cases:
-        console.print(f"[red]no benchmark case matches --only {args.only!r}[/]")
-        return 2
-    info = fastdl.build_info()
-    console.print(f"fastdl {info['version']} · {platform.processor() or platform.machine()} · "
-                  f"threads {fastdl.get_num_threads()} · simd {info.get('simd_active')} · "
-                  f"openmp {info.get('openmp')} · numpy {info['numpy']}")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
-        task = progress.add_task("benchmarking", total=len(cases))
-
-        def step(case):
-            progress.update(task, description=case.name)
-            if step.started:
-                progress.advance(task)
-            step.started = True
-        step.started = False
-        rows = run_cases(cases, backends=args.backend, full=args.full,
-                         with_torch=not args.no_torch, rounds=args.rounds, progress=step)
-        progress.advance(task)
-    console.print(_results_table(rows))
-    if not any(r.backend == "torch" for r in rows):
-        console.print("PyTorch not installed (or --no-torch): the 'vs torch' column is empty.")
+        if args.contention:
+            raise ValueError("--contention measures the default backends; drop --backend")
+    cases = _select_cases(args)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"build_info": info, "full": args.full,
-                       "results": [r.as_dict() for r in rows]}, f, indent=2, default=str)
-        console.print(f"wrote {args.json}")
+        err = _json_path_error(args.json)
+        if err:
+            raise ValueError(err)
+    return cases
+
+
+def _header(console: Console, info: dict, width: int) -> None:
+    _say(console, f"fastdl {info['version']} · {platform.processor() or platform.machine()} · "
+         f"threads {fastdl.get_num_threads()} · simd {info.get('simd_active')} · "
+         f"openmp {info.get('openmp')} · numpy {info['numpy']}", width)
+
+
+def _progress(console: Console):
+    """A progress bar on a terminal; nothing elsewhere (the rows are the progress)."""
+    if not console.is_terminal:
+        return contextlib.nullcontext(None)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=True)
+
+
+def cmd_bench(args, console: Console) -> int:
+    from fastdl.bench import run_cases
+    from fastdl.bench import table as tb
+
+    cases = _check_bench_args(args)
+    if args.list:
+        for c in cases:
+            console.print(c.name, soft_wrap=True, markup=False, highlight=False)
+        return 0
+    if args.contention:
+        return _bench_contention(args, console, cases)
+    t0 = time.perf_counter()
+    info = fastdl.build_info()
+    width = console.width
+    fastdl_backends = set(registry.backends())
+    first = (registry.get_backend_priority() + (registry.REFERENCE,))[0]
+    _header(console, info, width)
+    if args.wide:
+        backends = sorted(fastdl_backends | {"torch"} | {p for c in cases for p in c.peers})
+        table = tb.wide_table(cases, backends)
+    else:
+        table = tb.compact_table(width, cases)
+        _say(console, f"median: time of the {first} backend; ×numpy, ×torch: their time / "
+             "this time (above 1: faster); limit: this time / a plain read or copy of the "
+             "same bytes. Every backend and peer: --wide; every figure: --json.", width)
+    _emit(console, table.header())
+    rows, met, missed = [], 0, 0
+    with _progress(console) as progress:
+        task = progress.add_task("benchmarking", total=len(cases)) if progress else None
+
+        def started(case):
+            if progress:
+                progress.update(task, description=case.name)
+
+        def finished(case, case_rows):
+            nonlocal met, missed
+            shown = case_rows if args.wide else tb.main_rows(case_rows, fastdl_backends,
+                                                             registry.REFERENCE)
+            for r in shown:
+                met += sum(c["met"] is True for c in r.checks)
+                missed += sum(c["met"] is False for c in r.checks)
+            lines = (tb.wide_lines(table, case_rows) if args.wide else
+                     tb.compact_lines(table, case_rows, fastdl_backends, registry.REFERENCE,
+                                      first))
+            _emit(progress.console if progress else console, lines)
+            if progress:
+                progress.advance(task)
+
+        rows = run_cases(cases, backends=args.backend, full=args.full,
+                         with_torch=not args.no_torch, rounds=args.rounds, progress=started,
+                         on_result=finished)
+    elapsed = time.perf_counter() - t0
+    if not any(r.backend == "torch" for r in rows):
+        _say(console, "PyTorch not installed (or --no-torch): the ×torch column is empty.",
+             width)
+    plural = "s" if len(cases) != 1 else ""
+    _say(console, f"targets: {met} met, {missed} missed · {len(cases)} case{plural} in "
+         f"{elapsed:.1f} s", width)
+    if args.json:
+        return _write_json(console, args.json, {
+            "build_info": info, "full": args.full, "elapsed_s": elapsed,
+            "results": [r.as_dict() for r in rows]})
+    return 0
+
+
+def _bench_contention(args, console: Console, cases) -> int:
+    from fastdl.bench import contention as ct
+    from fastdl.bench import table as tb
+
+    t0 = time.perf_counter()
+    info = fastdl.build_info()
+    width = console.width
+    busy = ct.cpus()
+    threads = fastdl.get_num_threads()
+    _header(console, info, width)
+    _say(console, f"{busy} busy processes (one per CPU). busy: time at the default {threads} "
+         f"threads / time at 1 thread, with the busy processes running (goal: at most "
+         f"{ct.GOAL:g}); idle: the same without them (below 1: the threads help). torch: "
+         "the same for the PyTorch peer. Medians of alternating rounds.", width)
+    table = tb.contention_table(width, [c.name for c in cases], args.wide)
+    _emit(console, table.header())
+    rows = []
+    with ct.sigterm_as_interrupt(), _progress(console) as progress:
+        task = progress.add_task("contention", total=len(cases)) if progress else None
+        for case in cases:
+            if progress:
+                progress.update(task, description=case.name)
+            row = ct.run_contention_case(case, budget_s=args.duration,
+                                         with_torch=not args.no_torch, busy=busy)
+            rows.append(row)
+            _emit(progress.console if progress else console, tb.contention_lines(table, row))
+            if progress:
+                progress.advance(task)
+    elapsed = time.perf_counter() - t0
+    met = sum(r.met for r in rows)
+    _say(console, f"{met} of {len(rows)} ops at most {ct.GOAL:g}× slower at the default "
+         f"threads than at 1 thread under load · {elapsed:.1f} s", width)
+    if not all(r.busy_held for r in rows):
+        _say(console, "'?': a busy process ended before the timing did; rerun.", width)
+    if args.json:
+        return _write_json(console, args.json, {
+            "build_info": info, "mode": "contention", "goal": ct.GOAL, "busy_processes": busy,
+            "elapsed_s": elapsed, "results": [r.as_dict() for r in rows]})
     return 0
 
 
@@ -140,35 +306,54 @@ def build_parser() -> argparse.ArgumentParser:
     pi = sub.add_parser("info", help="build and machine information")
     pi.add_argument("--json", action="store_true", help="print JSON")
     sub.add_parser("backends", help="table of backends x ops")
-    sub.add_parser("demo", help="the document's worked examples, recomputed")
+    sub.add_parser("demo", help="worked examples (normalization statistics; greedy, beam "
+                                  "and exact search), recomputed")
     pb = sub.add_parser("bench", help="run the benchmark cases")
     mode = pb.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="quick set, under a minute (default)")
+    mode.add_argument("--quick", action="store_true",
+                      help="the quick set (default); the total time is printed at the end")
     mode.add_argument("--full", action="store_true", help="every case, more rounds")
     pb.add_argument("--only", metavar="PATTERN",
                     help="glob or substring of case names, chosen from every case (with "
                          "--quick: from the quick set)")
     pb.add_argument("--backend", nargs="+", metavar="NAME",
                     help="backends to measure (numpy is always measured as the baseline)")
-    pb.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    pb.add_argument("--threads", type=int, help="kernel threads (default: all available)")
-    pb.add_argument("--rounds", type=int, help="fixed number of timed rounds per case")
+    pb.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
+    pb.add_argument("--wide", action="store_true",
+                    help="every backend, peer and column (wider than a terminal)")
+    pb.add_argument("--threads", type=_int_arg("--threads", 1, _max_threads),
+                    metavar="N", help="kernel threads (default: all available)")
+    pb.add_argument("--rounds", type=_int_arg("--rounds", 1, lambda: 10000), metavar="N",
+                    help="fixed number of timed rounds per case")
     pb.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
+    pb.add_argument("--list", action="store_true", help="print the case names and exit")
+    pb.add_argument("--contention", action="store_true",
+                    help="default threads against 1 thread, idle and with one busy "
+                         "process per CPU (a representative set of ops; --only picks others)")
+    pb.add_argument("--duration", type=_seconds_arg, default=1.0, metavar="S",
+                    help="with --contention: seconds of timing per op, library and "
+                         "condition (default 1)")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
-    if not console.is_terminal:          # logs and pipes: do not squeeze the tables
+    # logs and pipes: do not squeeze the info/backends tables; the bench's lines
+    # fit the width ($COLUMNS, else 80)
+    if not console.is_terminal and args.command != "bench":
         console = Console(width=250)
     try:
         return {"info": cmd_info, "backends": cmd_backends, "bench": cmd_bench,
                 "demo": cmd_demo}[args.command](
             args, console)
     except (ValueError, TypeError) as exc:
-        console.print(f"[red]fastdl {args.command}: {exc}[/]")
+        console.print(f"fastdl {args.command}: {exc}", style="red", markup=False,
+                      highlight=False)
         return 2
+    except KeyboardInterrupt:
+        console.print(f"fastdl {args.command}: interrupted", style="red")
+        return 130
 
 
 if __name__ == "__main__":

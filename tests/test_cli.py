@@ -26,10 +26,11 @@ def test_backends_table(capsys):
 
 def test_bench_quick_case_with_json(tmp_path, capsys):
     path = tmp_path / "r.json"
-    rc = main(["bench", "--only", "norm_stats/layer/*", "--rounds", "2", "--json", str(path)])
+    rc = main(["bench", "--only", "norm_stats/layer/64x256x1024/float32", "--rounds", "2",
+               "--json", str(path)])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "norm_stats/layer" in out and "vs numpy" in out
+    assert "norm_stats/layer" in out and "×numpy" in out
     data = json.loads(path.read_text())
     rows = {r["backend"]: r for r in data["results"]}
     assert {"cython", "numpy"} <= set(rows)
@@ -90,7 +91,8 @@ def test_bench_reports_named_peers_and_metrics(tmp_path, capsys):
     assert {"cython", "numpy", "np.argpartition+sort"} <= set(rows)
     assert rows["cython"]["vs_peers"]["np.argpartition+sort"] > 0
     assert rows["np.argpartition+sort"]["vs_peers"] == {}
-    assert "vs np.argpartition+sort" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "×np.argpartition+" in out and "sort >= 3" in out
 
 
 def test_targets_on_peers_and_metrics():
@@ -101,7 +103,10 @@ def test_targets_on_peers_and_metrics():
                        "vs_torch": 1.0},
               vs_peers={"argsort": 2.0}, metrics={"ratio": 1.5})
     _check_targets(row)
-    assert row.missed == ["vs_limit 2.50 (target <= 2.0)", "vs:argsort 2.00 (target >= 3.0)"]
+    assert row.missed == ["vs_limit 2.50 (target <= 2)", "vs:argsort 2.00 (target >= 3)"]
+    assert [(c["key"], c["met"]) for c in row.checks] == [
+        ("vs_numpy", True), ("vs_limit", False), ("vs:argsort", False), ("max:ratio", True),
+        ("vs_torch", None)]
 
 
 def test_quant_cases_cover_the_issue_matrix():

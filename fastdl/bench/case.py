@@ -6,7 +6,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-# modules that register cases on import; later issues append theirs
+# modules that register cases on import; a new area appends its own
 CASE_MODULES = ["fastdl.bench.cases_norm", "fastdl.bench.cases_layers",
                 "fastdl.bench.cases_decode", "fastdl.bench.cases_quant"]
 
@@ -48,6 +48,20 @@ def register(case: Case) -> Case:
     return case
 
 
+def matches(name: str, pattern: str | None) -> bool:
+    """``--only`` semantics: a glob of the whole name, or a substring of it."""
+    return not pattern or fnmatch.fnmatch(name, pattern) or pattern in name
+
+
+def get_case(name: str) -> Case:
+    """The registered case of that exact name."""
+    all_cases()
+    try:
+        return _CASES[name]
+    except KeyError:
+        raise ValueError(f"no benchmark case named {name!r}") from None
+
+
 def all_cases(*, quick: bool | None = None, only: str | None = None, op: str | None = None):
     """Registered cases, filtered: ``quick`` (True: quick set only), ``only``
     (glob or substring of the name), ``op``."""
@@ -59,7 +73,7 @@ def all_cases(*, quick: bool | None = None, only: str | None = None, op: str | N
             continue
         if op is not None and case.op != op:
             continue
-        if only and not (fnmatch.fnmatch(case.name, only) or only in case.name):
+        if not matches(case.name, only):
             continue
         out.append(case)
     return out

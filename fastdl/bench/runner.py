@@ -31,6 +31,9 @@ class Row:
     params: dict = field(default_factory=dict)
     vs_peers: dict = field(default_factory=dict)    # peer name -> peer time / this time
     metrics: dict = field(default_factory=dict)     # case-specific figures
+    # one entry per target: {"key", "goal", "at_most", "got", "met"}; got/met are
+    # None when this row lacks the figure (e.g. no PyTorch for a vs_torch target)
+    checks: list = field(default_factory=list)
 
     def as_dict(self):
         return asdict(self)
@@ -164,22 +167,36 @@ def _target_value(row: Row, key: str):
     return getattr(row, key), key == "vs_limit"
 
 
+def fmt_goal(goal: float) -> str:
+    """A target as a reader wants it: 1/1.15 -> '0.87', 3.0 -> '3'."""
+    return f"{goal:.3g}"
+
+
 def _check_targets(row: Row) -> None:
     for key, goal in row.targets.items():
         got, at_most = _target_value(row, key)
         if got is None or math.isnan(got):
+            row.checks.append({"key": key, "goal": goal, "at_most": at_most, "got": None,
+                               "met": None})
             continue
-        if not (got <= goal if at_most else got >= goal):
-            row.missed.append(f"{key} {got:.2f} (target {'<=' if at_most else '>='} {goal})")
+        met = got <= goal if at_most else got >= goal
+        row.checks.append({"key": key, "goal": goal, "at_most": at_most, "got": got, "met": met})
+        if not met:
+            row.missed.append(f"{key} {got:.2f} (target {'<=' if at_most else '>='} "
+                              f"{fmt_goal(goal)})")
 
 
 def run_cases(cases: list[Case], *, backends=None, full=False, with_torch=True, rounds=None,
-              progress=None) -> list[Row]:
-    """Run every case; ``progress(case)`` is called before each."""
+              progress=None, on_result=None) -> list[Row]:
+    """Run every case; ``progress(case)`` is called before each and
+    ``on_result(case, rows)`` after each, so callers can report as cases finish."""
     rows: list[Row] = []
     for case in cases:
         if progress is not None:
             progress(case)
-        rows.extend(run_case(case, backends=backends, full=full, with_torch=with_torch,
-                             rounds=rounds))
+        case_rows = run_case(case, backends=backends, full=full, with_torch=with_torch,
+                             rounds=rounds)
+        if on_result is not None:
+            on_result(case, case_rows)
+        rows.extend(case_rows)
     return rows
