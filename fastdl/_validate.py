@@ -8,11 +8,12 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def as_float_array(x, name: str = "x") -> np.ndarray:
+def as_float_array(x, name: str = "x", *, keep_half: bool = False) -> np.ndarray:
     """``x`` as a float32/float64 ndarray (no copy when it already is one).
 
-    Integers and bools are computed in float64, float16 in float32; complex,
-    object, string and datetime inputs are rejected.
+    Integers and bools are computed in float64, float16 in float32 (or kept
+    float16 with ``keep_half``, for ops whose kernels read float16 directly);
+    complex, object, string and datetime inputs are rejected.
     """
     if isinstance(x, np.ndarray):
         arr = x
@@ -25,6 +26,8 @@ def as_float_array(x, name: str = "x") -> np.ndarray:
     kind = arr.dtype.kind
     if arr.dtype in FLOAT_DTYPES:
         return arr
+    if keep_half and kind == "f" and arr.dtype.newbyteorder("=") == np.float16:
+        return arr if arr.dtype.isnative else arr.astype(np.float16)
     if kind == "f" and arr.dtype.newbyteorder("=") in FLOAT_DTYPES:
         return arr.astype(arr.dtype.newbyteorder("="))     # non-native byte order
     if kind == "f" and arr.dtype.itemsize < 4:
