@@ -376,13 +376,15 @@ def layer_norm_backward(grad_output, input, normalized_shape, weight=None, bias=
 
 
 def _rms_eps(eps, dtype) -> float:
-    return float(np.finfo(dtype).eps) if eps is None else _eps(eps)
+    # torch's default: the machine epsilon of the dtype it computes in
+    return float(np.finfo(_param_dtype(dtype)).eps) if eps is None else _eps(eps)
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None, return_stats=False,
              backend=None):
     """``torch.nn.functional.rms_norm``: ``x / sqrt(mean(x**2) + eps) * weight`` over the
-    trailing ``normalized_shape``; ``eps=None`` is the dtype's machine epsilon."""
+    trailing ``normalized_shape``; ``eps=None`` is the machine epsilon of the dtype it is
+    computed in (float32 for float16 input, as torch)."""
     x, shape, size, rows, lead, w, _ = _layer_args(input, normalized_shape, weight, None)
     eps = _rms_eps(eps, x.dtype)
     buf, target = _out_buffer(out, x, w)
