@@ -15,9 +15,14 @@
 #define CH FDL_NK16_CHUNK
 #define BLK (FDL_BLOCK_BYTES / 4)   /* float32 moments block: rows up to BLK are one block */
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
+/* Elementwise passes and reductions go SUB elements at a time: the scratch of
+ * a chunk and its output stay a small part of L1 beside the streams. */
+#define SUB 1024
 #define SCRATCH(name) float name[CH] __attribute__((aligned(64)))
+#define SMALL(name) float name[SUB] __attribute__((aligned(64)))
 
-_Static_assert(CH % NK_FLUSH == 0 && CH == BLK, "chunks must hold whole flush runs and one block");
+_Static_assert(SUB == NK_FLUSH && CH % SUB == 0 && CH == BLK,
+               "a chunk is one flush run; a whole-row scratch is one moments block");
 
 void fdl_nk16_h2f(const uint16_t *h, float *f, int64_t n, int level) { fdl_h2f_row(h, f, n, level); }
 void fdl_nk16_f2h(const float *f, uint16_t *h, int64_t n, int level) { fdl_f2h_row(f, h, n, level); }
@@ -48,6 +53,10 @@ static void row_moments(const uint16_t *x, int64_t n, int level, float *xs, doub
     *m2 = tq;
 }
 
+/* Where chunk [j0, j0 + m) of a row of n goes in the scratch on the first
+ * pass: in place when the whole row fits (later passes reuse it). */
+static inline float *slot(float *buf, int64_t n, int64_t j0) { return n <= CH ? buf + j0 : buf; }
+
 /* Converts chunk [j0, j0 + m) of a row of n into buf unless the row (n <= CH)
  * is already there; returns where the chunk's float32 values are. */
 static inline const float *chunk(const uint16_t *x, int64_t n, int64_t j0, int64_t m, float *buf,
@@ -65,15 +74,15 @@ void fdl_nk16_layer_row(const uint16_t *x, uint16_t *y, int64_t D, const float *
                         const float *b, double eps, int level, double *mean, double *var) {
     const fdl_nk_f32 *K = fdl_nk_f32_table(level);
     SCRATCH(xs);
-    SCRATCH(ys);
+    SMALL(ys);
     double mu, q;
     row_moments(x, D, level, xs, &mu, &q);
     double v = q / (double)D;
     *mean = mu;
     *var = v;
     float mh = (float)mu, ml = (float)(mu - (double)mh), r = (float)(1.0 / sqrt(v + eps));
-    for (int64_t j0 = 0; j0 < D; j0 += CH) {
-        int64_t m = MIN(CH, D - j0);
+    for (int64_t j0 = 0; j0 < D; j0 += SUB) {
+        int64_t m = MIN(SUB, D - j0);
         K->apply_row(chunk(x, D, j0, m, xs, level), ys, m, mh, ml, r, w + j0, b + j0, 0);
         fdl_f2h_row(ys, y + j0, m, level);
     }
@@ -83,18 +92,19 @@ void fdl_nk16_rms_row(const uint16_t *x, uint16_t *y, int64_t D, const float *w,
                       int level, double *ms) {
     const fdl_nk_f32 *K = fdl_nk_f32_table(level);
     SCRATCH(xs);
-    SCRATCH(ys);
+    SMALL(ys);
     double tot = 0.0;
-    for (int64_t j0 = 0; j0 < D; j0 += CH) {
-        int64_t m = MIN(CH, D - j0);
-        fdl_h2f_row(x + j0, xs, m, level);
-        for (int64_t k = 0; k < m; k += NK_FLUSH) tot += K->sumsq(xs + k, MIN(NK_FLUSH, m - k));
+    for (int64_t j0 = 0; j0 < D; j0 += SUB) {
+        int64_t m = MIN(SUB, D - j0);
+        float *xc = slot(xs, D, j0);
+        fdl_h2f_row(x + j0, xc, m, level);
+        tot += K->sumsq(xc, m);       /* m <= SUB = NK_FLUSH: one flush run */
     }
     double s = tot / (double)D;
     *ms = s;
     float r = (float)(1.0 / sqrt(s + eps));
-    for (int64_t j0 = 0; j0 < D; j0 += CH) {
-        int64_t m = MIN(CH, D - j0);
+    for (int64_t j0 = 0; j0 < D; j0 += SUB) {
+        int64_t m = MIN(SUB, D - j0);
         K->apply_rms(chunk(x, D, j0, m, xs, level), ys, m, r, w + j0, 0);
         fdl_f2h_row(ys, y + j0, m, level);
     }
@@ -103,10 +113,10 @@ void fdl_nk16_rms_row(const uint16_t *x, uint16_t *y, int64_t D, const float *w,
 void fdl_nk16_apply_chan(const uint16_t *x, uint16_t *y, int64_t n, float mh, float ml, float a,
                          float c, int level) {
     const fdl_nk_f32 *K = fdl_nk_f32_table(level);
-    SCRATCH(xs);
-    SCRATCH(ys);
-    for (int64_t j0 = 0; j0 < n; j0 += CH) {
-        int64_t m = MIN(CH, n - j0);
+    SMALL(xs);
+    SMALL(ys);
+    for (int64_t j0 = 0; j0 < n; j0 += SUB) {
+        int64_t m = MIN(SUB, n - j0);
         fdl_h2f_row(x + j0, xs, m, level);
         K->apply_chan(xs, ys, m, mh, ml, a, c, 0);
         fdl_f2h_row(ys, y + j0, m, level);
@@ -117,7 +127,7 @@ void fdl_nk16_group_row(const uint16_t *x, uint16_t *y, int64_t Kc, int64_t S, c
                         const float *b, double eps, int level, double *mean, double *var) {
     const fdl_nk_f32 *K = fdl_nk_f32_table(level);
     SCRATCH(xs);
-    SCRATCH(ys);
+    SMALL(ys);
     int64_t M = Kc * S;
     double mu, q;
     row_moments(x, M, level, xs, &mu, &q);
@@ -131,18 +141,21 @@ void fdl_nk16_group_row(const uint16_t *x, uint16_t *y, int64_t Kc, int64_t S, c
             fdl_nk16_apply_chan(x + c * S, y + c * S, S, mh, ml, a, b[c], level);
             continue;
         }
-        K->apply_chan(xs + c * S, ys, S, mh, ml, a, b[c], 0);
-        fdl_f2h_row(ys, y + c * S, S, level);
+        for (int64_t j0 = 0; j0 < S; j0 += SUB) {
+            int64_t m = MIN(SUB, S - j0);
+            K->apply_chan(xs + c * S + j0, ys, m, mh, ml, a, b[c], 0);
+            fdl_f2h_row(ys, y + c * S + j0, m, level);
+        }
     }
 }
 
 void fdl_nk16_apply_cols(const uint16_t *x, uint16_t *y, int64_t n, const float *mh,
                          const float *ml, const float *a, const float *c, int level) {
     const fdl_nk_f32 *K = fdl_nk_f32_table(level);
-    SCRATCH(xs);
-    SCRATCH(ys);
-    for (int64_t j0 = 0; j0 < n; j0 += CH) {
-        int64_t m = MIN(CH, n - j0);
+    SMALL(xs);
+    SMALL(ys);
+    for (int64_t j0 = 0; j0 < n; j0 += SUB) {
+        int64_t m = MIN(SUB, n - j0);
         fdl_h2f_row(x + j0, xs, m, level);
         K->apply_cols(xs, ys, m, mh + j0, ml + j0, a + j0, c + j0, 0);
         fdl_f2h_row(ys, y + j0, m, level);
@@ -175,24 +188,21 @@ void fdl_nk16_layer_bwd_row(const uint16_t *dy, const uint16_t *x, uint16_t *dx,
     const fdl_nk_f32 *K = fdl_nk_f32_table(level);
     SCRATCH(xs);
     SCRATCH(ds);
-    SCRATCH(os);
+    SMALL(os);
     float mh = (float)mean, ml = (float)(mean - (double)mh), rs = (float)rstd;
     double s1 = 0.0, s2 = 0.0, t1, t2;
-    for (int64_t j0 = 0; j0 < D; j0 += CH) {
-        int64_t m = MIN(CH, D - j0);
-        fdl_h2f_row(x + j0, xs, m, level);
-        fdl_h2f_row(dy + j0, ds, m, level);
-        for (int64_t k = 0; k < m; k += NK_FLUSH) {
-            int64_t o = j0 + k;
-            K->row_sums(ds + k, xs + k, MIN(NK_FLUSH, m - k), mh, ml, rs, w + o, dwp + o,
-                        dbp + o, &t1, &t2);
-            s1 += t1;
-            s2 += t2;
-        }
+    for (int64_t j0 = 0; j0 < D; j0 += SUB) {
+        int64_t m = MIN(SUB, D - j0);
+        float *xc = slot(xs, D, j0), *dc = slot(ds, D, j0);
+        fdl_h2f_row(x + j0, xc, m, level);
+        fdl_h2f_row(dy + j0, dc, m, level);
+        K->row_sums(dc, xc, m, mh, ml, rs, w + j0, dwp + j0, dbp + j0, &t1, &t2);
+        s1 += t1;
+        s2 += t2;
     }
     float c1 = (float)(s1 / (double)D), c2 = (float)(s2 / (double)D);
-    for (int64_t j0 = 0; j0 < D; j0 += CH) {
-        int64_t m = MIN(CH, D - j0);
+    for (int64_t j0 = 0; j0 < D; j0 += SUB) {
+        int64_t m = MIN(SUB, D - j0);
         const float *xc = chunk(x, D, j0, m, xs, level), *dc = chunk(dy, D, j0, m, ds, level);
         K->row_dx(dc, xc, os, m, mh, ml, rs, w + j0, c1, c2);
         fdl_f2h_row(os, dx + j0, m, level);
@@ -204,20 +214,19 @@ void fdl_nk16_rms_bwd_row(const uint16_t *dy, const uint16_t *x, uint16_t *dx, i
     const fdl_nk_f32 *K = fdl_nk_f32_table(level);
     SCRATCH(xs);
     SCRATCH(ds);
-    SCRATCH(os);
+    SMALL(os);
     float rs = (float)rstd;
     double s2 = 0.0;
-    for (int64_t j0 = 0; j0 < D; j0 += CH) {
-        int64_t m = MIN(CH, D - j0);
-        fdl_h2f_row(x + j0, xs, m, level);
-        fdl_h2f_row(dy + j0, ds, m, level);
-        for (int64_t k = 0; k < m; k += NK_FLUSH)
-            s2 += K->rms_sums(ds + k, xs + k, MIN(NK_FLUSH, m - k), rs, w + j0 + k,
-                              dwp + j0 + k);
+    for (int64_t j0 = 0; j0 < D; j0 += SUB) {
+        int64_t m = MIN(SUB, D - j0);
+        float *xc = slot(xs, D, j0), *dc = slot(ds, D, j0);
+        fdl_h2f_row(x + j0, xc, m, level);
+        fdl_h2f_row(dy + j0, dc, m, level);
+        s2 += K->rms_sums(dc, xc, m, rs, w + j0, dwp + j0);
     }
     float c2 = (float)(s2 / (double)D);
-    for (int64_t j0 = 0; j0 < D; j0 += CH) {
-        int64_t m = MIN(CH, D - j0);
+    for (int64_t j0 = 0; j0 < D; j0 += SUB) {
+        int64_t m = MIN(SUB, D - j0);
         const float *xc = chunk(x, D, j0, m, xs, level), *dc = chunk(dy, D, j0, m, ds, level);
         K->rms_dx(dc, xc, os, m, rs, w + j0, c2);
         fdl_f2h_row(os, dx + j0, m, level);
@@ -234,10 +243,10 @@ static void seg_sums_f32(const fdl_nk_f32 *K, const float *ds, const float *xs, 
 void fdl_nk16_seg_sums(const uint16_t *dy, const uint16_t *x, int64_t n, float mh, float ml,
                        float r, double *A, double *B, int level) {
     const fdl_nk_f32 *K = fdl_nk_f32_table(level);
-    SCRATCH(xs);
-    SCRATCH(ds);
-    for (int64_t j0 = 0; j0 < n; j0 += CH) {
-        int64_t m = MIN(CH, n - j0);
+    SMALL(xs);
+    SMALL(ds);
+    for (int64_t j0 = 0; j0 < n; j0 += SUB) {
+        int64_t m = MIN(SUB, n - j0);
         fdl_h2f_row(x + j0, xs, m, level);
         fdl_h2f_row(dy + j0, ds, m, level);
         seg_sums_f32(K, ds, xs, m, mh, ml, r, A, B);
@@ -247,11 +256,11 @@ void fdl_nk16_seg_sums(const uint16_t *dy, const uint16_t *x, int64_t n, float m
 void fdl_nk16_seg_dx(const uint16_t *dy, const uint16_t *x, uint16_t *dx, int64_t n, float mh,
                      float ml, float r, float wk, float c1, float c2, int training, int level) {
     const fdl_nk_f32 *K = fdl_nk_f32_table(level);
-    SCRATCH(xs);
-    SCRATCH(ds);
-    SCRATCH(os);
-    for (int64_t j0 = 0; j0 < n; j0 += CH) {
-        int64_t m = MIN(CH, n - j0);
+    SMALL(xs);
+    SMALL(ds);
+    SMALL(os);
+    for (int64_t j0 = 0; j0 < n; j0 += SUB) {
+        int64_t m = MIN(SUB, n - j0);
         fdl_h2f_row(dy + j0, ds, m, level);
         if (training) {
             fdl_h2f_row(x + j0, xs, m, level);
@@ -269,7 +278,7 @@ void fdl_nk16_group_bwd_row(const uint16_t *dy, const uint16_t *x, uint16_t *dx,
     const fdl_nk_f32 *K = fdl_nk_f32_table(level);
     SCRATCH(xs);
     SCRATCH(ds);
-    SCRATCH(os);
+    SMALL(os);
     int64_t M = Kc * S;
     float mh = (float)mean, ml = (float)(mean - (double)mh), rs = (float)rstd;
     double s1 = 0.0, s2 = 0.0;
@@ -294,18 +303,21 @@ void fdl_nk16_group_bwd_row(const uint16_t *dy, const uint16_t *x, uint16_t *dx,
                             level);
             continue;
         }
-        K->seg_dx(ds + c * S, xs + c * S, os, S, mh, ml, rs, w[c], c1, c2);
-        fdl_f2h_row(os, dx + c * S, S, level);
+        for (int64_t j0 = 0; j0 < S; j0 += SUB) {
+            int64_t m = MIN(SUB, S - j0);
+            K->seg_dx(ds + c * S + j0, xs + c * S + j0, os, m, mh, ml, rs, w[c], c1, c2);
+            fdl_f2h_row(os, dx + c * S + j0, m, level);
+        }
     }
 }
 
 void fdl_nk16_col_sums(const uint16_t *dy, const uint16_t *x, int64_t n, const float *mh,
                        const float *ml, const float *r, float *ap, float *bp, int level) {
     const fdl_nk_f32 *K = fdl_nk_f32_table(level);
-    SCRATCH(xs);
-    SCRATCH(ds);
-    for (int64_t j0 = 0; j0 < n; j0 += CH) {
-        int64_t m = MIN(CH, n - j0);
+    SMALL(xs);
+    SMALL(ds);
+    for (int64_t j0 = 0; j0 < n; j0 += SUB) {
+        int64_t m = MIN(SUB, n - j0);
         fdl_h2f_row(x + j0, xs, m, level);
         fdl_h2f_row(dy + j0, ds, m, level);
         K->col_sums(ds, xs, m, mh + j0, ml + j0, r + j0, ap + j0, bp + j0);
@@ -316,11 +328,11 @@ void fdl_nk16_col_dx(const uint16_t *dy, const uint16_t *x, uint16_t *dx, int64_
                      const float *mh, const float *ml, const float *r, const float *w,
                      const float *c1, const float *c2, int training, int level) {
     const fdl_nk_f32 *K = fdl_nk_f32_table(level);
-    SCRATCH(xs);
-    SCRATCH(ds);
-    SCRATCH(os);
-    for (int64_t j0 = 0; j0 < n; j0 += CH) {
-        int64_t m = MIN(CH, n - j0);
+    SMALL(xs);
+    SMALL(ds);
+    SMALL(os);
+    for (int64_t j0 = 0; j0 < n; j0 += SUB) {
+        int64_t m = MIN(SUB, n - j0);
         fdl_h2f_row(dy + j0, ds, m, level);
         if (training) {
             fdl_h2f_row(x + j0, xs, m, level);
