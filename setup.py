@@ -23,6 +23,7 @@ EXTENSIONS = {
     "_norm_stats": [SRC_DIR + "/moments.c"],
     "_traffic": [SRC_DIR + "/traffic.c"],
     "_norm": [SRC_DIR + "/normk.c", SRC_DIR + "/moments.c"],
+    "_norm16": [SRC_DIR + "/normk16.c", SRC_DIR + "/normk.c", SRC_DIR + "/moments.c"],
     "_decode": [SRC_DIR + "/decodek.c"],
     "_quant": [SRC_DIR + "/quantk.c"],
 }

@@ -32,17 +32,20 @@ def plain_array(x, name: str = "x") -> np.ndarray:
                         f"could not convert {type(x).__name__}: {exc}") from None
 
 
-def as_float_array(x, name: str = "x") -> np.ndarray:
+def as_float_array(x, name: str = "x", *, keep_half: bool = False) -> np.ndarray:
     """``x`` as a float32/float64 ``numpy.ndarray`` (no copy when it already is one).
 
-    Integers and bools are computed in float64, float16 in float32; complex,
-    object, string and datetime inputs are rejected.  ndarray subclasses become
-    a plain ndarray view and masked arrays are a TypeError (see ``plain_array``).
+    Integers and bools are computed in float64, float16 in float32 (or kept
+    float16 with ``keep_half``, for ops whose kernels read float16 directly);
+    complex, object, string and datetime inputs are rejected.  ndarray subclasses
+    become a plain ndarray view and masked arrays are a TypeError (see ``plain_array``).
     """
     arr = plain_array(x, name)
     kind = arr.dtype.kind
     if arr.dtype in FLOAT_DTYPES:
         return arr
+    if keep_half and kind == "f" and arr.dtype.newbyteorder("=") == np.float16:
+        return arr if arr.dtype.isnative else arr.astype(np.float16)
     if kind == "f" and arr.dtype.newbyteorder("=") in FLOAT_DTYPES:
         return arr.astype(arr.dtype.newbyteorder("="))     # non-native byte order
     if kind == "f" and arr.dtype.itemsize < 4:

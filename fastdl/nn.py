@@ -143,7 +143,7 @@ class Module(ABC):
 
     def forward(self, x) -> np.ndarray:
         """Normalize ``x``; keeps ``x`` (by reference) and the statistics for ``backward``."""
-        x = as_float_array(x, "input")
+        x = as_float_array(x, "input", keep_half=True)     # float16 stays float16, as torch
         y, stats, ctx = self._forward(x)
         self._saved = (x, stats, ctx)
         return y

@@ -2,10 +2,15 @@
 
 The public functions validate, reshape to a canonical contiguous view and
 dispatch one op; backends implement the ops below.  ``x`` and ``dy`` arrive
-C-contiguous in one dtype (float32/float64); ``w``/``b`` are 1-D contiguous
-arrays of that dtype or None; statistics are float64 (except norm_stats').  ``out`` is the
-caller's C-contiguous output array, or None: the backend allocates it (and
+C-contiguous in one dtype (float16/float32/float64); ``w``/``b`` are 1-D
+contiguous arrays of the compute dtype (float32 for float16 data, else the
+data's dtype) or None, and dw/db come back in that dtype; statistics are
+float64 (except norm_stats', which have x's dtype).  ``out`` is the caller's
+C-contiguous output array of x's dtype, or None: the backend allocates it (and
 knows the memory is new).  Forwards return the output first.
+
+float16 data keep float16 (outputs and input gradients) and are computed in
+float32, as torch does: a backend converts them inside its kernels.
 
 =================  ==========================================  ====================
 op                 arguments                                   returns
@@ -86,14 +91,15 @@ def norm_stats(x, kind: str, *, num_groups: int | None = None, ddof: int = 0,
     ``"layer"`` -> (N,), over C and spatial; ``"instance"`` -> (N, C), over
     spatial; ``"group"`` -> (N, num_groups), over C/num_groups channels and
     spatial.  ``ddof`` is NumPy's delta degrees of freedom (0: biased, as the
-    normalization layers use).  float32/float64 keep their dtype; integer and
-    bool inputs are computed in float64.  Returns ``(mean, var)``.
+    normalization layers use).  float16/float32/float64 keep their dtype (as
+    ``torch.var_mean`` does; float16 is computed in float32 or wider and rounded
+    once); integer and bool inputs are computed in float64.  Returns ``(mean, var)``.
 
     Groups that reduce over zero elements (an empty batch for ``"batch"``,
     empty spatial dims) get NaN mean and variance, as NumPy's and torch's
     ``mean``/``var`` of an empty slice do.
     """
-    x = as_float_array(x, "x")
+    x = as_float_array(x, "x", keep_half=True)
     check_choice(kind, "kind", NORM_KINDS)
     if x.ndim < 2:
         raise ValueError(f"x must have at least 2 dimensions (N, C, *spatial), got shape {x.shape}")
@@ -125,7 +131,7 @@ def _empty_result(x: np.ndarray, kind: str, num_groups):
 # ---------------------------------------------------------------- shared checks
 
 def _input(x, min_ndim: int = 2) -> np.ndarray:
-    x = as_float_array(x, "input")
+    x = as_float_array(x, "input", keep_half=True)
     if x.ndim < min_ndim:
         raise ValueError(f"input must have at least {min_ndim} dimensions (N, C, *spatial), "
                          f"got shape {x.shape}")
@@ -139,6 +145,26 @@ def _ncs_shape(x: np.ndarray) -> tuple[int, int, int]:
 def _ncs(x: np.ndarray) -> np.ndarray:
     """(N, C, S) C-contiguous view (or packed copy) of an (N, C, *spatial) array."""
     return np.ascontiguousarray(x).reshape(_ncs_shape(x))
+
+
+def _param_dtype(dtype) -> np.dtype:
+    """Dtype the kernels use for weight/bias: float32 for float16 data (torch
+    computes float16 in float32 and accepts float16 or float32 parameters)."""
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+
+
+def _typed_grads(grads, x: np.ndarray, weight, bias):
+    """(dx, dweight, dbias) with the parameter gradients in torch's dtypes: for
+    float16 input, a float32 weight/bias gets a float32 gradient and any other a
+    float16 one; otherwise the input's dtype."""
+    dx, dw, db = grads
+
+    def cast(g, param):
+        if g is None:
+            return None
+        keep32 = x.dtype == np.float16 and getattr(param, "dtype", None) == np.float32
+        return g.astype(np.float32 if keep32 else x.dtype, copy=False)
+    return dx, cast(dw, weight), cast(db, bias)
 
 
 def _check_groups(num_groups, C: int) -> int:
@@ -268,7 +294,7 @@ def _zero_grads(x: np.ndarray, w, b):
 
 
 def _grad(dy, x: np.ndarray) -> np.ndarray:
-    dy = as_float_array(dy, "grad_output")
+    dy = as_float_array(dy, "grad_output", keep_half=True)
     if dy.shape != x.shape:
         raise ValueError(f"grad_output must have the input's shape {x.shape}, got {dy.shape}")
     return np.ascontiguousarray(dy, dtype=x.dtype)
@@ -307,10 +333,10 @@ def _result(y, stats: NormStats, return_stats: bool):
 # ---------------------------------------------------------------- layer and RMS norm
 
 def _layer_args(input, normalized_shape, weight, bias):
-    x = as_float_array(input, "input")
+    x = as_float_array(input, "input", keep_half=True)
     shape, size = _normalized_shape(normalized_shape, x)
-    w = check_param(weight, "weight", shape, x.dtype)
-    b = check_param(bias, "bias", shape, x.dtype)
+    w = check_param(weight, "weight", shape, _param_dtype(x.dtype))
+    b = check_param(bias, "bias", shape, _param_dtype(x.dtype))
     lead = x.shape[:x.ndim - len(shape)]
     rows = math.prod(lead)
     return x, shape, size, rows, lead, w, b
@@ -353,22 +379,24 @@ def layer_norm_backward(grad_output, input, normalized_shape, weight=None, bias=
         _, stats = layer_norm(x, shape, w, b, eps, return_stats=True, backend=backend)
     mean, rstd = _saved(stats, lead, True)
     if x.size == 0:
-        return _zero_grads(x, w, b)
+        return _typed_grads(_zero_grads(x, w, b), x, weight, bias)
     dx, dw, db = registry.dispatch(
         "layer_norm_bwd", (dy.reshape(rows, size), _rows(x, rows, size), mean.reshape(-1),
                            rstd.reshape(-1), _flat(w), w is not None, b is not None), {}, backend)
-    return (dx.reshape(x.shape), None if dw is None else dw.reshape(shape),
-            None if db is None else db.reshape(shape))
+    return _typed_grads((dx.reshape(x.shape), None if dw is None else dw.reshape(shape),
+                         None if db is None else db.reshape(shape)), x, weight, bias)
 
 
 def _rms_eps(eps, dtype) -> float:
-    return float(np.finfo(dtype).eps) if eps is None else _eps(eps)
+    # torch's default: the machine epsilon of the dtype it computes in
+    return float(np.finfo(_param_dtype(dtype)).eps) if eps is None else _eps(eps)
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None, return_stats=False,
              backend=None):
     """``torch.nn.functional.rms_norm``: ``x / sqrt(mean(x**2) + eps) * weight`` over the
-    trailing ``normalized_shape``; ``eps=None`` is the dtype's machine epsilon."""
+    trailing ``normalized_shape``; ``eps=None`` is the machine epsilon of the dtype it is
+    computed in (float32 for float16 input, as torch)."""
     x, shape, size, rows, lead, w, _ = _layer_args(input, normalized_shape, weight, None)
     eps = _rms_eps(eps, x.dtype)
     buf, target = _out_buffer(out, x, w)
@@ -392,11 +420,12 @@ def rms_norm_backward(grad_output, input, normalized_shape, weight=None, eps=Non
         _, stats = rms_norm(x, shape, w, eps, return_stats=True, backend=backend)
     _, rstd = _saved(stats, lead, False)
     if x.size == 0:
-        return _zero_grads(x, w, None)
+        return _typed_grads(_zero_grads(x, w, None), x, weight, None)
     dx, dw = registry.dispatch("rms_norm_bwd", (dy.reshape(rows, size), _rows(x, rows, size),
                                                 rstd.reshape(-1), _flat(w), w is not None),
                                {}, backend)
-    return dx.reshape(x.shape), None if dw is None else dw.reshape(shape), None
+    return _typed_grads((dx.reshape(x.shape), None if dw is None else dw.reshape(shape), None),
+                        x, weight, None)
 
 
 # ---------------------------------------------------------------- group and instance norm
@@ -404,8 +433,8 @@ def rms_norm_backward(grad_output, input, normalized_shape, weight=None, eps=Non
 def _channel_args(input, weight, bias):
     x = _input(input)
     C = x.shape[1]
-    return x, C, check_param(weight, "weight", (C,), x.dtype), check_param(bias, "bias", (C,),
-                                                                              x.dtype)
+    pd = _param_dtype(x.dtype)
+    return x, C, check_param(weight, "weight", (C,), pd), check_param(bias, "bias", (C,), pd)
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, out=None,
@@ -436,7 +465,7 @@ def group_norm_backward(grad_output, input, num_groups, weight=None, bias=None, 
     if stats is None:
         _, stats = group_norm(x, G, w, b, eps, return_stats=True, backend=backend)
     mean, rstd = _saved(stats, (x.shape[0], G), True)
-    return _group_bwd(dy, x, mean, rstd, G, w, b, backend)
+    return _typed_grads(_group_bwd(dy, x, mean, rstd, G, w, b, backend), x, weight, bias)
 
 
 def _group_bwd(dy, x, mean, rstd, G, w, b, backend):
@@ -516,13 +545,13 @@ def instance_norm_backward(grad_output, input, running_mean=None, running_var=No
         if stats is None:
             stats = _running_stats(rm, rv, eps)
         mean, rstd = _saved(stats, (C,), True)
-        return _batch_bwd(dy, x, mean, rstd, w, b, False, backend)
+        return _typed_grads(_batch_bwd(dy, x, mean, rstd, w, b, False, backend), x, weight, bias)
     _spatial_check(x)
     if stats is None:
         _, stats = instance_norm(x, None, None, w, b, True, 0.0, eps, return_stats=True,
                                  backend=backend)
     mean, rstd = _saved(stats, (x.shape[0], C), True)
-    return _group_bwd(dy, x, mean, rstd, C, w, b, backend)
+    return _typed_grads(_group_bwd(dy, x, mean, rstd, C, w, b, backend), x, weight, bias)
 
 
 # ---------------------------------------------------------------- batch norm
@@ -596,7 +625,7 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
         else:
             stats = _running_stats(rm, rv, eps)
     mean, rstd = _saved(stats, (C,), True)
-    return _batch_bwd(dy, x, mean, rstd, w, b, training, backend)
+    return _typed_grads(_batch_bwd(dy, x, mean, rstd, w, b, training, backend), x, weight, bias)
 
 
 def _batch_bwd(dy, x, mean, rstd, w, b, training, backend):

@@ -12,9 +12,9 @@ import numpy as np
 
 from fastdl._threads import get_num_threads
 from fastdl._validate import check_flag
-from fastdl._backends.cython import _cpu, _decode, _norm, _norm_stats, _quant
+from fastdl._backends.cython import _cpu, _decode, _norm, _norm16, _norm_stats, _quant
 from fastdl.decode.ops import DECODE_OPS
-from fastdl.norm import NORM_OPS
+from fastdl.norm import NORM_KINDS, NORM_OPS
 from fastdl.quant import QUANT_OPS
 from fastdl.registry import Backend
 
@@ -40,10 +40,45 @@ _simd_from_env()
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+# Dtypes of the norm kernels: float16 data are converted inside the kernels
+# (_norm16, parameters in float32), float32/float64 run natively (_norm).
+_NORM_DTYPES = (np.dtype(np.float16),) + _FLOATS
+_F16 = np.dtype(np.float16)
+
+
+def _array(x, name):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype not in _NORM_DTYPES:
+        raise TypeError(f"{name} must have dtype float16, float32 or float64, got {x.dtype}")
+    # packed (strided/Fortran input: one copy) and aligned, as the kernels index it
+    return np.require(x, requirements=("C", "A"))
+
+
 def norm_stats(x, kind, num_groups, ddof):
-    if not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x)    # strided and Fortran inputs: one packing copy
+    x = _array(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"x must have at least 2 dimensions (N, C, *spatial), got shape {x.shape}")
+    if kind not in NORM_KINDS:
+        raise ValueError(f"kind must be one of {NORM_KINDS}, got {kind!r}")
+    if kind == "group":
+        num_groups = _groups(num_groups, x.shape[1], "num_groups")
+    elif num_groups is not None:
+        raise ValueError(f"num_groups must be None for kind={kind!r}, got {num_groups!r}")
+    ddof = _int(ddof, "ddof")
+    if ddof < 0:
+        raise ValueError(f"ddof must be >= 0, got {ddof}")
     return _norm_stats.norm_stats(x, kind, num_groups, ddof, get_num_threads())
+
+
+def _int(v, name):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {v!r} ({type(v).__name__})")
+    return int(v)
+
+
+def _param_dtype(x):
+    return np.dtype(np.float32) if x.dtype == _F16 else x.dtype
 
 
 def _c(a, dtype, shape, name, required=False):
@@ -54,114 +89,130 @@ def _c(a, dtype, shape, name, required=False):
             raise TypeError(f"{name} must be an array of shape {shape}, got None")
         return None
     a = np.asarray(a)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}")
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
-    return np.ascontiguousarray(a, dtype=dtype)
+    return np.require(a, dtype, ("C", "A"))
 
 
 def _data(x, ndim, name="x"):
-    if not isinstance(x, np.ndarray) or x.dtype not in _FLOATS or x.ndim != ndim:
-        raise TypeError(f"{name} must be a {ndim}-D float32/float64 ndarray, got "
-                        f"{type(x).__name__} {getattr(x, 'dtype', '')} {getattr(x, 'shape', '')}")
+    x = _array(x, name)
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
     if x.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {x.shape} (the public "
                          "functions handle empty inputs before dispatching)")
-    return np.ascontiguousarray(x)
+    return x
 
 
-def _out(out, x):
+def _out(out, x, *inputs):
     if out is None:           # the kernel allocates
         return None
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray or None, got {type(out).__name__}")
     if (out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous
-            or not out.flags.writeable):
-        raise ValueError(f"out must be a writeable C-contiguous {x.dtype} array of shape "
-                         f"{x.shape}, got {out.dtype} {out.shape}")
+            or not out.flags.writeable or not out.flags.aligned):
+        raise ValueError(f"out must be a writeable, aligned, C-contiguous {x.dtype} array of "
+                         f"shape {x.shape}, got {out.dtype} {out.shape}")
+    for a in (x,) + inputs:
+        if a is not None and np.may_share_memory(out, a):
+            raise ValueError("out must not share memory with the input or the parameters")
     return out
 
 
 def _stat(a, shape, name):
     if a is None:
         raise TypeError(f"{name} must be a float64 array of shape {shape}, got None")
-    a = np.asarray(a, np.float64)
+    a = np.asarray(a)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}")
     if a.size != int(np.prod(shape)):
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
     return _c(a.reshape(shape), np.float64, shape, name)
 
 
+def _kernels(x):
+    return _norm16 if x.dtype == _F16 else _norm
+
+
 def layer_norm_fwd(x, w, b, eps, out):
     x = _data(x, 2)
-    D = x.shape[1]
-    return _norm.layer_norm_fwd(x, _c(w, x.dtype, (D,), "w"), _c(b, x.dtype, (D,), "b"),
-                                eps, _out(out, x), get_num_threads())
+    D, pd = x.shape[1], _param_dtype(x)
+    w, b = _c(w, pd, (D,), "w"), _c(b, pd, (D,), "b")
+    return _kernels(x).layer_norm_fwd(x, w, b, eps, _out(out, x, w, b), get_num_threads())
 
 
 def layer_norm_bwd(dy, x, mean, rstd, w, need_dw, need_db):
     x = _data(x, 2)
     R, D = x.shape
-    return _norm.layer_norm_bwd(_c(dy, x.dtype, x.shape, "dy", True), x, _stat(mean, (R,), "mean"),
-                                _stat(rstd, (R,), "rstd"), _c(w, x.dtype, (D,), "w"),
-                                need_dw, need_db, get_num_threads())
+    return _kernels(x).layer_norm_bwd(_c(dy, x.dtype, x.shape, "dy", True), x,
+                                      _stat(mean, (R,), "mean"), _stat(rstd, (R,), "rstd"),
+                                      _c(w, _param_dtype(x), (D,), "w"), need_dw, need_db,
+                                      get_num_threads())
 
 
 def rms_norm_fwd(x, w, eps, out):
     x = _data(x, 2)
-    return _norm.rms_norm_fwd(x, _c(w, x.dtype, (x.shape[1],), "w"), eps, _out(out, x),
-                              get_num_threads())
+    w = _c(w, _param_dtype(x), (x.shape[1],), "w")
+    return _kernels(x).rms_norm_fwd(x, w, eps, _out(out, x, w), get_num_threads())
 
 
 def rms_norm_bwd(dy, x, rstd, w, need_dw):
     x = _data(x, 2)
-    return _norm.rms_norm_bwd(_c(dy, x.dtype, x.shape, "dy", True), x,
-                              _stat(rstd, (x.shape[0],), "rstd"),
-                              _c(w, x.dtype, (x.shape[1],), "w"), need_dw, get_num_threads())
+    return _kernels(x).rms_norm_bwd(_c(dy, x.dtype, x.shape, "dy", True), x,
+                                    _stat(rstd, (x.shape[0],), "rstd"),
+                                    _c(w, _param_dtype(x), (x.shape[1],), "w"), need_dw,
+                                    get_num_threads())
 
 
-def _groups(G, C):
-    G = int(G)
+def _groups(G, C, name="G"):
+    G = _int(G, name)
     if G < 1 or C % G:
-        raise ValueError(f"G must divide C={C}, got {G}")
+        raise ValueError(f"{name} must be >= 1 and divide C={C}, got {G}")
     return G
 
 
 def group_norm_fwd(x, G, w, b, eps, out):
     x = _data(x, 3)
-    C = x.shape[1]
-    return _norm.group_norm_fwd(x, _groups(G, C), _c(w, x.dtype, (C,), "w"),
-                                _c(b, x.dtype, (C,), "b"), eps, _out(out, x), get_num_threads())
+    C, pd = x.shape[1], _param_dtype(x)
+    w, b = _c(w, pd, (C,), "w"), _c(b, pd, (C,), "b")
+    return _kernels(x).group_norm_fwd(x, _groups(G, C), w, b, eps, _out(out, x, w, b),
+                                      get_num_threads())
 
 
 def group_norm_bwd(dy, x, mean, rstd, G, w, need_dw, need_db):
     x = _data(x, 3)
     N, C = x.shape[:2]
     G = _groups(G, C)
-    return _norm.group_norm_bwd(_c(dy, x.dtype, x.shape, "dy", True), x, _stat(mean, (N * G,), "mean"),
-                                _stat(rstd, (N * G,), "rstd"), G, _c(w, x.dtype, (C,), "w"),
-                                need_dw, need_db, get_num_threads())
+    return _kernels(x).group_norm_bwd(_c(dy, x.dtype, x.shape, "dy", True), x,
+                                      _stat(mean, (N * G,), "mean"), _stat(rstd, (N * G,), "rstd"),
+                                      G, _c(w, _param_dtype(x), (C,), "w"), need_dw, need_db,
+                                      get_num_threads())
 
 
 def batch_norm_fwd(x, w, b, eps, out):
     x = _data(x, 3)
-    C = x.shape[1]
-    return _norm.batch_norm_fwd(x, _c(w, x.dtype, (C,), "w"), _c(b, x.dtype, (C,), "b"), eps,
-                                _out(out, x), get_num_threads())
+    C, pd = x.shape[1], _param_dtype(x)
+    w, b = _c(w, pd, (C,), "w"), _c(b, pd, (C,), "b")
+    return _kernels(x).batch_norm_fwd(x, w, b, eps, _out(out, x, w, b), get_num_threads())
 
 
 def batch_norm_eval(x, mean, rstd, w, b, out):
     x = _data(x, 3)
-    C = x.shape[1]
-    return _norm.batch_norm_eval(x, _stat(mean, (C,), "mean"), _stat(rstd, (C,), "rstd"),
-                                 _c(w, x.dtype, (C,), "w"), _c(b, x.dtype, (C,), "b"),
-                                 _out(out, x), get_num_threads())
+    C, pd = x.shape[1], _param_dtype(x)
+    w, b = _c(w, pd, (C,), "w"), _c(b, pd, (C,), "b")
+    return _kernels(x).batch_norm_eval(x, _stat(mean, (C,), "mean"), _stat(rstd, (C,), "rstd"),
+                                       w, b, _out(out, x, w, b), get_num_threads())
 
 
 def batch_norm_bwd(dy, x, mean, rstd, w, training, need_dw, need_db):
     x = _data(x, 3)
     C = x.shape[1]
-    return _norm.batch_norm_bwd(_c(dy, x.dtype, x.shape, "dy", True), x, _stat(mean, (C,), "mean"),
-                                _stat(rstd, (C,), "rstd"), _c(w, x.dtype, (C,), "w"),
-                                bool(training), need_dw, need_db, get_num_threads())
+    return _kernels(x).batch_norm_bwd(_c(dy, x.dtype, x.shape, "dy", True), x,
+                                      _stat(mean, (C,), "mean"), _stat(rstd, (C,), "rstd"),
+                                      _c(w, _param_dtype(x), (C,), "w"), bool(training),
+                                      need_dw, need_db, get_num_threads())
 
 
 # ---------------------------------------------------------------- decoding

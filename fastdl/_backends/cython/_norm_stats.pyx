@@ -6,9 +6,13 @@ extent).  Each item gets its mean and M2 from two passes while it sits
 in cache; items are then merged per group with Chan's formula in a fixed
 pairwise tree.  The cut does not depend on the thread count, so neither do the
 results.
+
+float16 input is converted to float32 a block at a time inside the kernels
+(moments.h), with the float32 block length, so its statistics are bitwise
+those of the float32 input ``x.astype(np.float32)`` without a float32 copy.
 """
 from cython.parallel cimport prange, parallel, threadid
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 cimport cython
 from cython cimport floating
 
@@ -20,8 +24,8 @@ from fastdl._backends.cython._cpu cimport simd_level
 from fastdl._backends.cython._cpu cimport team
 
 from fastdl._backends.cython._moments cimport (
-    FDL_BLOCK_BYTES, fdl_chan, fdl_colmoments_f32, fdl_colmoments_f64, fdl_moments_blocks_f32,
-    fdl_moments_blocks_f64)
+    FDL_BLOCK_BYTES, fdl_chan, fdl_colmoments_f16, fdl_colmoments_f32, fdl_colmoments_f64,
+    fdl_moments_blocks_f16, fdl_moments_blocks_f32, fdl_moments_blocks_f64)
 
 # Blocks per work item (pipelined inside the kernel).
 cdef int64_t RUN_BLOCKS = 16
@@ -103,6 +107,60 @@ cdef void _row_chunk_items(const floating[::1] x, int64_t N, int64_t C, int64_t 
             else:
                 fdl_colmoments_f64(&x[r0 * C * S], rows, C, S, level,
                                    &work[tid, 0], &mu[k * C], &m2[k * C])
+            for c in range(C):
+                cnt[k * C + c] = <double>(rows * S)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _segment_items16(const uint16_t[::1] x, int64_t M, int64_t L, double[::1] cnt,
+                           double[::1] mu, double[::1] m2, int nthreads) noexcept nogil:
+    # _segment_items for float16 bits, with the float32 block length
+    cdef int64_t blk = min(_block_len(4), L)
+    cdef int64_t nblk = (L + blk - 1) // blk
+    cdef int64_t per_run = 1, nrun = 1, total, it, m, r, b0, nb, off, ln, b
+    cdef int level = simd_level()
+    if nblk > 1:
+        nrun = (nblk + RUN_BLOCKS - 1) // RUN_BLOCKS
+        total = M * nrun
+    else:
+        per_run = max(1, (RUN_BLOCKS * _block_len(4)) // L)
+        total = (M + per_run - 1) // per_run
+    for it in prange(total, num_threads=team(nthreads, 2 * M * L, total), schedule="static"):
+        if nblk > 1:
+            m = it // nrun
+            r = it % nrun
+            b0 = m * nblk + r * RUN_BLOCKS
+            nb = min(RUN_BLOCKS, nblk - r * RUN_BLOCKS)
+            off = m * L + r * RUN_BLOCKS * blk
+            ln = min(RUN_BLOCKS * blk, L - r * RUN_BLOCKS * blk)
+        else:
+            b0 = it * per_run
+            nb = min(per_run, M - b0)
+            off = b0 * L
+            ln = nb * L
+        fdl_moments_blocks_f16(&x[off], ln, blk, level, &mu[b0], &m2[b0])
+        for b in range(nb):
+            cnt[b0 + b] = <double>min(blk, ln - b * blk)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _row_chunk_items16(const uint16_t[::1] x, int64_t N, int64_t C, int64_t S,
+                             int64_t rpc, double[:, ::1] work, double[::1] cnt,
+                             double[::1] mu, double[::1] m2, int nthreads) noexcept nogil:
+    # _row_chunk_items for float16 bits
+    cdef int64_t nch = (N + rpc - 1) // rpc
+    cdef int64_t k, c, r0, rows
+    cdef int64_t tid = 0
+    cdef int level = simd_level()
+    with parallel(num_threads=team(nthreads, 2 * N * C * S, nch)):
+        tid = threadid()
+        for k in prange(nch, schedule="static"):
+            r0 = k * rpc
+            rows = min(rpc, N - r0)
+            fdl_colmoments_f16(&x[r0 * C * S], rows, C, S, level, <float *>&work[tid, 0],
+                               &mu[k * C], &m2[k * C])
             for c in range(C):
                 cnt[k * C + c] = <double>(rows * S)
 
@@ -205,6 +263,52 @@ def _moments(const floating[::1] xf, tuple shape, str kind, num_groups, int nthr
     return merged[:, 1], merged[:, 2], out_shape
 
 
+def _moments16(const uint16_t[::1] xh, tuple shape, str kind, num_groups, int nthreads):
+    """``_moments`` of float16 data (``xh``: its bits as uint16)."""
+    cdef int64_t G, P, L, nblk, rpc, N, C, S, items
+    cdef double[::1] cnt, mu, m2
+    cdef double[:, ::1] work, merged_v
+    G, P, L, out_shape = _layout(shape, kind, num_groups)
+    if G == 0:
+        return np.empty(0), np.empty(0), out_shape
+    N = shape[0]
+    C = shape[1]
+    S = L
+    if kind == "batch" and S < SHORT_SPATIAL:
+        rpc = min(MAX_CHUNK_ROWS, max(MIN_CHUNK_ROWS, CHUNK_ELEMS // max(1, C * S)))
+        nblk = 1
+        P = (N + rpc - 1) // rpc
+        items = G * P
+        buf = _scratch_array("norm_stats", (3 * items + max(1, nthreads) * 4 * C * S,),
+                             np.float64)
+        cnt, mu, m2 = buf[:items], buf[items:2 * items], buf[2 * items:3 * items]
+        work = buf[3 * items:].reshape(max(1, nthreads), 4 * C * S)
+        with nogil:
+            _row_chunk_items16(xh, N, C, S, rpc, work, cnt, mu, m2, nthreads)
+    else:
+        nblk = (L + _block_len(4) - 1) // _block_len(4)
+        items = G * P * nblk
+        buf = _scratch_array("norm_stats", (3 * items,), np.float64)
+        cnt, mu, m2 = buf[:items], buf[items:2 * items], buf[2 * items:3 * items]
+        with nogil:
+            _segment_items16(xh, G * P, L, cnt, mu, m2, nthreads)
+    if P * nblk == 1:
+        return np.asarray(mu), np.asarray(m2), out_shape
+    merged = np.empty((G, 3))
+    merged_v = merged
+    with nogil:
+        _merge_groups(cnt, mu, m2, G, P, nblk, merged_v, nthreads)
+    return merged[:, 1], merged[:, 2], out_shape
+
+
+def moments(x, tuple shape, str kind, num_groups, int nthreads):
+    """(mean, M2, out_shape) per statistic group of the flat C-ordered ``x``
+    (float16, float32 or float64) of ``shape``."""
+    if x.dtype == np.float16:
+        return _moments16(x.view(np.uint16), shape, kind, num_groups, nthreads)
+    return _moments(x, shape, kind, num_groups, nthreads)
+
+
 def shape_count(shape, str kind, num_groups):
     """Number of elements in each statistic group."""
     G, P, L, _ = _layout(shape, kind, num_groups)
@@ -214,13 +318,13 @@ def shape_count(shape, str kind, num_groups):
 def norm_stats(x, str kind, num_groups, ddof, int nthreads):
     """(mean, var) of ``x`` per statistic group; see ``fastdl.norm_stats``.
 
-    ``x`` must be a C-contiguous float32/float64 array with ndim >= 2 (the
+    ``x`` must be a C-contiguous float16/float32/float64 array with ndim >= 2 (the
     public API converts and validates); the count of each group minus ``ddof``
     must be positive.
     """
-    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
-        raise TypeError(f"x must be a float32 or float64 ndarray, got {type(x).__name__} "
-                        f"{getattr(x, 'dtype', '')}")
+    if not isinstance(x, np.ndarray) or x.dtype not in (np.float16, np.float32, np.float64):
+        raise TypeError(f"x must be a float16, float32 or float64 ndarray, got "
+                        f"{type(x).__name__} {getattr(x, 'dtype', '')}")
     if x.ndim < 2 or not x.flags.c_contiguous:
         raise ValueError("x must be C-contiguous with ndim >= 2, got "
                          f"ndim={x.ndim}, c_contiguous={x.flags.c_contiguous}")
@@ -229,6 +333,6 @@ def norm_stats(x, str kind, num_groups, ddof, int nthreads):
     count = shape_count(x.shape, kind, num_groups)
     if count - ddof <= 0:
         raise ValueError(f"count - ddof must be positive, got count={count}, ddof={ddof}")
-    mean, m2, out_shape = _moments(x.reshape(-1), x.shape, kind, num_groups, nthreads)
+    mean, m2, out_shape = moments(x.reshape(-1), x.shape, kind, num_groups, nthreads)
     var = m2 / float(count - ddof)
     return (mean.astype(x.dtype).reshape(out_shape), var.astype(x.dtype).reshape(out_shape))

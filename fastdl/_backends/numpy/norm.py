@@ -1,6 +1,9 @@
 """Reference normalization ops: float64 NumPy, written to be read.
 
-Argument conventions are the op table in ``fastdl.norm``.
+Argument conventions are the op table in ``fastdl.norm``.  Every dtype,
+float16 included, is computed on a float64 copy and rounded once to the
+output's dtype; parameter gradients come back in the parameters' compute
+dtype (float32 for float16 data).
 """
 import numpy as np
 
@@ -37,6 +40,7 @@ def _affine(y, w, b, shape):
 
 
 def _param_grads(dy, xhat, axes, need_dw, need_db, dtype):
+    dtype = np.float32 if dtype == np.float16 else dtype
     dw = (dy * xhat).sum(axis=axes).astype(dtype) if need_dw else None
     db = dy.sum(axis=axes).astype(dtype) if need_db else None
     return dw, db

@@ -2,6 +2,7 @@
 
 #include <math.h>
 #include "simd.h"
+#include "f16.h"
 
 /* Lane k of a 16-lane accumulator holds the terms x[i] with i % 16 == k.
  * Both twins reduce the lanes with this tree. */
@@ -348,3 +349,79 @@ void fdl_colmoments_##SFX(const T *x, int64_t rows, int64_t C, int64_t S,       
 }
 COLMOMENTS(f32, float)
 COLMOMENTS(f64, double)
+
+/* ---- float16 ---- */
+
+#define F16_BLOCK (FDL_BLOCK_BYTES / 4)
+
+void fdl_moments_blocks_f16(const uint16_t *x, int64_t n, int64_t block, int level,
+                            double *mean, double *m2) {
+    float xs[F16_BLOCK] __attribute__((aligned(64)));
+    for (int64_t b = 0; b * block < n; b++) {
+        int64_t ln = n - b * block < block ? n - b * block : block;
+        fdl_h2f_row(x + b * block, xs, ln, level);
+        fdl_moments_blocks_f32(xs, ln, ln, level, &mean[b], &m2[b]);
+    }
+}
+
+/* The two column passes of fdl_colmoments_f32 on float16 rows converted a
+ * chunk at a time; each column adds its rows in the same order as there, and
+ * no multiply-add is fused, so the sums are bitwise the float32 ones. */
+#define COL16_PASSES(ATTR, ISA)                                                       \
+ATTR static void colsum16_##ISA(const uint16_t *x, int64_t rows, int64_t L, float *col, \
+                                int level) {                                          \
+    float xs[F16_BLOCK] __attribute__((aligned(64)));                                 \
+    for (int64_t j = 0; j < L; j++) col[j] = 0;                                       \
+    for (int64_t r = 0; r < rows; r++)                                                \
+        for (int64_t j0 = 0; j0 < L; j0 += F16_BLOCK) {                               \
+            int64_t m = L - j0 < F16_BLOCK ? L - j0 : F16_BLOCK;                      \
+            fdl_h2f_row(x + r * L + j0, xs, m, level);                                \
+            for (int64_t j = 0; j < m; j++) col[j0 + j] += xs[j];                     \
+        }                                                                             \
+}                                                                                     \
+ATTR static void coldev16_##ISA(const uint16_t *x, int64_t rows, int64_t L,           \
+                                const float *kc, float *sq, float *dv, int level) {   \
+    float xs[F16_BLOCK] __attribute__((aligned(64)));                                 \
+    for (int64_t j = 0; j < L; j++) sq[j] = dv[j] = 0;                                \
+    for (int64_t r = 0; r < rows; r++)                                                \
+        for (int64_t j0 = 0; j0 < L; j0 += F16_BLOCK) {                               \
+            int64_t m = L - j0 < F16_BLOCK ? L - j0 : F16_BLOCK;                      \
+            fdl_h2f_row(x + r * L + j0, xs, m, level);                                \
+            for (int64_t j = 0; j < m; j++) {                                         \
+                float d = xs[j] - kc[j0 + j];                                         \
+                sq[j0 + j] += d * d;                                                  \
+                dv[j0 + j] += d;                                                      \
+            }                                                                         \
+        }                                                                             \
+}
+COL16_PASSES(, scalar)
+#if FDL_HAVE_AVX2_TARGET
+COL16_PASSES(FDL_TARGET_AVX2, avx2)
+#define COL16(FN, level) ((level) >= FDL_SIMD_AVX2 ? FN##16_avx2 : FN##16_scalar)
+#else
+#define COL16(FN, level) FN##16_scalar
+#endif
+
+void fdl_colmoments_f16(const uint16_t *x, int64_t rows, int64_t C, int64_t S, int level,
+                        float *work, double *mean, double *m2) {
+    int64_t L = C * S;
+    float *col = work, *kc = work + L, *sq = work + 2 * L, *dv = work + 3 * L;
+    double cnt = (double)(rows * S), inv = 1.0 / cnt;
+    COL16(colsum, level)(x, rows, L, col, level);
+    for (int64_t c = 0; c < C; c++) {
+        double t = 0.0;
+        for (int64_t s = 0; s < S; s++) t += (double)col[c * S + s];
+        float K = (float)(t * inv);
+        for (int64_t s = 0; s < S; s++) kc[c * S + s] = K;
+    }
+    COL16(coldev, level)(x, rows, L, kc, sq, dv, level);
+    for (int64_t c = 0; c < C; c++) {
+        double s2 = 0.0, s1 = 0.0;
+        for (int64_t s = 0; s < S; s++) {
+            s2 += (double)sq[c * S + s];
+            s1 += (double)dv[c * S + s];
+        }
+        mean[c] = isfinite(kc[c * S]) ? (double)kc[c * S] + s1 * inv : (double)kc[c * S];
+        finish(s2, s1, rows * S, &m2[c]);
+    }
+}

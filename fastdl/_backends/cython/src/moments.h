@@ -26,6 +26,14 @@ static inline void fdl_chan(double *n, double *m, double *q, double nb, double m
     *n = nn;
 }
 
+/* Merge k (count, mean, M2) items in place, bottom-up pairwise (a fixed
+ * tree); the result is item 0. */
+static inline void fdl_merge_tree(double *cnt, double *mu, double *m2, int64_t k) {
+    for (int64_t step = 1; step < k; step *= 2)
+        for (int64_t j = 0; j + step < k; j += 2 * step)
+            fdl_chan(&cnt[j], &mu[j], &m2[j], cnt[j + step], mu[j + step], m2[j + step]);
+}
+
 /* Mean and M2 of each consecutive block of x[0:n] (all of length `block` but
  * the last, each at most a few thousand elements so it sits in L1/L2), with two
  * passes: lane accumulators (16 double lanes for float64, 32 float lanes for
@@ -43,4 +51,13 @@ void fdl_colmoments_f32(const float *x, int64_t rows, int64_t C, int64_t S, int 
                         float *work, double *mean, double *m2);
 void fdl_colmoments_f64(const double *x, int64_t rows, int64_t C, int64_t S, int level,
                         double *work, double *mean, double *m2);
+
+/* float16 data (uint16_t bits), converted block by block into float32
+ * scratch and given to the float32 kernels above: the results are bitwise
+ * those of the float32 functions on x converted to float32, without a
+ * float32 copy of x.  `block` is at most FDL_BLOCK_BYTES / 4 elements. */
+void fdl_moments_blocks_f16(const uint16_t *x, int64_t n, int64_t block, int level,
+                            double *mean, double *m2);
+void fdl_colmoments_f16(const uint16_t *x, int64_t rows, int64_t C, int64_t S, int level,
+                        float *work, double *mean, double *m2);
 #endif

@@ -241,7 +241,7 @@ const fdl_nk_f64 *fdl_nk_f64_table(int level) {
 
 /* ---- moments of long rows and of strided segments ---- */
 
-#define ROW_RUN 64      /* blocks per call of fdl_moments_blocks (pipelined inside) */
+#define ROW_RUN FDL_ROW_RUN
 
 /* Segments are often a page or less, far apart: hardware prefetchers stop
  * at page boundaries, so the next segment is requested while this one is
@@ -253,12 +253,7 @@ void fdl_prefetch(const void *p, int64_t nbytes) {
     for (int64_t i = 0; i < nbytes; i += 64) __builtin_prefetch(c + i);
 }
 
-/* Merge k items in place, bottom-up pairwise; the result is item 0. */
-static void merge_tree(double *cnt, double *mu, double *m2, int64_t k) {
-    for (int64_t step = 1; step < k; step *= 2)
-        for (int64_t j = 0; j + step < k; j += 2 * step)
-            fdl_chan(&cnt[j], &mu[j], &m2[j], cnt[j + step], mu[j + step], m2[j + step]);
-}
+#define merge_tree fdl_merge_tree
 
 #define ROW_MOMENTS(SFX, T)                                                               \
 /* One row of any length: blocks in runs of ROW_RUN, merged in a fixed order. */          \

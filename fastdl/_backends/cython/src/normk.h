@@ -7,6 +7,12 @@
 #define FASTDL_NORMK_H
 #include <stdint.h>
 
+/* Lane partial sums of the reductions are flushed into double every
+ * NK_FLUSH elements (see normk_body.h); long rows are cut into runs of
+ * FDL_ROW_RUN moments blocks (pipelined inside a run). */
+#define NK_FLUSH 1024
+#define FDL_ROW_RUN 64
+
 #define FDL_NK_FUNCS(T)                                                                 \
     double (*sumsq)(const T *x, int64_t n);                                             \
     void (*apply_row)(const T *x, T *y, int64_t n, T mh, T ml, T r, const T *w,         \

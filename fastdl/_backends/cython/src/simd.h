@@ -3,7 +3,9 @@
  * Kernels are compiled for the baseline ISA; AVX2/FMA versions are separate
  * functions marked with FDL_TARGET_AVX2 and called only when
  * fdl_cpu_simd_level() reports support (never -march=native).  Each SIMD
- * kernel has a scalar twin that tests compare against.
+ * kernel has a scalar twin that tests compare against.  The AVX2 tier also
+ * requires F16C (float16 <-> float32 conversion; every AVX2 CPU has it, but
+ * the bit is checked), so AVX2 code may convert float16 with it.
  */
 #ifndef FASTDL_SIMD_H
 #define FASTDL_SIMD_H
@@ -15,7 +17,7 @@
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define FDL_HAVE_AVX2_TARGET 1
-#define FDL_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define FDL_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #include <immintrin.h>
 #else
 #define FDL_HAVE_AVX2_TARGET 0
@@ -25,7 +27,8 @@
 static inline int fdl_cpu_simd_level(void) {
 #if FDL_HAVE_AVX2_TARGET
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))
         return FDL_SIMD_AVX2;
 #endif
     return FDL_SIMD_SCALAR;
