@@ -198,8 +198,8 @@ def _beam(lm, B, max_len, *, bos, eos, length_penalty, num_return, early_stoppin
     k_factor = 1 + len(eos_set)     # room for eos candidates, as Hugging Face takes 2B
     model.start(1)                  # one copy of ⟨BOS⟩: no duplicate beams
     scores = np.zeros(1)
-    live_done = False
     for t in range(1, max_len + 1):
+        last = t == max_len
         lp, m = model.step()
         rows, N = lp.shape
         if t == 1 and not _pow_exceeds(N, max_len, B - 1):
@@ -222,42 +222,48 @@ def _beam(lm, B, max_len, *, bos, eos, length_penalty, num_return, early_stoppin
                 for r, toks in enumerate(_banned_ngrams(seqs, no_repeat_ngram_size)):
                     lp[r, list(toks)] = -np.inf
         scores = scores.astype(lp.dtype, copy=False)
-        k = min(k_factor * B, rows * N)
+        # at max_len every candidate ends, and only the best B may finish
+        k = min(B if last else k_factor * B, rows * N)
         t0 = time.perf_counter()
         cs, cb, cj = beam_topk(lp, scores, k, normalize=normalize, backend=backend)
         stats.kernel_time_s += time.perf_counter() - t0
         if trace:
             stats.trace.append(_trace_step(t, lp, normalize, scores, bp, cs, cb, cj))
-        par, tok, sc = [], [], []
+        par, tok, sc, ends = [], [], [], []
         for rank, (s, b, j) in enumerate(zip(cs.tolist(), cb.tolist(), cj.tolist())):
             if s == -math.inf:
                 break
-            if j in eos_set:
+            if last or j in eos_set:
+                # an ending candidate competes for the finished list only from the best
+                # B ranks; the others were fetched to keep B beams alive
                 if rank < B:
-                    finished.add(s, tuple(bp.tokens_of(t - 1, [b])[0].tolist()) + (j,))
+                    ends.append((s, b, j))
                 continue
             par.append(b)
             tok.append(j)
             sc.append(s)
             if len(par) == B:
                 break
-        if not par:                                # every live continuation is -inf
+        if last and ends:                          # the finished tokens are kept hypotheses too
+            bp.push(np.array([b for _, b, _ in ends], np.int64),
+                    np.array([j for _, _, j in ends], np.int64), stats)
+            seqs = bp.tokens_of(t, np.arange(len(ends)))
+            for (s, _, _), seq in zip(ends, seqs.tolist()):
+                finished.add(s, tuple(seq))
+        else:
+            for s, b, j in ends:
+                finished.add(s, tuple(bp.tokens_of(t - 1, [b])[0].tolist()) + (j,))
+        if not par:                 # max_len reached, or every live continuation ended or is -inf
             if not finished.heap:
                 raise _no_sequence(f"step {t}")
-            live_done = True
             break
         par_a, tok_a = np.array(par, np.int64), np.array(tok, np.int64)
         bp.push(par_a, tok_a, stats)
         scores = np.array(sc, lp.dtype)
+        # stop only after this step's hypotheses joined the finished list
         if finished.done(sc[0], t, max_len, early_stopping):
-            live_done = True
             break
-        if t < max_len:
-            model.advance(par_a, tok_a)
-    if not live_done:                              # max_len reached: the live beams finish
-        seqs = bp.tokens_of(len(bp.tokens), np.arange(len(scores)))
-        for s, seq in zip(scores.tolist(), seqs.tolist()):
-            finished.add(s, tuple(seq))
+        model.advance(par_a, tok_a)
     stats.total_time_s = time.perf_counter() - start
     return [Hypothesis(tokens, float(lp_), float(s), stats)
             for tokens, lp_, s in finished.best(num_return)]
