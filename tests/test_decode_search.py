@@ -1,7 +1,7 @@
 """fastdl.decode searches: greedy, beam_search, exhaustive_search, exact_search.
 
 The document's shapes example (Question 2.4), then every search against brute force and
-plain-Python references of Algorithm 1 (and of Hugging Face's BeamSearchScorer with eos)
+plain-Python references of beam search (plain, and Hugging Face's current `_beam_search` with eos)
 on small random language models, both LM protocols, eos / length penalty / early stopping
 / min_len / no_repeat_ngram_size, the stats record, argument errors, edge cases and the
 decoding kernels' tie / NaN / empty-input rules.
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastdl.decode import (Logits, beam_search, beam_topk, examples, exact_search,
+from fastdl.decode import (Logits, TreeLM, beam_search, beam_topk, examples, exact_search,
                            exhaustive_search, greedy, log_softmax, topk)
 
 HYP = settings(max_examples=25, deadline=None)
@@ -279,6 +279,24 @@ def test_doc_beam_loses_to_greedy_and_exact(shapes):
     assert shapes.decode(e.tokens) == shapes.decode(x.tokens) == "the red rectangle"
     assert e.log_prob == pytest.approx(-9.7) and x.log_prob == pytest.approx(-9.7)
     assert e.tokens == x.tokens == g.tokens
+
+
+def test_finished_beams_kept_at_max_len():
+    """The best sequence reaches max_len at the step where the finished list fills:
+    Hugging Face's generate (and greedy) return it first; it must not be dropped."""
+    L = math.log
+    tree = {"a": (L(.90), {"a": L(.90), "E": L(.06), "b": L(.04)}), "E": L(.05),
+            "b": (L(.05), {"a": L(.5), "E": L(.5)})}
+    lm = TreeLM(tree, eos="E")
+    hyps = beam_search(lm, 2, 2, bos=0, eos=1)
+    assert [(lm.decode(h.tokens), h.tokens) for h in hyps] == [("a a", (2, 2)),
+                                                               ("a", (2, 1))]
+    assert [h.log_prob for h in hyps] == pytest.approx([L(.81), L(.9 * .06)])
+    assert hyps[0].tokens == greedy(lm, 2, bos=0, eos=1)[0].tokens
+    for early in (True, False, "never"):
+        got = beam_search(lm, 2, 2, bos=0, eos=1, early_stopping=early)
+        want = ref_beam_eos(_TreeAdapter(lm), lm.vocab_size, 2, 2, [1], 0.0, early)
+        assert [(h.tokens, h.log_prob) for h in got] == [(s, lp) for s, lp, _ in want]
 
 
 def test_doc_exhaustive_ranking(shapes):

@@ -283,24 +283,28 @@ def greedy(lm, max_len, *, bos, eos=None, backend: str | None = None):
 def beam_search(lm, beam_width, max_len, *, bos, eos=None, length_penalty=0.0, num_return=None,
                 early_stopping=True, min_len=0, no_repeat_ngram_size=0, trace=False,
                 backend: str | None = None):
-    """Beam search (the document's Algorithm 1) with backpointers.
+    """Beam search with backpointers, following Hugging Face ``generate(num_beams=...)``.
 
     Each step keeps the best ``beam_width`` of the B×N candidates (one fused
     ``beam_topk``); the first step expands a single ⟨BOS⟩, so beams never
-    duplicate.  With ``eos`` (an id or a list of ids): a candidate ending in
-    eos among the best ``beam_width`` leaves the beam for the finished list
-    (which keeps the best ``beam_width``), as in Hugging Face; the search stops
-    per ``early_stopping`` as Hugging Face does (True: once ``beam_width``
-    hypotheses finished; False: once the best live beam, scored at the current
-    length, cannot beat the worst finished one, a heuristic when α > 0;
-    "never": the same with the length that favours the live beam most).  ``length_penalty`` α: score =
-    log_prob / len^α (0: the document's raw log-likelihood).  ``min_len``
-    forbids eos before that many tokens; ``no_repeat_ngram_size`` n forbids
-    repeating an n-gram.  ``trace=True`` records every step's candidates in
-    ``stats.trace`` (small vocabularies).  Returns the best ``num_return``
-    (default ``beam_width``) hypotheses by score; fewer when fewer sequences
-    have a finite log-probability.  ``beam_width`` may exceed N (later steps
-    fill the beam) but not N^max_len, the number of sequences.
+    duplicate.  A candidate *ends* when its token is ``eos`` (an id or a list
+    of ids) or it has ``max_len`` tokens; an ending candidate among the best
+    ``beam_width`` of the step joins the finished list (which keeps the best
+    ``beam_width`` by score), the others live on.  So at ``max_len`` the best
+    ``beam_width`` candidates all finish, whatever the stopping rule.  After
+    each step the search stops per ``early_stopping``, as Hugging Face does:
+    True: once ``beam_width`` hypotheses finished; False: once the best live
+    beam, scored at its current length, cannot beat the worst finished one (a
+    heuristic when α > 0); "never": the same with the length that favours the
+    live beam most (``max_len`` when α > 0).  ``length_penalty`` α: score =
+    log_prob / len^α, len counting eos (0: the raw log-likelihood).
+    ``min_len`` forbids eos before that many tokens; ``no_repeat_ngram_size`` n
+    forbids repeating an n-gram (⟨BOS⟩ included).  ``trace=True`` records every
+    step's candidates in ``stats.trace`` (small vocabularies).  Returns the
+    best ``num_return`` (default ``beam_width``) hypotheses by score; fewer
+    when fewer sequences have a finite log-probability (Hugging Face would pad
+    with -1e9 placeholders).  ``beam_width`` may exceed N (later steps fill the
+    beam) but not N^max_len, the number of sequences.
     """
     max_len, length_penalty = _common(max_len, length_penalty)
     B, num_return, early_stopping, min_len, ngram = _check_beam_args(
