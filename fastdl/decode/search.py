@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fastdl import registry
 from fastdl._validate import check_int, check_real
-from fastdl.decode.lm import Model
+from fastdl.decode.lm import INT64_MAX, Model
 from fastdl.decode.ops import beam_topk, log_softmax
 
 __all__ = ["Hypothesis", "SearchStats", "greedy", "beam_search", "exhaustive_search",
@@ -79,8 +80,34 @@ def _pow_exceeds(N: int, T: int, bound: int) -> bool:
     return N ** T > bound
 
 
+def _count(value, name: str, minimum: int = 0) -> int:
+    """An int argument in [minimum, 2**63 - 1]: sizes and ids meet int64 arrays."""
+    value = check_int(value, name, minimum=minimum)
+    if value > INT64_MAX:
+        raise ValueError(f"{name} must be <= 2**63 - 1, got {value}")
+    return value
+
+
+def _load_backends(ops, backend) -> None:
+    """Resolve the backends of ``ops`` before any clock starts.  The first resolution in
+    a process imports the compiled backend (and SciPy's BLAS with it): a few hundred
+    milliseconds, once, that are neither search nor kernel time."""
+    for op in ops:
+        try:
+            registry.which_backend(op, backend=backend)
+        except registry.BackendNotImplementedError:
+            pass                 # the call that needs the op, if any, reports it
+
+
 def _common(max_len, length_penalty=0.0):
-    return check_int(max_len, "max_len", minimum=1), check_real(length_penalty, "length_penalty")
+    max_len = _count(max_len, "max_len", minimum=1)
+    alpha = check_real(length_penalty, "length_penalty")
+    # scores divide by len**alpha with len <= max_len: it must stay a finite, nonzero float
+    if abs(alpha) * math.log(max_len) > 700.0:
+        raise ValueError(f"length_penalty={alpha} with max_len={max_len} makes "
+                         f"len**length_penalty overflow float64; keep |length_penalty| <= "
+                         f"{700.0 / math.log(max_len):.4g} for this max_len")
+    return max_len, alpha
 
 
 class _Backpointers:
@@ -151,16 +178,16 @@ def _no_sequence(where: str) -> ValueError:
 
 
 def _check_beam_args(beam_width, num_return, early_stopping, min_len, no_repeat_ngram_size):
-    B = check_int(beam_width, "beam_width", minimum=1)
-    num_return = B if num_return is None else check_int(num_return, "num_return", minimum=1)
+    B = _count(beam_width, "beam_width", minimum=1)
+    num_return = B if num_return is None else _count(num_return, "num_return", minimum=1)
     if num_return > B:
         raise ValueError(f"num_return must be <= beam_width ({B}), got {num_return}")
     if isinstance(early_stopping, (bool, np.bool_)):
         early_stopping = bool(early_stopping)
     elif not (isinstance(early_stopping, str) and early_stopping == "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-    return (B, num_return, early_stopping, check_int(min_len, "min_len", minimum=0),
-            check_int(no_repeat_ngram_size, "no_repeat_ngram_size", minimum=0))
+    return (B, num_return, early_stopping, _count(min_len, "min_len"),
+            _count(no_repeat_ngram_size, "no_repeat_ngram_size"))
 
 
 def _banned_ngrams(seqs: np.ndarray, n: int):
@@ -189,6 +216,7 @@ def _trace_step(t, lp, normalize, scores, bp, cs, cb, cj):
 
 def _beam(lm, B, max_len, *, bos, eos, length_penalty, num_return, early_stopping, min_len,
           no_repeat_ngram_size, trace, backend, algorithm):
+    _load_backends(("beam_topk", "log_softmax"), backend)
     start = time.perf_counter()
     stats = SearchStats(algorithm, trace=[] if trace else None)
     model = Model(lm, bos, eos, stats)
@@ -320,10 +348,11 @@ def exhaustive_search(lm, max_len, *, bos, eos=None, top=1, limit=1_000_000,
     """Score every sequence (document, Question 2.2): N^max_len of them, level by
     level, O(T·N^T) time.  Refuses (``ValueError``) when N^max_len > ``limit``.
     Returns the best ``top`` hypotheses; equal scores in token order."""
+    _load_backends(("log_softmax",), backend)
     start = time.perf_counter()
     max_len, _ = _common(max_len)
-    top = check_int(top, "top", minimum=1)
-    limit = check_int(limit, "limit", minimum=1)
+    top = _count(top, "top", minimum=1)
+    limit = _count(limit, "limit", minimum=1)
     stats = SearchStats("exhaustive_search")
     model = Model(lm, bos, eos, stats)
     eos_set = np.array(model.eos, np.int64)
@@ -390,10 +419,11 @@ def exact_search(lm, max_len, *, bos, eos=None, max_expansions=None, backend: st
     calls allowed before giving up with ``ValueError``.  For a stateful model
     each expansion branches its node's state with ``reorder(state, [0])``.
     """
+    _load_backends(("log_softmax",), backend)
     start = time.perf_counter()
     max_len, _ = _common(max_len)
     if max_expansions is not None:
-        max_expansions = check_int(max_expansions, "max_expansions", minimum=1)
+        max_expansions = _count(max_expansions, "max_expansions", minimum=1)
     stats = SearchStats("exact_search")
     model = Model(lm, bos, eos, stats)
     eos_set = frozenset(model.eos)
