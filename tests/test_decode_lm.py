@@ -506,3 +506,13 @@ def test_length_penalty_that_overflows_is_refused():
     for h in beam_search(lm, 2, 3, bos=0, eos=1, length_penalty=top, early_stopping=False):
         assert math.isfinite(h.score)
     assert beam_search(lm, 2, 1, bos=0, length_penalty=1e300)   # 1**α is 1 for any α
+
+
+@pytest.mark.parametrize("n, exc", [(0, ValueError), (-3, ValueError), (2 ** 63, ValueError),
+                                    (3.5, TypeError), ("4", TypeError), (True, TypeError)])
+def test_declared_vocab_size_checked(n, exc):
+    lm = Untouchable()
+    lm.vocab_size = n
+    for search in WITH_BOS.values():
+        with pytest.raises(exc, match="vocab_size"):
+            search(lm, 0)

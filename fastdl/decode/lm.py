@@ -1,6 +1,6 @@
 """Language-model protocols, the validating adapter the searches use, and ``TreeLM``.
 
-Two protocols (DESIGN.md §4); every search accepts either:
+Two protocols; every search accepts either:
 
 * **callable**: ``lm(prefixes) -> log_probs`` with ``prefixes`` int64 ``(B, t)``
   whose column 0 is ⟨BOS⟩ (the whole history w_{0:t-1}), result ``(B, N)``;
@@ -57,7 +57,13 @@ def vocab_size(lm) -> int | None:
     n = getattr(lm, "vocab_size", None)
     if n is None and getattr(lm, "vocab", None) is not None:
         n = len(lm.vocab)
-    return None if n is None else int(n)
+    if n is None:
+        return None
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"the model's vocab_size must be an int, got {n!r} ({type(n).__name__})")
+    if not 1 <= n <= INT64_MAX:
+        raise ValueError(f"the model's vocab_size must be in [1, 2**63 - 1], got {n}")
+    return int(n)
 
 
 def is_stateful(lm) -> bool:

@@ -27,13 +27,16 @@ __all__ = ["Hypothesis", "SearchStats", "greedy", "beam_search", "exhaustive_sea
 
 @dataclass
 class SearchStats:
-    """What a search did, for the complexity report (document, Question 2.3).
+    """What a search did, for a complexity report.
 
     ``candidates_scored`` is Σ_t B_t·N.  ``hypothesis_tokens`` is what the
     search stores for its hypotheses (backpointers: one token per live
-    hypothesis per step, O(B·T)); ``prefix_copy_tokens`` is what Algorithm 1's
-    prefix copies would move (Σ_t B_t·t, O(B·T²)).  Times are wall seconds;
-    ``search_time_s`` is everything but the LM calls.
+    hypothesis per step, O(B·T)); ``prefix_copy_tokens`` is what copying each
+    beam's whole prefix at every step, as textbook beam search does, would move
+    (Σ_t B_t·t, O(B·T²)).  Times are wall seconds; ``search_time_s`` is
+    everything but the LM calls; ``kernel_time_s`` is the ``beam_topk`` calls.
+    The one-time import of the compiled backend on a process's first search
+    happens before the clock starts.
     """
 
     algorithm: str
@@ -223,7 +226,9 @@ def _beam(lm, B, max_len, *, bos, eos, length_penalty, num_return, early_stoppin
     eos_set = frozenset(model.eos)
     finished = _Finished(B, length_penalty, stats)
     bp = _Backpointers()
-    k_factor = 1 + len(eos_set)     # room for eos candidates, as Hugging Face takes 2B
+    # room for eos candidates: Hugging Face takes max(2, 1 + n_eos)·B; without eos the
+    # extra B could only ever be the next beams' runners-up, so they are not fetched
+    k_factor = 1 + len(eos_set)
     model.start(1)                  # one copy of ⟨BOS⟩: no duplicate beams
     scores = np.zeros(1)
     for t in range(1, max_len + 1):
@@ -298,7 +303,7 @@ def _beam(lm, B, max_len, *, bos, eos, length_penalty, num_return, early_stoppin
 
 
 def greedy(lm, max_len, *, bos, eos=None, backend: str | None = None):
-    """Greedy decoding: the most likely next token at every step (document, Question 2.4a).
+    """Greedy decoding: the most likely next token at every step (lowest id on ties).
 
     Identical to ``beam_search`` with ``beam_width=1``.  Returns ``[Hypothesis]``.
     """
@@ -345,7 +350,7 @@ def beam_search(lm, beam_width, max_len, *, bos, eos=None, length_penalty=0.0, n
 
 def exhaustive_search(lm, max_len, *, bos, eos=None, top=1, limit=1_000_000,
                       backend: str | None = None):
-    """Score every sequence (document, Question 2.2): N^max_len of them, level by
+    """Score every sequence by brute force: N^max_len of them, level by
     level, O(T·N^T) time.  Refuses (``ValueError``) when N^max_len > ``limit``.
     Returns the best ``top`` hypotheses; equal scores in token order."""
     _load_backends(("log_softmax",), backend)
@@ -410,7 +415,8 @@ def exhaustive_search(lm, max_len, *, bos, eos=None, top=1, limit=1_000_000,
 
 
 def exact_search(lm, max_len, *, bos, eos=None, max_expansions=None, backend: str | None = None):
-    """The true argmax of Eq. 1 by best-first (uniform-cost) search.
+    """The most likely sequence (the true argmax of Σ log p) by best-first
+    (uniform-cost) search.
 
     Log-probabilities are <= 0, so a prefix's log-probability bounds every
     extension's: the first complete hypothesis taken from the frontier is
