@@ -295,6 +295,32 @@ def test_vocabulary_of_one_and_single_sample():
     assert len(sample(RandomLM(3), 1, bos=0)) == 1
 
 
+def test_memory_follows_the_sequences_not_max_len():
+    import tracemalloc
+
+    from fastdl.decode import beam_search, exact_search
+    lm = examples.shapes_lm()
+    eos_lm = TreeLM({"a": (math.log(0.5), {"</s>": 0.0}), "</s>": math.log(0.5)}, eos="</s>")
+    sample(lm, 3, bos=0, seed=0)                  # backends loaded before measuring
+    for max_len in (2 ** 40, 2 ** 62):
+        tracemalloc.start()
+        try:
+            hyps = sample(lm, max_len, bos=0, seed=0, num_samples=50)
+            ends = sample(eos_lm, max_len, bos=0, eos=1, seed=0, num_samples=50)
+            beams = beam_search(eos_lm, 2, max_len, bos=0, eos=1)
+            best = exact_search(eos_lm, max_len, bos=0, eos=1)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 * 2 ** 20, peak            # a few hundred tokens, not 8·max_len bytes
+        assert {lm.decode(h.tokens) for h in hyps} <= {"the green", "the red rectangle",
+                                                       "a blue ellipse", "a blue square",
+                                                       "a red circle", "a red square"}
+        assert hyps[0].stats.dead_ends == 50 and all(h.log_prob > -math.inf for h in hyps)
+        assert {h.tokens for h in ends} == {(1,), (2, 1)}
+        assert [h.tokens for h in beams] == [(1,), (2, 1)] and best[0].tokens == (1,)
+
+
 # ---------------------------------------------------------------- argument errors
 
 @pytest.mark.parametrize("kw, exc, word", [

@@ -1,7 +1,7 @@
 """fastdl.decode searches: greedy, beam_search, exhaustive_search, exact_search.
 
 The document's shapes example (Question 2.4), then every search against brute force and
-plain-Python references of Algorithm 1 (and of Hugging Face's BeamSearchScorer with eos)
+plain-Python references of beam search (plain, and Hugging Face's current `_beam_search` with eos)
 on small random language models, both LM protocols, eos / length penalty / early stopping
 / min_len / no_repeat_ngram_size, the stats record, argument errors, edge cases and the
 decoding kernels' tie / NaN / empty-input rules.
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastdl.decode import (Logits, beam_search, beam_topk, examples, exact_search,
+from fastdl.decode import (Logits, TreeLM, beam_search, beam_topk, examples, exact_search,
                            exhaustive_search, greedy, log_softmax, topk)
 
 HYP = settings(max_examples=25, deadline=None)
@@ -184,72 +184,64 @@ def ref_beam(lm, N, B, T):
 
 def ref_beam_eos(lm, N, B, T, eos, alpha=0.0, early_stopping=True, num_return=None,
                  min_len=0):
-    """Hugging Face's BeamSearchScorer: top (1+n_eos)·B candidates per step; an eos
-    candidate of rank < B enters the finished list (best B by score = lp / len^α);
-    the first B others are the new beams; stop per early_stopping; finalize adds the
-    live beams at max_len."""
+    """Hugging Face's ``GenerationMixin._beam_search`` (transformers 4.50+, still so in 5.x)
+    for one sequence, transcribed from its tensors into lists.
+
+    Per step t (t tokens after the step): ``log_softmax``, then the min-length ban on eos,
+    plus the running beam's score; the top K = max(2, 1 + n_eos)·B candidates of all
+    beams×N; a candidate *hits* when its token is eos or it has T tokens
+    (MaxLengthCriteria); the new running beams are the best B candidates that did not hit
+    (``_get_running_beams_for_next_iteration``); hitting candidates of rank < B
+    (``top_num_beam_mask``) score lp / t^α and are merged with the B finished slots, the
+    best B kept, earlier entries first on ties (``_update_finished_beams``: torch.cat of
+    old slots then candidates, then topk) — unless the slots were already full with
+    early_stopping=True or the heuristic already said stop.  Then
+    ``_check_early_stop_heuristic`` (improvement possible unless every slot is finished and
+    worst finished >= best running / L^α, L = T for "never" with α > 0, else t) and
+    ``_beam_search_has_unfinished_sequences`` (stop when no improvement is possible, or
+    early_stopping is True and every slot is finished, or every candidate hit).  The
+    result is the first num_return slots.
+
+    Two deliberate differences, both also fastdl's: step 1 expands one ⟨BOS⟩ (HF gets the
+    same by scoring B-1 copies -1e9), and -inf candidates are never kept (HF would fill
+    with -1e9 sentinels); when no running beam is left the search ends.
+    """
     eos = set(eos)
     num_return = B if num_return is None else num_return
+    K = max(2, 1 + len(eos)) * B
 
-    def score(lp, L):
-        return lp / L ** alpha if alpha else lp
-
-    finished = []                         # [score, order, log_prob, tokens]
-    order = itertools.count()
-
-    def add(lp, seq):
-        s = score(lp, len(seq))
-        if len(finished) < B or s > min(f[0] for f in finished):
-            finished.append([s, next(order), lp, seq])
-            if len(finished) > B:
-                # the worst leaves; among equal scores the later one
-                worst = min(finished, key=lambda f: (f[0], -f[1]))
-                finished.remove(worst)
-
-    def done(best_live, cur_len):
-        if len(finished) < B:
-            return False
-        if early_stopping is True:
-            return True
-        L = T if (early_stopping == "never" and alpha > 0) else cur_len
-        return min(f[0] for f in finished) >= score(best_live, L)
-
-    beams = [((), 0.0)]
-    stopped = False
+    finished = []                           # slots: (score, log_prob, tokens), best first
+    running = [((), 0.0)]                   # (tokens, accumulated log-prob), best first
+    heuristic_unsatisfied = True
     for t in range(1, T + 1):
         cands = []
-        for b, (seq, s) in enumerate(beams):
+        for b, (seq, s) in enumerate(running):
             lp = lm.logp((lm.bos,) + seq).copy()
             if t - 1 < min_len:
                 lp[list(eos)] = NEG_INF
-            cands += [(s + float(lp[j]), b * N + j, b, j) for j in range(N)]
-        cands.sort(key=lambda c: (-c[0], c[1]))
-        cands = cands[:min((1 + len(eos)) * B, len(cands))]
-        new = []
-        for rank, (s, _, b, j) in enumerate(cands):
-            if s == NEG_INF:
-                break
-            if j in eos:
-                if rank < B:
-                    add(s, beams[b][0] + (j,))
-                continue
-            new.append((beams[b][0] + (j,), s))
-            if len(new) == B:
-                break
-        if not new:
+            cands += [(s + float(lp[j]), b * N + j, seq + (j,)) for j in range(N)]
+        cands.sort(key=lambda c: (-c[0], c[1]))            # torch.topk, ties by flat index
+        top = [c for c in cands[:K] if c[0] > NEG_INF]
+        hits = [c[2][-1] in eos or t == T for c in top]
+        running = [(c[2], c[0]) for c, h in zip(top, hits) if not h][:B]
+        full = len(finished) == B
+        if not (full and early_stopping is True) and heuristic_unsatisfied:
+            new = [(c[0] / t ** alpha if alpha else c[0], c[0], c[2])
+                   for rank, (c, h) in enumerate(zip(top, hits)) if h and rank < B]
+            merged = list(enumerate(finished + new))        # old slots first: win ties
+            merged.sort(key=lambda e: (-e[1][0], e[0]))
+            finished = [e for _, e in merged[:B]]
+        if not running:
             if not finished:
                 raise ValueError("no finite sequence")
-            stopped = True
             break
-        beams = new
-        if done(new[0][1], t):
-            stopped = True
+        L = T if (early_stopping == "never" and alpha > 0) else t
+        best = running[0][1] / L ** alpha if alpha else running[0][1]
+        full = len(finished) == B
+        heuristic_unsatisfied = heuristic_unsatisfied and not (full and finished[-1][0] >= best)
+        if not heuristic_unsatisfied or (full and early_stopping is True) or all(hits):
             break
-    if not stopped:
-        for seq, s in beams:
-            add(s, seq)
-    best = sorted(finished, key=lambda f: (-f[0], f[1]))[:num_return]
-    return [(f[3], f[2], f[0]) for f in best]
+    return [(seq, lp, score) for score, lp, seq in finished[:num_return]]
 
 
 # ---------------------------------------------------------------- the document's example
@@ -287,6 +279,24 @@ def test_doc_beam_loses_to_greedy_and_exact(shapes):
     assert shapes.decode(e.tokens) == shapes.decode(x.tokens) == "the red rectangle"
     assert e.log_prob == pytest.approx(-9.7) and x.log_prob == pytest.approx(-9.7)
     assert e.tokens == x.tokens == g.tokens
+
+
+def test_finished_beams_kept_at_max_len():
+    """The best sequence reaches max_len at the step where the finished list fills:
+    Hugging Face's generate (and greedy) return it first; it must not be dropped."""
+    L = math.log
+    tree = {"a": (L(.90), {"a": L(.90), "E": L(.06), "b": L(.04)}), "E": L(.05),
+            "b": (L(.05), {"a": L(.5), "E": L(.5)})}
+    lm = TreeLM(tree, eos="E")
+    hyps = beam_search(lm, 2, 2, bos=0, eos=1)
+    assert [(lm.decode(h.tokens), h.tokens) for h in hyps] == [("a a", (2, 2)),
+                                                               ("a", (2, 1))]
+    assert [h.log_prob for h in hyps] == pytest.approx([L(.81), L(.9 * .06)])
+    assert hyps[0].tokens == greedy(lm, 2, bos=0, eos=1)[0].tokens
+    for early in (True, False, "never"):
+        got = beam_search(lm, 2, 2, bos=0, eos=1, early_stopping=early)
+        want = ref_beam_eos(_TreeAdapter(lm), lm.vocab_size, 2, 2, [1], 0.0, early)
+        assert [(h.tokens, h.log_prob) for h in got] == [(s, lp) for s, lp, _ in want]
 
 
 def test_doc_exhaustive_ranking(shapes):

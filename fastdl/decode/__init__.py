@@ -1,6 +1,6 @@
-"""Decoding (DESIGN.md §4): language-model protocols, searches, sampling and their kernels.
+"""Decoding: language-model protocols, searches, sampling and their kernels.
 
-``fastdl.decode.examples.shapes_lm()`` is the document's Question 2 model::
+``fastdl.decode.examples.shapes_lm()`` is a small tree where beam search loses to greedy::
 
     >>> from fastdl.decode import greedy, beam_search, exact_search, examples
     >>> lm = examples.shapes_lm()

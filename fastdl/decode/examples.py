@@ -1,4 +1,4 @@
-"""Example language models: the document's shapes tree and a synthetic LM for benchmarks."""
+"""Example language models: a small tree of shape phrases and a synthetic LM for benchmarks."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,7 @@ __all__ = ["shapes_lm", "SyntheticLM"]
 
 
 def shapes_lm() -> TreeLM:
-    """The document's Question 2.4 tree (low-probability paths removed).
+    """A tree over "the/a", colours and shapes where greedy and beam search disagree.
 
     Greedy finds "the red rectangle" (-9.7); beam search with width 2 finds "a
     blue square" (-9.9) and "a red circle" (-10.0), both worse than greedy's.

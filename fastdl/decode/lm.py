@@ -1,6 +1,6 @@
 """Language-model protocols, the validating adapter the searches use, and ``TreeLM``.
 
-Two protocols (DESIGN.md §4); every search accepts either:
+Two protocols; every search accepts either:
 
 * **callable**: ``lm(prefixes) -> log_probs`` with ``prefixes`` int64 ``(B, t)``
   whose column 0 is ⟨BOS⟩ (the whole history w_{0:t-1}), result ``(B, N)``;
@@ -16,6 +16,7 @@ e.g. a pruned tree) unless it has ``normalized = False``, or is wrapped in
 """
 from __future__ import annotations
 
+import numbers
 import time
 from typing import Mapping, Sequence
 
@@ -24,6 +25,8 @@ import numpy as np
 from fastdl._validate import as_float_array
 
 __all__ = ["Logits", "TreeLM", "vocab_size"]
+
+INT64_MAX = 2 ** 63 - 1
 
 # float32 log-sum-exp rounding can leave a normalized log-prob a few ulp above 0
 _POSITIVE_TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
@@ -54,7 +57,13 @@ def vocab_size(lm) -> int | None:
     n = getattr(lm, "vocab_size", None)
     if n is None and getattr(lm, "vocab", None) is not None:
         n = len(lm.vocab)
-    return None if n is None else int(n)
+    if n is None:
+        return None
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"the model's vocab_size must be an int, got {n!r} ({type(n).__name__})")
+    if not 1 <= n <= INT64_MAX:
+        raise ValueError(f"the model's vocab_size must be in [1, 2**63 - 1], got {n}")
+    return int(n)
 
 
 def is_stateful(lm) -> bool:
@@ -175,9 +184,10 @@ def _token(value, name: str, N: int | None) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be a token id (int), got {value!r} ({type(value).__name__})")
     value = int(value)
-    if value < 0 or (N is not None and value >= N):
-        raise ValueError(f"{name} must be a token id in [0, {N if N is not None else 'N'}), "
-                         f"got {value}")
+    # before the vocabulary size is known, ids must at least fit the int64 token arrays
+    if value < 0 or value >= (N if N is not None else INT64_MAX + 1):
+        bound = N if N is not None else "N (the vocabulary size; at most 2**63 - 1)"
+        raise ValueError(f"{name} must be a token id in [0, {bound}), got {value}")
     return value
 
 
@@ -196,12 +206,95 @@ def _eos(eos, N: int | None) -> tuple[int, ...]:
 
 # ---------------------------------------------------------------- TreeLM
 
+def _check_name(tok, what: str) -> None:
+    """A token name: a non-empty str without whitespace (``decode`` joins with spaces)."""
+    if not isinstance(tok, str):
+        raise TypeError(f"{what} must be a string, got {tok!r} ({type(tok).__name__})")
+    if not tok or tok.split() != [tok]:
+        raise ValueError(f"{what} must be a non-empty string without whitespace (decode joins "
+                         f"tokens with spaces), got {tok!r}")
+
+
+def _where(path) -> str:
+    return "tree" + "".join(f"[{t!r}]" for t in path)
+
+
+def _parse_tree(tree, ids: dict, vocab: list, bos: str) -> list[dict]:
+    """Check ``tree`` and number its nodes: per node, {token id: (log_prob, child node or
+    None for a leaf)}; node 0 is the root.  Token ids are given in depth-first order of
+    first appearance.  Iterative (a deep tree must not hit the recursion limit); a subtree
+    object used twice becomes one node, a subtree inside itself is an error."""
+    if not isinstance(tree, Mapping):
+        raise TypeError("tree must be a mapping {token: log_prob or (log_prob, subtree)}, "
+                        f"got {type(tree).__name__}")
+    if not tree:
+        raise ValueError("tree must list at least one continuation of the start token")
+    edges: list[dict] = [{}]
+    node_of = {id(tree): 0}
+    open_ = {id(tree)}                        # subtrees on the current path
+    stack = [(0, iter(tree.items()), id(tree))]
+    path: list[str] = []                      # the tokens leading to stack[-1]
+    while stack:
+        node, items, key = stack[-1]
+        item = next(items, None)
+        if item is None:
+            stack.pop()
+            open_.discard(key)
+            if path:
+                path.pop()
+            continue
+        tok, val = item
+        where = _where(path + [tok] if isinstance(tok, str) else path)
+        if not isinstance(tok, str):
+            raise TypeError(f"tree tokens must be strings, got {tok!r} ({type(tok).__name__}) "
+                            f"in {where}")
+        _check_name(tok, f"tree token {where}")
+        if tok == bos:
+            raise ValueError(f"{where}: the start token {bos!r} cannot be a continuation")
+        if isinstance(val, (tuple, list)):
+            if len(val) != 2:
+                raise ValueError(f"{where} must be a log-probability or a pair (log_prob, "
+                                 f"subtree), got a {type(val).__name__} of length {len(val)}")
+            lp, sub = val
+            if not isinstance(sub, Mapping):
+                raise TypeError(f"the subtree of {where} must be a mapping {{token: ...}}, "
+                                f"got {type(sub).__name__}")
+        else:
+            lp, sub = val, None
+        if isinstance(lp, (bool, np.bool_)) or not isinstance(lp, numbers.Real):
+            hint = " (a subtree goes in a pair: (log_prob, subtree))" if isinstance(
+                lp, Mapping) else ""
+            raise TypeError(f"the log-probability of {where} must be a real number, got "
+                            f"{lp!r} ({type(lp).__name__}){hint}")
+        lp = float(lp)
+        if not lp <= 0.0:
+            raise ValueError(f"edge log-probability of {where} must be <= 0, got {lp}")
+        if tok not in ids:
+            ids[tok] = len(vocab)
+            vocab.append(tok)
+        child = None
+        if sub:
+            if id(sub) in open_:
+                raise ValueError(f"{where} contains its own ancestor: a tree cannot be cyclic")
+            child = node_of.get(id(sub))
+            if child is None:
+                child = node_of[id(sub)] = len(edges)
+                edges.append({})
+                open_.add(id(sub))
+                stack.append((child, iter(sub.items()), id(sub)))
+                path.append(tok)
+        edges[node][ids[tok]] = (lp, child)
+    return edges
+
+
 class TreeLM:
     """A language model given as a tree of tokens with edge log-probabilities.
 
-    ``tree`` maps a token (str) to either its log-probability (a leaf) or a pair
-    ``(log_prob, subtree)``; the top level holds the continuations of ⟨BOS⟩.
-    Continuations not listed have log-probability -inf.  Token ids: ⟨BOS⟩ is 0,
+    ``tree`` maps a token (a non-empty str without spaces) to either its
+    log-probability (a leaf; a real number <= 0, -inf allowed) or a pair
+    ``(log_prob, subtree)`` (tuple or list, as JSON gives); the top level holds
+    the continuations of ⟨BOS⟩.  Continuations not listed have log-probability
+    -inf.  A malformed tree raises TypeError/ValueError naming the offending entry.  Token ids: ⟨BOS⟩ is 0,
     then ``eos`` if given, then the tree's tokens in order of first appearance.
 
     Both protocols: ``lm(prefixes)`` and ``initial_state/step/reorder`` (the
@@ -212,29 +305,16 @@ class TreeLM:
     normalized = True
 
     def __init__(self, tree: Mapping, *, bos: str = "<BOS>", eos: str | None = None):
+        _check_name(bos, "bos")
+        if eos is not None:
+            _check_name(eos, "eos")
+            if eos == bos:
+                raise ValueError(f"eos must differ from bos, both are {bos!r}")
         self.vocab: list[str] = [bos] + ([eos] if eos is not None else [])
         self._ids = {tok: i for i, tok in enumerate(self.vocab)}
         self.bos = 0
         self.eos = self._ids[eos] if eos is not None else None
-        edges: list[dict[int, tuple[float, int]]] = []   # node -> {token: (log_prob, child)}
-
-        def add(subtree) -> int:
-            node = len(edges)
-            edges.append({})
-            for tok, val in subtree.items():
-                if not isinstance(tok, str):
-                    raise TypeError(f"tree tokens must be strings, got {tok!r}")
-                lp, children = (val if isinstance(val, tuple) else (val, {}))
-                lp = float(lp)
-                if not lp <= 0.0:
-                    raise ValueError(f"edge log-probability of {tok!r} must be <= 0, got {lp}")
-                if tok not in self._ids:
-                    self._ids[tok] = len(self.vocab)
-                    self.vocab.append(tok)
-                edges[node][self._ids[tok]] = (lp, add(children))
-            return node
-
-        add(tree)
+        edges = _parse_tree(tree, self._ids, self.vocab, bos)
         self.vocab_size = len(self.vocab)
         n_nodes = len(edges) + 1                         # + one dead node for pruned paths
         self._dead = n_nodes - 1
@@ -243,13 +323,19 @@ class TreeLM:
         for node, out in enumerate(edges):
             for tok, (lp, child) in out.items():
                 self._rows[node, tok] = lp
-                self._child[node, tok] = child
+                self._child[node, tok] = self._dead if child is None else child
         self._rows.setflags(write=False)
 
     @classmethod
     def from_paths(cls, paths: Mapping[Sequence[str], float], **kwargs) -> "TreeLM":
         """Build from ``{(w1, ..., wt): log p(wt | w1..wt-1)}``; every proper
         prefix of a listed path must be listed too."""
+        if not isinstance(paths, Mapping):
+            raise TypeError("paths must be a mapping {(token, ...): log_prob}, got "
+                            f"{type(paths).__name__}")
+        for path in paths:
+            if isinstance(path, str) or not isinstance(path, Sequence) or not path:
+                raise TypeError(f"paths keys must be non-empty tuples of tokens, got {path!r}")
         tree: dict = {}
         for path in sorted(paths, key=len):
             node = tree
@@ -260,7 +346,7 @@ class TreeLM:
                 lp, children = node[tok] if isinstance(node[tok], tuple) else (node[tok], {})
                 node[tok] = (lp, children)
                 node = children
-            node[path[-1]] = float(paths[path])
+            node[path[-1]] = paths[path]
         return cls(tree, **kwargs)
 
     def decode(self, tokens) -> str:

@@ -5,10 +5,10 @@ import time
 
 import numpy as np
 
-from fastdl._validate import check_int, check_real
+from fastdl._validate import check_real
 from fastdl.decode.lm import Model
 from fastdl.decode.ops import log_softmax, topk
-from fastdl.decode.search import Hypothesis, SearchStats
+from fastdl.decode.search import Hypothesis, SearchStats, _count, _load_backends
 
 __all__ = ["sample"]
 
@@ -57,14 +57,15 @@ def sample(lm, max_len, *, bos, eos=None, temperature=1.0, top_k=None, top_p=Non
     whose every continuation has probability 0 (a pruned ``TreeLM`` path) ends
     early; ``stats.dead_ends`` counts them.
     """
+    _load_backends(("log_softmax", "topk"), backend)
     start = time.perf_counter()
-    max_len = check_int(max_len, "max_len", minimum=1)
-    num_samples = check_int(num_samples, "num_samples", minimum=1)
+    max_len = _count(max_len, "max_len", minimum=1)
+    num_samples = _count(num_samples, "num_samples", minimum=1)
     temperature = check_real(temperature, "temperature")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if top_k is not None:
-        top_k = check_int(top_k, "top_k", minimum=1)
+        top_k = _count(top_k, "top_k", minimum=1)
     if top_p is not None:
         top_p = check_real(top_p, "top_p")
         if not 0.0 < top_p <= 1.0:
@@ -75,7 +76,9 @@ def sample(lm, max_len, *, bos, eos=None, temperature=1.0, top_k=None, top_p=Non
     stats = SearchStats("sample")
     model = Model(lm, bos, eos, stats)
     eos_set = np.array(model.eos, np.int64)
-    seqs = np.zeros((num_samples, max_len), np.int64)   # each sample's tokens (rows never share)
+    # per step, the samples that drew a token and their tokens: memory follows the steps
+    # taken (samples end at eos or dead ends), never max_len
+    drawn: list[tuple[np.ndarray, np.ndarray]] = []
     length = np.zeros(num_samples, np.int64)
     logp = np.zeros(num_samples)
     live = np.arange(num_samples)                       # the sample each model row belongs to
@@ -102,7 +105,7 @@ def sample(lm, max_len, *, bos, eos=None, temperature=1.0, top_k=None, top_p=Non
         tok = np.minimum((cdf <= u[:, None]).sum(axis=1), N - 1)   # first index with cdf > u
         true_lp = lp if model.normalized else dist
         logp[live] += true_lp[np.arange(rows), tok]
-        seqs[live, t - 1] = tok
+        drawn.append((live, tok))
         length[live] = t
         stats.hypothesis_tokens += rows
         cont = np.flatnonzero(~np.isin(tok, eos_set))
@@ -110,7 +113,11 @@ def sample(lm, max_len, *, bos, eos=None, temperature=1.0, top_k=None, top_p=Non
             break
         model.advance(cont, tok[cont])
         live = live[cont]
+    # each sample's tokens, in step order (a stable sort by sample keeps it), end to end
+    owner = np.concatenate([r for r, _ in drawn])
+    flat = np.concatenate([k for _, k in drawn])[np.argsort(owner, kind="stable")].tolist()
+    ends = np.cumsum(length).tolist()
     order = sorted(range(num_samples), key=lambda i: -logp[i])     # stable: draw order on ties
     stats.total_time_s = time.perf_counter() - start
-    return [Hypothesis(tuple(seqs[i, :length[i]].tolist()), float(logp[i]), float(logp[i]), stats)
-            for i in order]
+    return [Hypothesis(tuple(flat[ends[i] - length[i]:ends[i]]), float(logp[i]), float(logp[i]),
+                       stats) for i in order]

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fastdl import registry
 from fastdl._validate import check_int, check_real
-from fastdl.decode.lm import Model
+from fastdl.decode.lm import INT64_MAX, Model
 from fastdl.decode.ops import beam_topk, log_softmax
 
 __all__ = ["Hypothesis", "SearchStats", "greedy", "beam_search", "exhaustive_search",
@@ -26,13 +27,16 @@ __all__ = ["Hypothesis", "SearchStats", "greedy", "beam_search", "exhaustive_sea
 
 @dataclass
 class SearchStats:
-    """What a search did, for the complexity report (document, Question 2.3).
+    """What a search did, for a complexity report.
 
     ``candidates_scored`` is Σ_t B_t·N.  ``hypothesis_tokens`` is what the
     search stores for its hypotheses (backpointers: one token per live
-    hypothesis per step, O(B·T)); ``prefix_copy_tokens`` is what Algorithm 1's
-    prefix copies would move (Σ_t B_t·t, O(B·T²)).  Times are wall seconds;
-    ``search_time_s`` is everything but the LM calls.
+    hypothesis per step, O(B·T)); ``prefix_copy_tokens`` is what copying each
+    beam's whole prefix at every step, as textbook beam search does, would move
+    (Σ_t B_t·t, O(B·T²)).  Times are wall seconds; ``search_time_s`` is
+    everything but the LM calls; ``kernel_time_s`` is the ``beam_topk`` calls.
+    The one-time import of the compiled backend on a process's first search
+    happens before the clock starts.
     """
 
     algorithm: str
@@ -79,8 +83,34 @@ def _pow_exceeds(N: int, T: int, bound: int) -> bool:
     return N ** T > bound
 
 
+def _count(value, name: str, minimum: int = 0) -> int:
+    """An int argument in [minimum, 2**63 - 1]: sizes and ids meet int64 arrays."""
+    value = check_int(value, name, minimum=minimum)
+    if value > INT64_MAX:
+        raise ValueError(f"{name} must be <= 2**63 - 1, got {value}")
+    return value
+
+
+def _load_backends(ops, backend) -> None:
+    """Resolve the backends of ``ops`` before any clock starts.  The first resolution in
+    a process imports the compiled backend (and SciPy's BLAS with it): a few hundred
+    milliseconds, once, that are neither search nor kernel time."""
+    for op in ops:
+        try:
+            registry.which_backend(op, backend=backend)
+        except registry.BackendNotImplementedError:
+            pass                 # the call that needs the op, if any, reports it
+
+
 def _common(max_len, length_penalty=0.0):
-    return check_int(max_len, "max_len", minimum=1), check_real(length_penalty, "length_penalty")
+    max_len = _count(max_len, "max_len", minimum=1)
+    alpha = check_real(length_penalty, "length_penalty")
+    # scores divide by len**alpha with len <= max_len: it must stay a finite, nonzero float
+    if abs(alpha) * math.log(max_len) > 700.0:
+        raise ValueError(f"length_penalty={alpha} with max_len={max_len} makes "
+                         f"len**length_penalty overflow float64; keep |length_penalty| <= "
+                         f"{700.0 / math.log(max_len):.4g} for this max_len")
+    return max_len, alpha
 
 
 class _Backpointers:
@@ -151,16 +181,16 @@ def _no_sequence(where: str) -> ValueError:
 
 
 def _check_beam_args(beam_width, num_return, early_stopping, min_len, no_repeat_ngram_size):
-    B = check_int(beam_width, "beam_width", minimum=1)
-    num_return = B if num_return is None else check_int(num_return, "num_return", minimum=1)
+    B = _count(beam_width, "beam_width", minimum=1)
+    num_return = B if num_return is None else _count(num_return, "num_return", minimum=1)
     if num_return > B:
         raise ValueError(f"num_return must be <= beam_width ({B}), got {num_return}")
     if isinstance(early_stopping, (bool, np.bool_)):
         early_stopping = bool(early_stopping)
     elif not (isinstance(early_stopping, str) and early_stopping == "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-    return (B, num_return, early_stopping, check_int(min_len, "min_len", minimum=0),
-            check_int(no_repeat_ngram_size, "no_repeat_ngram_size", minimum=0))
+    return (B, num_return, early_stopping, _count(min_len, "min_len"),
+            _count(no_repeat_ngram_size, "no_repeat_ngram_size"))
 
 
 def _banned_ngrams(seqs: np.ndarray, n: int):
@@ -189,17 +219,20 @@ def _trace_step(t, lp, normalize, scores, bp, cs, cb, cj):
 
 def _beam(lm, B, max_len, *, bos, eos, length_penalty, num_return, early_stopping, min_len,
           no_repeat_ngram_size, trace, backend, algorithm):
+    _load_backends(("beam_topk", "log_softmax"), backend)
     start = time.perf_counter()
     stats = SearchStats(algorithm, trace=[] if trace else None)
     model = Model(lm, bos, eos, stats)
     eos_set = frozenset(model.eos)
     finished = _Finished(B, length_penalty, stats)
     bp = _Backpointers()
-    k_factor = 1 + len(eos_set)     # room for eos candidates, as Hugging Face takes 2B
+    # room for eos candidates: Hugging Face takes max(2, 1 + n_eos)·B; without eos the
+    # extra B could only ever be the next beams' runners-up, so they are not fetched
+    k_factor = 1 + len(eos_set)
     model.start(1)                  # one copy of ⟨BOS⟩: no duplicate beams
     scores = np.zeros(1)
-    live_done = False
     for t in range(1, max_len + 1):
+        last = t == max_len
         lp, m = model.step()
         rows, N = lp.shape
         if t == 1 and not _pow_exceeds(N, max_len, B - 1):
@@ -222,49 +255,55 @@ def _beam(lm, B, max_len, *, bos, eos, length_penalty, num_return, early_stoppin
                 for r, toks in enumerate(_banned_ngrams(seqs, no_repeat_ngram_size)):
                     lp[r, list(toks)] = -np.inf
         scores = scores.astype(lp.dtype, copy=False)
-        k = min(k_factor * B, rows * N)
+        # at max_len every candidate ends, and only the best B may finish
+        k = min(B if last else k_factor * B, rows * N)
         t0 = time.perf_counter()
         cs, cb, cj = beam_topk(lp, scores, k, normalize=normalize, backend=backend)
         stats.kernel_time_s += time.perf_counter() - t0
         if trace:
             stats.trace.append(_trace_step(t, lp, normalize, scores, bp, cs, cb, cj))
-        par, tok, sc = [], [], []
+        par, tok, sc, ends = [], [], [], []
         for rank, (s, b, j) in enumerate(zip(cs.tolist(), cb.tolist(), cj.tolist())):
             if s == -math.inf:
                 break
-            if j in eos_set:
+            if last or j in eos_set:
+                # an ending candidate competes for the finished list only from the best
+                # B ranks; the others were fetched to keep B beams alive
                 if rank < B:
-                    finished.add(s, tuple(bp.tokens_of(t - 1, [b])[0].tolist()) + (j,))
+                    ends.append((s, b, j))
                 continue
             par.append(b)
             tok.append(j)
             sc.append(s)
             if len(par) == B:
                 break
-        if not par:                                # every live continuation is -inf
+        if last and ends:                          # the finished tokens are kept hypotheses too
+            bp.push(np.array([b for _, b, _ in ends], np.int64),
+                    np.array([j for _, _, j in ends], np.int64), stats)
+            seqs = bp.tokens_of(t, np.arange(len(ends)))
+            for (s, _, _), seq in zip(ends, seqs.tolist()):
+                finished.add(s, tuple(seq))
+        else:
+            for s, b, j in ends:
+                finished.add(s, tuple(bp.tokens_of(t - 1, [b])[0].tolist()) + (j,))
+        if not par:                 # max_len reached, or every live continuation ended or is -inf
             if not finished.heap:
                 raise _no_sequence(f"step {t}")
-            live_done = True
             break
         par_a, tok_a = np.array(par, np.int64), np.array(tok, np.int64)
         bp.push(par_a, tok_a, stats)
         scores = np.array(sc, lp.dtype)
+        # stop only after this step's hypotheses joined the finished list
         if finished.done(sc[0], t, max_len, early_stopping):
-            live_done = True
             break
-        if t < max_len:
-            model.advance(par_a, tok_a)
-    if not live_done:                              # max_len reached: the live beams finish
-        seqs = bp.tokens_of(len(bp.tokens), np.arange(len(scores)))
-        for s, seq in zip(scores.tolist(), seqs.tolist()):
-            finished.add(s, tuple(seq))
+        model.advance(par_a, tok_a)
     stats.total_time_s = time.perf_counter() - start
     return [Hypothesis(tokens, float(lp_), float(s), stats)
             for tokens, lp_, s in finished.best(num_return)]
 
 
 def greedy(lm, max_len, *, bos, eos=None, backend: str | None = None):
-    """Greedy decoding: the most likely next token at every step (document, Question 2.4a).
+    """Greedy decoding: the most likely next token at every step (lowest id on ties).
 
     Identical to ``beam_search`` with ``beam_width=1``.  Returns ``[Hypothesis]``.
     """
@@ -277,24 +316,28 @@ def greedy(lm, max_len, *, bos, eos=None, backend: str | None = None):
 def beam_search(lm, beam_width, max_len, *, bos, eos=None, length_penalty=0.0, num_return=None,
                 early_stopping=True, min_len=0, no_repeat_ngram_size=0, trace=False,
                 backend: str | None = None):
-    """Beam search (the document's Algorithm 1) with backpointers.
+    """Beam search with backpointers, following Hugging Face ``generate(num_beams=...)``.
 
     Each step keeps the best ``beam_width`` of the B×N candidates (one fused
     ``beam_topk``); the first step expands a single ⟨BOS⟩, so beams never
-    duplicate.  With ``eos`` (an id or a list of ids): a candidate ending in
-    eos among the best ``beam_width`` leaves the beam for the finished list
-    (which keeps the best ``beam_width``), as in Hugging Face; the search stops
-    per ``early_stopping`` as Hugging Face does (True: once ``beam_width``
-    hypotheses finished; False: once the best live beam, scored at the current
-    length, cannot beat the worst finished one, a heuristic when α > 0;
-    "never": the same with the length that favours the live beam most).  ``length_penalty`` α: score =
-    log_prob / len^α (0: the document's raw log-likelihood).  ``min_len``
-    forbids eos before that many tokens; ``no_repeat_ngram_size`` n forbids
-    repeating an n-gram.  ``trace=True`` records every step's candidates in
-    ``stats.trace`` (small vocabularies).  Returns the best ``num_return``
-    (default ``beam_width``) hypotheses by score; fewer when fewer sequences
-    have a finite log-probability.  ``beam_width`` may exceed N (later steps
-    fill the beam) but not N^max_len, the number of sequences.
+    duplicate.  A candidate *ends* when its token is ``eos`` (an id or a list
+    of ids) or it has ``max_len`` tokens; an ending candidate among the best
+    ``beam_width`` of the step joins the finished list (which keeps the best
+    ``beam_width`` by score), the others live on.  So at ``max_len`` the best
+    ``beam_width`` candidates all finish, whatever the stopping rule.  After
+    each step the search stops per ``early_stopping``, as Hugging Face does:
+    True: once ``beam_width`` hypotheses finished; False: once the best live
+    beam, scored at its current length, cannot beat the worst finished one (a
+    heuristic when α > 0); "never": the same with the length that favours the
+    live beam most (``max_len`` when α > 0).  ``length_penalty`` α: score =
+    log_prob / len^α, len counting eos (0: the raw log-likelihood).
+    ``min_len`` forbids eos before that many tokens; ``no_repeat_ngram_size`` n
+    forbids repeating an n-gram (⟨BOS⟩ included).  ``trace=True`` records every
+    step's candidates in ``stats.trace`` (small vocabularies).  Returns the
+    best ``num_return`` (default ``beam_width``) hypotheses by score; fewer
+    when fewer sequences have a finite log-probability (Hugging Face would pad
+    with -1e9 placeholders).  ``beam_width`` may exceed N (later steps fill the
+    beam) but not N^max_len, the number of sequences.
     """
     max_len, length_penalty = _common(max_len, length_penalty)
     B, num_return, early_stopping, min_len, ngram = _check_beam_args(
@@ -307,13 +350,14 @@ def beam_search(lm, beam_width, max_len, *, bos, eos=None, length_penalty=0.0, n
 
 def exhaustive_search(lm, max_len, *, bos, eos=None, top=1, limit=1_000_000,
                       backend: str | None = None):
-    """Score every sequence (document, Question 2.2): N^max_len of them, level by
+    """Score every sequence by brute force: N^max_len of them, level by
     level, O(T·N^T) time.  Refuses (``ValueError``) when N^max_len > ``limit``.
     Returns the best ``top`` hypotheses; equal scores in token order."""
+    _load_backends(("log_softmax",), backend)
     start = time.perf_counter()
     max_len, _ = _common(max_len)
-    top = check_int(top, "top", minimum=1)
-    limit = check_int(limit, "limit", minimum=1)
+    top = _count(top, "top", minimum=1)
+    limit = _count(limit, "limit", minimum=1)
     stats = SearchStats("exhaustive_search")
     model = Model(lm, bos, eos, stats)
     eos_set = np.array(model.eos, np.int64)
@@ -371,7 +415,8 @@ def exhaustive_search(lm, max_len, *, bos, eos=None, top=1, limit=1_000_000,
 
 
 def exact_search(lm, max_len, *, bos, eos=None, max_expansions=None, backend: str | None = None):
-    """The true argmax of Eq. 1 by best-first (uniform-cost) search.
+    """The most likely sequence (the true argmax of Σ log p) by best-first
+    (uniform-cost) search.
 
     Log-probabilities are <= 0, so a prefix's log-probability bounds every
     extension's: the first complete hypothesis taken from the frontier is
@@ -380,10 +425,11 @@ def exact_search(lm, max_len, *, bos, eos=None, max_expansions=None, backend: st
     calls allowed before giving up with ``ValueError``.  For a stateful model
     each expansion branches its node's state with ``reorder(state, [0])``.
     """
+    _load_backends(("log_softmax",), backend)
     start = time.perf_counter()
     max_len, _ = _common(max_len)
     if max_expansions is not None:
-        max_expansions = check_int(max_expansions, "max_expansions", minimum=1)
+        max_expansions = _count(max_expansions, "max_expansions", minimum=1)
     stats = SearchStats("exact_search")
     model = Model(lm, bos, eos, stats)
     eos_set = frozenset(model.eos)
