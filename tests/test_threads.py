@@ -304,3 +304,19 @@ def test_os_fork_child_multithreaded():
         print("ok")
         """)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("value, adaptive, warns", [("0", False, False), ("1", True, False),
+                                                     ("yes", True, True)])
+def test_adaptive_threads_env(value, adaptive, warns):
+    """FASTDL_ADAPTIVE_THREADS turns load adaptation off (0) or on (1); other values warn."""
+    code = ("import warnings, fastdl\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    from fastdl._backends.cython import _cpu\n"
+            "on = _cpu.set_load_adaptive(True)\n"
+            "print(on, any('FASTDL_ADAPTIVE_THREADS' in str(x.message) for x in w))\n")
+    env = dict(os.environ, FASTDL_ADAPTIVE_THREADS=value)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert out == [str(adaptive), str(warns)]

@@ -37,6 +37,23 @@ def _simd_from_env() -> None:
 
 _simd_from_env()
 
+
+def _adaptive_from_env() -> None:
+    """FASTDL_ADAPTIVE_THREADS=0 keeps every op at its thread count whatever the load
+    (for containers whose /proc/loadavg counts the whole host, or for run-to-run
+    identical BLAS results); 1 (the default) follows the CPUs other processes leave free."""
+    raw = os.environ.get("FASTDL_ADAPTIVE_THREADS", "").strip().lower()
+    if not raw:
+        return
+    if raw in ("0", "1"):
+        _cpu.set_load_adaptive(raw == "1")
+    else:
+        warnings.warn(f"ignoring FASTDL_ADAPTIVE_THREADS={raw!r}: expected '0' or '1'",
+                      RuntimeWarning, stacklevel=2)
+
+
+_adaptive_from_env()
+
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
