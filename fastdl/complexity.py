@@ -1,7 +1,6 @@
-"""The document's analytic complexities as functions (DESIGN.md §6), for the
-benchmarks and ``fastdl demo`` to compare with counts measured by the searches.
-
-Decoding (Question 2): N tokens, T steps, beam width B.
+"""Analytic operation counts of the decoding searches as exact functions, for the
+tests, the benchmarks and ``fastdl demo`` to compare with the counts the searches
+measure.  Notation: N tokens in the vocabulary, T steps, beam width B.
 """
 from __future__ import annotations
 
@@ -10,13 +9,13 @@ __all__ = ["exhaustive_sequences", "exhaustive_scores", "beam_candidates",
 
 
 def exhaustive_sequences(N: int, T: int) -> int:
-    """Sequences of T tokens after ⟨BOS⟩ (Question 2.1): N^T."""
+    """Sequences of T tokens after ⟨BOS⟩: N^T."""
     return N ** T
 
 
 def exhaustive_scores(N: int, T: int) -> int:
     """Conditional log-probabilities scored by level-by-level enumeration:
-    Σ_{t=1..T} N^t (the document bounds it by O(T·N^T))."""
+    Σ_{t=1..T} N^t (at most T·N^T, the usual O(T·N^T) bound)."""
     return sum(N ** t for t in range(1, T + 1))
 
 
@@ -26,8 +25,8 @@ def _beams(B: int, N: int, t: int) -> int:
 
 
 def beam_candidates(B: int, N: int, T: int) -> int:
-    """Σ_t B_t·N candidates scored by beam search without eos: the document's
-    O(T·B·N) term, exact (step 1 scores N, not B·N, since beams are not duplicated)."""
+    """Σ_t B_t·N candidates scored by beam search without eos: the O(T·B·N)
+    term, exact (step 1 scores N, not B·N, since beams are not duplicated)."""
     return sum(_beams(B, N, t) * N for t in range(1, T + 1))
 
 
@@ -37,5 +36,6 @@ def beam_backpointer_tokens(B: int, N: int, T: int) -> int:
 
 
 def beam_prefix_copy_tokens(B: int, N: int, T: int) -> int:
-    """Tokens moved by Algorithm 1's prefix copies: Σ_t B_t·t, the document's O(B·T²)."""
+    """Tokens moved by a beam search that copies each kept prefix every step:
+    Σ_t B_t·t, O(B·T²)."""
     return sum(_beams(B, N, t + 1) * t for t in range(1, T + 1))

@@ -1,4 +1,5 @@
-"""``fastdl demo``: the document's worked examples, recomputed by the library."""
+"""``fastdl demo``: the course's worked examples (normalization statistics of a small
+tensor, decoding a small tree of shape descriptions), recomputed by the library."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,7 @@ import fastdl
 from fastdl import complexity
 from fastdl.decode import beam_search, exact_search, exhaustive_search, examples, greedy
 
-# The document's Question 1 tensor: 4 samples x 2 channels x 3 features.
+# The course's normalization exercise: 4 samples x 2 channels x 3 features.
 DOC_X = np.array([[[2, 5, 1], [4, 3, 4]],
                   [[1, 2, 4], [1, 2, 2]],
                   [[3, 1, 2], [3, 2, 4]],
@@ -21,7 +22,7 @@ def _fmt(a) -> str:
 
 
 def normalization(console: Console) -> None:
-    table = Table(title="Question 1: normalization statistics of the document's 4×2×3 tensor "
+    table = Table(title="Normalization statistics of the course's 4×2×3 tensor "
                   "(biased variance)")
     for col in ("kind", "statistic shape", "mean", "variance"):
         table.add_column(col)
@@ -43,13 +44,13 @@ def decoding(console: Console) -> None:
     ex = exact_search(lm, T, bos=lm.bos)[0]
     full = exhaustive_search(lm, T, bos=lm.bos, top=3)
     N = lm.vocab_size
-    console.print(f"\nQuestion 2: decoding the shapes tree (N = {N} tokens with ⟨BOS⟩, T = {T})")
-    console.print(f"  greedy (2.4a):            {show(g)}")
+    console.print(f"\nDecoding the shapes tree (N = {N} tokens with ⟨BOS⟩, T = {T})")
+    console.print(f"  greedy:                   {show(g)}")
     for i, h in enumerate(beams, 1):
-        console.print(f"  beam search B=2 (2.4b) #{i}: {show(h)}")
+        console.print(f"  beam search B=2 #{i}:     {show(h)}")
     console.print(f"  exact search (best-first): {show(ex)}  "
                   f"[{ex.stats.lm_calls} LM calls, {ex.stats.heap_pops} heap pops]")
-    console.print("  exhaustive top 3 (2.2):    " + "; ".join(show(h) for h in full)
+    console.print("  exhaustive top 3:         " + "; ".join(show(h) for h in full)
                   + f"  [{full[0].stats.candidates_scored} candidates scored = Σ N^t, "
                   f"N^T = {complexity.exhaustive_sequences(N, T)} sequences]")
     lost = _where_beam_lost(g, beams[0].stats.trace)
@@ -69,11 +70,11 @@ def decoding(console: Console) -> None:
         table.add_section()
     console.print(table)
     st = beams[0].stats
-    console.print(f"  complexity (2.3), measured vs analytic: {st.lm_calls} LM calls; "
+    console.print(f"  complexity, measured vs analytic: {st.lm_calls} LM calls; "
                   f"Σ B_t·N = {st.candidates_scored} candidates scored (formula "
                   f"{complexity.beam_candidates(2, N, T)}); hypotheses held with backpointers: "
                   f"{st.hypothesis_tokens} tokens (O(B·T), formula "
-                  f"{complexity.beam_backpointer_tokens(2, N, T)}); Algorithm 1's prefix copies "
+                  f"{complexity.beam_backpointer_tokens(2, N, T)}); copying whole prefixes "
                   f"would move {complexity.beam_prefix_copy_tokens(2, N, T)} (O(B·T²)).")
 
 

@@ -1,4 +1,4 @@
-"""Normalization layers (DESIGN.md §3): small stateful wrappers over ``fastdl.norm``.
+"""Normalization layers: small stateful wrappers over ``fastdl.norm``.
 
 Each layer holds its affine parameters, their gradients and (batch/instance
 norm) running statistics, and calls the functional op with
@@ -446,7 +446,7 @@ class LayerNorm(Module):
 
 class RMSNorm(Module):
     """``torch.nn.RMSNorm``: ``x / sqrt(mean(x**2) + eps) * weight`` over the trailing
-    ``normalized_shape``; ``eps=None`` is the input dtype's machine epsilon."""
+    ``normalized_shape``; ``eps=None`` is the machine epsilon of the dtype it computes in (float32 for float16 input)."""
 
     def __init__(self, normalized_shape, eps=None, elementwise_affine=True, *, dtype=None,
                  backend=None):

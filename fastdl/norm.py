@@ -1,4 +1,4 @@
-"""Normalization API (DESIGN.md §3): statistics, forward layers and their backward.
+"""Normalization API: statistics, forward layers and their backward.
 
 The public functions validate, reshape to a canonical contiguous view and
 dispatch one op; backends implement the ops below.  ``x`` and ``dy`` arrive

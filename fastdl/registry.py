@@ -1,6 +1,6 @@
 """Backend registry: discovery, selection, listing and dispatch of ops.
 
-Resolution order for one call of op X (DESIGN.md §2):
+Resolution order for one call of op X:
 
 1. ``backend=`` keyword of the call: that backend only, no fallback;
 2. ``use_backend`` scopes, innermost first (a scope with ``only=True`` ends

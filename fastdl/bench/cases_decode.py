@@ -85,9 +85,9 @@ def _beam_search_case(B=8, N=50257, T=32):
     Metric ``overhead/beam_topk``: search time per step (all but the LM call)
     over the time of that step's ``beam_topk`` call inside the search (medians
     of 5 searches); ``beam_topk alone ms`` times the same call on a hot array.
-    The counts are compared with the document's formulas (fastdl.complexity):
+    The counts are compared with the analytic formulas (fastdl.complexity):
     candidates scored (O(T·B·N)) and hypothesis memory, backpointers (O(B·T))
-    against Algorithm 1's prefix copies (O(B·T²))."""
+    against copying whole prefixes (O(B·T²))."""
 
     def setup():
         lm = SyntheticLM(N)
