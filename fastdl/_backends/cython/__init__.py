@@ -40,8 +40,8 @@ _simd_from_env()
 
 def _adaptive_from_env() -> None:
     """FASTDL_ADAPTIVE_THREADS=0 keeps every op at its thread count whatever the load
-    (for containers whose /proc/loadavg counts the whole host, or for run-to-run
-    identical BLAS results); 1 (the default) follows the CPUs other processes leave free."""
+    (for run-to-run identical BLAS results, or to measure oversubscription); 1 (the
+    default) follows the CPUs other processes leave free."""
     raw = os.environ.get("FASTDL_ADAPTIVE_THREADS", "").strip().lower()
     if not raw:
         return

@@ -34,8 +34,7 @@ cdef extern from "team.h":
     int64_t fdl_team_set_grain(int64_t bytes) nogil
     int fdl_team_set_adaptive(int on) nogil
     int fdl_team_free_cpus() nogil
-    int fdl_team_free_from(int cpus, int runnable_tasks, int64_t other_cpu_ns,
-                           int64_t wall_ns, int workers) nogil
+    int fdl_team_free_from(int cpus, int64_t cpu_ns, int64_t delay_ns) nogil
     int fdl_team_child_serial() nogil
     int fdl_team_fork_pause() nogil
 
@@ -120,13 +119,14 @@ def set_load_adaptive(bint on):
 
 
 def free_cpus():
-    """CPUs not taken by other runnable tasks (as the team sizes see it), >= 1."""
+    """CPUs other processes leave free, judged from the calling thread's wait for a CPU (>= 1)."""
     return fdl_team_free_cpus()
 
 
-def _free_from(int cpus, int runnable_tasks, int64_t other_cpu_ns, int64_t wall_ns, int workers):
-    """free_cpus' arithmetic on given samples (tests)."""
-    return fdl_team_free_from(cpus, runnable_tasks, other_cpu_ns, wall_ns, workers)
+def _free_from(int cpus, int64_t cpu_ns, int64_t delay_ns):
+    """free_cpus' arithmetic on a given window: the thread ran cpu_ns and waited
+    delay_ns for a CPU (tests)."""
+    return fdl_team_free_from(cpus, cpu_ns, delay_ns)
 
 
 def fork_facts():

@@ -10,6 +10,11 @@
  *   only the CPUs they leave free, usually 1 thread.  Measured on 2 cores with 2
  *   busy processes: even 60 MiB norm_stats and 4096x4096 quantize lose with 2
  *   threads once the load is higher than that (2x slower at a load of 7).
+ *   The load is judged two ways (see free_cpus_now): the calling thread's own
+ *   wait for a CPU (/proc/thread-self/schedstat; ~0 idle, ~1/2 with one busy
+ *   process per CPU), and the machine's runnable tasks (/proc/loadavg) less
+ *   every worker thread of ours, which may be spinning after its region (a
+ *   discount by measured CPU time missed them and halved idle speed-ups).
  *
  * Fork: GNU OpenMP keeps a pool of worker threads per calling thread; a forked
  * child inherits the pool's bookkeeping but not its threads, and its first
@@ -28,9 +33,9 @@
 #include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
-#define FDL_HAVE_LOADAVG 1
+#define FDL_HAVE_SCHEDSTAT 1
 #else
-#define FDL_HAVE_LOADAVG 0
+#define FDL_HAVE_SCHEDSTAT 0
 #endif
 
 #if defined(_OPENMP) && !defined(_WIN32)
@@ -55,24 +60,24 @@ static int adaptive = 1;
 
 static int child_serial = 0;
 static int pause_failed = 0;
-/* most worker threads (OpenMP or BLAS) a team of ours has had: the only threads
- * of this process not counted as other load */
+/* worker threads (OpenMP or BLAS) of the last team of ours: they may still be
+ * spinning after their region, and then count among the machine's runnable
+ * tasks (workers of earlier, larger teams sleep, docked) */
 static int pool_workers = 0;
 
 static void note_team(int n) {
-    if (n - 1 > LOAD(pool_workers)) STORE(pool_workers, n - 1);
+    STORE(pool_workers, n - 1);
 }
-
 /* ------------------------------------------------------------ load */
 
-#if FDL_HAVE_LOADAVG
-static int loadavg_fd = -1;
+#if FDL_HAVE_SCHEDSTAT
 static int ncpu = 1;
-#define REFRESH_NS 1000000      /* load read at most once a millisecond per thread */
+#define REFRESH_NS 1000000      /* a verdict is kept for a millisecond per thread */
+#define MIN_INFO_NS 200000      /* runnable time a verdict needs */
 
-/* per calling thread: the last sample and its verdict */
-static __thread int64_t s_wall = 0, s_proc = 0, s_self = 0;
-static __thread int s_free = 1;
+/* per calling thread: the statistics the next verdict is measured from, and the verdict */
+static __thread int64_t s_wall = 0, s_base_wall = 0, s_cpu = 0, s_delay = 0;  /* ns */
+static __thread int s_free = 0, s_wait_free = 0;
 
 static int64_t clock_ns(clockid_t c) {
     struct timespec ts;
@@ -83,9 +88,10 @@ static int64_t clock_ns(clockid_t c) {
 /* runnable tasks on the machine (4th field of /proc/loadavg, "R/T"), -1 unknown */
 static int runnable(void) {
     char buf[128];
-    int fd = LOAD(loadavg_fd);
+    int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
     if (fd < 0) return -1;
-    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
     if (n <= 0) return -1;
     buf[n] = 0;
     const char *p = buf;
@@ -99,38 +105,80 @@ static int runnable(void) {
     return r;
 }
 
-/* CPUs that tasks of other processes leave free.  The runnable count includes
- * this thread and our own running threads (OpenMP workers computing, or
- * spinning after a region for up to milliseconds); those are counted from the
- * CPU time this process used beside this thread since the last sample. */
+/* this thread's CPU time and run-queue wait (ns); 0 on success.  Opened and
+ * closed each time (once a millisecond at most): a descriptor kept per thread
+ * would leak with every thread that exits. */
+static int schedstat(int64_t *cpu, int64_t *delay) {
+    char buf[128];
+    int fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = 0;
+    int64_t v[2] = {0, 0};
+    const char *p = buf;
+    for (int f = 0; f < 2; f++) {
+        while (*p == ' ') p++;
+        if (*p < '0' || *p > '9') return -1;
+        while (*p >= '0' && *p <= '9') v[f] = 10 * v[f] + (*p++ - '0');
+    }
+    *cpu = v[0];
+    *delay = v[1];
+    return 0;
+}
+
+/* from this thread's own wait for a CPU since the last verdict */
+static int free_by_wait(int64_t wall) {
+    int64_t cpu, delay;
+    if (schedstat(&cpu, &delay) != 0) return ncpu;       /* no statistics: no adaptation */
+    if (s_base_wall == 0) {
+        s_base_wall = wall; s_cpu = cpu; s_delay = delay;
+        return ncpu;
+    }
+    int64_t dc = cpu - s_cpu, dd = delay - s_delay;
+    if (dc + dd < MIN_INFO_NS) return s_wait_free ? s_wait_free : ncpu;  /* too little to judge */
+    s_base_wall = wall; s_cpu = cpu; s_delay = delay;
+    s_wait_free = fdl_team_free_from(ncpu, dc, dd);
+    return s_wait_free;
+}
+
+/* The smaller of two views: this thread's wait (it misses other processes that
+ * only our workers meet, as when this thread has a CPU to itself) and the
+ * machine's runnable tasks less this thread and every worker of ours that may be
+ * spinning (it misses nothing on a machine of our own, and counts other
+ * containers' tasks on a shared host: FASTDL_ADAPTIVE_THREADS=0 turns both off). */
 static int free_cpus_now(int64_t wall) {
-    int64_t proc = clock_ns(CLOCK_PROCESS_CPUTIME_ID), self = clock_ns(CLOCK_THREAD_CPUTIME_ID);
-    int64_t dw = wall - s_wall, dp = (proc - s_proc) - (self - s_self);
-    int fresh = s_wall == 0;
-    s_wall = wall; s_proc = proc; s_self = self;
+    int f = free_by_wait(wall);
     int r = runnable();
-    if (r < 0) return ncpu;
-    return fdl_team_free_from(ncpu, r, fresh ? 0 : dp, dw, LOAD(pool_workers));
+    if (r >= 0) {
+        int others = r - 1 - LOAD(pool_workers);
+        int g = ncpu - (others < 0 ? 0 : others);
+        if (g < f) f = g;
+    }
+    return f < 1 ? 1 : f;
 }
 #endif
 
-int fdl_team_free_from(int cpus, int runnable_tasks, int64_t other_cpu_ns, int64_t wall_ns,
-                       int workers) {
-    int ours = 0;
-    /* rounded up: a worker that ran for part of the window may be spinning now */
-    if (wall_ns > 0 && other_cpu_ns > 0)
-        ours = (int)((other_cpu_ns + wall_ns - wall_ns / 16) / wall_ns);
-    if (ours > workers) ours = workers;     /* other busy threads of ours are load */
-    int others = runnable_tasks - 1 - ours;
-    if (others < 0) others = 0;
-    int f = cpus - others;
-    return f < 1 ? 1 : f;
+int fdl_team_free_from(int cpus, int64_t cpu_ns, int64_t delay_ns) {
+    /* w = the share of runnable time spent waiting.  k busy processes on n CPUs
+     * make us share a CPU with probability ~k/n, half the time each: w ~ k/(2n),
+     * so the free CPUs are n(1 - 2w) */
+    if (cpus < 1) return 1;
+    if (cpu_ns < 0) cpu_ns = 0;
+    if (delay_ns <= 0 || cpu_ns + delay_ns <= 0) return cpus;
+    double w = (double)delay_ns / (double)(cpu_ns + delay_ns);
+    double f = cpus * (1.0 - 2.0 * w) + 0.5;
+    return f < 1.0 ? 1 : (f > cpus ? cpus : (int)f);
 }
 
 int fdl_team_free_cpus(void) {
-#if FDL_HAVE_LOADAVG
+#if FDL_HAVE_SCHEDSTAT
     int64_t t = clock_ns(CLOCK_MONOTONIC);
-    if (t - s_wall > REFRESH_NS) s_free = free_cpus_now(t);
+    if (s_free == 0 || t - s_wall > REFRESH_NS) {
+        s_wall = t;
+        s_free = free_cpus_now(t);
+    }
     return s_free;
 #else
     return FDL_TEAM_MAX;
@@ -175,8 +223,10 @@ static void before_fork(void) {
 
 static void in_child(void) {
     if (pause_failed) child_serial = 1;
-#if FDL_HAVE_LOADAVG
-    s_wall = 0;         /* the child's CPU clocks start again */
+#if FDL_HAVE_SCHEDSTAT
+    s_wall = 0;         /* the child is a new task: its statistics start again */
+    s_base_wall = 0;
+    s_free = s_wait_free = 0;
 #endif
 }
 #endif
@@ -185,10 +235,9 @@ int fdl_team_install_fork_handlers(void) {
     static int done = 0;
     if (done) return 0;
     done = 1;
-#if FDL_HAVE_LOADAVG
+#if FDL_HAVE_SCHEDSTAT
     long c = sysconf(_SC_NPROCESSORS_ONLN);
     ncpu = c > 0 ? (c > FDL_TEAM_MAX ? FDL_TEAM_MAX : (int)c) : 1;
-    loadavg_fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
 #endif
 #if FDL_FORK_HANDLERS
     return pthread_atfork(before_fork, NULL, in_child);

@@ -31,13 +31,10 @@ int64_t fdl_team_set_grain(int64_t bytes);
 int fdl_team_set_adaptive(int on);
 
 /* Facts for diagnostics. */
-int fdl_team_free_cpus(void);      /* CPUs not used by other runnable tasks, >= 1 */
-/* The arithmetic behind it: `cpus` CPUs, `runnable_tasks` runnable on the machine
- * (this thread included), `other_cpu_ns` CPU time of this process's other threads
- * during the last `wall_ns` (they may be among the runnable ones), of which at
- * most `workers` are our teams' workers; the rest count as load. */
-int fdl_team_free_from(int cpus, int runnable_tasks, int64_t other_cpu_ns, int64_t wall_ns,
-                       int workers);
+int fdl_team_free_cpus(void);      /* CPUs other processes leave free, >= 1 */
+/* The arithmetic behind it: `cpus` CPUs; during the last window the calling
+ * thread ran `cpu_ns` and waited `delay_ns` for a CPU. */
+int fdl_team_free_from(int cpus, int64_t cpu_ns, int64_t delay_ns);
 int fdl_team_child_serial(void);   /* 1 in a forked child that runs serially */
 int fdl_team_fork_pause(void);     /* 1 when forks pause the OpenMP pool */
 
