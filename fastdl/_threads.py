@@ -3,8 +3,10 @@
 The count is an upper bound.  Each parallel region of a kernel uses at most as
 many threads as it has independent work units, runs on the calling thread when
 its work is below a grain (about 64 KiB), and, when other processes keep the
-CPUs busy, uses only the CPUs they leave free.  Results never depend on the
-number of threads.
+CPUs busy, uses only the CPUs they leave free (``FASTDL_ADAPTIVE_THREADS=0``
+turns that off).  Results never depend on the number of threads, except that
+``qmatmul`` with many rows gives OpenBLAS the same count, and OpenBLAS groups
+its sums by it (agreement to rounding there).
 
 Counts above ``MAX_THREADS`` = max(64, 4 x the CPUs of the machine) are
 rejected: memory- and compute-bound kernels gain nothing past one thread per

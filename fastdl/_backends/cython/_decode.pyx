@@ -73,8 +73,8 @@ cdef extern from "decodek.h" nogil:
     void fdl_dk_h2f(const uint16_t *x, float *y, int64_t n, int level)
     void fdl_dk_f2h(const float *x, uint16_t *y, int64_t n, int level)
 
-cdef extern from "half.h" nogil:
-    float fdl_h2f_s(uint16_t h)
+cdef extern from "f16.h" nogil:
+    float fdl_h2f(uint16_t h)
 
 # top-k: a part of a long row has at least this many elements
 cdef int64_t TOPK_MIN_PART = 32768
@@ -593,7 +593,7 @@ def beam_topk_f16(const uint16_t[:, ::1] lp, const float[::1] s, int64_t k, bint
         fdl_dk_sort_f32(&K[0], &I[0], size)
         for j in range(k):
             b = I[j] // N
-            V[j] = <float>(fdl_h2f_s(lp[b, I[j] - b * N]) - SUB[b]) + ADD[b]
+            V[j] = <float>(fdl_h2f(lp[b, I[j] - b * N]) - SUB[b]) + ADD[b]
     return scores, flat // N, flat % N
 
 

@@ -7,7 +7,7 @@
  * vfmadd), the range reduction uses the same magic-number rounding, and the
  * sums go to float64 accumulators in the same lane layout. */
 #include "decodek.h"
-#include "half.h"
+#include "f16.h"
 #include "simd.h"
 
 #include <math.h>
@@ -600,19 +600,7 @@ DK_PUBLIC(f64, double, uint64_t)
 #define H16_PIECE 1024
 
 #if FDL_HAVE_AVX2_TARGET
-FDL_TARGET_AVX2_F16C static void h2f_avx2(const uint16_t *x, float *y, int64_t n) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, fdl_h2f_v(x + i));
-    for (; i < n; i++) y[i] = fdl_h2f_s(x[i]);
-}
-
-FDL_TARGET_AVX2_F16C static void f2h_avx2(const float *x, uint16_t *y, int64_t n) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) fdl_f2h_v(y + i, _mm256_loadu_ps(x + i));
-    for (; i < n; i++) y[i] = fdl_f2h_s(x[i]);
-}
-
-FDL_TARGET_AVX2_F16C static void sub_f16_avx2(const uint16_t *x, uint16_t *y, int64_t n,
+FDL_TARGET_AVX2 static void sub_f16_avx2(const uint16_t *x, uint16_t *y, int64_t n,
                                               float m, float l) {
     __m256 vm = _mm256_set1_ps(m), vl = _mm256_set1_ps(l);
     int64_t i = 0;
@@ -620,19 +608,19 @@ FDL_TARGET_AVX2_F16C static void sub_f16_avx2(const uint16_t *x, uint16_t *y, in
         fdl_f2h_v(y + i, _mm256_sub_ps(_mm256_sub_ps(fdl_h2f_v(x + i), vm), vl));
         fdl_f2h_v(y + i + 8, _mm256_sub_ps(_mm256_sub_ps(fdl_h2f_v(x + i + 8), vm), vl));
     }
-    for (; i < n; i++) y[i] = fdl_f2h_s((fdl_h2f_s(x[i]) - m) - l);
+    for (; i < n; i++) y[i] = fdl_f2h((fdl_h2f(x[i]) - m) - l);
 }
-#define USE_F16C(level) (USE_AVX2(level) && fdl_cpu_has_f16c())
+#define USE_F16C(level) USE_AVX2(level)   /* the AVX2 tier requires F16C (simd.h) */
 #else
 #define USE_F16C(level) 0
 #endif
 
 static void h2f(const uint16_t *x, float *y, int64_t n, int f16c) {
 #if FDL_HAVE_AVX2_TARGET
-    if (f16c) { h2f_avx2(x, y, n); return; }
+    if (f16c) { fdl_h2f_avx2(x, y, n); return; }
 #endif
     (void)f16c;
-    for (int64_t i = 0; i < n; i++) y[i] = fdl_h2f_s(x[i]);
+    for (int64_t i = 0; i < n; i++) y[i] = fdl_h2f(x[i]);
 }
 
 static int64_t scan_f16(uint32_t *hk, int64_t *hi, int64_t size, int64_t k, const uint16_t *x,
@@ -688,7 +676,7 @@ void fdl_dk_sub_f16(const uint16_t *x, uint16_t *y, int64_t n, float m, float l,
     if (USE_F16C(level)) { sub_f16_avx2(x, y, n, m, l); return; }
 #endif
     (void)level;
-    for (int64_t i = 0; i < n; i++) y[i] = fdl_f2h_s((fdl_h2f_s(x[i]) - m) - l);
+    for (int64_t i = 0; i < n; i++) y[i] = fdl_f2h((fdl_h2f(x[i]) - m) - l);
 }
 
 void fdl_dk_h2f(const uint16_t *x, float *y, int64_t n, int level) {
@@ -697,8 +685,8 @@ void fdl_dk_h2f(const uint16_t *x, float *y, int64_t n, int level) {
 
 void fdl_dk_f2h(const float *x, uint16_t *y, int64_t n, int level) {
 #if FDL_HAVE_AVX2_TARGET
-    if (USE_F16C(level)) { f2h_avx2(x, y, n); return; }
+    if (USE_F16C(level)) { fdl_f2h_avx2(x, y, n); return; }
 #endif
     (void)level;
-    for (int64_t i = 0; i < n; i++) y[i] = fdl_f2h_s(x[i]);
+    for (int64_t i = 0; i < n; i++) y[i] = fdl_f2h(x[i]);
 }

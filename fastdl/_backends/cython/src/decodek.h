@@ -79,7 +79,7 @@ int64_t fdl_dk_scan_add_f16(uint32_t *hk, int64_t *hi, int64_t size, int64_t k,
 void fdl_dk_stats_f16(const uint16_t *x, int64_t n, double *m, double *s, int *bad, int level);
 double fdl_dk_row_lse_f16(const uint16_t *x, int64_t n, int level, double *pm);
 void fdl_dk_sub_f16(const uint16_t *x, uint16_t *y, int64_t n, float m, float l, int level);
-/* Conversions, elementwise (tests/diagnostics; see half.h). */
+/* Conversions, elementwise (tests/diagnostics; see f16.h). */
 void fdl_dk_h2f(const uint16_t *x, float *y, int64_t n, int level);
 void fdl_dk_f2h(const float *x, uint16_t *y, int64_t n, int level);
 

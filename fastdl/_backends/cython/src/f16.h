@@ -58,19 +58,27 @@ static inline void fdl_f2h_scalar(const float *f, uint16_t *h, int64_t n) {
 }
 
 #if FDL_HAVE_AVX2_TARGET
+/* 8 halves at p -> 8 floats */
+FDL_TARGET_AVX2 static inline __m256 fdl_h2f_v(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* 8 floats -> 8 halves at p, nearest even whatever MXCSR says */
+FDL_TARGET_AVX2 static inline void fdl_f2h_v(uint16_t *p, __m256 v) {
+    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
 FDL_TARGET_AVX2 static inline void fdl_h2f_avx2(const uint16_t *h, float *f, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+        _mm256_storeu_ps(f + i, fdl_h2f_v(h + i));
     fdl_h2f_scalar(h + i, f + i, n - i);
 }
 
 FDL_TARGET_AVX2 static inline void fdl_f2h_avx2(const float *f, uint16_t *h, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i *)(h + i),
-                         _mm256_cvtps_ph(_mm256_loadu_ps(f + i),
-                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        fdl_f2h_v(h + i, _mm256_loadu_ps(f + i));
     fdl_f2h_scalar(f + i, h + i, n - i);
 }
 #endif
