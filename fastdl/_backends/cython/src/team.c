@@ -85,15 +85,23 @@ static int64_t clock_ns(clockid_t c) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* runnable tasks on the machine (4th field of /proc/loadavg, "R/T"), -1 unknown */
-static int runnable(void) {
-    char buf[128];
-    int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+/* a small /proc file into buf (NUL-terminated); 0 on success.  Opened and closed
+ * each time (once a millisecond at most): a descriptor kept per thread would leak
+ * with every thread that exits. */
+static int read_proc(const char *path, char *buf, size_t cap) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
+    ssize_t n = read(fd, buf, cap - 1);
     close(fd);
     if (n <= 0) return -1;
     buf[n] = 0;
+    return 0;
+}
+
+/* runnable tasks on the machine (4th field of /proc/loadavg, "R/T"), -1 unknown */
+static int runnable(void) {
+    char buf[128];
+    if (read_proc("/proc/loadavg", buf, sizeof buf) != 0) return -1;
     const char *p = buf;
     for (int f = 0; f < 3; f++) {
         while (*p && *p != ' ') p++;
@@ -105,17 +113,10 @@ static int runnable(void) {
     return r;
 }
 
-/* this thread's CPU time and run-queue wait (ns); 0 on success.  Opened and
- * closed each time (once a millisecond at most): a descriptor kept per thread
- * would leak with every thread that exits. */
+/* this thread's CPU time and run-queue wait (ns); 0 on success */
 static int schedstat(int64_t *cpu, int64_t *delay) {
     char buf[128];
-    int fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return -1;
-    buf[n] = 0;
+    if (read_proc("/proc/thread-self/schedstat", buf, sizeof buf) != 0) return -1;
     int64_t v[2] = {0, 0};
     const char *p = buf;
     for (int f = 0; f < 2; f++) {
