@@ -17,8 +17,9 @@ smaller than the CPUs they see) possible on small machines.
 """
 from __future__ import annotations
 
-import operator
 import os
+
+from fastdl._validate import check_int
 
 MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
 
@@ -26,18 +27,9 @@ _num_threads: int | None = None
 
 
 def _check(n, what: str) -> int:
-    if isinstance(n, bool):
-        raise TypeError(f"{what} must be an int, got bool")
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"{what} must be an int, got {type(n).__name__}") from None
-    if n < 1:
-        raise ValueError(f"{what} must be >= 1, got {n}")
-    if n > MAX_THREADS:
-        raise ValueError(f"{what} must be <= {MAX_THREADS} (fastdl's bound: max(64, 4 x the "
-                         f"{os.cpu_count()} CPUs)), got {n}")
-    return n
+    return check_int(n, what, minimum=1, maximum=MAX_THREADS,
+                     maximum_text=f"{MAX_THREADS} (fastdl's bound: max(64, 4 x the "
+                                  f"{os.cpu_count()} CPUs))")
 
 
 def _default() -> int:

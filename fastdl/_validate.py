@@ -8,6 +8,13 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def compute_dtype(dtype) -> np.dtype:
+    """The dtype the kernels compute in for data of ``dtype``: float32 for float16
+    (as torch computes float16), else ``dtype`` itself; parameters (a norm's
+    weight and bias) and accumulated scores (beam scores) are kept in it."""
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+
+
 def reject_masked(x, name: str) -> None:
     """Masked arrays are refused: the kernels read every element, so the mask would be
     silently ignored (masked entries would count as data)."""
@@ -58,12 +65,17 @@ def as_float_array(x, name: str = "x", *, keep_half: bool = False) -> np.ndarray
                     f"bool), got dtype {arr.dtype}")
 
 
-def check_int(value, name: str, *, minimum: int | None = None) -> int:
+def check_int(value, name: str, *, minimum: int | None = None, maximum: int | None = None,
+              maximum_text: str | None = None) -> int:
+    """An int (not bool) within [minimum, maximum]; ``maximum_text`` says the bound in
+    the error message when the bare number would not explain it."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     value = int(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum_text or maximum}, got {value}")
     return value
 
 

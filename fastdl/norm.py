@@ -43,7 +43,8 @@ import numpy as np
 
 from fastdl import registry
 from fastdl._validate import (as_float_array, check_choice, check_flag, check_int, check_out,
-                              check_param, check_real, overlaps, plain_array, reject_masked)
+                              check_param, check_real, compute_dtype, overlaps, plain_array,
+                              reject_masked)
 
 __all__ = [
     "norm_stats", "NORM_KINDS", "NormStats",
@@ -145,12 +146,6 @@ def _ncs_shape(x: np.ndarray) -> tuple[int, int, int]:
 def _ncs(x: np.ndarray) -> np.ndarray:
     """(N, C, S) C-contiguous view (or packed copy) of an (N, C, *spatial) array."""
     return np.ascontiguousarray(x).reshape(_ncs_shape(x))
-
-
-def _param_dtype(dtype) -> np.dtype:
-    """Dtype the kernels use for weight/bias: float32 for float16 data (torch
-    computes float16 in float32 and accepts float16 or float32 parameters)."""
-    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
 
 
 def _typed_grads(grads, x: np.ndarray, weight, bias):
@@ -335,8 +330,8 @@ def _result(y, stats: NormStats, return_stats: bool):
 def _layer_args(input, normalized_shape, weight, bias):
     x = as_float_array(input, "input", keep_half=True)
     shape, size = _normalized_shape(normalized_shape, x)
-    w = check_param(weight, "weight", shape, _param_dtype(x.dtype))
-    b = check_param(bias, "bias", shape, _param_dtype(x.dtype))
+    w = check_param(weight, "weight", shape, compute_dtype(x.dtype))
+    b = check_param(bias, "bias", shape, compute_dtype(x.dtype))
     lead = x.shape[:x.ndim - len(shape)]
     rows = math.prod(lead)
     return x, shape, size, rows, lead, w, b
@@ -389,7 +384,7 @@ def layer_norm_backward(grad_output, input, normalized_shape, weight=None, bias=
 
 def _rms_eps(eps, dtype) -> float:
     # torch's default: the machine epsilon of the dtype it computes in
-    return float(np.finfo(_param_dtype(dtype)).eps) if eps is None else _eps(eps)
+    return float(np.finfo(compute_dtype(dtype)).eps) if eps is None else _eps(eps)
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None, return_stats=False,
@@ -433,7 +428,7 @@ def rms_norm_backward(grad_output, input, normalized_shape, weight=None, eps=Non
 def _channel_args(input, weight, bias):
     x = _input(input)
     C = x.shape[1]
-    pd = _param_dtype(x.dtype)
+    pd = compute_dtype(x.dtype)
     return x, C, check_param(weight, "weight", (C,), pd), check_param(bias, "bias", (C,), pd)
 
 

@@ -33,14 +33,6 @@ NORMS = ["layer", "rms", "group", "instance", "batch_train", "batch_eval"]
 ROW = ("layer", "rms")
 
 
-@pytest.fixture(autouse=True)
-def _restore_global_state():
-    level, nt = _cpu.active_simd(), fastdl.get_num_threads()
-    yield
-    _cpu.set_simd_level(level)
-    fastdl.set_num_threads(nt)
-
-
 # ---------------------------------------------------------------- conversions
 
 def test_half_to_float_every_value():

@@ -44,14 +44,6 @@ CHAN_NORMS = ["group", "instance", "batch_train", "batch_eval"]   # x (N, C, S)
 NORMS = ROW_NORMS + CHAN_NORMS
 
 
-@pytest.fixture(autouse=True)
-def _restore_global_state():
-    level, nt = _cpu.active_simd(), fastdl.get_num_threads()
-    yield
-    _cpu.set_simd_level(level)
-    fastdl.set_num_threads(nt)
-
-
 # ---------------------------------------------------------------- arrays
 
 def aligned_empty(shape, dtype, offset_elems=0, align=64):

@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastdl import registry
-from fastdl._validate import as_float_array, check_flag, check_int, check_out
+from fastdl._validate import as_float_array, check_flag, check_int, check_out, compute_dtype
 
 __all__ = ["topk", "log_softmax", "beam_topk", "DECODE_OPS"]
 
@@ -155,7 +155,7 @@ def beam_topk(log_probs, beam_scores, k, *, normalize: bool = True, backend: str
     if s.shape != (B,):
         raise ValueError(f"beam_scores must have shape ({B},) (one score per row of log_probs), "
                          f"got {s.shape}")
-    sdt = np.float32 if lp.dtype == np.float16 else lp.dtype
+    sdt = compute_dtype(lp.dtype)
     with np.errstate(over="ignore"):
         s = np.ascontiguousarray(s, dtype=sdt)
     if not (s < np.inf).all():              # NaN and +inf (also after the cast) fail this

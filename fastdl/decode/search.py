@@ -85,10 +85,7 @@ def _pow_exceeds(N: int, T: int, bound: int) -> bool:
 
 def _count(value, name: str, minimum: int = 0) -> int:
     """An int argument in [minimum, 2**63 - 1]: sizes and ids meet int64 arrays."""
-    value = check_int(value, name, minimum=minimum)
-    if value > INT64_MAX:
-        raise ValueError(f"{name} must be <= 2**63 - 1, got {value}")
-    return value
+    return check_int(value, name, minimum=minimum, maximum=INT64_MAX, maximum_text="2**63 - 1")
 
 
 def _load_backends(ops, backend) -> None:
@@ -335,8 +332,8 @@ def beam_search(lm, beam_width, max_len, *, bos, eos=None, length_penalty=0.0, n
     forbids repeating an n-gram (⟨BOS⟩ included).  ``trace=True`` records every
     step's candidates in ``stats.trace`` (small vocabularies).  Returns the
     best ``num_return`` (default ``beam_width``) hypotheses by score; fewer
-    when fewer sequences have a finite log-probability (Hugging Face would pad
-    with -1e9 placeholders).  ``beam_width`` may exceed N (later steps fill the
+    when fewer sequences have a finite log-probability (Hugging Face would
+    return the missing ones with scores of -1e9).  ``beam_width`` may exceed N (later steps fill the
     beam) but not N^max_len, the number of sequences.
     """
     max_len, length_penalty = _common(max_len, length_penalty)

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 
 from fastdl._threads import get_num_threads
-from fastdl._validate import check_flag
+from fastdl._validate import check_flag, check_int, compute_dtype
 from fastdl._backends.cython import _cpu, _decode, _norm, _norm16, _norm_stats, _quant
 from fastdl.decode.ops import DECODE_OPS
 from fastdl.norm import NORM_KINDS, NORM_OPS
@@ -57,16 +57,17 @@ _adaptive_from_env()
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-# Dtypes of the norm kernels: float16 data are converted inside the kernels
-# (_norm16, parameters in float32), float32/float64 run natively (_norm).
-_NORM_DTYPES = (np.dtype(np.float16),) + _FLOATS
+# Dtypes the norm and decode kernels read: float16 data are converted inside the
+# kernels and computed in float32 (_norm16, the *_f16 decode kernels); float32 and
+# float64 run natively.
 _F16 = np.dtype(np.float16)
+_KERNEL_DTYPES = (_F16,) + _FLOATS
 
 
 def _array(x, name):
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
-    if x.dtype not in _NORM_DTYPES:
+    if x.dtype not in _KERNEL_DTYPES:
         raise TypeError(f"{name} must have dtype float16, float32 or float64, got {x.dtype}")
     # packed (strided/Fortran input: one copy) and aligned, as the kernels index it
     return np.require(x, requirements=("C", "A"))
@@ -82,20 +83,8 @@ def norm_stats(x, kind, num_groups, ddof):
         num_groups = _groups(num_groups, x.shape[1], "num_groups")
     elif num_groups is not None:
         raise ValueError(f"num_groups must be None for kind={kind!r}, got {num_groups!r}")
-    ddof = _int(ddof, "ddof")
-    if ddof < 0:
-        raise ValueError(f"ddof must be >= 0, got {ddof}")
+    ddof = check_int(ddof, "ddof", minimum=0)
     return _norm_stats.norm_stats(x, kind, num_groups, ddof, get_num_threads())
-
-
-def _int(v, name):
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {v!r} ({type(v).__name__})")
-    return int(v)
-
-
-def _param_dtype(x):
-    return np.dtype(np.float32) if x.dtype == _F16 else x.dtype
 
 
 def _c(a, dtype, shape, name, required=False):
@@ -155,7 +144,7 @@ def _kernels(x):
 
 def layer_norm_fwd(x, w, b, eps, out):
     x = _data(x, 2)
-    D, pd = x.shape[1], _param_dtype(x)
+    D, pd = x.shape[1], compute_dtype(x.dtype)
     w, b = _c(w, pd, (D,), "w"), _c(b, pd, (D,), "b")
     return _kernels(x).layer_norm_fwd(x, w, b, eps, _out(out, x, w, b), get_num_threads())
 
@@ -165,13 +154,13 @@ def layer_norm_bwd(dy, x, mean, rstd, w, need_dw, need_db):
     R, D = x.shape
     return _kernels(x).layer_norm_bwd(_c(dy, x.dtype, x.shape, "dy", True), x,
                                       _stat(mean, (R,), "mean"), _stat(rstd, (R,), "rstd"),
-                                      _c(w, _param_dtype(x), (D,), "w"), need_dw, need_db,
+                                      _c(w, compute_dtype(x.dtype), (D,), "w"), need_dw, need_db,
                                       get_num_threads())
 
 
 def rms_norm_fwd(x, w, eps, out):
     x = _data(x, 2)
-    w = _c(w, _param_dtype(x), (x.shape[1],), "w")
+    w = _c(w, compute_dtype(x.dtype), (x.shape[1],), "w")
     return _kernels(x).rms_norm_fwd(x, w, eps, _out(out, x, w), get_num_threads())
 
 
@@ -179,12 +168,12 @@ def rms_norm_bwd(dy, x, rstd, w, need_dw):
     x = _data(x, 2)
     return _kernels(x).rms_norm_bwd(_c(dy, x.dtype, x.shape, "dy", True), x,
                                     _stat(rstd, (x.shape[0],), "rstd"),
-                                    _c(w, _param_dtype(x), (x.shape[1],), "w"), need_dw,
+                                    _c(w, compute_dtype(x.dtype), (x.shape[1],), "w"), need_dw,
                                     get_num_threads())
 
 
 def _groups(G, C, name="G"):
-    G = _int(G, name)
+    G = check_int(G, name)
     if G < 1 or C % G:
         raise ValueError(f"{name} must be >= 1 and divide C={C}, got {G}")
     return G
@@ -192,7 +181,7 @@ def _groups(G, C, name="G"):
 
 def group_norm_fwd(x, G, w, b, eps, out):
     x = _data(x, 3)
-    C, pd = x.shape[1], _param_dtype(x)
+    C, pd = x.shape[1], compute_dtype(x.dtype)
     w, b = _c(w, pd, (C,), "w"), _c(b, pd, (C,), "b")
     return _kernels(x).group_norm_fwd(x, _groups(G, C), w, b, eps, _out(out, x, w, b),
                                       get_num_threads())
@@ -204,20 +193,20 @@ def group_norm_bwd(dy, x, mean, rstd, G, w, need_dw, need_db):
     G = _groups(G, C)
     return _kernels(x).group_norm_bwd(_c(dy, x.dtype, x.shape, "dy", True), x,
                                       _stat(mean, (N * G,), "mean"), _stat(rstd, (N * G,), "rstd"),
-                                      G, _c(w, _param_dtype(x), (C,), "w"), need_dw, need_db,
+                                      G, _c(w, compute_dtype(x.dtype), (C,), "w"), need_dw, need_db,
                                       get_num_threads())
 
 
 def batch_norm_fwd(x, w, b, eps, out):
     x = _data(x, 3)
-    C, pd = x.shape[1], _param_dtype(x)
+    C, pd = x.shape[1], compute_dtype(x.dtype)
     w, b = _c(w, pd, (C,), "w"), _c(b, pd, (C,), "b")
     return _kernels(x).batch_norm_fwd(x, w, b, eps, _out(out, x, w, b), get_num_threads())
 
 
 def batch_norm_eval(x, mean, rstd, w, b, out):
     x = _data(x, 3)
-    C, pd = x.shape[1], _param_dtype(x)
+    C, pd = x.shape[1], compute_dtype(x.dtype)
     w, b = _c(w, pd, (C,), "w"), _c(b, pd, (C,), "b")
     return _kernels(x).batch_norm_eval(x, _stat(mean, (C,), "mean"), _stat(rstd, (C,), "rstd"),
                                        w, b, _out(out, x, w, b), get_num_threads())
@@ -228,15 +217,11 @@ def batch_norm_bwd(dy, x, mean, rstd, w, training, need_dw, need_db):
     C = x.shape[1]
     return _kernels(x).batch_norm_bwd(_c(dy, x.dtype, x.shape, "dy", True), x,
                                       _stat(mean, (C,), "mean"), _stat(rstd, (C,), "rstd"),
-                                      _c(w, _param_dtype(x), (C,), "w"), bool(training),
+                                      _c(w, compute_dtype(x.dtype), (C,), "w"), bool(training),
                                       need_dw, need_db, get_num_threads())
 
 
 # ---------------------------------------------------------------- decoding
-
-
-_HALF = np.dtype(np.float16)
-_DECODE_FLOATS = _FLOATS + (_HALF,)
 
 
 def _rows2d(x, name, dtypes=_FLOATS):
@@ -273,16 +258,16 @@ def _bits(x):
 
 
 def topk(x, k):
-    x = _rows2d(x, "x", _DECODE_FLOATS)
+    x = _rows2d(x, "x", _KERNEL_DTYPES)
     k = _k(k, x.shape[1], "the row length n")
-    if x.dtype == _HALF:
+    if x.dtype == _F16:
         vals, idx = _decode.topk_f16(_bits(x), k, get_num_threads())
         return vals.view(np.float16), idx
     return _decode.topk(x, k, get_num_threads())
 
 
 def log_softmax(x, out):
-    x = _rows2d(x, "x", _DECODE_FLOATS)
+    x = _rows2d(x, "x", _KERNEL_DTYPES)
     if out is not None:
         if not isinstance(out, np.ndarray):
             raise TypeError(f"out must be a numpy.ndarray or None, got {type(out).__name__}")
@@ -292,7 +277,7 @@ def log_softmax(x, out):
                              f"shape {x.shape}, got {out.dtype} {out.shape} (c_contiguous="
                              f"{out.flags.c_contiguous}, aligned={out.flags.aligned}, "
                              f"writeable={out.flags.writeable})")
-    if x.dtype == _HALF:
+    if x.dtype == _F16:
         res = _decode.log_softmax_f16(_bits(x), None if out is None else _bits(out),
                                       get_num_threads())
         return res.view(np.float16) if out is None else out
@@ -300,10 +285,10 @@ def log_softmax(x, out):
 
 
 def beam_topk(log_probs, beam_scores, k, normalize):
-    lp = _rows2d(log_probs, "log_probs", _DECODE_FLOATS)
+    lp = _rows2d(log_probs, "log_probs", _KERNEL_DTYPES)
     B, N = lp.shape
     # float16 log-probs are computed in float32: the beam scores come in that dtype
-    sdt = np.dtype(np.float32) if lp.dtype == _HALF else lp.dtype
+    sdt = compute_dtype(lp.dtype)
     if not isinstance(beam_scores, np.ndarray) or beam_scores.dtype != sdt:
         raise TypeError(f"beam_scores must be a {sdt} numpy.ndarray (for {lp.dtype} "
                         f"log_probs), got {type(beam_scores).__name__} "
@@ -314,7 +299,7 @@ def beam_topk(log_probs, beam_scores, k, normalize):
                          f"got shape {beam_scores.shape} strides {beam_scores.strides}")
     normalize = check_flag(normalize, "normalize")
     k = _k(k, B * N, "the number of candidates B*N")
-    if lp.dtype == _HALF:
+    if lp.dtype == _F16:
         return _decode.beam_topk_f16(_bits(lp), beam_scores, k, normalize, get_num_threads())
     return _decode.beam_topk(lp, beam_scores, k, normalize, get_num_threads())
 
@@ -324,11 +309,10 @@ def beam_topk(log_probs, beam_scores, k, normalize):
 
 def _py_int(v, name, low, high, bounds=None):
     """An int in [low, high], so it fits the kernel's C argument (no OverflowError)."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {v!r} ({type(v).__name__})")
+    v = check_int(v, name)
     if not low <= v <= high:
         raise ValueError(f"{name} must be in {bounds or [low, high]}, got {v}")
-    return int(v)
+    return v
 
 
 # The kernel modules check every array, shape, stride and block size they index with

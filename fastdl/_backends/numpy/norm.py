@@ -7,6 +7,8 @@ dtype (float32 for float16 data).
 """
 import numpy as np
 
+from fastdl._validate import compute_dtype
+
 f64 = np.float64
 
 
@@ -40,7 +42,7 @@ def _affine(y, w, b, shape):
 
 
 def _param_grads(dy, xhat, axes, need_dw, need_db, dtype):
-    dtype = np.float32 if dtype == np.float16 else dtype
+    dtype = compute_dtype(dtype)
     dw = (dy * xhat).sum(axis=axes).astype(dtype) if need_dw else None
     db = dy.sum(axis=axes).astype(dtype) if need_db else None
     return dw, db
