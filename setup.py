@@ -5,8 +5,8 @@ program the extensions are built serially (one line says so).  No
 ``-march=native``: AVX2/FMA code lives in C helpers compiled with function
 target attributes and chosen at run time (fastdl/_backends/cython/src/simd.h).
 """
+import glob
 import os
-import sys
 import tempfile
 
 import numpy as np
@@ -92,19 +92,21 @@ class BuildExt(build_ext):
         for ext in self.extensions:
             ext.extra_compile_args = base + (omp[0] if omp else [])
             ext.extra_link_args = omp[1] if omp else []
-            if omp:
-                ext.define_macros.append(("FASTDL_OPENMP", "1"))
             if pause:
                 ext.define_macros.append(("FASTDL_OMP_PAUSE", "1"))
         super().build_extensions()
 
 
 def extensions():
+    # every header and .pxd: an edit to one rebuilds the extensions that may include it
+    # (a few seconds more than exact per-file lists, which would drift)
+    headers = sorted(glob.glob(SRC_DIR + "/*.h") + glob.glob(CY_DIR + "/*.pxd"))
     exts = []
     for name, sources in EXTENSIONS.items():
         exts.append(Extension(
             f"fastdl._backends.cython.{name}",
             [f"{CY_DIR}/{name}.pyx"] + sources,
+            depends=headers,
             include_dirs=[np.get_include(), SRC_DIR],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         ))

@@ -18,9 +18,9 @@ from fastdl.decode import beam_topk, log_softmax, topk
 
 cy = pytest.importorskip("fastdl._backends.cython")
 from fastdl._backends.cython import _cpu, _decode  # noqa: E402
-from fastdl._testing import rng_for, simd, threads  # noqa: E402
+from fastdl.testing import rng_for, simd, threads  # noqa: E402
 
-HAVE_AVX2 = _cpu.detected_simd() == "avx2"
+HAVE_AVX2 = _cpu.LEVELS[_cpu.detected_simd()] >= _cpu.LEVELS["avx2"]
 needs_avx2 = pytest.mark.skipif(not HAVE_AVX2, reason="no AVX2 on this CPU/build")
 CHUNK = _decode.PARAMS["chunk"]
 H16 = np.float16

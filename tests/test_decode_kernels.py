@@ -22,9 +22,9 @@ from fastdl._backends.cython import _cpu, _decode  # noqa: E402
 
 hyp = pytest.importorskip("hypothesis")
 from hypothesis import given, settings, strategies as st  # noqa: E402
-from fastdl._testing import rng_for, simd, threads  # noqa: E402
+from fastdl.testing import rng_for, simd, threads  # noqa: E402
 
-HAVE_AVX2 = _cpu.detected_simd() == "avx2"
+HAVE_AVX2 = _cpu.LEVELS[_cpu.detected_simd()] >= _cpu.LEVELS["avx2"]
 needs_avx2 = pytest.mark.skipif(not HAVE_AVX2, reason="no AVX2 on this CPU/build")
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 CHUNK = _decode.PARAMS["chunk"]

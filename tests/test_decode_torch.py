@@ -11,7 +11,7 @@ import pytest
 
 import fastdl
 from fastdl.decode import beam_topk, log_softmax, topk
-from fastdl._testing import rng_for
+from fastdl.testing import rng_for
 
 torch = pytest.importorskip("torch")
 

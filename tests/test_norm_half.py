@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 
 import fastdl
-from fastdl._testing import rng_for, simd, threads
+from fastdl.testing import rng_for, simd, simd_levels, threads
 
 cy = pytest.importorskip("fastdl._backends.cython")
 from fastdl._backends.cython import _cpu, _norm16  # noqa: E402
 
-HAVE_AVX2 = _cpu.detected_simd() == "avx2"
+HAVE_AVX2 = _cpu.LEVELS[_cpu.detected_simd()] >= _cpu.LEVELS["avx2"]
 needs_avx2 = pytest.mark.skipif(not HAVE_AVX2, reason="no AVX2 on this CPU/build")
 F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
-LEVELS = ["scalar"] + (["avx2"] if HAVE_AVX2 else [])
+LEVELS = simd_levels()
 NORMS = ["layer", "rms", "group", "instance", "batch_train", "batch_eval"]
 ROW = ("layer", "rms")
 

@@ -29,9 +29,9 @@ import fastdl
 
 cy = pytest.importorskip("fastdl._backends.cython")
 from fastdl._backends.cython import _cpu  # noqa: E402
-from fastdl._testing import rng_for, simd, threads
+from fastdl.testing import rng_for, simd, threads
 
-HAVE_AVX2 = _cpu.detected_simd() == "avx2"
+HAVE_AVX2 = _cpu.LEVELS[_cpu.detected_simd()] >= _cpu.LEVELS["avx2"]
 needs_avx2 = pytest.mark.skipif(not HAVE_AVX2, reason="no AVX2 on this CPU/build")
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)

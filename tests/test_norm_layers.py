@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import fastdl
 from fastdl import NormStats
-from fastdl._testing import rng_for, threads
+from fastdl.testing import rng_for, threads
 
 BACKENDS = ["numpy", "cython"]
 

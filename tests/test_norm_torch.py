@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fastdl
-from fastdl._testing import rng_for
+from fastdl.testing import rng_for
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

@@ -21,7 +21,7 @@ import fastdl
 from fastdl import quant
 from fastdl.quant import (NF4_CODEBOOK, QuantizedTensor, dequantize, nf4_thresholds, qmatmul,
                           quantize, row_bytes)
-from fastdl._testing import rng_for
+from fastdl.testing import rng_for
 
 BACKENDS = ["numpy", "cython"]
 

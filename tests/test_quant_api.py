@@ -7,7 +7,7 @@ import pytest
 from fastdl import quant
 from fastdl.quant import NF4_CODEBOOK, QuantizedTensor, dequantize, qmatmul, quantize
 
-from fastdl._testing import rng_for
+from fastdl.testing import rng_for
 
 BACKENDS = ["numpy", "cython"]
 

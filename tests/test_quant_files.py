@@ -14,7 +14,7 @@ import pytest
 
 from fastdl.quant import QuantizedTensor, quantize
 
-from fastdl._testing import rng_for
+from fastdl.testing import rng_for
 
 Q = quantize(rng_for("files").standard_normal((65, 7)), 4, block_size=32)
 QDQ = quantize(rng_for("files-dq").standard_normal((130, 3)), 4, scheme="nf4", double_quant=True)

@@ -10,6 +10,7 @@ from libc.stdint cimport int64_t
 cdef extern from "simd.h":
     int FDL_SIMD_SCALAR
     int FDL_SIMD_AVX2
+    int FDL_SIMD_AVX512
     int fdl_cpu_simd_level() nogil
     int fdl_compiled_simd_level() nogil
     int fdl_openmp_enabled() nogil
@@ -134,7 +135,7 @@ def fork_facts():
     return bool(fdl_team_fork_pause()), bool(fdl_team_child_serial())
 
 
-LEVELS = {"scalar": FDL_SIMD_SCALAR, "avx2": FDL_SIMD_AVX2}
+LEVELS = {"scalar": FDL_SIMD_SCALAR, "avx2": FDL_SIMD_AVX2, "avx512": FDL_SIMD_AVX512}
 _NAMES = {v: k for k, v in LEVELS.items()}
 
 cdef int _detected = min(fdl_cpu_simd_level(), fdl_compiled_simd_level())
@@ -146,7 +147,7 @@ cdef int simd_level() noexcept nogil:
 
 
 def detected_simd():
-    """Best SIMD level usable on this CPU by this build: 'avx2' or 'scalar'."""
+    """Best SIMD level usable on this CPU by this build: 'avx512', 'avx2' or 'scalar'."""
     return _NAMES[_detected]
 
 
@@ -156,7 +157,7 @@ def active_simd():
 
 
 def set_simd_level(name):
-    """Select the kernels' SIMD level ('avx2' or 'scalar'); returns the previous one.
+    """Select the kernels' SIMD level ('avx512', 'avx2' or 'scalar'); returns the previous one.
 
     Meant for testing the scalar twins and for benchmarking; the default is the
     best detected level.

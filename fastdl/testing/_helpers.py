@@ -1,0 +1,49 @@
+"""Test helpers: seeded generators, SIMD-level and thread-count contexts."""
+import contextlib
+import zlib
+
+import numpy as np
+
+import fastdl
+
+
+def rng_for(*key):
+    """A generator seeded by the test's own parameters (stable across runs)."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def simd_levels():
+    """SIMD levels the Cython kernels can run at on this machine, lowest first
+    (``["scalar"]`` when the compiled backend is missing)."""
+    try:
+        from fastdl._backends.cython import _cpu
+    except ImportError:
+        return ["scalar"]
+    top = _cpu.LEVELS[_cpu.detected_simd()]
+    return [n for n, v in sorted(_cpu.LEVELS.items(), key=lambda kv: kv[1]) if v <= top]
+
+
+def has_simd(level):
+    """Whether the kernels can run at ``level`` ("avx2", "avx512") here."""
+    return level in simd_levels()
+
+
+@contextlib.contextmanager
+def simd(level):
+    """Run the Cython kernels at SIMD ``level`` ("scalar", "avx2" or "avx512") inside the block."""
+    from fastdl._backends.cython import _cpu
+    old = _cpu.set_simd_level(level)
+    try:
+        yield
+    finally:
+        _cpu.set_simd_level(old)
+
+
+@contextlib.contextmanager
+def threads(n):
+    old = fastdl.get_num_threads()
+    fastdl.set_num_threads(n)
+    try:
+        yield
+    finally:
+        fastdl.set_num_threads(old)
