@@ -65,7 +65,7 @@ def cmd_info(args, console: Console) -> int:
 
 def cmd_backends(args, console: Console) -> int:
     infos = fastdl.backends()
-    ops = sorted({op for info in infos.values() for op in info.ops} | registry._known_ops())
+    ops = sorted({op for info in infos.values() for op in info.ops} | set(fastdl.ops.names()))
     table = Table(title="fastdl backends (priority: " + ", ".join(
         registry.get_backend_priority() + (registry.REFERENCE,)) + ")")
     for col in ("backend", "status", "source", "ops"):

@@ -1,37 +1,8 @@
 """Normalization API: statistics, forward layers and their backward.
 
 The public functions validate, reshape to a canonical contiguous view and
-dispatch one op; backends implement the ops below.  ``x`` and ``dy`` arrive
-C-contiguous in one dtype (float16/float32/float64); ``w``/``b`` are 1-D
-contiguous arrays of the compute dtype (float32 for float16 data, else the
-data's dtype) or None, and dw/db come back in that dtype; statistics are
-float64 (except norm_stats', which have x's dtype).  ``out`` is the caller's
-C-contiguous output array of x's dtype, or None: the backend allocates it (and
-knows the memory is new).  Forwards return the output first.
-
-float16 data keep float16 (outputs and input gradients) and are computed in
-float32, as torch does: a backend converts them inside its kernels.
-
-=================  ==========================================  ====================
-op                 arguments                                   returns
-=================  ==========================================  ====================
-norm_stats         x (N, C, *spatial), kind, num_groups, ddof  mean, var (x.dtype)
-layer_norm_fwd     x (R, D), w, b (D,), eps, out (R, D)        y, mean, var (R,)
-layer_norm_bwd     dy, x (R, D), mean, rstd (R,), w,           dx, dw|None, db|None
-                   need_dw, need_db
-rms_norm_fwd       x (R, D), w (D,), eps, out                  y, mean square (R,)
-rms_norm_bwd       dy, x, rstd (R,), w, need_dw                dx, dw|None
-group_norm_fwd     x (N, C, S), G, w, b (C,), eps, out         y, mean, var (N, G)
-group_norm_bwd     dy, x, mean, rstd (N, G), G, w,             dx, dw|None, db|None
-                   need_dw, need_db
-batch_norm_fwd     x (N, C, S), w, b (C,), eps, out            y, mean, var (C,)
-batch_norm_eval    x (N, C, S), mean, rstd (C,), w, b, out     y
-batch_norm_bwd     dy, x, mean, rstd (C,), w, training,        dx, dw|None, db|None
-                   need_dw, need_db
-=================  ==========================================  ====================
-
-Variances are biased; the forward normalizes with ``rstd = 1 / sqrt(var +
-eps)`` computed in float64, exactly as ``NormStats`` reports it.
+call one op; the ops' arguments, results and the rules every backend shares
+are declared in ``fastdl.ops.norm`` (``print(fastdl.ops.table("norm"))``).
 """
 from __future__ import annotations
 
@@ -41,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fastdl import registry
+from fastdl import ops as _ops
 from fastdl._validate import (as_float_array, check_choice, check_flag, check_int, check_out,
                               check_param, check_real, compute_dtype, overlaps, plain_array,
                               reject_masked)
@@ -53,13 +24,8 @@ __all__ = [
     "group_norm_backward", "rms_norm_backward",
 ]
 
-NORM_KINDS = ("batch", "layer", "instance", "group")
-# the ops of this module, in the table above (backends implement them)
-NORM_OPS = ("norm_stats", "layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd",
-            "group_norm_fwd", "group_norm_bwd", "batch_norm_fwd", "batch_norm_eval",
-            "batch_norm_bwd")
-for _op in NORM_OPS:
-    registry.declare_op(_op)
+NORM_KINDS = _ops.NORM_KINDS
+NORM_OPS = tuple(op.name for op in _ops.NORM_OPS)     # the op names (backends implement them)
 
 
 class NormStats(NamedTuple):
@@ -120,7 +86,7 @@ def norm_stats(x, kind: str, *, num_groups: int | None = None, ddof: int = 0,
     if count - ddof <= 0:
         raise ValueError(f"ddof must be smaller than the number of elements per group ({count}), "
                          f"got ddof={ddof}")
-    return registry.dispatch("norm_stats", (x, kind, num_groups, ddof), {}, backend)
+    return _ops.norm_stats(x, kind, num_groups, ddof, backend=backend)
 
 
 def _empty_result(x: np.ndarray, kind: str, num_groups):
@@ -354,8 +320,8 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out
     buf, target = _out_buffer(out, x, w, b)
     if x.size == 0:
         return _result(_deliver(_empty_out(buf, x), buf, target, x.shape), _empty_stats(lead), return_stats)
-    y, mean, var = registry.dispatch("layer_norm_fwd", (_rows(x, rows, size), _flat(w), _flat(b),
-                                                        eps, _view(buf, rows, size)), {}, backend)
+    y, mean, var = _ops.layer_norm_fwd(_rows(x, rows, size), _flat(w), _flat(b),
+                                                        eps, _view(buf, rows, size), backend=backend)
     if not return_stats:
         return _deliver(y, buf, target, x.shape)
     stats = NormStats(np.reshape(mean, lead), _rstd(var, eps).reshape(lead))
@@ -375,9 +341,8 @@ def layer_norm_backward(grad_output, input, normalized_shape, weight=None, bias=
     mean, rstd = _saved(stats, lead, True)
     if x.size == 0:
         return _typed_grads(_zero_grads(x, w, b), x, weight, bias)
-    dx, dw, db = registry.dispatch(
-        "layer_norm_bwd", (dy.reshape(rows, size), _rows(x, rows, size), mean.reshape(-1),
-                           rstd.reshape(-1), _flat(w), w is not None, b is not None), {}, backend)
+    dx, dw, db = _ops.layer_norm_bwd(dy.reshape(rows, size), _rows(x, rows, size), mean.reshape(-1),
+                           rstd.reshape(-1), _flat(w), w is not None, b is not None, backend=backend)
     return _typed_grads((dx.reshape(x.shape), None if dw is None else dw.reshape(shape),
                          None if db is None else db.reshape(shape)), x, weight, bias)
 
@@ -397,8 +362,8 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None, return
     buf, target = _out_buffer(out, x, w)
     if x.size == 0:
         return _result(_deliver(_empty_out(buf, x), buf, target, x.shape), _empty_stats(lead, False), return_stats)
-    y, ms = registry.dispatch("rms_norm_fwd", (_rows(x, rows, size), _flat(w), eps,
-                                               _view(buf, rows, size)), {}, backend)
+    y, ms = _ops.rms_norm_fwd(_rows(x, rows, size), _flat(w), eps,
+                                               _view(buf, rows, size), backend=backend)
     if not return_stats:
         return _deliver(y, buf, target, x.shape)
     stats = NormStats(None, _rstd(ms, eps).reshape(lead))
@@ -416,9 +381,9 @@ def rms_norm_backward(grad_output, input, normalized_shape, weight=None, eps=Non
     _, rstd = _saved(stats, lead, False)
     if x.size == 0:
         return _typed_grads(_zero_grads(x, w, None), x, weight, None)
-    dx, dw = registry.dispatch("rms_norm_bwd", (dy.reshape(rows, size), _rows(x, rows, size),
-                                                rstd.reshape(-1), _flat(w), w is not None),
-                               {}, backend)
+    dx, dw = _ops.rms_norm_bwd(dy.reshape(rows, size), _rows(x, rows, size),
+                                                rstd.reshape(-1), _flat(w), w is not None,
+                                backend=backend)
     return _typed_grads((dx.reshape(x.shape), None if dw is None else dw.reshape(shape), None),
                         x, weight, None)
 
@@ -442,8 +407,8 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, out=None,
     buf, target = _out_buffer(out, x, w, b)
     if x.size == 0:
         return _result(_deliver(_empty_out(buf, x), buf, target, x.shape), _empty_stats((x.shape[0], G)), return_stats)
-    y, mean, var = registry.dispatch("group_norm_fwd", (_ncs(x), G, w, b, eps,
-                                                        _view(buf, *_ncs_shape(x))), {}, backend)
+    y, mean, var = _ops.group_norm_fwd(_ncs(x), G, w, b, eps,
+                                                        _view(buf, *_ncs_shape(x)), backend=backend)
     if not return_stats:
         return _deliver(y, buf, target, x.shape)
     stats = NormStats(np.asarray(mean), _rstd(var, eps))
@@ -466,8 +431,8 @@ def group_norm_backward(grad_output, input, num_groups, weight=None, bias=None, 
 def _group_bwd(dy, x, mean, rstd, G, w, b, backend):
     if x.size == 0:
         return _zero_grads(x, w, b)
-    dx, dw, db = registry.dispatch("group_norm_bwd", (_ncs(dy), _ncs(x), mean, rstd, G, w,
-                                                      w is not None, b is not None), {}, backend)
+    dx, dw, db = _ops.group_norm_bwd(_ncs(dy), _ncs(x), mean, rstd, G, w,
+                                                      w is not None, b is not None, backend=backend)
     return dx.reshape(x.shape), dw, db
 
 
@@ -502,8 +467,8 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     N, S = x.shape[0], math.prod(x.shape[2:])
     if x.size == 0:
         return _result(_deliver(_empty_out(buf, x), buf, target, x.shape), _empty_stats((N, C)), return_stats)
-    y, mean, var = registry.dispatch("group_norm_fwd", (_ncs(x), C, w, b, eps,
-                                                        _view(buf, *_ncs_shape(x))), {}, backend)
+    y, mean, var = _ops.group_norm_fwd(_ncs(x), C, w, b, eps,
+                                                        _view(buf, *_ncs_shape(x)), backend=backend)
     if rm is not None:
         _update(rm, np.mean(mean, axis=0), momentum)
         _update(rv, np.mean(np.asarray(var) * (S / (S - 1)), axis=0), momentum)
@@ -516,8 +481,8 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
 def _apply_running(x, rm, rv, w, b, eps, buf, target, return_stats, backend):
     mean, rstd = _running_stats(rm, rv, eps)
     if x.size:
-        y = registry.dispatch("batch_norm_eval", (_ncs(x), np.ascontiguousarray(mean), rstd, w,
-                                                  b, _view(buf, *_ncs_shape(x))), {}, backend)
+        y = _ops.batch_norm_eval(_ncs(x), np.ascontiguousarray(mean), rstd, w,
+                                                  b, _view(buf, *_ncs_shape(x)), backend=backend)
     else:
         y = _empty_out(buf, x)
     return _result(_deliver(y, buf, target, x.shape), NormStats(mean, rstd), return_stats)
@@ -588,8 +553,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if x.size == 0:       # empty batch or no channels: the running buffers stay as they are
         return _result(_deliver(_empty_out(buf, x), buf, target, x.shape), _empty_stats((C,)),
                        return_stats)
-    y, mean, var = registry.dispatch("batch_norm_fwd", (_ncs(x), w, b, eps,
-                                                        _view(buf, *_ncs_shape(x))), {}, backend)
+    y, mean, var = _ops.batch_norm_fwd(_ncs(x), w, b, eps,
+                                                        _view(buf, *_ncs_shape(x)), backend=backend)
     if rm is not None:
         _update(rm, mean, momentum)
         _update(rv, np.asarray(var) * (count / (count - 1)), momentum)
@@ -626,7 +591,7 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
 def _batch_bwd(dy, x, mean, rstd, w, b, training, backend):
     if x.size == 0:
         return _zero_grads(x, w, b)
-    dx, dw, db = registry.dispatch("batch_norm_bwd", (_ncs(dy), _ncs(x), mean, rstd, w,
-                                                      training, w is not None, b is not None),
-                                   {}, backend)
+    dx, dw, db = _ops.batch_norm_bwd(_ncs(dy), _ncs(x), mean, rstd, w,
+                                                      training, w is not None, b is not None,
+                                    backend=backend)
     return dx.reshape(x.shape), dw, db

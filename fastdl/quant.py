@@ -45,20 +45,9 @@ Values (all arithmetic in float32; ``w`` is rounded to float32 first):
   codebook entry to ``w / s`` (ties to the lower code); dequantized:
   ``s * NF4_CODEBOOK[code]``.
 
-============  ===============================================  =====================
-op            arguments                                        returns
-============  ===============================================  =====================
-quantize      w (d_in, d_out) float32 C-contiguous, bits,      data, scales (above;
-              scheme, block_size (int in [1, d_in]; d_in for   per-tensor: (1,))
-              per-tensor), rounding, per_tensor (bool)
-dequantize    q (QuantizedTensor), out (d_in, d_out) float32   out
-              or float64, C-contiguous
-qmatmul       x (n, k) float32/float64 C-contiguous, n >= 1,   out (n, d_out), or
-              q, transpose, out (C-contiguous, x's dtype)      (n, d_in) transposed
-============  ===============================================  =====================
-
-Backend ops check what their kernels rely on themselves (they can be called
-directly): the public functions below have normalised the user's input already.
+The ops (quantize, dequantize, qmatmul), their arguments and results are
+declared in ``fastdl.ops.quant`` (``print(fastdl.ops.table("quant"))``); every
+backend's functions run behind that one check of what the kernels rely on.
 """
 from __future__ import annotations
 
@@ -67,18 +56,15 @@ import numbers
 
 import numpy as np
 
-from fastdl import _qfile, registry
+from fastdl import _qfile
+from fastdl import ops as _ops
 from fastdl._validate import check_choice, check_int, check_out, reject_masked
 
 __all__ = ["QuantizedTensor", "quantize", "dequantize", "qmatmul", "storage_bytes", "row_bytes",
            "NF4_CODEBOOK", "QUANT_OPS", "SCHEMES", "ROUNDINGS"]
 
-QUANT_OPS = ("quantize", "dequantize", "qmatmul")
-for _op in QUANT_OPS:
-    registry.declare_op(_op)
-
-SCHEMES = ("absmax", "nf4")
-ROUNDINGS = ("nearest", "floor")
+QUANT_OPS = tuple(op.name for op in _ops.QUANT_OPS)
+SCHEMES, ROUNDINGS = _ops.SCHEMES, _ops.ROUNDINGS
 FORMAT_VERSION = 1
 DQ_GROUP = 256            # block scales per group in double quantization
 DEFAULT_BLOCK = 64         # every peer quantizes in blocks; 64 is QLoRA's and bitsandbytes'
@@ -425,8 +411,8 @@ def quantize(w, bits, *, scheme="absmax", block_size=DEFAULT_BLOCK, rounding="ne
     w, w32 = _weights(w)
     d_in, d_out = w32.shape
     bs = d_in if block_size is None else min(int(block_size), d_in)   # a block >= d_in: one
-    data, scales = registry.dispatch("quantize", (w32, bits, scheme, bs, rounding, block_size is None),
-                                     {}, backend)
+    data, scales = _ops.quantize(w32, bits, scheme, bs, rounding, block_size is None,
+                                      backend=backend)
     _check_finite(w, scales)
     if block_size is None:
         scales = np.asarray(scales, np.float32).reshape(1)
@@ -460,7 +446,7 @@ def dequantize(q, dtype=None, *, out=None, backend: str | None = None) -> np.nda
         raise ValueError("out must be C-contiguous")
     if out is None:
         out = np.empty(q.shape, dtype)
-    return registry.dispatch("dequantize", (q, out), {}, backend)
+    return _ops.dequantize(q, out, backend=backend)
 
 
 def qmatmul(x, q, *, transpose: bool = False, out=None, backend: str | None = None):
@@ -501,5 +487,5 @@ def qmatmul(x, q, *, transpose: bool = False, out=None, backend: str | None = No
     buf = np.empty((n, m), x2.dtype) if out is None else out.reshape(n, m)
     if n == 0:
         return out if out is not None else buf.reshape(res_shape)
-    res = registry.dispatch("qmatmul", (x2, q, bool(transpose), buf), {}, backend)
+    res = _ops.qmatmul(x2, q, bool(transpose), buf, backend=backend)
     return out if out is not None else res.reshape(res_shape)

@@ -8,8 +8,11 @@ Resolution order for one call of op X:
 3. the global priority (``set_backend``, env ``FASTDL_BACKEND``);
 4. ``numpy``, the reference, always last.
 
-A backend that lacks X or declines the call (its ``can_run`` returns a reason)
-is skipped, logged at DEBUG on logger ``fastdl.dispatch``; with env
+Ops are the ``OpSpec`` objects of ``fastdl.ops`` (a name is looked up there;
+unknown names are rejected without importing any plugin).  A backend's
+functions must take their spec's arguments (checked when it loads) and run
+behind the spec's argument check.  A backend that lacks X or declines the call
+(its ``can_run`` returns a reason) is skipped, logged at DEBUG on logger ``fastdl.dispatch``; with env
 ``FASTDL_STRICT=1`` a skip raises instead.  The ordered candidates per
 (op, scopes, registry version) are cached, so a call costs a dict lookup plus
 the ``can_run`` checks.
@@ -25,6 +28,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from fastdl import ops as _ops
 from fastdl._validate import check_flag
 
 __all__ = [
@@ -81,10 +85,7 @@ class _Slot:
     target: str | None = None          # "module:attr" to load lazily
     obj: Any = None
     error: str | None = None
-
-    @property
-    def ops(self) -> Mapping[str, Callable]:
-        return self.obj.ops if self.obj is not None else {}
+    ops: Mapping[str, Callable] = field(default_factory=dict)   # checked op functions
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,6 @@ class _Scope:
 @dataclass
 class _State:
     slots: dict[str, _Slot] = field(default_factory=dict)
-    declared_ops: set[str] = field(default_factory=set)
     priority: tuple[str, ...] = ()
     per_op: dict[str, tuple[str, ...]] = field(default_factory=dict)
     strict: bool = False
@@ -162,11 +162,10 @@ def _load(slot: _Slot) -> None:
                 obj = getattr(obj, part)
             if not hasattr(obj, "ops") and callable(obj):
                 obj = obj()            # a factory
-            _check_backend(obj)
+            checked_ops = _check_backend(obj)
             if obj.name != slot.name:
                 raise ValueError(f"entry point {slot.name!r} returned a backend named {obj.name!r}")
-            slot.obj = obj
-            _state.declared_ops.update(obj.ops)
+            slot.obj, slot.ops = obj, checked_ops
         except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not raised
             slot.error = f"{type(exc).__name__}: {exc}"
             if slot.source != "builtin":
@@ -176,7 +175,8 @@ def _load(slot: _Slot) -> None:
         _changed()
 
 
-def _check_backend(obj: Any) -> None:
+def _check_backend(obj: Any) -> dict[str, Callable]:
+    """The backend's ops behind their specs' checks, or TypeError saying what is wrong."""
     name = getattr(obj, "name", None)
     if not isinstance(name, str) or not name:
         raise TypeError(f"a backend needs a non-empty str 'name', got {name!r}")
@@ -190,15 +190,18 @@ def _check_backend(obj: Any) -> None:
     can_run = getattr(obj, "can_run", None)
     if can_run is not None and not callable(can_run):
         raise TypeError(f"backend {name!r}: 'can_run' must be callable or None")
-
-
-_API_OPS: set[str] = set()
-
-
-def declare_op(name: str) -> None:
-    """Record an op name that the public API dispatches (for name validation)."""
-    _API_OPS.add(name)
-    _state.declared_ops.add(name)
+    unknown = sorted(k for k in ops if k not in _ops.SPECS)
+    if unknown:
+        raise TypeError(f"backend {name!r}: ops {unknown} have no spec; a backend that brings "
+                        "an op of its own defines it first with fastdl.ops.define(OpSpec(...)); "
+                        f"known ops: {', '.join(_ops.names())}")
+    out = {}
+    for op, fn in ops.items():
+        try:
+            out[op] = _ops.checked(op, fn)
+        except TypeError as exc:
+            raise TypeError(f"backend {name!r}, op {op!r}: {exc}") from None
+    return out
 
 
 # ---------------------------------------------------------------- names
@@ -220,21 +223,10 @@ def _check_names(names, what: str = "backend") -> tuple[str, ...]:
     return tuple(names)
 
 
-def _known_ops() -> set[str]:
+def _check_op(op) -> str:
+    """The op's name; unknown names are a ValueError (no plugin is imported to look)."""
     _discover()
-    return set(_state.declared_ops)
-
-
-def _check_op(op: str) -> None:
-    if not isinstance(op, str):
-        raise TypeError(f"op must be a str, got {type(op).__name__}")
-    _discover()
-    if op in _state.declared_ops:
-        return
-    for slot in list(_state.slots.values()):   # plugins may add ops of their own
-        _load(slot)
-    if op not in _known_ops():
-        raise ValueError(f"unknown op {op!r}; known ops: {', '.join(sorted(_known_ops()))}")
+    return _ops.get(op).name
 
 
 def _check_ops(ops) -> frozenset[str] | None:
@@ -242,9 +234,7 @@ def _check_ops(ops) -> frozenset[str] | None:
         return None
     if isinstance(ops, str):
         ops = (ops,)
-    for op in ops:
-        _check_op(op)
-    return frozenset(ops)
+    return frozenset(_check_op(op) for op in ops)
 
 
 def _configure_from_env() -> None:
@@ -266,7 +256,7 @@ def _reset() -> None:
     """Forget all state and rediscover (tests use this after changing env or sys.path)."""
     global _state
     with _lock:
-        _state = _State(declared_ops=set(_API_OPS))
+        _state = _State()
         _changed()
 
 
@@ -346,14 +336,13 @@ def coerce_allowed(op: str) -> bool:
 
 def register_backend(obj: Any, *, replace: bool = False) -> None:
     """Register a backend object (``name``, ``ops``, optional ``can_run``)."""
-    _check_backend(obj)
+    checked_ops = _check_backend(obj)
     _discover()
     with _lock:
         if obj.name in _state.slots and not replace:
             raise ValueError(f"a backend named {obj.name!r} is already registered; "
                              "pass replace=True to replace it")
-        _state.slots[obj.name] = _Slot(obj.name, "register_backend", None, obj)
-        _state.declared_ops.update(obj.ops)
+        _state.slots[obj.name] = _Slot(obj.name, "register_backend", None, obj, ops=checked_ops)
         _changed()
 
 
@@ -398,7 +387,7 @@ def _candidates(op: str):
     hit = _cache.get(key)
     if hit is not None:
         return hit
-    _check_op(op)                          # discovers backends on first use
+    op = _check_op(op)                     # discovers backends on first use
     viable, skipped = [], []
     for name, why in _plan(op, scopes):
         slot = _state.slots[name]
@@ -415,10 +404,10 @@ def _candidates(op: str):
 
 
 def _explicit(op: str, name: str):
-    _check_op(op)
     _check_names((name,))
     slot = _state.slots[name]
-    _load(slot)
+    _load(slot)                 # the named backend may define the op (a plugin's own)
+    _check_op(op)
     if slot.error is not None:
         raise BackendNotImplementedError(op, name, f"failed to load: {slot.error}")
     if op not in slot.ops:
@@ -426,8 +415,10 @@ def _explicit(op: str, name: str):
     return slot.ops[op], getattr(slot.obj, "can_run", None)
 
 
-def _resolve(op: str, args, kwargs, backend: str | None, check_args: bool = True):
+def _resolve(op, args, kwargs, backend: str | None, check_args: bool = True):
     """(name, callable, why) of the backend that runs this call."""
+    if not isinstance(op, str):
+        op = _ops.get(op).name
     if backend is not None:
         fn, can_run = _explicit(op, backend)
         if can_run is not None and check_args:
@@ -457,15 +448,16 @@ def _resolve(op: str, args, kwargs, backend: str | None, check_args: bool = True
     raise BackendNotImplementedError(op, "any", reasons)
 
 
-def dispatch(op: str, args: tuple, kwargs: dict, backend: str | None = None):
-    """Run op with the backend chosen by the rules above."""
+def dispatch(op, args: tuple, kwargs: dict, backend: str | None = None):
+    """Run op (an ``OpSpec`` or its name) with the backend chosen by the rules above;
+    ``fastdl.ops.<name>(*args, backend=...)`` is the same call."""
     name, fn, why = _resolve(op, args, kwargs, backend)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("op %s -> backend %r (%s)", op, name, why)
     return fn(*args, **kwargs)
 
 
-def which_backend(op: str, *args, backend: str | None = None, **kwargs) -> tuple[str, str]:
+def which_backend(op, *args, backend: str | None = None, **kwargs) -> tuple[str, str]:
     """(name, reason) of the backend that would run ``op``.
 
     With arguments, backends' ``can_run`` checks see them; without, they are

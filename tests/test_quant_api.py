@@ -4,6 +4,7 @@ for the backends whatever array subclass the caller holds."""
 import numpy as np
 import pytest
 
+import fastdl
 from fastdl import quant
 from fastdl.quant import NF4_CODEBOOK, QuantizedTensor, dequantize, qmatmul, quantize
 
@@ -107,7 +108,7 @@ def test_matmul_operator_is_qmatmul(backend, kw):
     rng = rng_for("op-x")
     for shape in [(96,), (3, 96), (2, 5, 96), (0, 96), (2, 0, 96)]:
         x = rng.standard_normal(shape).astype(np.float32)
-        with quant.registry.use_backend(backend, only=True):
+        with fastdl.registry.use_backend(backend, only=True):
             y = x @ q
         np.testing.assert_array_equal(y, qmatmul(x, q, backend=backend))
         assert y.shape == shape[:-1] + (40,) and y.dtype == np.float32
@@ -186,7 +187,7 @@ def test_strided_leading_dimensions(backend):
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")      # np.matrix
 def test_matrix_inputs_reach_backends_as_plain_arrays(backend, monkeypatch):
     seen = []
-    inner = quant.registry.dispatch
+    inner = fastdl.registry.dispatch
 
     def spy(op, args, kwargs, b=None):
         seen.append((op, type(args[0])))
@@ -196,7 +197,7 @@ def test_matrix_inputs_reach_backends_as_plain_arrays(backend, monkeypatch):
     ref = quantize(w, 8, backend=backend)
     x = rng_for("sub-x").standard_normal((3, 8))
     want = qmatmul(x, ref, backend=backend)
-    monkeypatch.setattr(quant.registry, "dispatch", spy)
+    monkeypatch.setattr(fastdl.registry, "dispatch", spy)
     for wi in (np.matrix(w), np.asarray(w).view(type("Sub", (np.ndarray,), {}))):
         q = quantize(wi, 8, backend=backend)
         np.testing.assert_array_equal(q.data, ref.data)
@@ -204,7 +205,7 @@ def test_matrix_inputs_reach_backends_as_plain_arrays(backend, monkeypatch):
         y = qmatmul(xi, ref, backend=backend)
         assert type(y) is np.ndarray
         np.testing.assert_array_equal(y, want)
-        with quant.registry.use_backend(backend, only=True):
+        with fastdl.registry.use_backend(backend, only=True):
             y2 = xi @ ref
         assert type(y2) is np.ndarray
         np.testing.assert_array_equal(y2, want)

@@ -27,6 +27,8 @@ from fastdl.registry import Backend, BackendInfo, BackendNotImplementedError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 X = np.arange(2 * 3 * 4, dtype=np.float64).reshape(2, 3, 4)
 OP = "norm_stats"
+# an op of a backend of its own (as a plugin would bring one): defined before use
+fastdl.ops.define(fastdl.ops.OpSpec("other_op", args=(), results=(), area="test"), replace=True)
 
 
 # ---------------------------------------------------------------- helpers
@@ -530,6 +532,9 @@ def norm_stats(x, kind, num_groups, ddof):
 def fake_op(*args):
     return "fake_op"
 
+fastdl.ops.define(fastdl.ops.OpSpec("fake_op", args=(), results=(), area="plugin"),
+                  replace=True)
+
 def make():
     return fastdl.Backend(name="fake", ops={"norm_stats": norm_stats, "fake_op": fake_op})
 """
@@ -710,7 +715,6 @@ def test_cache_is_keyed_by_scope():
 
 def test_concurrent_first_use_sees_configured_priority(monkeypatch):
     reset_registry()
-    registry.declare_op(OP)                # as in a freshly imported fastdl
     original = registry._configure_from_env
     seen = []
     other = threading.Thread(target=lambda: seen.append(backend_of()))

@@ -1,18 +1,8 @@
 """Decoding kernels: top-k, log-softmax and the fused beam step.
 
 The public functions validate, move the reduced axis last, make the data a
-C-contiguous 2-D array and dispatch one op; backends implement the ops:
-
-============  =====================================================  ===========================
-op            arguments                                              returns
-============  =====================================================  ===========================
-topk          x (R, n) float16/32/64, k (1 <= k <= n)                values (R, k) x's dtype,
-                                                                     indices (R, k) int64
-log_softmax   x (R, n) float16/32/64, out (R, n) x's dtype or None   out
-beam_topk     log_probs (B, N) float16/32/64, beam_scores (B,)       scores (k,) beam_scores'
-              in log_probs' dtype (float32 for float16),             dtype, beam (k,),
-              k (1 <= k <= B*N), normalize (bool)                    token (k,) int64
-============  =====================================================  ===========================
+C-contiguous 2-D array and call one op; the ops' arguments and results are
+declared in ``fastdl.ops.decode`` (``print(fastdl.ops.table("decode"))``).
 
 float16 is computed in float32 and every op equals the float32 op on the
 exactly converted input: ``topk`` returns float16 values (elements of x),
@@ -41,14 +31,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastdl import registry
+from fastdl import ops as _ops
 from fastdl._validate import as_float_array, check_flag, check_int, check_out, compute_dtype
 
 __all__ = ["topk", "log_softmax", "beam_topk", "DECODE_OPS"]
 
-DECODE_OPS = ("topk", "log_softmax", "beam_topk")
-for _op in DECODE_OPS:
-    registry.declare_op(_op)
+DECODE_OPS = tuple(op.name for op in _ops.DECODE_OPS)
 
 
 def _float_input(x, name: str) -> np.ndarray:
@@ -97,7 +85,7 @@ def topk(x, k, axis=-1, *, backend: str | None = None):
     if x.size == 0:            # other axes empty: nothing to select from, nothing to return
         vals, idx = np.empty(out_shape, x.dtype), np.empty(out_shape, np.int64)
     else:
-        vals, idx = registry.dispatch("topk", (_rows(x, axis), k), {}, backend)
+        vals, idx = _ops.topk(_rows(x, axis), k, backend=backend)
         vals, idx = vals.reshape(out_shape), idx.reshape(out_shape)
     return np.moveaxis(vals, -1, axis), np.moveaxis(idx, -1, axis)
 
@@ -125,7 +113,7 @@ def log_softmax(x, axis=-1, *, out=None, backend: str | None = None):
         view = np.moveaxis(out, axis, -1)
         if view.flags.c_contiguous:
             direct = view.reshape(rows.shape)
-    res = registry.dispatch("log_softmax", (rows, direct), {}, backend)
+    res = _ops.log_softmax(rows, direct, backend=backend)
     res = np.moveaxis(res.reshape(np.moveaxis(x, axis, -1).shape), -1, axis)
     if out is None:
         return res
@@ -166,5 +154,5 @@ def beam_topk(log_probs, beam_scores, k, *, normalize: bool = True, backend: str
         raise ValueError(f"k must be <= the number of candidates B*N = {B * N}, got k={k}")
     normalize = check_flag(normalize, "normalize")
     lp = np.ascontiguousarray(lp)
-    return registry.dispatch("beam_topk", (lp, s, k, normalize), {}, backend)
+    return _ops.beam_topk(lp, s, k, normalize, backend=backend)
 

@@ -59,14 +59,10 @@ def unpack_nibbles(data: np.ndarray, d_in: int) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def quantize(w, bits, scheme, bs, rounding, per_tensor):
-    # the op contract every backend shares (the Cython kernels index memory with it)
-    if not per_tensor and not 1 <= bs <= w.shape[0]:
-        raise ValueError(f"block_size must be in [1, d_in={w.shape[0]}] (a larger block is "
-                         f"one block of d_in), got {bs}")
+def quantize(w, bits, scheme, block_size, rounding, per_tensor):
     # non-finite weights give non-finite scales, which the caller rejects: no warnings here
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        return _quantize(w, bits, scheme, bs, rounding, per_tensor)
+        return _quantize(w, bits, scheme, block_size, rounding, per_tensor)
 
 
 def _quantize(w, bits, scheme, bs, rounding, per_tensor):
