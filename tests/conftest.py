@@ -1,7 +1,9 @@
-"""Fixtures every test module shares."""
+"""Fixtures every test module shares: the backend, SIMD level and thread count a test
+runs at, and the restoring of global state after each test."""
 import pytest
 
 import fastdl
+from fastdl.testing import BUILTIN_BACKENDS, simd, simd_levels, threads
 
 try:
     from fastdl._backends.cython import _cpu
@@ -18,3 +20,26 @@ def _restore_global_state():
     if _cpu is not None:
         _cpu.set_simd_level(level)
     fastdl.set_num_threads(nt)
+
+
+@pytest.fixture(params=BUILTIN_BACKENDS)
+def backend(request):
+    """Each built-in backend by name (skipped when it failed to load here)."""
+    info = fastdl.backends().get(request.param)
+    if info is None or info.error:
+        pytest.skip(f"backend {request.param!r} is not available: {info and info.error}")
+    return request.param
+
+
+@pytest.fixture(params=simd_levels())
+def simd_level(request):
+    """Each SIMD level this machine runs, active for the test."""
+    with simd(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=[1, 2, 3])
+def nthreads(request):
+    """1, 2 and 3 threads, active for the test."""
+    with threads(request.param):
+        yield request.param

@@ -9,7 +9,6 @@ import fastdl.nn as nn
 
 torch = pytest.importorskip("torch")
 
-BACKENDS = ["numpy", "cython"]
 
 
 def pair(cls_name, *args, backend, **kwargs):
@@ -61,7 +60,6 @@ def test_bias_argument_as_torch(cls):
         assert ours_param.kind is inspect.Parameter.KEYWORD_ONLY
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("affine,bias", [(True, True), (True, False), (False, True),
                                          (False, False)])
 @pytest.mark.parametrize("cls,args,shape", [
@@ -80,7 +78,6 @@ def test_bias_false_keeps_weight_drops_bias(cls, args, shape, affine, bias, back
     run_both(ours, theirs, x, dy)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("track", [False, True])
 @pytest.mark.parametrize("cls,shape", [("InstanceNorm1d", (4, 7)),
                                        ("InstanceNorm2d", (4, 3, 5)),
@@ -98,7 +95,6 @@ def test_unbatched_instance_norm(cls, shape, track, backend):
         run_both(ours, theirs, x, dy)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_generic_instance_norm_reads_2d_as_unbatched(backend):
     ours = nn.InstanceNorm(4, affine=True, dtype=np.float64, backend=backend)
     theirs = torch.nn.InstanceNorm1d(4, affine=True, dtype=torch.float64)

@@ -10,7 +10,6 @@ from fastdl import nn
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-BACKENDS = ["numpy", "cython"]
 
 
 def outcome(call):
@@ -53,7 +52,6 @@ BATCH_SHAPES = [(0, 3), (0, 3, 4), (0, 3, 4, 5), (2, 3, 0), (0, 3, 0), (1, 3, 0)
                 (0, 0), (1, 3), (1, 3, 1), (1, 3, 1, 1), (1, 0), (1, 0, 1)]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", BATCH_SHAPES, ids=str)
 def test_batch_norm_training_empty_and_single(shape, backend):
     C = shape[1]
@@ -85,7 +83,6 @@ def test_batch_norm_training_empty_and_single(shape, backend):
     param_grads(db, tdb)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cls,shape", [(("BatchNorm1d", (0, 3))), ("BatchNorm1d", (0, 3, 5)),
                                        ("BatchNorm2d", (0, 3, 4, 4)),
                                        ("BatchNorm3d", (0, 3, 2, 2, 2))], ids=str)
@@ -126,7 +123,6 @@ def test_batch_norm_layer_one_value_per_channel_is_an_error():
     np.testing.assert_array_equal(layer.running_mean, 0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(0, 3, 4), (2, 3, 0), (0, 3, 0), (2, 0, 4), (0, 3, 1),
                                    (2, 3, 1), (2, 3)], ids=str)
 def test_instance_norm_empty_and_single(shape, backend):
@@ -150,7 +146,6 @@ def test_instance_norm_empty_and_single(shape, backend):
     param_grads(grads[2], tdb)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_instance_norm_empty_batch_keeps_running_stats(backend):
     """torch turns the running statistics into NaN here (the mean over zero instances);
     fastdl leaves them as they are, as batch norm does for an empty batch."""
@@ -161,7 +156,6 @@ def test_instance_norm_empty_batch_keeps_running_stats(backend):
     np.testing.assert_array_equal(rv, 3.0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape,ns", [((0, 4), (4,)), ((2, 0), (0,)), ((0, 0), (0,)),
                                       ((3, 0, 2), (0, 2)), ((0, 3, 4), (3, 4))], ids=str)
 def test_layer_and_rms_norm_empty(shape, ns, backend):
@@ -183,7 +177,6 @@ def test_layer_and_rms_norm_empty(shape, ns, backend):
     param_grads(dw, tdw)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(0, 4, 3), (2, 4, 0), (2, 0, 3)], ids=str)
 def test_group_norm_empty(shape, backend):
     C = shape[1]

@@ -14,7 +14,6 @@ import fastdl
 from fastdl import NormStats
 from fastdl.testing import rng_for, threads
 
-BACKENDS = ["numpy", "cython"]
 
 # The document's 4 x 2 x 3 tensor (batch, channels, features), as in test_norm_stats.py.
 DOC_X = np.array([[[2, 5, 1], [4, 3, 4]],
@@ -314,7 +313,6 @@ def numeric_grad(f, a, h=1e-6):
     return g
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("affine", [pytest.param(True, id="affine"),
                                     pytest.param(False, id="plain")])
 @pytest.mark.parametrize("norm,shape", FD_CASES)
@@ -358,7 +356,6 @@ DOC_TABLES = {   # as printed in the document
 }
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["batch", "layer", "instance"])
 def test_document_question_1(kind, backend):
     eps = 1e-5
@@ -388,7 +385,6 @@ def test_document_question_1(kind, backend):
 
 # ---------------------------------------------------------------- large offset, float32
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("norm", CENTERING)
 def test_large_offset_float32_is_normalized(norm, backend):
     # mean 1e4, std 0.1: E[x^2] - E[x]^2 in float32 would be all rounding error
@@ -454,7 +450,6 @@ def _mean_var(x, norm):
     return xd.mean(axis=axes), xd.var(axis=axes, ddof=1)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layout", ["c", "f", "step"])
 @pytest.mark.parametrize("norm", NORMS)
 def test_inputs_not_modified(norm, layout, backend):
@@ -501,7 +496,6 @@ def test_inputs_not_modified(norm, layout, backend):
 
 # ---------------------------------------------------------------- running statistics
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_batch_norm_training_without_running_stats(backend):
     x, _, w, b, rm, rv = operands("batch_train", (5, 3, 4), key=("norunning",))
     y0, s0 = fastdl.batch_norm(x, None, None, w, b, training=True, return_stats=True,
@@ -515,7 +509,6 @@ def test_batch_norm_training_without_running_stats(backend):
     np.testing.assert_allclose(s0.mean, mean, rtol=1e-12)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("norm", ["batch_train", "instance"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_momentum_0_keeps_and_1_replaces_running_stats(norm, dtype, backend):
@@ -560,7 +553,6 @@ def _fwd_plain(norm, x, w, b, rm, rv, backend, **kw):
     return fwd(norm, x, w, b, rm, rv, backend=backend, **kw)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("norm", NORMS)
 def test_out_receives_the_result(norm, backend):
     shape = (3, 4, 5)
@@ -611,7 +603,6 @@ def test_out_rejected(norm):
         _fwd_plain(norm, xv, w, b, rm, rv, "numpy", out=base[..., 1:])   # partial overlap
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("norm", NORMS)
 def test_out_overlapping_weight_or_bias(norm, backend):
     """out= sharing memory with weight / bias must be rejected or give the right result."""
@@ -635,7 +626,6 @@ def test_out_overlapping_weight_or_bias(norm, backend):
                                    err_msg="out= aliasing weight/bias gave a wrong result")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("norm", ["batch_eval", "instance_eval"])
 def test_eval_stats_do_not_alias_running_buffers(norm, backend):
     x, _, w, b, rm, rv = operands(norm, (3, 4, 5), key=("alias",))
@@ -884,7 +874,6 @@ def test_bad_input(call, exc, match):
 
 # ---------------------------------------------------------------- empty batch
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("norm", ["layer", "rms", "group", "batch_eval", "instance",
                                   "instance_eval"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -915,7 +904,6 @@ def test_empty_batch(norm, dtype, backend):
             assert_same(db, np.zeros_like(b))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_layer_norm_empty_leading_dim(backend):
     x = np.zeros((3, 0, 5), np.float32)
     y, stats = fastdl.layer_norm(x, 5, np.ones(5, np.float32), return_stats=True,

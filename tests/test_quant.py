@@ -23,16 +23,6 @@ from fastdl.quant import (NF4_CODEBOOK, QuantizedTensor, dequantize, nf4_thresho
                           quantize, row_bytes)
 from fastdl.testing import rng_for
 
-BACKENDS = ["numpy", "cython"]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    name = request.param
-    info = fastdl.backends().get(name)
-    if name == "cython" and (info is None or "quantize" not in info.ops):
-        pytest.skip("the Cython backend has no quantization kernels yet")
-    return name
 
 
 # ---------------------------------------------------------------- independent helpers

@@ -10,12 +10,6 @@ from fastdl.quant import NF4_CODEBOOK, QuantizedTensor, dequantize, qmatmul, qua
 
 from fastdl.testing import rng_for
 
-BACKENDS = ["numpy", "cython"]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    return request.param
 
 
 def outlier_weights():

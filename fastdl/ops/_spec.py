@@ -215,16 +215,20 @@ class Arg:
         if len(got) < len(fixed) or (not rest and len(got) != len(fixed)):
             want = f"at least {len(fixed)}" if rest else f"{len(fixed)}"
             raise ValueError(f"{name} must be {want}-D {_dims_text(shape)}, got shape {full}")
+        by = dims.setdefault("_by", {})          # which argument fixed each dimension
         for expr, n in zip(fixed, got):
             v = _dim(expr, dims)
             if v is None:
                 if isinstance(expr, str) and "*" not in expr:
-                    dims[expr] = n
+                    dims[expr], by[expr] = n, name
                 continue
             if v != n:
                 want = tuple(_dim(e, dims) if _dim(e, dims) is not None else e for e in fixed)
+                src = sorted({by.get(p, p) for e in fixed if isinstance(e, str)
+                              for p in e.split("*") if by.get(p, p) != name})
+                why = f" (to match {', '.join(src)})" if src else ""
                 raise ValueError(f"{name} must have shape {_dims_text(want)}"
-                                 f"{' + (...)' if rest else ''}, got {full}")
+                                 f"{' + (...)' if rest else ''}{why}, got {full}")
 
     def _out(self, out, allowed, values):
         f = out.flags

@@ -20,23 +20,23 @@ def _rows():
     return Arg("x", dtype="float", shape=("R", "n"), nonempty=True, packed=True)
 
 
-def _logits(rng, dtype):
-    R = int(rng.choice([1, 2, 3, 7]))
-    n = int(rng.choice([1, 2, 5, 8, 17, 33, 100]))
+def _logits(rng, dtype, tiny):
+    R = 1 if tiny else int(rng.choice([1, 2, 3, 7]))
+    n = 1 if tiny else int(rng.choice([1, 2, 5, 8, 17, 33, 100]))
     return (rng.standard_normal((R, n)) * 3).astype(dtype)
 
 
-def _s_topk(rng, dtype):
-    x = _logits(rng, dtype)
+def _s_topk(rng, dtype, tiny=False):
+    x = _logits(rng, dtype, tiny)
     return x, int(rng.integers(1, x.shape[1] + 1))
 
 
-def _s_log_softmax(rng, dtype):
-    return _logits(rng, dtype), None
+def _s_log_softmax(rng, dtype, tiny=False):
+    return _logits(rng, dtype, tiny), None
 
 
-def _s_beam_topk(rng, dtype):
-    lp = _logits(rng, dtype)
+def _s_beam_topk(rng, dtype, tiny=False):
+    lp = _logits(rng, dtype, tiny)
     sd = np.float32 if np.dtype(dtype) == np.float16 else dtype
     scores = (rng.standard_normal(lp.shape[0]) - 2).astype(sd)
     return lp, scores, int(rng.integers(1, min(lp.size, 2 * lp.shape[0]) + 1)), \

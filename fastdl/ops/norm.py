@@ -56,9 +56,10 @@ def _grads(dim, db=True):
 
 # ------------------------------------------------------------- samplers (conformance suite)
 
-def _shape(rng, ndim):
-    # small sizes with 1s, odd sizes and sizes past a SIMD width
-    return tuple(int(rng.choice([1, 2, 3, 5, 8, 17, 33])) for _ in range(ndim))
+def _shape(rng, ndim, tiny):
+    # small sizes with 1s, odd sizes and sizes past a SIMD width; tiny: one element
+    return (1,) * ndim if tiny else tuple(int(rng.choice([1, 2, 3, 5, 8, 17, 33]))
+                                          for _ in range(ndim))
 
 
 def _data(rng, shape, dtype):
@@ -81,67 +82,68 @@ def _divisor(rng, c):
     return int(rng.choice([g for g in range(1, c + 1) if c % g == 0]))
 
 
-def _s_norm_stats(rng, dtype):
-    shape = _shape(rng, int(rng.integers(2, 5)))
+def _s_norm_stats(rng, dtype, tiny=False):
+    shape = _shape(rng, int(rng.integers(2, 5)), tiny)
     kind = str(rng.choice(NORM_KINDS))
+    ddof = int(rng.integers(0, 2)) if min(shape) > 1 else 0   # ddof below every count
     return (_data(rng, shape, dtype), kind,
-            _divisor(rng, shape[1]) if kind == "group" else None, int(rng.integers(0, 2)))
+            _divisor(rng, shape[1]) if kind == "group" else None, ddof)
 
 
-def _s_layer_fwd(rng, dtype):
-    R, D = _shape(rng, 2)
+def _s_layer_fwd(rng, dtype, tiny=False):
+    R, D = _shape(rng, 2, tiny)
     return (_data(rng, (R, D), dtype), _opt(rng, (D,), _cd(dtype)), _opt(rng, (D,), _cd(dtype)),
             1e-5, None)
 
 
-def _s_layer_bwd(rng, dtype):
-    R, D = _shape(rng, 2)
+def _s_layer_bwd(rng, dtype, tiny=False):
+    R, D = _shape(rng, 2, tiny)
     m, r = _stats(rng, R)
     return (_data(rng, (R, D), dtype), _data(rng, (R, D), dtype), m, r,
             _opt(rng, (D,), _cd(dtype)), bool(rng.random() < 0.5), bool(rng.random() < 0.5))
 
 
-def _s_rms_fwd(rng, dtype):
-    R, D = _shape(rng, 2)
+def _s_rms_fwd(rng, dtype, tiny=False):
+    R, D = _shape(rng, 2, tiny)
     return _data(rng, (R, D), dtype), _opt(rng, (D,), _cd(dtype)), 1e-5, None
 
 
-def _s_rms_bwd(rng, dtype):
-    R, D = _shape(rng, 2)
+def _s_rms_bwd(rng, dtype, tiny=False):
+    R, D = _shape(rng, 2, tiny)
     return (_data(rng, (R, D), dtype), _data(rng, (R, D), dtype), _stats(rng, R)[1],
             _opt(rng, (D,), _cd(dtype)), bool(rng.random() < 0.5))
 
 
-def _s_group_fwd(rng, dtype):
-    N, C, S = _shape(rng, 3)
+def _s_group_fwd(rng, dtype, tiny=False):
+    N, C, S = _shape(rng, 3, tiny)
     return (_data(rng, (N, C, S), dtype), _divisor(rng, C), _opt(rng, (C,), _cd(dtype)),
             _opt(rng, (C,), _cd(dtype)), 1e-5, None)
 
 
-def _s_group_bwd(rng, dtype):
-    N, C, S = _shape(rng, 3)
+def _s_group_bwd(rng, dtype, tiny=False):
+    N, C, S = _shape(rng, 3, tiny)
     G = _divisor(rng, C)
     m, r = _stats(rng, N * G)
     return (_data(rng, (N, C, S), dtype), _data(rng, (N, C, S), dtype), m, r, G,
             _opt(rng, (C,), _cd(dtype)), bool(rng.random() < 0.5), bool(rng.random() < 0.5))
 
 
-def _s_batch_fwd(rng, dtype):
-    N, C, S = _shape(rng, 3)
-    N = max(N, 2)        # one value per channel is rejected above the op
+def _s_batch_fwd(rng, dtype, tiny=False):
+    N, C, S = _shape(rng, 3, tiny)
+    N = max(N, 2)        # one value per channel is rejected above the op (no tiny case)
     return (_data(rng, (N, C, S), dtype), _opt(rng, (C,), _cd(dtype)),
             _opt(rng, (C,), _cd(dtype)), 1e-5, None)
 
 
-def _s_batch_eval(rng, dtype):
-    N, C, S = _shape(rng, 3)
+def _s_batch_eval(rng, dtype, tiny=False):
+    N, C, S = _shape(rng, 3, tiny)
     m, r = _stats(rng, C)
     return (_data(rng, (N, C, S), dtype), m, r, _opt(rng, (C,), _cd(dtype)),
             _opt(rng, (C,), _cd(dtype)), None)
 
 
-def _s_batch_bwd(rng, dtype):
-    N, C, S = _shape(rng, 3)
+def _s_batch_bwd(rng, dtype, tiny=False):
+    N, C, S = _shape(rng, 3, tiny)
     m, r = _stats(rng, C)
     return (_data(rng, (N, C, S), dtype), _data(rng, (N, C, S), dtype), m, r,
             _opt(rng, (C,), _cd(dtype)), bool(rng.random() < 0.5), bool(rng.random() < 0.5),

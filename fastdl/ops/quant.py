@@ -33,14 +33,14 @@ def _out_shape(dims, values):
     return ("n", "d_in" if values["transpose"] else "d_out")
 
 
-def _weights(rng):
-    d_in = int(rng.choice([1, 7, 64, 65, 130]))
-    d_out = int(rng.choice([1, 3, 8, 17]))
+def _weights(rng, tiny):
+    d_in = 1 if tiny else int(rng.choice([1, 7, 64, 65, 130]))
+    d_out = 1 if tiny else int(rng.choice([1, 3, 8, 17]))
     return rng.standard_normal((d_in, d_out)).astype(np.float32)
 
 
-def _s_quantize(rng, dtype):
-    w = _weights(rng)
+def _s_quantize(rng, dtype, tiny=False):
+    w = _weights(rng, tiny)
     scheme = str(rng.choice(SCHEMES))
     bits = 4 if scheme == "nf4" else int(rng.integers(2, 9))
     rounding = "nearest" if scheme == "nf4" else str(rng.choice(ROUNDINGS))
@@ -48,22 +48,22 @@ def _s_quantize(rng, dtype):
     return w, bits, scheme, int(rng.integers(1, w.shape[0] + 1)), rounding, per_tensor
 
 
-def _tensor(rng):
+def _tensor(rng, tiny):
     from fastdl import quant
-    w, bits, scheme, bs, rounding, per_tensor = _s_quantize(rng, np.float32)
+    w, bits, scheme, bs, rounding, per_tensor = _s_quantize(rng, np.float32, tiny)
     return quant.quantize(w, bits, scheme=scheme, block_size=None if per_tensor else max(bs, 2),
                           rounding=rounding, backend="numpy")
 
 
-def _s_dequantize(rng, dtype):
-    q = _tensor(rng)
+def _s_dequantize(rng, dtype, tiny=False):
+    q = _tensor(rng, tiny)
     return q, np.empty(q.shape, dtype)
 
 
-def _s_qmatmul(rng, dtype):
-    q = _tensor(rng)
+def _s_qmatmul(rng, dtype, tiny=False):
+    q = _tensor(rng, tiny)
     transpose = bool(rng.random() < 0.5)
-    n = int(rng.choice([1, 2, 4, 9]))
+    n = 1 if tiny else int(rng.choice([1, 2, 4, 9]))
     k, m = (q.shape[1], q.shape[0]) if transpose else q.shape
     return rng.standard_normal((n, k)).astype(dtype), q, transpose, np.empty((n, m), dtype)
 

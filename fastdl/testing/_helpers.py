@@ -7,6 +7,9 @@ import numpy as np
 import fastdl
 
 
+BUILTIN_BACKENDS = ("numpy", "cython")
+
+
 def rng_for(*key):
     """A generator seeded by the test's own parameters (stable across runs)."""
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
@@ -47,3 +50,9 @@ def threads(n):
         yield
     finally:
         fastdl.set_num_threads(old)
+
+
+def requires_simd(level):
+    """A pytest mark that skips a test where the kernels cannot run at ``level``."""
+    import pytest
+    return pytest.mark.skipif(not has_simd(level), reason=f"no {level} on this CPU/build")
