@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-# modules that register cases on import; a new area appends its own
-CASE_MODULES = ["fastdl.bench.cases_norm", "fastdl.bench.cases_layers",
-                "fastdl.bench.cases_decode", "fastdl.bench.cases_quant"]
+
+def case_modules() -> list[str]:
+    """The modules that register cases on import: every ``fastdl/bench/cases_*.py``
+    (a new area adds its file; nothing lists it)."""
+    import fastdl.bench as pkg
+    return sorted(f"{pkg.__name__}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__)
+                  if m.name.startswith("cases_"))
 
 
 @dataclass
@@ -65,7 +70,7 @@ def get_case(name: str) -> Case:
 def all_cases(*, quick: bool | None = None, only: str | None = None, op: str | None = None):
     """Registered cases, filtered: ``quick`` (True: quick set only), ``only``
     (glob or substring of the name), ``op``."""
-    for mod in CASE_MODULES:
+    for mod in case_modules():
         importlib.import_module(mod)
     out = []
     for case in _CASES.values():
