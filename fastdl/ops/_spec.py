@@ -23,12 +23,15 @@ F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 _DTYPE_SETS = {"float": (F16, F32, F64), "float32|float64": (F32, F64),
                "float32": (F32,), "float64": (F64,)}
 _KINDS = ("array", "int", "real", "flag", "choice", "quantized", "any")
+_MASKED = np.ma.MaskedArray
 
 
 def _dim(expr, dims):
     """Value of a shape entry: an int, a dimension name or a product "N*G"; None if unknown."""
     if isinstance(expr, int):
         return expr
+    if expr in dims:
+        return dims[expr]
     v = 1
     for part in expr.split("*"):
         if part not in dims:
@@ -82,6 +85,15 @@ class Arg:
     def __post_init__(self):
         if self.kind not in _KINDS:
             raise ValueError(f"Arg {self.name!r}: kind must be one of {_KINDS}, got {self.kind!r}")
+        # parsed once: the check runs on every call
+        rule = self.dtype or "float"
+        set_ = object.__setattr__
+        set_(self, "_static", _DTYPE_SETS.get(rule))
+        set_(self, "_ref", rule.partition(":")[2] or None)
+        if isinstance(self.shape, tuple):
+            rest = bool(self.shape) and self.shape[-1] == "..."
+            set_(self, "_fixed", self.shape[:-1] if rest else self.shape)
+            set_(self, "_rest", rest)
 
     # ---------------------------------------------------------------- description
     def describe(self) -> str:
@@ -103,12 +115,10 @@ class Arg:
                 "any": "any"}[self.kind]
 
     def _dtypes(self, values):
-        rule = self.dtype or "float"
-        if rule.startswith("like:"):
-            return (values[rule[5:]].dtype,)
-        if rule.startswith("compute:"):
-            return (compute_dtype(values[rule[8:]].dtype),)
-        return _DTYPE_SETS[rule]
+        if self._static is not None:
+            return self._static
+        dt = values[self._ref].dtype
+        return (dt,) if self.dtype.startswith("like:") else (compute_dtype(dt),)
 
     # ---------------------------------------------------------------- checking
     def check(self, value, dims: dict, values: dict):
@@ -147,7 +157,7 @@ class Arg:
                 raise TypeError(f"{self.name} must be a fastdl.quant.QuantizedTensor, "
                                 f"got {type(value).__name__}")
             if self.shape is not None:
-                self._bind(self.shape, value.shape, dims, value.shape)
+                self._bind(self.shape, value.shape, dims)
             return value
         return value
 
@@ -169,10 +179,12 @@ class Arg:
 
     def _array(self, value, dims, values):
         name = self.name
-        if isinstance(value, np.ma.MaskedArray):
-            raise TypeError(f"{name} must not be a numpy masked array: its mask would be ignored")
         allowed = self._dtypes(values)
-        if not isinstance(value, np.ndarray):
+        if type(value) is np.ndarray:
+            pass
+        elif isinstance(value, _MASKED):
+            raise TypeError(f"{name} must not be a numpy masked array: its mask would be ignored")
+        elif not isinstance(value, np.ndarray):
             if not self.convert or self.out:
                 what = "" if self.convert else " or ".join(str(d) for d in allowed) + " "
                 raise TypeError(f"{name} must be a {what}numpy.ndarray"
@@ -183,10 +195,11 @@ class Arg:
                 raise TypeError(f"{name} must be array-like of real numbers: {exc}") from None
         elif type(value) is not np.ndarray:
             value = value.view(np.ndarray)      # subclasses' operators must not run
+        dt = value.dtype
         if self.convert:
-            if value.dtype.kind not in "biuf":
+            if dt.kind not in "biuf":
                 raise TypeError(f"{name} must be a real numeric array, got dtype {value.dtype}")
-        elif value.dtype not in allowed:
+        elif dt not in allowed:
             names = " or ".join(str(d) for d in allowed)
             raise TypeError(f"{name} must be a {names} array, got dtype {value.dtype}")
         if self.shape is not None:
@@ -195,40 +208,51 @@ class Arg:
                 want = tuple(_dim(s, dims) for s in shape)
                 if None not in want and value.size == math.prod(want):
                     value = value.reshape(want)
-            self._bind(shape, value.shape, dims, value.shape)
+            self._bind(shape, value.shape, dims)
         if self.nonempty and value.size == 0:
             raise ValueError(f"{name} must not be empty, got shape {value.shape} (the public "
                              "functions handle empty inputs before dispatching)")
         if self.out:
             self._out(value, allowed, values)
             return value
-        if self.packed and not (value.flags.c_contiguous and value.flags.aligned):
+        f = value.flags
+        if f.c_contiguous and f.aligned and (not self.convert or dt == allowed[0]):
+            return value
+        if self.packed:
             raise ValueError(f"{name} must be C-contiguous and aligned (the public functions "
                              f"pack it), got strides {value.strides} for shape {value.shape} "
-                             f"(aligned={value.flags.aligned})")
+                             f"(aligned={f.aligned})")
         return np.require(value, allowed[0] if self.convert else None, ("C", "A"))
 
-    def _bind(self, shape, got, dims, full):
-        name = self.name
-        rest = bool(shape) and shape[-1] == "..."
-        fixed = shape[:-1] if rest else shape
-        if len(got) < len(fixed) or (not rest and len(got) != len(fixed)):
+    def _bind(self, shape, got, dims):
+        if shape is self.shape:
+            fixed, rest = self._fixed, self._rest
+        else:
+            rest = bool(shape) and shape[-1] == "..."
+            fixed = shape[:-1] if rest else shape
+        if len(got) != len(fixed) and (not rest or len(got) < len(fixed)):
             want = f"at least {len(fixed)}" if rest else f"{len(fixed)}"
-            raise ValueError(f"{name} must be {want}-D {_dims_text(shape)}, got shape {full}")
-        by = dims.setdefault("_by", {})          # which argument fixed each dimension
+            raise ValueError(f"{self.name} must be {want}-D {_dims_text(shape)}, "
+                             f"got shape {got}")
         for expr, n in zip(fixed, got):
-            v = _dim(expr, dims)
+            v = dims.get(expr) if type(expr) is str else expr
+            if v is None and "*" in expr:
+                v = _dim(expr, dims)
             if v is None:
-                if isinstance(expr, str) and "*" not in expr:
-                    dims[expr], by[expr] = n, name
-                continue
-            if v != n:
-                want = tuple(_dim(e, dims) if _dim(e, dims) is not None else e for e in fixed)
-                src = sorted({by.get(p, p) for e in fixed if isinstance(e, str)
-                              for p in e.split("*") if by.get(p, p) != name})
-                why = f" (to match {', '.join(src)})" if src else ""
-                raise ValueError(f"{name} must have shape {_dims_text(want)}"
-                                 f"{' + (...)' if rest else ''}{why}, got {full}")
+                if "*" not in expr:
+                    dims[expr] = n
+                    dims.setdefault("_by", {})[expr] = self.name   # for the error message
+            elif v != n:
+                self._shape_error(fixed, rest, got, dims)
+
+    def _shape_error(self, fixed, rest, got, dims):
+        by = dims.get("_by", {})
+        want = tuple(_dim(e, dims) if _dim(e, dims) is not None else e for e in fixed)
+        src = sorted({by.get(p, p) for e in fixed if isinstance(e, str)
+                      for p in e.split("*") if by.get(p, p) != self.name})
+        why = f" (to match {', '.join(src)})" if src else ""
+        raise ValueError(f"{self.name} must have shape {_dims_text(want)}"
+                         f"{' + (...)' if rest else ''}{why}, got {got}")
 
     def _out(self, out, allowed, values):
         f = out.flags
