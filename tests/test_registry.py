@@ -603,6 +603,32 @@ def test_entry_point_plugin_not_imported_by_resolution_in_fresh_process(plugin_p
     assert proc.stdout.split() == ["cython", "False", "True", "True"]
 
 
+def test_unknown_op_name_is_rejected_without_importing_plugins(plugin_path):
+    """A typo must not import every plugin (a GPU plugin would initialize CUDA)."""
+    write_plugin(plugin_path, "fake", "fastdl_fakeplugin", PLUGIN_GOOD)
+    proc = run_python("""
+        import sys, fastdl
+        for call in (lambda: fastdl.which_backend('norm_stat'),
+                     lambda: fastdl.set_backend('numpy', ops=['topkk']),
+                     lambda: fastdl.use_backend('numpy', ops=['beam_topk', 'nope'])):
+            try:
+                call()
+            except ValueError as e:
+                print('ValueError', 'known ops' in str(e))
+        print('fastdl_fakeplugin' in sys.modules)
+    """, path_first=[plugin_path])
+    assert proc.stdout.split() == ["ValueError", "True"] * 3 + ["False"], proc.stderr
+
+
+def test_backend_whose_function_does_not_match_its_spec_fails_to_load():
+    def topk(x, kk):           # the spec's arguments are (x, k)
+        return None
+
+    with pytest.raises(TypeError, match=r"op 'topk'.*takes \(x, kk\)"):
+        fastdl.register_backend(Backend(name="mismatch", ops={"topk": topk}))
+    assert "mismatch" not in fastdl.backends()
+
+
 def test_entry_point_plugin_not_imported_by_resolution_after_reset(plugin_path):
     write_plugin(plugin_path, "fake", "fastdl_fakeplugin", PLUGIN_GOOD)
     registry._reset()                      # the real one, without re-declaring norm_stats
