@@ -439,7 +439,9 @@ cdef object _beam_topk(const elem[:, ::1] lp, const double[::1] s, int64_t k, bi
             b = I[j] // N
             V[j] = _cand(&lp[b, I[j] - b * N], SUB[b], ADD[b])
     # the values are exact in the compute dtype
-    return scores.astype(np.float64 if elem is double else np.float32), flat // N, flat % N
+    if elem is not double:
+        scores = scores.astype(np.float32)
+    return scores, flat // N, flat % N
 
 
 def beam_topk(const floating[:, ::1] lp, const floating[::1] s, int64_t k, bint normalize,
