@@ -201,14 +201,17 @@ FDL_TARGET_AVX2 static int64_t scan_from_f32_avx2i(uint32_t *hk, int64_t *hi, in
     if (thr != thr) return size;
     __m256 vt = _mm256_set1_ps(thr), va = _mm256_set1_ps(add), vs = _mm256_set1_ps(sub);
     for (; i + 32 <= n; i += 32) {
-        __m256 v[4];
-        uint32_t mask = 0;
+        __m256 c[4];
         for (int j = 0; j < 4; j++) {
-            v[j] = _mm256_loadu_ps(x + i + 8 * j);
-            if (has_add) v[j] = _mm256_add_ps(_mm256_sub_ps(v[j], vs), va);
-            mask |= (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(v[j], vt, _CMP_NLE_UQ)) << (8 * j);
+            __m256 v = _mm256_loadu_ps(x + i + 8 * j);
+            if (has_add) v = _mm256_add_ps(_mm256_sub_ps(v, vs), va);
+            c[j] = _mm256_cmp_ps(v, vt, _CMP_NLE_UQ);
         }
-        if (!mask) continue;
+        /* one test per step; the lane mask only when some lane passes */
+        if (!_mm256_movemask_ps(_mm256_or_ps(_mm256_or_ps(c[0], c[1]), _mm256_or_ps(c[2], c[3]))))
+            continue;
+        uint32_t mask = 0;
+        for (int j = 0; j < 4; j++) mask |= (uint32_t)_mm256_movemask_ps(c[j]) << (8 * j);
         while (mask) {
             int j = __builtin_ctz(mask);
             mask &= mask - 1;
@@ -239,14 +242,16 @@ FDL_TARGET_AVX2 static int64_t scan_from_f64_avx2i(uint64_t *hk, int64_t *hi, in
     if (thr != thr) return size;
     __m256d vt = _mm256_set1_pd(thr), va = _mm256_set1_pd(add), vs = _mm256_set1_pd(sub);
     for (; i + 16 <= n; i += 16) {
-        __m256d v[4];
-        uint32_t mask = 0;
+        __m256d c[4];
         for (int j = 0; j < 4; j++) {
-            v[j] = _mm256_loadu_pd(x + i + 4 * j);
-            if (has_add) v[j] = _mm256_add_pd(_mm256_sub_pd(v[j], vs), va);
-            mask |= (uint32_t)_mm256_movemask_pd(_mm256_cmp_pd(v[j], vt, _CMP_NLE_UQ)) << (4 * j);
+            __m256d v = _mm256_loadu_pd(x + i + 4 * j);
+            if (has_add) v = _mm256_add_pd(_mm256_sub_pd(v, vs), va);
+            c[j] = _mm256_cmp_pd(v, vt, _CMP_NLE_UQ);
         }
-        if (!mask) continue;
+        if (!_mm256_movemask_pd(_mm256_or_pd(_mm256_or_pd(c[0], c[1]), _mm256_or_pd(c[2], c[3]))))
+            continue;
+        uint32_t mask = 0;
+        for (int j = 0; j < 4; j++) mask |= (uint32_t)_mm256_movemask_pd(c[j]) << (4 * j);
         while (mask) {
             int j = __builtin_ctz(mask);
             mask &= mask - 1;

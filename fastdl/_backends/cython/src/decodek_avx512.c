@@ -236,13 +236,16 @@ AVX512 static int64_t scan_from_f32_avx512i(uint32_t *hk, int64_t *hi, int64_t s
     if (thr != thr) return size;
     __m512 vt = _mm512_set1_ps(thr), va = _mm512_set1_ps(add), vs = _mm512_set1_ps(sub);
     for (; i + 64 <= n; i += 64) {
-        uint64_t mask = 0;
+        __mmask16 c[4];
         for (int j = 0; j < 4; j++) {
             __m512 v = _mm512_loadu_ps(x + i + 16 * j);
             if (has_add) v = _mm512_add_ps(_mm512_sub_ps(v, vs), va);
-            mask |= (uint64_t)_mm512_cmp_ps_mask(v, vt, _CMP_NLE_UQ) << (16 * j);
+            c[j] = _mm512_cmp_ps_mask(v, vt, _CMP_NLE_UQ);
         }
-        if (!mask) continue;
+        /* one mask test per step; the 64-bit lane mask only when some lane passes */
+        if (!((c[0] | c[1]) | (c[2] | c[3]))) continue;
+        uint64_t mask = 0;
+        for (int j = 0; j < 4; j++) mask |= (uint64_t)c[j] << (16 * j);
         while (mask) {
             int j = __builtin_ctzll(mask);
             mask &= mask - 1;
@@ -271,13 +274,15 @@ AVX512 static int64_t scan_from_f64_avx512i(uint64_t *hk, int64_t *hi, int64_t s
     if (thr != thr) return size;
     __m512d vt = _mm512_set1_pd(thr), va = _mm512_set1_pd(add), vs = _mm512_set1_pd(sub);
     for (; i + 32 <= n; i += 32) {
-        uint32_t mask = 0;
+        __mmask8 c[4];
         for (int j = 0; j < 4; j++) {
             __m512d v = _mm512_loadu_pd(x + i + 8 * j);
             if (has_add) v = _mm512_add_pd(_mm512_sub_pd(v, vs), va);
-            mask |= (uint32_t)_mm512_cmp_pd_mask(v, vt, _CMP_NLE_UQ) << (8 * j);
+            c[j] = _mm512_cmp_pd_mask(v, vt, _CMP_NLE_UQ);
         }
-        if (!mask) continue;
+        if (!((c[0] | c[1]) | (c[2] | c[3]))) continue;
+        uint32_t mask = 0;
+        for (int j = 0; j < 4; j++) mask |= (uint32_t)c[j] << (8 * j);
         while (mask) {
             int j = __builtin_ctz(mask);
             mask &= mask - 1;
