@@ -233,39 +233,6 @@ def test_thread_count_independent():
             assert same(p, q)
 
 
-# row lengths: every tail of the 8/16-lane loops without and after a main loop
-# (1..40, 64..128), the chunk edges and one vocabulary-sized row
-TAILS = list(range(1, 41)) + list(range(64, 129)) + [CHUNK - 1, CHUNK + 1, 50_257]
-
-
-def _tail_ops16():
-    outs = []
-    for n in TAILS:
-        x = data((3, n), ("tails", n))
-        s = rng_for("s-tails", n).standard_normal(3).astype(np.float32)
-        outs += list(topk(x, min(n, 5), backend="cython")) + [log_softmax(x, backend="cython")]
-        for norm in (True, False):
-            outs += list(beam_topk(x, s, min(3 * n, 7), normalize=norm, backend="cython"))
-        outs.append(_decode._row_offsets_f16(x.view(np.uint16)))
-    x = np.zeros((2, 40), H16)
-    x[0, 33], x[1, 17] = np.nan, np.inf        # NaN / +inf in a masked tail
-    outs += [_decode._row_offsets_f16(x.view(np.uint16)), log_softmax(x, backend="cython")]
-    return outs
-
-
-@pytest.mark.parametrize("nt", [1, 2])
-@pytest.mark.parametrize("level", SIMD)
-def test_every_tier_every_tail_bitwise(level, nt):
-    """each SIMD tier, at 1 and 2 threads, equals the scalar twin at 1 thread"""
-    with simd("scalar"), threads(1):
-        ref = _tail_ops16()
-    with simd(level), threads(nt):
-        got = _tail_ops16()
-    assert len(ref) == len(got)
-    for i, (p, q) in enumerate(zip(ref, got)):
-        assert same(p, q), i
-
-
 # ------------------------------------------- raw backend ops, bad arguments
 
 def _misaligned(shape, dtype):

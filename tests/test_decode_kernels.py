@@ -7,8 +7,8 @@ src/decodek*) against the NumPy backend and against independent sort references.
 * log_softmax: offsets vs a float64 reference, non-finite rows -> NaN, out=, in place;
 * beam_topk: normalize on/off, dead rows, -inf beam scores, NaN/+inf rows, ties
   across beams, rows mode and flat-piece mode;
-* scalar twin vs every SIMD tier (AVX2, AVX-512; bitwise, every tail length,
-  1 and 2 threads), thread-count independence (bitwise), public API
+* scalar twin vs every SIMD tier (bitwise; every tail length in
+  test_decode_tiers.py), thread-count independence (bitwise), public API
   with non-contiguous / axis != -1 input, hypothesis property tests, bad input to
   the raw backend ops.
 """
@@ -415,44 +415,6 @@ def test_thread_count_independent(dtype):
             b = _all_ops(dtype, 2)
         for p, q in zip(a, b):
             assert same(p, q)
-
-
-# row lengths: every tail of the 8/16-lane loops without and after a main loop
-# (1..40, 64..128), the chunk edges and one vocabulary-sized row
-TAILS = list(range(1, 41)) + list(range(64, 129)) + [CHUNK - 1, CHUNK + 1, 50_257]
-
-
-def _tail_ops(dtype):
-    rng = rng_for("tails", dtype)
-    outs = []
-    for n in TAILS:
-        x = (rng.standard_normal((3, n)) * 4).astype(dtype)
-        x[1, ::7] = -np.inf
-        x[2, rng.integers(0, n, size=max(1, n // 9))] = np.round(x[2].max())    # ties at the top
-        k = min(n, 5)
-        s = rng.standard_normal(3).astype(dtype)
-        outs += list(topk(x, k, backend="cython")) + [log_softmax(x, backend="cython")]
-        for norm in (True, False):
-            outs += list(beam_topk(x, s, min(3 * n, 7), normalize=norm, backend="cython"))
-        outs += [_decode._row_offsets(x), _decode._exp(np.linspace(-800, 710, n).astype(dtype))]
-    x = np.zeros((2, 40), dtype)
-    x[0, 33], x[1, 17] = np.nan, np.inf        # NaN / +inf in a masked tail
-    outs += [_decode._row_offsets(x), log_softmax(x, backend="cython")]
-    return outs
-
-
-@pytest.mark.parametrize("nt", [1, 2])
-@pytest.mark.parametrize("level", SIMD)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_every_tier_every_tail_bitwise(dtype, level, nt):
-    """each SIMD tier, at 1 and 2 threads, equals the scalar twin at 1 thread"""
-    with simd("scalar"), threads(1):
-        ref = _tail_ops(dtype)
-    with simd(level), threads(nt):
-        got = _tail_ops(dtype)
-    assert len(ref) == len(got)
-    for i, (p, q) in enumerate(zip(ref, got)):
-        assert same(p, q), (i, len(TAILS))
 
 
 # ------------------------------------------------------------------ hypothesis
