@@ -24,7 +24,7 @@ EXTENSIONS = {
     "_traffic": [SRC_DIR + "/traffic.c"],
     "_norm": [SRC_DIR + "/normk.c", SRC_DIR + "/moments.c"],
     "_norm16": [SRC_DIR + "/normk16.c", SRC_DIR + "/normk.c", SRC_DIR + "/moments.c"],
-    "_decode": [SRC_DIR + "/decodek.c"],
+    "_decode": [SRC_DIR + "/decodek.c", SRC_DIR + "/decodek_avx2.c", SRC_DIR + "/decodek_avx512.c"],
     "_quant": [SRC_DIR + "/quantk.c"],
 }
 

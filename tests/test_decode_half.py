@@ -3,7 +3,7 @@
 * every Cython float16 op equals the float32 op on the exactly converted input,
   bitwise, in every kernel mode (many rows, few long rows split in parts, chunked
   statistics, flat beam pieces), at every SIMD level and thread count;
-* the conversions (scalar C and F16C) against each other and against NumPy;
+* the conversions (scalar C, F16C, AVX-512) against each other and against NumPy;
 * the NumPy reference backend agrees;
 * no float32 copy of the input is made (peak traced memory);
 * the raw Cython backend ops refuse what could make a kernel read or write out of
@@ -17,11 +17,10 @@ import pytest
 from fastdl.decode import beam_topk, log_softmax, topk
 
 cy = pytest.importorskip("fastdl._backends.cython")
-from fastdl._backends.cython import _cpu, _decode  # noqa: E402
-from fastdl.testing import rng_for, simd, threads  # noqa: E402
+from fastdl._backends.cython import _decode  # noqa: E402
+from fastdl.testing import rng_for, simd, simd_levels, threads  # noqa: E402
 
-HAVE_AVX2 = _cpu.LEVELS[_cpu.detected_simd()] >= _cpu.LEVELS["avx2"]
-needs_avx2 = pytest.mark.skipif(not HAVE_AVX2, reason="no AVX2 on this CPU/build")
+SIMD = [lv for lv in simd_levels() if lv != "scalar"]     # every SIMD tier this machine runs
 CHUNK = _decode.PARAMS["chunk"]
 H16 = np.float16
 
@@ -167,13 +166,16 @@ def test_no_float32_copy_of_the_input():
 
 # ------------------------------------------------------- twins and threads
 
-@needs_avx2
-def test_conversions_scalar_vs_f16c_vs_numpy():
+@pytest.mark.parametrize("level", SIMD)
+def test_conversions_scalar_vs_simd_vs_numpy(level):
     h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)       # every float16
-    a = _decode._h2f(h)
+    with simd(level):
+        a = _decode._h2f(h)
+        tails = [_decode._h2f(h[-n:]) for n in range(1, 41)]        # every masked tail
     with simd("scalar"):
         b = _decode._h2f(h)
     assert same(a, b)
+    assert all(same(t, b[-n:]) for n, t in zip(range(1, 41), tails))
     ref = h.view(H16).astype(np.float32)
     ok = ~np.isnan(ref)
     assert same(a[ok], ref[ok]) and np.isnan(a[~ok]).all()
@@ -183,19 +185,23 @@ def test_conversions_scalar_vs_f16c_vs_numpy():
                         np.arange(0x477fe000 - 300, 0x47800300, dtype=np.uint32),  # overflow
                         np.array([0x7f800000, 0x7fc00000, 0x7f800001, 0x7fffffff, 0], np.uint32)])
     f = np.concatenate([u, u | np.uint32(0x80000000)]).view(np.float32)
-    c = _decode._f2h(f)
+    with simd(level):
+        c = _decode._f2h(f)
+        tails = [_decode._f2h(f[-n:]) for n in range(1, 41)]
     with simd("scalar"):
         d = _decode._f2h(f)
     assert same(c, d)
+    assert all(same(t, d[-n:]) for n, t in zip(range(1, 41), tails))
     with np.errstate(all="ignore"):
         r = f.astype(H16).view(np.uint16)
     ok = ~np.isnan(f)
     assert same(c[ok], r[ok]) and np.isnan(c[~ok].view(H16)).all()
 
 
-@needs_avx2
-def test_scalar_twin_bitwise():
-    a = _ops16(1)
+@pytest.mark.parametrize("level", SIMD)
+def test_scalar_twin_bitwise(level):
+    with simd(level):
+        a = _ops16(1)
     with simd("scalar"):
         b = _ops16(1)
     assert len(a) == len(b)
@@ -203,13 +209,14 @@ def test_scalar_twin_bitwise():
         assert same(p, q)
 
 
-@needs_avx2
-def test_scalar_twin_offsets_bitwise():
+@pytest.mark.parametrize("level", SIMD)
+def test_scalar_twin_offsets_bitwise(level):
     rng = rng_for("off16")
-    for n in list(range(1, 40)) + [CHUNK - 1, CHUNK, CHUNK + 33, 3 * CHUNK + 17]:
+    for n in list(range(1, 140)) + [CHUNK - 1, CHUNK, CHUNK + 33, 3 * CHUNK + 17]:
         x = (rng.standard_normal((3, n)) * 4).astype(H16)
         x[2, ::5] = -np.inf
-        a = _decode._row_offsets_f16(x.view(np.uint16))
+        with simd(level):
+            a = _decode._row_offsets_f16(x.view(np.uint16))
         with simd("scalar"):
             b = _decode._row_offsets_f16(x.view(np.uint16))
         assert same(a, b), n

@@ -1,5 +1,5 @@
 """Adversarial tests of the Cython decoding kernels (fastdl/_backends/cython/_decode.pyx,
-src/decodek.{c,h}) against the NumPy backend and against independent sort references.
+src/decodek*) against the NumPy backend and against independent sort references.
 
 * topk: ties (integer-valued data), -inf, NaN, +inf, -0.0, k=1, k=n, large k, n=1,
   many short rows and one long row (the per-thread-part + merge path), sorted
@@ -7,7 +7,8 @@ src/decodek.{c,h}) against the NumPy backend and against independent sort refere
 * log_softmax: offsets vs a float64 reference, non-finite rows -> NaN, out=, in place;
 * beam_topk: normalize on/off, dead rows, -inf beam scores, NaN/+inf rows, ties
   across beams, rows mode and flat-piece mode;
-* scalar twin vs AVX2 (bitwise), thread-count independence (bitwise), public API
+* scalar twin vs every SIMD tier (bitwise; every tail length in
+  test_decode_tiers.py), thread-count independence (bitwise), public API
   with non-contiguous / axis != -1 input, hypothesis property tests, bad input to
   the raw backend ops.
 """
@@ -18,15 +19,14 @@ import pytest
 from fastdl.decode import beam_topk, log_softmax, topk
 
 cy = pytest.importorskip("fastdl._backends.cython")
-from fastdl._backends.cython import _cpu, _decode  # noqa: E402
+from fastdl._backends.cython import _decode  # noqa: E402
 
 hyp = pytest.importorskip("hypothesis")
 from hypothesis import given, settings, strategies as st  # noqa: E402
-from fastdl.testing import rng_for, simd, threads  # noqa: E402
+from fastdl.testing import rng_for, simd, simd_levels, threads  # noqa: E402
 
-HAVE_AVX2 = _cpu.LEVELS[_cpu.detected_simd()] >= _cpu.LEVELS["avx2"]
-needs_avx2 = pytest.mark.skipif(not HAVE_AVX2, reason="no AVX2 on this CPU/build")
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
+SIMD = [lv for lv in simd_levels() if lv != "scalar"]     # every SIMD tier this machine runs
 CHUNK = _decode.PARAMS["chunk"]
 LONG = 300_001          # one row > TOPK_MIN_PART * several: the part + merge path
 
@@ -358,10 +358,11 @@ def _all_ops(dtype, seed):
     return outs
 
 
-@needs_avx2
+@pytest.mark.parametrize("level", SIMD)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_scalar_twin_bitwise(dtype):
-    a = _all_ops(dtype, 1)
+def test_scalar_twin_bitwise(dtype, level):
+    with simd(level):
+        a = _all_ops(dtype, 1)
     with simd("scalar"):
         b = _all_ops(dtype, 1)
     assert len(a) == len(b)
@@ -369,30 +370,35 @@ def test_scalar_twin_bitwise(dtype):
         assert same(p, q)
 
 
-@needs_avx2
+@pytest.mark.parametrize("level", SIMD)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_scalar_twin_offsets_bitwise(dtype):
+def test_scalar_twin_offsets_bitwise(dtype, level):
     # the float64 offsets themselves (before rounding to the dtype), every tail length
     rng = rng_for("twin-off", dtype)
-    for n in list(range(1, 70)) + [CHUNK - 1, CHUNK, CHUNK + 33, 3 * CHUNK + 17]:
+    for n in list(range(1, 140)) + [CHUNK - 1, CHUNK, CHUNK + 33, 3 * CHUNK + 17]:
         x = (rng.standard_normal((3, n)) * 4).astype(dtype)
         x[2, ::5] = -np.inf
-        a = _decode._row_offsets(x)
+        with simd(level):
+            a = _decode._row_offsets(x)
         with simd("scalar"):
             b = _decode._row_offsets(x)
         assert same(a, b), n
 
 
-@needs_avx2
+@pytest.mark.parametrize("level", SIMD)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_exp_polynomial_twins_and_accuracy(dtype):
+def test_exp_polynomial_twins_and_accuracy(dtype, level):
     lo = -86.0 if dtype == np.float32 else -708.0
     x = np.concatenate([np.linspace(lo, 80 if dtype == np.float32 else 700, 200_001),
                         [0.0, -0.0, -np.inf, lo - 1, -1e30]]).astype(dtype)
-    e = _decode._exp(x)
+    with simd(level):
+        e = _decode._exp(x)
+        tails = [_decode._exp(x[-n:]) for n in range(1, 41)]    # every masked tail
     with simd("scalar"):
         es = _decode._exp(x)
     assert same(e, es)
+    for n, t in zip(range(1, 41), tails):
+        assert same(t, es[-n:]), n
     ref = np.exp(x.astype(np.float64))
     ok = x >= lo
     rel = np.abs(e[ok] - ref[ok]) / ref[ok]

@@ -1,7 +1,7 @@
 """Decoding kernels (Cython backend); op contracts in fastdl.decode.ops.
 
-* ``topk``: per row a heap of size k (root = worst kept item) fed by an AVX2
-  threshold prefilter (src/decodek.c).  Many rows: threads share out rows.
+* ``topk``: per row a heap of size k (root = worst kept item) fed by a SIMD
+  threshold prefilter (src/decodek_*.c).  Many rows: threads share out rows.
   Few long rows: each row is cut into ``pp`` contiguous parts of at least
   TOPK_MIN_PART elements, each part gets its own heap (scanned in increasing
   index order), and the part heaps are merged by the total order.  The top-k
@@ -18,12 +18,18 @@
   Threads get contiguous row ranges (each row's offset and scan done back to
   back, the row still in L2) or, for few rows, contiguous pieces of the flat
   candidate range after parallel chunk statistics; part heaps are merged.
-* float16 (``*_f16``): the same algorithms over the uint16 bits of the array;
-  the C kernels convert L1-sized pieces to float32 as they read (F16C in the
-  AVX2 tier) and give bitwise the float32 results on the converted input.
+* float16 (``*_f16``): the same drivers over the uint16 bits of the array;
+  the C kernels convert L1-sized pieces to float32 as they read and give
+  bitwise the float32 results on the converted input.
+
+One driver per op serves float32, float64 and float16 (the fused type
+``elem``); the typed shims below pick the table of the input's dtype.  Values
+of the compute dtype (float32 for float16) travel in float64 variables and
+arrays that hold exactly representable values; heap keys (uint32 for
+float32/float16, uint64 for float64) live in byte buffers.
 """
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.math cimport isnan, INFINITY, NAN
 from cython cimport floating
 
@@ -32,49 +38,9 @@ import numpy as np
 from fastdl._backends.cython._cpu cimport simd_level
 from fastdl._backends.cython._cpu cimport team
 
-cdef extern from "decodek.h" nogil:
-    int FDL_DK_CHUNK
-    int64_t fdl_dk_scan_f32(uint32_t *hk, int64_t *hi, int64_t size, int64_t k,
-                            const float *x, int64_t n, int64_t base, int level)
-    int64_t fdl_dk_scan_f64(uint64_t *hk, int64_t *hi, int64_t size, int64_t k,
-                            const double *x, int64_t n, int64_t base, int level)
-    int64_t fdl_dk_scan_add_f32(uint32_t *hk, int64_t *hi, int64_t size, int64_t k,
-                                const float *x, int64_t n, float sub, float add, int64_t base,
-                                int level)
-    int64_t fdl_dk_scan_add_f64(uint64_t *hk, int64_t *hi, int64_t size, int64_t k,
-                                const double *x, int64_t n, double sub, double add,
-                                int64_t base, int level)
-    int64_t fdl_dk_merge_f32(uint32_t *hk, int64_t *hi, int64_t size, int64_t k,
-                             const uint32_t *sk, const int64_t *si, int64_t n)
-    int64_t fdl_dk_merge_f64(uint64_t *hk, int64_t *hi, int64_t size, int64_t k,
-                             const uint64_t *sk, const int64_t *si, int64_t n)
-    void fdl_dk_sort_f32(uint32_t *hk, int64_t *hi, int64_t size)
-    void fdl_dk_sort_f64(uint64_t *hk, int64_t *hi, int64_t size)
-    void fdl_dk_stats_f32(const float *x, int64_t n, double *m, double *s, int *bad, int level)
-    void fdl_dk_stats_f64(const double *x, int64_t n, double *m, double *s, int *bad,
-                          int level)
-    double fdl_dk_fold(const double *m, const double *s, const int *bad, int64_t nch,
-                       double *pm)
-    double fdl_dk_row_lse_f32(const float *x, int64_t n, int level, double *pm)
-    double fdl_dk_row_lse_f64(const double *x, int64_t n, int level, double *pm)
-    void fdl_dk_sub_f32(const float *x, float *y, int64_t n, float m, float l, int level)
-    void fdl_dk_sub_f64(const double *x, double *y, int64_t n, double m, double l, int level)
-    void fdl_dk_exp_f32(const float *x, float *y, int64_t n, int level)
-    void fdl_dk_exp_f64(const double *x, double *y, int64_t n, int level)
-    int64_t fdl_dk_scan_f16(uint32_t *hk, int64_t *hi, int64_t size, int64_t k,
-                            const uint16_t *x, int64_t n, int64_t base, int level)
-    int64_t fdl_dk_scan_add_f16(uint32_t *hk, int64_t *hi, int64_t size, int64_t k,
-                                const uint16_t *x, int64_t n, float sub, float add, int64_t base,
-                                int level)
-    void fdl_dk_stats_f16(const uint16_t *x, int64_t n, double *m, double *s, int *bad,
-                          int level)
-    double fdl_dk_row_lse_f16(const uint16_t *x, int64_t n, int level, double *pm)
-    void fdl_dk_sub_f16(const uint16_t *x, uint16_t *y, int64_t n, float m, float l, int level)
-    void fdl_dk_h2f(const uint16_t *x, float *y, int64_t n, int level)
-    void fdl_dk_f2h(const float *x, uint16_t *y, int64_t n, int level)
-
-cdef extern from "f16.h" nogil:
-    float fdl_h2f(uint16_t h)
+from fastdl._backends.cython._decodek cimport (
+    FDL_DK_CHUNK, fdl_dk_f16, fdl_dk_f16_table, fdl_dk_f32, fdl_dk_f32_table, fdl_dk_f64,
+    fdl_dk_f64_table, fdl_dk_fold, fdl_dk_fold_end, fdl_dk_fold_step, fdl_h2f)
 
 # top-k: a part of a long row has at least this many elements
 cdef int64_t TOPK_MIN_PART = 32768
@@ -87,68 +53,129 @@ cdef int64_t SERIAL_WORK = 32768
 PARAMS = {"chunk": FDL_DK_CHUNK, "topk_min_part": TOPK_MIN_PART,
           "beam_min_part": BEAM_MIN_PART, "serial_work": SERIAL_WORK}
 
+ctypedef fused elem:
+    float
+    double
+    uint16_t
+
 
 # ------------------------------------------------------------ typed shims
 
-# Heaps live in buffers of the dtype (keys have the same width) and hold keys
-# until the values are read back by index.
+# The tables of one call (fetched once per call, at the current SIMD level).
+cdef struct Kern:
+    const fdl_dk_f32 *f32
+    const fdl_dk_f64 *f64
+    const fdl_dk_f16 *f16
 
-cdef inline int64_t _scan(floating *hk, int64_t *hi, int64_t size, int64_t k,
-                          const floating *x, int64_t n, int64_t base, int level) noexcept nogil:
-    if floating is float:
-        return fdl_dk_scan_f32(<uint32_t *>hk, hi, size, k, x, n, base, level)
+
+cdef inline Kern _kern() noexcept nogil:
+    cdef int level = simd_level()
+    cdef Kern K
+    K.f32 = fdl_dk_f32_table(level)
+    K.f64 = fdl_dk_f64_table(level)
+    K.f16 = fdl_dk_f16_table(level)
+    return K
+
+
+cdef inline double _round(const elem *tag, double v) noexcept nogil:
+    """v rounded to the compute dtype of elem (float32 for float16)"""
+    if elem is double:
+        return v
     else:
-        return fdl_dk_scan_f64(<uint64_t *>hk, hi, size, k, x, n, base, level)
+        return <float>v
 
 
-cdef inline int64_t _scan_add(floating *hk, int64_t *hi, int64_t size, int64_t k,
-                              const floating *x, int64_t n, floating sub, floating add,
-                              int64_t base, int level) noexcept nogil:
-    if floating is float:
-        return fdl_dk_scan_add_f32(<uint32_t *>hk, hi, size, k, x, n, sub, add, base, level)
+cdef inline double _value(const elem *x) noexcept nogil:
+    """the element as a compute-dtype value"""
+    if elem is uint16_t:
+        return fdl_h2f(x[0])
     else:
-        return fdl_dk_scan_add_f64(<uint64_t *>hk, hi, size, k, x, n, sub, add, base, level)
+        return x[0]
 
 
-cdef inline int64_t _merge(floating *hk, int64_t *hi, int64_t size, int64_t k,
-                           const floating *sk, const int64_t *si, int64_t n) noexcept nogil:
-    if floating is float:
-        return fdl_dk_merge_f32(<uint32_t *>hk, hi, size, k, <const uint32_t *>sk, si, n)
+cdef inline double _cand(const elem *x, double sub, double add) noexcept nogil:
+    """(C)((C)(x - sub) + add) in the compute dtype C (sub, add already in C)"""
+    cdef float f
+    if elem is double:
+        return (x[0] - sub) + add
     else:
-        return fdl_dk_merge_f64(<uint64_t *>hk, hi, size, k, <const uint64_t *>sk, si, n)
+        f = <float>_value(x) - <float>sub
+        return <float>(f + <float>add)
 
 
-cdef inline void _sort(floating *hk, int64_t *hi, int64_t size) noexcept nogil:
-    if floating is float:
-        fdl_dk_sort_f32(<uint32_t *>hk, hi, size)
+cdef inline int64_t _scan(Kern K, uint8_t *hk, int64_t *hi, int64_t size, int64_t k,
+                          const elem *x, int64_t n, int64_t base) noexcept nogil:
+    if elem is float:
+        return K.f32.scan(<uint32_t *>hk, hi, size, k, x, n, base)
+    elif elem is double:
+        return K.f64.scan(<uint64_t *>hk, hi, size, k, x, n, base)
     else:
-        fdl_dk_sort_f64(<uint64_t *>hk, hi, size)
+        return K.f16.scan(<uint32_t *>hk, hi, size, k, x, n, base)
 
 
-cdef inline void _stats(const floating *x, int64_t n, double *m, double *s, int *bad,
-                        int level) noexcept nogil:
-    if floating is float:
-        fdl_dk_stats_f32(x, n, m, s, bad, level)
+cdef inline int64_t _scan_add(Kern K, uint8_t *hk, int64_t *hi, int64_t size, int64_t k,
+                              const elem *x, int64_t n, double sub, double add,
+                              int64_t base) noexcept nogil:
+    if elem is float:
+        return K.f32.scan_add(<uint32_t *>hk, hi, size, k, x, n, <float>sub, <float>add, base)
+    elif elem is double:
+        return K.f64.scan_add(<uint64_t *>hk, hi, size, k, x, n, sub, add, base)
     else:
-        fdl_dk_stats_f64(x, n, m, s, bad, level)
+        return K.f16.scan_add(<uint32_t *>hk, hi, size, k, x, n, <float>sub, <float>add, base)
 
 
-cdef inline double _row_lse(const floating *x, int64_t n, int level, double *m) noexcept nogil:
-    if floating is float:
-        return fdl_dk_row_lse_f32(x, n, level, m)
+cdef inline int64_t _merge(Kern K, const elem *tag, uint8_t *hk, int64_t *hi, int64_t size,
+                           int64_t k, const uint8_t *sk, const int64_t *si,
+                           int64_t n) noexcept nogil:
+    if elem is double:
+        return K.f64.merge(<uint64_t *>hk, hi, size, k, <const uint64_t *>sk, si, n)
     else:
-        return fdl_dk_row_lse_f64(x, n, level, m)
+        return K.f32.merge(<uint32_t *>hk, hi, size, k, <const uint32_t *>sk, si, n)
 
 
-cdef inline void _sub(const floating *x, floating *y, int64_t n, double m, double l,
-                      int level) noexcept nogil:
-    """y = (x - m) - l in the dtype; a row without a finite max (l NaN) becomes NaN"""
+cdef inline void _sort(Kern K, const elem *tag, uint8_t *hk, int64_t *hi,
+                       int64_t size) noexcept nogil:
+    if elem is double:
+        K.f64.sort(<uint64_t *>hk, hi, size)
+    else:
+        K.f32.sort(<uint32_t *>hk, hi, size)
+
+
+cdef inline void _stats(Kern K, const elem *x, int64_t n, double *m, double *s,
+                        int *bad) noexcept nogil:
+    if elem is float:
+        K.f32.stats(x, n, m, s, bad)
+    elif elem is double:
+        K.f64.stats(x, n, m, s, bad)
+    else:
+        K.f16.stats(x, n, m, s, bad)
+
+
+cdef inline double _row_lse(Kern K, const elem *x, int64_t n, double *pm) noexcept nogil:
+    """log(sum(exp(x - max))) of a row in float64 from its chunks, folded in
+    order; the max in *pm (see fdl_dk_fold_end for non-finite rows)"""
+    cdef double M = -INFINITY, S = 0.0, m, s
+    cdef int bad = 0, b
+    cdef int64_t i = 0
+    while i < n:
+        _stats(K, x + i, min(<int64_t>FDL_DK_CHUNK, n - i), &m, &s, &b)
+        fdl_dk_fold_step(&M, &S, &bad, m, s, b)
+        i += FDL_DK_CHUNK
+    return fdl_dk_fold_end(M, S, bad, pm)
+
+
+cdef inline void _sub(Kern K, const elem *x, elem *y, int64_t n, double m,
+                      double l) noexcept nogil:
+    """y = (x - m) - l in the compute dtype; a row without a finite max (l NaN)
+    becomes NaN"""
     if isnan(l):
         m = NAN
-    if floating is float:
-        fdl_dk_sub_f32(x, y, n, <float>m, <float>l, level)
+    if elem is float:
+        K.f32.sub(x, y, n, <float>m, <float>l)
+    elif elem is double:
+        K.f64.sub(x, y, n, m, l)
     else:
-        fdl_dk_sub_f64(x, y, n, m, l, level)
+        K.f16.sub(x, y, n, <float>m, <float>l)
 
 
 cdef inline int _threads(int nthreads, int64_t work, int64_t units) noexcept nogil:
@@ -158,19 +185,34 @@ cdef inline int _threads(int nthreads, int64_t work, int64_t units) noexcept nog
     return team(nthreads, 4 * work, units)
 
 
+cdef object _dtype(const elem *tag):
+    """numpy dtype of elem's arrays (float16 as its uint16 bits)"""
+    if elem is float:
+        return np.float32
+    elif elem is double:
+        return np.float64
+    else:
+        return np.uint16
+
+
+cdef object _keys(const elem *tag, int64_t rows, int64_t cap):
+    """a heap-key buffer of rows x cap keys, as bytes"""
+    return np.empty((rows, cap * (8 if elem is double else 4)), np.uint8)
+
+
 # ------------------------------------------------------------------ topk
 
-def topk(const floating[:, ::1] x, int64_t k, int nthreads):
-    """(values (R, k), indices (R, k) int64) of the k best per row (validated input)."""
+cdef object _topk(const elem[:, ::1] x, int64_t k, int nthreads):
     cdef int64_t R = x.shape[0], n = x.shape[1]
     if R < 1 or n < 1 or k < 1 or k > n:
         raise ValueError(f"topk kernel: need R >= 1, n >= 1, 1 <= k <= n, got {(R, n)}, k={k}")
-    dtype = np.float32 if floating is float else np.float64
-    vals = np.empty((R, k), dtype)
+    cdef const elem *tag = &x[0, 0]
+    vals = np.empty((R, k), _dtype(tag))
     idx = np.empty((R, k), np.int64)
-    cdef floating[:, ::1] V = vals
+    cdef elem[:, ::1] V = vals
+    cdef uint8_t[:, ::1] KY = _keys(tag, R, k)
     cdef int64_t[:, ::1] I = idx
-    cdef int level = simd_level()
+    cdef Kern K = _kern()
     cdef int64_t pp = 1, r, u, p, j, lo, hi, size, cap, units
     cdef int nt
     nthreads = _threads(nthreads, R * n, R * max(1, n // TOPK_MIN_PART))
@@ -180,17 +222,16 @@ def topk(const floating[:, ::1] x, int64_t k, int nthreads):
     if pp == 1:
         nt = _threads(nthreads, R * n, R)
         for r in prange(R, nogil=True, num_threads=nt, schedule="static"):
-            size = _scan(&V[r, 0], &I[r, 0], 0, k, &x[r, 0], n, 0, level)
-            _sort(&V[r, 0], &I[r, 0], size)
+            size = _scan(K, &KY[r, 0], &I[r, 0], 0, k, &x[r, 0], n, 0)
+            _sort(K, tag, &KY[r, 0], &I[r, 0], size)
             for j in range(k):
                 V[r, j] = x[r, I[r, j]]
         return vals, idx
     units = R * pp
     cap = min(k, (n + pp - 1) // pp)
-    hv_arr = np.empty((units, cap), dtype)
     hi_arr = np.empty((units, cap), np.int64)
     sizes_arr = np.zeros(units, np.int64)
-    cdef floating[:, ::1] HV = hv_arr
+    cdef uint8_t[:, ::1] HK = _keys(tag, units, cap)
     cdef int64_t[:, ::1] HI = hi_arr
     cdef int64_t[::1] SZ = sizes_arr
     nt = _threads(nthreads, R * n, units)
@@ -199,23 +240,33 @@ def topk(const floating[:, ::1] x, int64_t k, int nthreads):
         p = u % pp
         lo = p * n // pp
         hi = (p + 1) * n // pp
-        SZ[u] = _scan(&HV[u, 0], &HI[u, 0], 0, k, &x[r, lo], hi - lo, lo, level)
+        SZ[u] = _scan(K, &HK[u, 0], &HI[u, 0], 0, k, &x[r, lo], hi - lo, lo)
     nt = _threads(nthreads, units * cap, R)
     for r in prange(R, nogil=True, num_threads=nt, schedule="static"):
         size = 0
         for p in range(pp):
             u = r * pp + p
-            size = _merge(&V[r, 0], &I[r, 0], size, k, &HV[u, 0], &HI[u, 0], SZ[u])
-        _sort(&V[r, 0], &I[r, 0], size)
+            size = _merge(K, tag, &KY[r, 0], &I[r, 0], size, k, &HK[u, 0], &HI[u, 0], SZ[u])
+        _sort(K, tag, &KY[r, 0], &I[r, 0], size)
         for j in range(k):
             V[r, j] = x[r, I[r, j]]
     return vals, idx
 
 
+def topk(const floating[:, ::1] x, int64_t k, int nthreads):
+    """(values (R, k), indices (R, k) int64) of the k best per row (validated input)."""
+    return _topk(x, k, nthreads)
+
+
+def topk_f16(const uint16_t[:, ::1] x, int64_t k, int nthreads):
+    """(values (R, k) float16 bits as uint16, indices (R, k) int64) of the k best per row."""
+    return _topk(x, k, nthreads)
+
+
 # ----------------------------------------------------------- log_softmax
 
-cdef void _chunk_stats(const floating[:, ::1] x, double[::1] M, double[::1] S, int[::1] BAD,
-                       int64_t nch, int nthreads, int level) noexcept nogil:
+cdef void _chunk_stats(Kern K, const elem[:, ::1] x, double[::1] M, double[::1] S,
+                       int[::1] BAD, int64_t nch, int nthreads) noexcept nogil:
     """statistics of every (row, chunk) unit, in parallel"""
     cdef int64_t R = x.shape[0], n = x.shape[1], u, r, c, lo, ln
     cdef int nt = _threads(nthreads, R * n, R * nch)
@@ -224,21 +275,19 @@ cdef void _chunk_stats(const floating[:, ::1] x, double[::1] M, double[::1] S, i
         c = u % nch
         lo = c * FDL_DK_CHUNK
         ln = min(<int64_t>FDL_DK_CHUNK, n - lo)
-        _stats(&x[r, lo], ln, &M[u], &S[u], &BAD[u], level)
+        _stats(K, &x[r, lo], ln, &M[u], &S[u], &BAD[u])
 
 
-def log_softmax(const floating[:, ::1] x, out, int nthreads):
-    """x - logsumexp(x) per row into out (None: a new array); validated input."""
+cdef object _log_softmax(const elem[:, ::1] x, out, int nthreads):
     cdef int64_t R = x.shape[0], n = x.shape[1]
     if R < 1 or n < 1:
         raise ValueError(f"log_softmax kernel: need a non-empty (R, n) array, got {(R, n)}")
-    dtype = np.float32 if floating is float else np.float64
     if out is None:
-        out = np.empty((R, n), dtype)
-    cdef floating[:, ::1] Y = out
+        out = np.empty((R, n), _dtype(&x[0, 0]))
+    cdef elem[:, ::1] Y = out
     if Y.shape[0] != R or Y.shape[1] != n:
         raise ValueError(f"out must have shape {(R, n)}, got {out.shape}")
-    cdef int level = simd_level()
+    cdef Kern K = _kern()
     cdef int64_t r, u, c, lo, ln, nch = (n + FDL_DK_CHUNK - 1) // FDL_DK_CHUNK
     cdef int nt
     cdef double lse, mx
@@ -247,8 +296,8 @@ def log_softmax(const floating[:, ::1] x, out, int nthreads):
         nt = _threads(nthreads, R * n, R)
         for r in prange(R, nogil=True, num_threads=nt, schedule="static"):
             mx = 0.0            # assigned here: private to the thread (written via &mx)
-            lse = _row_lse(&x[r, 0], n, level, &mx)
-            _sub(&x[r, 0], &Y[r, 0], n, mx, lse, level)
+            lse = _row_lse(K, &x[r, 0], n, &mx)
+            _sub(K, &x[r, 0], &Y[r, 0], n, mx, lse)
         return out
     m_arr = np.empty(R * nch, np.float64)
     s_arr = np.empty(R * nch, np.float64)
@@ -258,7 +307,7 @@ def log_softmax(const floating[:, ::1] x, out, int nthreads):
     cdef double[::1] M = m_arr, S = s_arr, RM = rm_arr, RL = rl_arr
     cdef int[::1] BAD = b_arr
     with nogil:
-        _chunk_stats(x, M, S, BAD, nch, nthreads, level)
+        _chunk_stats(K, x, M, S, BAD, nch, nthreads)
         for r in range(R):
             RL[r] = fdl_dk_fold(&M[r * nch], &S[r * nch], &BAD[r * nch], nch, &RM[r])
     nt = _threads(nthreads, R * n, R * nch)
@@ -267,65 +316,78 @@ def log_softmax(const floating[:, ::1] x, out, int nthreads):
         c = u % nch
         lo = c * FDL_DK_CHUNK
         ln = min(<int64_t>FDL_DK_CHUNK, n - lo)
-        _sub(&x[r, lo], &Y[r, lo], ln, RM[r], RL[r], level)
+        _sub(K, &x[r, lo], &Y[r, lo], ln, RM[r], RL[r])
     return out
+
+
+def log_softmax(const floating[:, ::1] x, out, int nthreads):
+    """x - logsumexp(x) per row into out (None: a new array); validated input."""
+    return _log_softmax(x, out, nthreads)
+
+
+def log_softmax_f16(const uint16_t[:, ::1] x, out, int nthreads):
+    """log_softmax of float16 rows (uint16 bits) into out (uint16, None: a new array)."""
+    return _log_softmax(x, out, nthreads)
 
 
 # ------------------------------------------------------------- beam_topk
 
-cdef inline void _shift(double score, double lse, double mx, floating *sub,
-                        floating *add) noexcept nogil:
+cdef inline void _shift(const elem *tag, double score, double lse, double mx, double *sub,
+                        double *add) noexcept nogil:
     """candidates of row b are (x - sub[b]) + add[b]: sub = the row max, add =
-    (dtype)(score - lse) in float64; an all -inf row gives -inf, a row holding
-    NaN or +inf gives NaN"""
+    (C)(score - lse) in float64 (C the compute dtype); an all -inf row gives
+    -inf, a row holding NaN or +inf gives NaN"""
     if isnan(lse):
         sub[0] = 0
         add[0] = -INFINITY if mx == -INFINITY else NAN
     else:
-        sub[0] = <floating>mx
-        add[0] = <floating>(score - lse)
+        sub[0] = _round(tag, mx)
+        add[0] = _round(tag, score - lse)
 
 
-def beam_topk(const floating[:, ::1] lp, const floating[::1] s, int64_t k, bint normalize,
-              int nthreads):
-    """(scores (k,), beam (k,) int64, token (k,) int64): best k of log_probs[b, j] + add[b]."""
+cdef object _beam_topk(const elem[:, ::1] lp, const double[::1] s, int64_t k, bint normalize,
+                       int nthreads):
     cdef int64_t B = lp.shape[0], N = lp.shape[1], T
     if B < 1 or N < 1 or s.shape[0] != B or k < 1 or k > B * N:
         raise ValueError(f"beam_topk kernel: need log_probs (B, N) non-empty, beam_scores "
                          f"(B,), 1 <= k <= B*N; got {(B, N)}, {(s.shape[0],)}, k={k}")
     T = B * N
-    dtype = np.float32 if floating is float else np.float64
-    scores = np.empty(k, dtype)
+    cdef const elem *tag = &lp[0, 0]
+    scores = np.empty(k, np.float64)
     flat = np.empty(k, np.int64)
-    cdef floating[::1] V = scores
+    keys = _keys(tag, 1, k)
+    cdef double[::1] V = scores
+    cdef uint8_t[:, ::1] KY = keys
     cdef int64_t[::1] I = flat
-    cdef int level = simd_level()
+    cdef Kern K = _kern()
     cdef int64_t nparts = _threads(nthreads, T, T // BEAM_MIN_PART)
     cdef bint rows_mode = nparts == 1 or B >= 4 * nparts or (B >= nparts and B % nparts == 0)
-    cdef int64_t p, b, b0, b1, lo, hi, size, cap, j, u, nch, c
+    cdef int64_t p, b, b0, b1, lo, hi, size, cap, j
     cdef int nt = <int>nparts
     if rows_mode:
         cap = min(k, ((B + nparts - 1) // nparts) * N)
     else:
         cap = min(k, (T + nparts - 1) // nparts)
     if nparts == 1:
-        hv_arr, hi_arr = scores.reshape(1, k), flat.reshape(1, k)
+        hk_arr, hi_arr = keys, flat.reshape(1, k)
     else:
-        hv_arr, hi_arr = np.empty((nparts, cap), dtype), np.empty((nparts, cap), np.int64)
+        hk_arr, hi_arr = _keys(tag, nparts, cap), np.empty((nparts, cap), np.int64)
     sizes_arr = np.zeros(nparts, np.int64)
-    # candidates (x - SUB[b]) + ADD[b]; without normalizing SUB = 0 (x - 0 is exact)
-    adds_arr = np.empty(B, dtype)
-    subs_arr = np.zeros(B, dtype)
-    cdef floating[:, ::1] HV = hv_arr
+    # candidates (x - SUB[b]) + ADD[b] in the compute dtype (held exactly in
+    # float64); without normalizing SUB = 0 (x - 0 is exact)
+    adds_arr = np.empty(B, np.float64)
+    subs_arr = np.zeros(B, np.float64)
+    cdef uint8_t[:, ::1] HK = hk_arr
     cdef int64_t[:, ::1] HI = hi_arr
     cdef int64_t[::1] SZ = sizes_arr
-    cdef floating[::1] ADD = adds_arr, SUB = subs_arr
+    cdef double[::1] ADD = adds_arr, SUB = subs_arr
     cdef double[::1] M, S
     cdef int[::1] BAD
     cdef double lse, mx
+    cdef int64_t nch
     if not normalize:
         for b in range(B):
-            ADD[b] = s[b]
+            ADD[b] = _round(tag, s[b])
     if rows_mode:
         for p in prange(nparts, nogil=True, num_threads=nt, schedule="static"):
             b0 = p * B // nparts
@@ -334,10 +396,10 @@ def beam_topk(const floating[:, ::1] lp, const floating[::1] s, int64_t k, bint 
             mx = 0.0                # assigned here: private to the thread (written via &mx)
             for b in range(b0, b1):
                 if normalize:
-                    lse = _row_lse(&lp[b, 0], N, level, &mx)
-                    _shift(s[b], lse, mx, &SUB[b], &ADD[b])
-                size = _scan_add(&HV[p, 0], &HI[p, 0], size, k, &lp[b, 0], N, SUB[b], ADD[b],
-                                 b * N, level)
+                    lse = _row_lse(K, &lp[b, 0], N, &mx)
+                    _shift(tag, s[b], lse, mx, &SUB[b], &ADD[b])
+                size = _scan_add(K, &HK[p, 0], &HI[p, 0], size, k, &lp[b, 0], N, SUB[b],
+                                 ADD[b], b * N)
             SZ[p] = size
     else:
         if normalize:
@@ -349,10 +411,10 @@ def beam_topk(const floating[:, ::1] lp, const floating[::1] s, int64_t k, bint 
             S = s_arr
             BAD = b_arr
             with nogil:
-                _chunk_stats(lp, M, S, BAD, nch, nthreads, level)
+                _chunk_stats(K, lp, M, S, BAD, nch, nthreads)
                 for b in range(B):
                     lse = fdl_dk_fold(&M[b * nch], &S[b * nch], &BAD[b * nch], nch, &mx)
-                    _shift(s[b], lse, mx, &SUB[b], &ADD[b])
+                    _shift(tag, s[b], lse, mx, &SUB[b], &ADD[b])
         for p in prange(nparts, nogil=True, num_threads=nt, schedule="static"):
             lo = p * T // nparts
             hi = (p + 1) * T // nparts
@@ -360,8 +422,8 @@ def beam_topk(const floating[:, ::1] lp, const floating[::1] s, int64_t k, bint 
             while lo < hi:
                 b = lo // N
                 j = min(hi, (b + 1) * N)
-                size = _scan_add(&HV[p, 0], &HI[p, 0], size, k, &lp[b, lo - b * N], j - lo,
-                                 SUB[b], ADD[b], lo, level)
+                size = _scan_add(K, &HK[p, 0], &HI[p, 0], size, k, &lp[b, lo - b * N], j - lo,
+                                 SUB[b], ADD[b], lo)
                 lo = j
             SZ[p] = size
     if nparts == 1:
@@ -370,231 +432,31 @@ def beam_topk(const floating[:, ::1] lp, const floating[::1] s, int64_t k, bint 
         with nogil:
             size = 0
             for p in range(nparts):
-                size = _merge(&V[0], &I[0], size, k, &HV[p, 0], &HI[p, 0], SZ[p])
+                size = _merge(K, tag, &KY[0, 0], &I[0], size, k, &HK[p, 0], &HI[p, 0], SZ[p])
     with nogil:
-        _sort(&V[0], &I[0], size)
+        _sort(K, tag, &KY[0, 0], &I[0], size)
         for j in range(k):
             b = I[j] // N
-            V[j] = <floating>(lp[b, I[j] - b * N] - SUB[b]) + ADD[b]
+            V[j] = _cand(&lp[b, I[j] - b * N], SUB[b], ADD[b])
+    # the values are exact in the compute dtype
+    if elem is not double:
+        scores = scores.astype(np.float32)
     return scores, flat // N, flat % N
 
 
-# --------------------------------------------------------------- float16
-#
-# float16 arrays arrive as uint16 views of their bits (no copy) and are
-# computed in float32: the C kernels convert pieces that stay in L1 (F16C in
-# the AVX2 tier) and run the float32 kernels on them, so every result equals
-# the float32 op on the converted input, bitwise.  Heaps hold float32 keys.
-
-def topk_f16(const uint16_t[:, ::1] x, int64_t k, int nthreads):
-    """(values (R, k) float16 bits as uint16, indices (R, k) int64) of the k best per row."""
-    cdef int64_t R = x.shape[0], n = x.shape[1]
-    if R < 1 or n < 1 or k < 1 or k > n:
-        raise ValueError(f"topk kernel: need R >= 1, n >= 1, 1 <= k <= n, got {(R, n)}, k={k}")
-    vals = np.empty((R, k), np.uint16)
-    idx = np.empty((R, k), np.int64)
-    keys = np.empty((R, k), np.uint32)
-    cdef uint16_t[:, ::1] V = vals
-    cdef uint32_t[:, ::1] K = keys
-    cdef int64_t[:, ::1] I = idx
-    cdef int level = simd_level()
-    cdef int64_t pp = 1, r, u, p, j, lo, hi, size, cap, units
-    cdef int nt
-    nthreads = _threads(nthreads, R * n, R * max(1, n // TOPK_MIN_PART))
-    if R < nthreads:
-        pp = min((nthreads + R - 1) // R, n // TOPK_MIN_PART)
-        pp = max(pp, 1)
-    if pp == 1:
-        nt = _threads(nthreads, R * n, R)
-        for r in prange(R, nogil=True, num_threads=nt, schedule="static"):
-            size = fdl_dk_scan_f16(&K[r, 0], &I[r, 0], 0, k, &x[r, 0], n, 0, level)
-            fdl_dk_sort_f32(&K[r, 0], &I[r, 0], size)
-            for j in range(k):
-                V[r, j] = x[r, I[r, j]]
-        return vals, idx
-    units = R * pp
-    cap = min(k, (n + pp - 1) // pp)
-    hk_arr = np.empty((units, cap), np.uint32)
-    hi_arr = np.empty((units, cap), np.int64)
-    sizes_arr = np.zeros(units, np.int64)
-    cdef uint32_t[:, ::1] HK = hk_arr
-    cdef int64_t[:, ::1] HI = hi_arr
-    cdef int64_t[::1] SZ = sizes_arr
-    nt = _threads(nthreads, R * n, units)
-    for u in prange(units, nogil=True, num_threads=nt, schedule="static"):
-        r = u // pp
-        p = u % pp
-        lo = p * n // pp
-        hi = (p + 1) * n // pp
-        SZ[u] = fdl_dk_scan_f16(&HK[u, 0], &HI[u, 0], 0, k, &x[r, lo], hi - lo, lo, level)
-    nt = _threads(nthreads, units * cap, R)
-    for r in prange(R, nogil=True, num_threads=nt, schedule="static"):
-        size = 0
-        for p in range(pp):
-            u = r * pp + p
-            size = fdl_dk_merge_f32(&K[r, 0], &I[r, 0], size, k, &HK[u, 0], &HI[u, 0], SZ[u])
-        fdl_dk_sort_f32(&K[r, 0], &I[r, 0], size)
-        for j in range(k):
-            V[r, j] = x[r, I[r, j]]
-    return vals, idx
-
-
-cdef void _chunk_stats_f16(const uint16_t[:, ::1] x, double[::1] M, double[::1] S,
-                           int[::1] BAD, int64_t nch, int nthreads, int level) noexcept nogil:
-    """statistics of every (row, chunk) unit, in parallel"""
-    cdef int64_t R = x.shape[0], n = x.shape[1], u, r, c, lo, ln
-    cdef int nt = _threads(nthreads, R * n, R * nch)
-    for u in prange(R * nch, num_threads=nt, schedule="static"):
-        r = u // nch
-        c = u % nch
-        lo = c * FDL_DK_CHUNK
-        ln = min(<int64_t>FDL_DK_CHUNK, n - lo)
-        fdl_dk_stats_f16(&x[r, lo], ln, &M[u], &S[u], &BAD[u], level)
-
-
-cdef inline void _sub_f16(const uint16_t *x, uint16_t *y, int64_t n, double m, double l,
-                          int level) noexcept nogil:
-    """y = float16((x - m) - l) computed in float32; a row without a finite max becomes NaN"""
-    if isnan(l):
-        m = NAN
-    fdl_dk_sub_f16(x, y, n, <float>m, <float>l, level)
-
-
-def log_softmax_f16(const uint16_t[:, ::1] x, out, int nthreads):
-    """log_softmax of float16 rows (uint16 bits) into out (uint16, None: a new array)."""
-    cdef int64_t R = x.shape[0], n = x.shape[1]
-    if R < 1 or n < 1:
-        raise ValueError(f"log_softmax kernel: need a non-empty (R, n) array, got {(R, n)}")
-    if out is None:
-        out = np.empty((R, n), np.uint16)
-    cdef uint16_t[:, ::1] Y = out
-    if Y.shape[0] != R or Y.shape[1] != n:
-        raise ValueError(f"out must have shape {(R, n)}, got {out.shape}")
-    cdef int level = simd_level()
-    cdef int64_t r, u, c, lo, ln, nch = (n + FDL_DK_CHUNK - 1) // FDL_DK_CHUNK
-    cdef int nt
-    cdef double lse, mx
-    nthreads = _threads(nthreads, R * n, R * nch)
-    if R >= 2 * nthreads or nch < 2 or nthreads < 2:
-        nt = _threads(nthreads, R * n, R)
-        for r in prange(R, nogil=True, num_threads=nt, schedule="static"):
-            mx = 0.0            # assigned here: private to the thread (written via &mx)
-            lse = fdl_dk_row_lse_f16(&x[r, 0], n, level, &mx)
-            _sub_f16(&x[r, 0], &Y[r, 0], n, mx, lse, level)
-        return out
-    m_arr = np.empty(R * nch, np.float64)
-    s_arr = np.empty(R * nch, np.float64)
-    b_arr = np.empty(R * nch, np.intc)
-    rm_arr = np.empty(R, np.float64)
-    rl_arr = np.empty(R, np.float64)
-    cdef double[::1] M = m_arr, S = s_arr, RM = rm_arr, RL = rl_arr
-    cdef int[::1] BAD = b_arr
-    with nogil:
-        _chunk_stats_f16(x, M, S, BAD, nch, nthreads, level)
-        for r in range(R):
-            RL[r] = fdl_dk_fold(&M[r * nch], &S[r * nch], &BAD[r * nch], nch, &RM[r])
-    nt = _threads(nthreads, R * n, R * nch)
-    for u in prange(R * nch, nogil=True, num_threads=nt, schedule="static"):
-        r = u // nch
-        c = u % nch
-        lo = c * FDL_DK_CHUNK
-        ln = min(<int64_t>FDL_DK_CHUNK, n - lo)
-        _sub_f16(&x[r, lo], &Y[r, lo], ln, RM[r], RL[r], level)
-    return out
+def beam_topk(const floating[:, ::1] lp, const floating[::1] s, int64_t k, bint normalize,
+              int nthreads):
+    """(scores (k,), beam (k,) int64, token (k,) int64): best k of log_probs[b, j] + add[b]."""
+    cdef const double[::1] sd = np.asarray(s, np.float64)
+    return _beam_topk(lp, sd, k, normalize, nthreads)
 
 
 def beam_topk_f16(const uint16_t[:, ::1] lp, const float[::1] s, int64_t k, bint normalize,
                   int nthreads):
     """beam_topk over float16 log_probs (uint16 bits) and float32 beam_scores, computed
     in float32: (scores (k,) float32, beam (k,) int64, token (k,) int64)."""
-    cdef int64_t B = lp.shape[0], N = lp.shape[1], T
-    if B < 1 or N < 1 or s.shape[0] != B or k < 1 or k > B * N:
-        raise ValueError(f"beam_topk kernel: need log_probs (B, N) non-empty, beam_scores "
-                         f"(B,), 1 <= k <= B*N; got {(B, N)}, {(s.shape[0],)}, k={k}")
-    T = B * N
-    scores = np.empty(k, np.float32)
-    flat = np.empty(k, np.int64)
-    keys = np.empty(k, np.uint32)
-    cdef float[::1] V = scores
-    cdef uint32_t[::1] K = keys
-    cdef int64_t[::1] I = flat
-    cdef int level = simd_level()
-    cdef int64_t nparts = _threads(nthreads, T, T // BEAM_MIN_PART)
-    cdef bint rows_mode = nparts == 1 or B >= 4 * nparts or (B >= nparts and B % nparts == 0)
-    cdef int64_t p, b, b0, b1, lo, hi, size, cap, j, u, nch, c
-    cdef int nt = <int>nparts
-    if rows_mode:
-        cap = min(k, ((B + nparts - 1) // nparts) * N)
-    else:
-        cap = min(k, (T + nparts - 1) // nparts)
-    if nparts == 1:
-        hk_arr, hi_arr = keys.reshape(1, k), flat.reshape(1, k)
-    else:
-        hk_arr, hi_arr = np.empty((nparts, cap), np.uint32), np.empty((nparts, cap), np.int64)
-    sizes_arr = np.zeros(nparts, np.int64)
-    adds_arr = np.empty(B, np.float32)
-    subs_arr = np.zeros(B, np.float32)
-    cdef uint32_t[:, ::1] HK = hk_arr
-    cdef int64_t[:, ::1] HI = hi_arr
-    cdef int64_t[::1] SZ = sizes_arr
-    cdef float[::1] ADD = adds_arr, SUB = subs_arr
-    cdef double[::1] M, S
-    cdef int[::1] BAD
-    cdef double lse, mx
-    if not normalize:
-        for b in range(B):
-            ADD[b] = s[b]
-    if rows_mode:
-        for p in prange(nparts, nogil=True, num_threads=nt, schedule="static"):
-            b0 = p * B // nparts
-            b1 = (p + 1) * B // nparts
-            size = 0
-            mx = 0.0                # assigned here: private to the thread (written via &mx)
-            for b in range(b0, b1):
-                if normalize:
-                    lse = fdl_dk_row_lse_f16(&lp[b, 0], N, level, &mx)
-                    _shift(s[b], lse, mx, &SUB[b], &ADD[b])
-                size = fdl_dk_scan_add_f16(&HK[p, 0], &HI[p, 0], size, k, &lp[b, 0], N, SUB[b],
-                                           ADD[b], b * N, level)
-            SZ[p] = size
-    else:
-        if normalize:
-            nch = (N + FDL_DK_CHUNK - 1) // FDL_DK_CHUNK
-            m_arr = np.empty(B * nch, np.float64)
-            s_arr = np.empty(B * nch, np.float64)
-            b_arr = np.empty(B * nch, np.intc)
-            M = m_arr
-            S = s_arr
-            BAD = b_arr
-            with nogil:
-                _chunk_stats_f16(lp, M, S, BAD, nch, nthreads, level)
-                for b in range(B):
-                    lse = fdl_dk_fold(&M[b * nch], &S[b * nch], &BAD[b * nch], nch, &mx)
-                    _shift(s[b], lse, mx, &SUB[b], &ADD[b])
-        for p in prange(nparts, nogil=True, num_threads=nt, schedule="static"):
-            lo = p * T // nparts
-            hi = (p + 1) * T // nparts
-            size = 0
-            while lo < hi:
-                b = lo // N
-                j = min(hi, (b + 1) * N)
-                size = fdl_dk_scan_add_f16(&HK[p, 0], &HI[p, 0], size, k, &lp[b, lo - b * N],
-                                           j - lo, SUB[b], ADD[b], lo, level)
-                lo = j
-            SZ[p] = size
-    if nparts == 1:
-        size = SZ[0]
-    else:
-        with nogil:
-            size = 0
-            for p in range(nparts):
-                size = fdl_dk_merge_f32(&K[0], &I[0], size, k, &HK[p, 0], &HI[p, 0], SZ[p])
-    with nogil:
-        fdl_dk_sort_f32(&K[0], &I[0], size)
-        for j in range(k):
-            b = I[j] // N
-            V[j] = <float>(fdl_h2f(lp[b, I[j] - b * N]) - SUB[b]) + ADD[b]
-    return scores, flat // N, flat % N
+    cdef const double[::1] sd = np.asarray(s, np.float64)
+    return _beam_topk(lp, sd, k, normalize, nthreads)
 
 
 # ------------------------------------------------------------- diagnostics
@@ -604,7 +466,7 @@ def _h2f(const uint16_t[::1] x):
     y = np.empty(x.shape[0], np.float32)
     cdef float[::1] Y = y
     if x.shape[0]:
-        fdl_dk_h2f(&x[0], &Y[0], x.shape[0], simd_level())
+        _kern().f16.h2f(&x[0], &Y[0], x.shape[0])
     return y
 
 
@@ -613,44 +475,41 @@ def _f2h(const float[::1] x):
     y = np.empty(x.shape[0], np.uint16)
     cdef uint16_t[::1] Y = y
     if x.shape[0]:
-        fdl_dk_f2h(&x[0], &Y[0], x.shape[0], simd_level())
+        _kern().f16.f2h(&x[0], &Y[0], x.shape[0])
     return y
-
-
-def _row_offsets_f16(const uint16_t[:, ::1] x):
-    """float64 max + log(sum(exp(x - max))) per float16 row (bits) from the kernels (tests)."""
-    cdef int64_t r, R = x.shape[0]
-    cdef double mx
-    out = np.empty(R, np.float64)
-    cdef double[::1] O = out
-    for r in range(R):
-        O[r] = fdl_dk_row_lse_f16(&x[r, 0], x.shape[1], simd_level(), &mx)
-        O[r] += mx
-    return out
 
 
 def _exp(const floating[::1] x):
     """The kernels' polynomial exp, elementwise (tests): 0 below -86 (float32) /
     -708 (float64) and for -inf."""
-    dtype = np.float32 if floating is float else np.float64
-    y = np.empty(x.shape[0], dtype)
+    y = np.empty(x.shape[0], np.float32 if floating is float else np.float64)
     cdef floating[::1] Y = y
     if x.shape[0] == 0:
         return y
     if floating is float:
-        fdl_dk_exp_f32(&x[0], &Y[0], x.shape[0], simd_level())
+        _kern().f32.exp(&x[0], &Y[0], x.shape[0])
     else:
-        fdl_dk_exp_f64(&x[0], &Y[0], x.shape[0], simd_level())
+        _kern().f64.exp(&x[0], &Y[0], x.shape[0])
     return y
+
+
+cdef object _offsets(const elem[:, ::1] x):
+    cdef int64_t r, R = x.shape[0]
+    cdef double mx
+    cdef Kern K = _kern()
+    out = np.empty(R, np.float64)
+    cdef double[::1] O = out
+    for r in range(R):
+        O[r] = _row_lse(K, &x[r, 0], x.shape[1], &mx)
+        O[r] += mx
+    return out
 
 
 def _row_offsets(const floating[:, ::1] x):
     """float64 max + log(sum(exp(x - max))) per row from the kernels' statistics (tests)."""
-    cdef int64_t r, R = x.shape[0]
-    cdef double mx
-    out = np.empty(R, np.float64)
-    cdef double[::1] O = out
-    for r in range(R):
-        O[r] = _row_lse(&x[r, 0], x.shape[1], simd_level(), &mx)
-        O[r] += mx
-    return out
+    return _offsets(x)
+
+
+def _row_offsets_f16(const uint16_t[:, ::1] x):
+    """float64 max + log(sum(exp(x - max))) per float16 row (bits) from the kernels (tests)."""
+    return _offsets(x)
