@@ -15,15 +15,17 @@ def rng_for(*key):
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
-def simd_levels():
+def simd_levels(scalar=True):
     """SIMD levels the Cython kernels can run at on this machine, lowest first
-    (``["scalar"]`` when the compiled backend is missing)."""
+    (``["scalar"]`` when the compiled backend is missing); ``scalar=False``: only the
+    SIMD tiers (what is compared with the scalar twins)."""
     try:
         from fastdl._backends.cython import _cpu
     except ImportError:
-        return ["scalar"]
+        return ["scalar"] if scalar else []
     top = _cpu.LEVELS[_cpu.detected_simd()]
-    return [n for n, v in sorted(_cpu.LEVELS.items(), key=lambda kv: kv[1]) if v <= top]
+    return [n for n, v in sorted(_cpu.LEVELS.items(), key=lambda kv: kv[1])
+            if v <= top and (scalar or n != "scalar")]
 
 
 def has_simd(level):
