@@ -144,7 +144,7 @@ FDL_TARGET_AVX2 void fdl_qk_mv_nf4_avx2(const fdl_qk_desc *q, const uint8_t *row
         u[2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(wh, zh));
         u[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(wh, zh));
         for (int v = 0; v < 4; v++)
-            A[v] = _mm256_fmadd_ps(_mm256_loadu_ps(x + 32 * H + 8 * v), u[v], A[v]);
+            A[v] = _mm256_fmadd_ps(_mm256_loadu_ps(x + 32 * H + 8 * qk_xl_pos(v)), u[v], A[v]);
         if (++cnt == hpb || H + 1 == nHf) { flush8(A, &T, qk_scale(q, j, b)); cnt = 0; b++; }
     }
     *res = hsum8(T);

@@ -80,38 +80,68 @@ A5 static ALWAYS_INLINE __m256 pair_sum(__m512 a) {
 
 /* ---------------------------------------------------------------- n = 1 */
 
-/* block end: T = fma((A0 + A1) + (A2 + A3), s, T), A = 0; A01 = (A0 | A1), A23 = (A2 | A3) */
-A5 static ALWAYS_INLINE void flush16(__m512 *A01, __m512 *A23, __m256 *T, float s) {
-    *T = _mm256_fmadd_ps(_mm256_add_ps(pair_sum(*A01), pair_sum(*A23)), _mm256_set1_ps(s), *T);
-    *A01 = *A23 = _mm512_setzero_ps();
+/* plain block scales are broadcast from memory (a load, not a shuffle) */
+static inline const float *plain_scales(const fdl_qk_desc *q, int64_t j) {
+    return (!q->dq && !q->per_tensor) ? q->scales + j * q->nb : NULL;
+}
+
+A5 static ALWAYS_INLINE __m256 block_scale(const fdl_qk_desc *q, const float *sp, int64_t j,
+                                           int64_t b) {
+    return sp ? _mm256_broadcast_ss(sp + b) : _mm256_set1_ps(qk_scale(q, j, b));
+}
+
+/* block end: T = fma((A0 + A1) + (A2 + A3), s, T), A = 0.  PAIRED: the registers hold
+ * (A0 | A1) and (A2 | A3); else (A0 | A2) and (A1 | A3) */
+A5 static ALWAYS_INLINE void flush16(const int PAIRED, __m512 *R0, __m512 *R1, __m256 *T,
+                                     __m256 s) {
+    __m256 c;
+    if (PAIRED) {
+        c = _mm256_add_ps(pair_sum(*R0), pair_sum(*R1));
+    } else {
+        c = pair_sum(_mm512_add_ps(*R0, *R1));
+    }
+    *T = _mm256_fmadd_ps(c, s, *T);
+    *R0 = *R1 = _mm512_setzero_ps();
 }
 
 /* twin: fdl_qk_mv_fast_scalar (int8) */
 A5 void fdl_qk_mv_i8_avx512(const fdl_qk_desc *q, const uint8_t *row, int64_t j, const float *x,
                             int64_t nHf, int64_t hpb, float *res) {
+    const float *sp = plain_scales(q, j);
+    const __m512 none = _mm512_setzero_ps();
     __m512 A01 = _mm512_setzero_ps(), A23 = _mm512_setzero_ps();
     __m256 T = _mm256_setzero_ps();
     int64_t cnt = 0, b = 0;
     for (int64_t H = 0; H < nHf; H++) {
         const uint8_t *p = row + 32 * H;
-        A01 = _mm512_fmadd_ps(_mm512_loadu_ps(x + 32 * H), unit16(K_INT8, codes16(K_INT8, p), _mm512_setzero_ps()), A01);
+        A01 = _mm512_fmadd_ps(_mm512_loadu_ps(x + 32 * H), unit16(K_INT8, codes16(K_INT8, p), none),
+                              A01);
         A23 = _mm512_fmadd_ps(_mm512_loadu_ps(x + 32 * H + 16),
-                              unit16(K_INT8, codes16(K_INT8, p + 16), _mm512_setzero_ps()), A23);
-        if (++cnt == hpb || H + 1 == nHf) { flush16(&A01, &A23, &T, qk_scale(q, j, b)); cnt = 0; b++; }
+                              unit16(K_INT8, codes16(K_INT8, p + 16), none), A23);
+        if (++cnt == hpb || H + 1 == nHf) {
+            flush16(1, &A01, &A23, &T, block_scale(q, sp, j, b));
+            cnt = 0;
+            b++;
+        }
     }
     *res = hsum8(T);
 }
 
-/* 4-bit kinds: the 64 values of group g (halves 2g, 2g + 1) from the codes c0, c1 of
- * the even half's two register halves */
-A5 static ALWAYS_INLINE void mv4_group(const fdl_qk_desc *q, int64_t j, const float *x, int64_t H,
-                                       __m512i c0, __m512i c1, __m512 tab, int64_t nHf, int64_t hpb,
-                                       int64_t *cnt, int64_t *b, __m512 *A01, __m512 *A23,
+/* 4-bit kinds: the 64 values of halves H, H + 1 (H even) from the codes c0, c1 of
+ * the two registers (low nibbles; the odd half's are the high ones) */
+A5 static ALWAYS_INLINE void mv4_group(const int PAIRED, const fdl_qk_desc *q, const float *sp,
+                                       int64_t j, const float *x, int64_t H, __m512i c0,
+                                       __m512i c1, __m512 tab, int64_t nHf, int64_t hpb,
+                                       int64_t *cnt, int64_t *b, __m512 *R0, __m512 *R1,
                                        __m256 *T) {
     for (int odd = 0; odd < 2; odd++, H++) {
-        *A01 = _mm512_fmadd_ps(_mm512_loadu_ps(x + 32 * H), _mm512_permutexvar_ps(c0, tab), *A01);
-        *A23 = _mm512_fmadd_ps(_mm512_loadu_ps(x + 32 * H + 16), _mm512_permutexvar_ps(c1, tab), *A23);
-        if (++*cnt == hpb || H + 1 == nHf) { flush16(A01, A23, T, qk_scale(q, j, *b)); *cnt = 0; ++*b; }
+        *R0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + 32 * H), _mm512_permutexvar_ps(c0, tab), *R0);
+        *R1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + 32 * H + 16), _mm512_permutexvar_ps(c1, tab), *R1);
+        if (++*cnt == hpb || H + 1 == nHf) {
+            flush16(PAIRED, R0, R1, T, block_scale(q, sp, j, *b));
+            *cnt = 0;
+            ++*b;
+        }
         c0 = _mm512_srli_epi32(c0, 4);
         c1 = _mm512_srli_epi32(c1, 4);
     }
@@ -120,33 +150,36 @@ A5 static ALWAYS_INLINE void mv4_group(const fdl_qk_desc *q, int64_t j, const fl
 /* twin: fdl_qk_mv_fast_scalar (int2-4; lane order 8v + l, nHf is even) */
 A5 void fdl_qk_mv_lin_avx512(const fdl_qk_desc *q, const uint8_t *row, int64_t j, const float *x,
                              int64_t nHf, int64_t hpb, float *res) {
+    const float *sp = plain_scales(q, j);
     const __m512 tab = _mm512_loadu_ps(qk_unit_table(q));
     __m512 A01 = _mm512_setzero_ps(), A23 = _mm512_setzero_ps();
     __m256 T = _mm256_setzero_ps();
     int64_t cnt = 0, b = 0;
     for (int64_t H = 0; H < nHf; H += 2) {
         const uint8_t *p = row + 16 * H;
-        mv4_group(q, j, x, H, codes16(K_LIN, p), codes16(K_LIN, p + 16), tab, nHf, hpb, &cnt, &b,
-                  &A01, &A23, &T);
+        mv4_group(1, q, sp, j, x, H, codes16(K_LIN, p), codes16(K_LIN, p + 16), tab, nHf, hpb,
+                  &cnt, &b, &A01, &A23, &T);
     }
     *res = hsum8(T);
 }
 
-/* twin: fdl_qk_mv_fast_scalar (NF4): x in the lane order qk_lane_idx, so register
- * A01 holds the values of code dwords 0, 4, 1, 5 of the 32 bytes and A23 of 2, 6, 3, 7 */
+/* twin: fdl_qk_mv_fast_scalar (NF4): x in the lane order qk_lane_idx / qk_xl_pos, so
+ * register (A0 | A2) holds the values of code dwords 0, 4, 2, 6 of the 32 bytes and
+ * (A1 | A3) those of 1, 5, 3, 7 */
 A5 void fdl_qk_mv_nf4_avx512(const fdl_qk_desc *q, const uint8_t *row, int64_t j, const float *x,
                              int64_t nHf, int64_t hpb, float *res) {
+    const float *sp = plain_scales(q, j);
     const __m512 tab = _mm512_loadu_ps(qk_unit_table(q));
-    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    __m512 A01 = _mm512_setzero_ps(), A23 = _mm512_setzero_ps();
+    const __m256i perm = _mm256_setr_epi32(0, 4, 2, 6, 1, 5, 3, 7);
+    __m512 A02 = _mm512_setzero_ps(), A13 = _mm512_setzero_ps();
     __m256 T = _mm256_setzero_ps();
     int64_t cnt = 0, b = 0;
     for (int64_t H = 0; H < nHf; H += 2) {
         __m256i bb = _mm256_permutevar8x32_epi32(
             _mm256_loadu_si256((const __m256i *)(row + 16 * H)), perm);
-        mv4_group(q, j, x, H, _mm512_cvtepu8_epi32(_mm256_castsi256_si128(bb)),
-                  _mm512_cvtepu8_epi32(_mm256_extracti128_si256(bb, 1)), tab, nHf, hpb, &cnt, &b,
-                  &A01, &A23, &T);
+        mv4_group(0, q, sp, j, x, H, _mm512_cvtepu8_epi32(_mm256_castsi256_si128(bb)),
+                  _mm512_cvtepu8_epi32(_mm256_extracti128_si256(bb, 1)), tab, nHf, hpb, &cnt,
+                  &b, &A02, &A13, &T);
     }
     *res = hsum8(T);
 }

@@ -34,7 +34,8 @@ void fdl_qk_mv_fast_scalar(const fdl_qk_desc *q, const uint8_t *row, int64_t j, 
         for (int v = 0; v < 4; v++)
             for (int l = 0; l < 8; l++) {
                 int64_t r = 32 * H + (q->nf4 ? qk_lane_idx(v, l) : 8 * v + l);
-                A[v][l] = fmaf(x[32 * H + 8 * v + l], qk_unit(q, row, r), A[v][l]);
+                int64_t xi = 32 * H + 8 * (q->nf4 ? qk_xl_pos(v) : v) + l;
+                A[v][l] = fmaf(x[xi], qk_unit(q, row, r), A[v][l]);
             }
         if (++cnt == hpb || H + 1 == nHf) {
             float s = qk_scale(q, j, b);
@@ -90,7 +91,8 @@ void fdl_qk_mv1_perm(const fdl_qk_desc *q, const float *x, float *xl) {
     int64_t nHf = mv_fast_halves(q);
     for (int64_t H = 0; H < nHf; H++)
         for (int v = 0; v < 4; v++)
-            for (int l = 0; l < 8; l++) xl[32 * H + 8 * v + l] = x[32 * H + qk_lane_idx(v, l)];
+            for (int l = 0; l < 8; l++)
+                    xl[32 * H + 8 * qk_xl_pos(v) + l] = x[32 * H + qk_lane_idx(v, l)];
 }
 
 void fdl_qk_mv1_cols(const fdl_qk_kernels *K, const fdl_qk_desc *q, const float *x,

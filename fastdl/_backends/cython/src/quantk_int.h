@@ -92,6 +92,9 @@ static ALWAYS_INLINE const uint8_t *qk_half_ptr(int kind, const uint8_t *row, in
 /* NF4, n = 1: the value of vector v, lane l of a 32-value half (the order the AVX2
  * pshufb lookup + byte/word interleaves produce); the other kinds use lane order 8v + l */
 static inline int64_t qk_lane_idx(int v, int l) { return l < 4 ? 4 * v + l : 16 + 4 * v + (l - 4); }
+/* NF4, n = 1: where vector v's 8 floats of x sit in the permuted copy xl (A0, A2, A1,
+ * A3: the AVX-512 kernel holds (A0 | A2) and (A1 | A3) in its two registers) */
+static inline int qk_xl_pos(int v) { return (v & 1) * 2 + (v >> 1); }
 
 /* quantize: one format's constants and tiling (quantk.h) */
 typedef fdl_qk_qplan qz_t;
@@ -106,8 +109,8 @@ struct fdl_qk_kernels {
                     int64_t r1, uint8_t *buf, int64_t R, float *scales, float *msc);
     /* values s*unit of storage row j, rows [r0, r1) (r0 % 64 == 0) -> dst[0..r1-r0) */
     void (*dec_range)(const fdl_qk_desc *q, int64_t j, int64_t r0, int64_t r1, float *dst);
-    /* n = 1, the whole halves of column j (nHf > 0, hpb halves per block): x is in the
-     * lane order (NF4: xl[32H + 8v + l] = x[32H + qk_lane_idx(v, l)]) */
+    /* n = 1, the whole halves of column j (nHf > 0, hpb halves per block): NF4 reads
+     * x in the lane order, xl[32H + 8 qk_xl_pos(v) + l] = x[32H + qk_lane_idx(v, l)] */
     void (*mv_fast[3])(const fdl_qk_desc *q, const uint8_t *row, int64_t j, const float *x,
                        int64_t nHf, int64_t hpb, float *res);
     /* n >= 2: nr (1..2) rows of x against nc (1..MV_COLS) decoded columns over nV whole
