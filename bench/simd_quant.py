@@ -8,12 +8,17 @@ figures are medians over the bursts, the ratio is avx2 time / avx512 time (> 1: 
 AVX-512 kernels are faster).
 """
 import argparse
+import os
 import statistics
+import sys
 import time
+
+# run from a checkout: import its fastdl (and build), not an installed one
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
-import fastdl
+import fastdl  # noqa: E402
 from fastdl.quant import qmatmul, quantize
 from fastdl.testing import has_simd, simd, threads
 
