@@ -24,7 +24,8 @@ from fastdl.testing import has_simd, simd, threads
 
 D = 4096
 FORMATS = {"int8": dict(bits=8, block_size=64), "int4": dict(bits=4, block_size=64),
-           "nf4": dict(bits=4, scheme="nf4", block_size=64)}
+           "nf4": dict(bits=4, scheme="nf4", block_size=64),
+           "nf4-dq": dict(bits=4, scheme="nf4", block_size=64, double_quant=True)}
 
 
 def burst(fn, min_s=0.05):

@@ -9,7 +9,12 @@
  * vpermps lookup in the 16-entry unit table (it reads the low 4 bits of each
  * lane, so the low nibble needs no mask and the high one a shift).  The NF4
  * n = 1 kernel reads x in the AVX2 lookup's lane order (qk_lane_idx) and picks
- * the code bytes to match with one dword permute. */
+ * the code bytes to match with one dword permute.
+ *
+ * No function call inside a hot AVX-512 loop: with one, GCC moves the loop's
+ * registers to zmm16-31, which vzeroupper does not clear, and the non-VEX scalar
+ * code that calls these kernels column by column then runs about 2x slower
+ * (measured: the n = 1 kernels fell back to the AVX2 speed). */
 #include "quantk_int.h"
 
 #if FDL_HAVE_AVX2_TARGET
@@ -80,108 +85,149 @@ A5 static ALWAYS_INLINE __m256 pair_sum(__m512 a) {
 
 /* ---------------------------------------------------------------- n = 1 */
 
-/* plain block scales are broadcast from memory (a load, not a shuffle) */
-static inline const float *plain_scales(const fdl_qk_desc *q, int64_t j) {
-    return (!q->dq && !q->per_tensor) ? q->scales + j * q->nb : NULL;
-}
+/* Block scales, broadcast from memory (a load, not a shuffle): plain ones in place;
+ * double-quantized ones rebuilt SEG at a time, 16 lanes per instruction, with
+ * qk_scale's float32 operations (code * group scale + mean, then the clamp: max(t, +0)
+ * returns its second operand for NaN and zeros, as qk_scale's `t > 0` test does). */
+#define SEG 256
 
-A5 static ALWAYS_INLINE __m256 block_scale(const fdl_qk_desc *q, const float *sp, int64_t j,
-                                           int64_t b) {
-    return sp ? _mm256_broadcast_ss(sp + b) : _mm256_set1_ps(qk_scale(q, j, b));
+A5 static ALWAYS_INLINE void dq_scales(const fdl_qk_desc *q, int64_t j, int64_t b0, int64_t n,
+                                  float *out) {
+    const __m512 mean = _mm512_set1_ps(q->sc_mean), zero = _mm512_setzero_ps();
+    const __m512 big = _mm512_set1_ps(FLT_MAX);
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int64_t k = 0; k < n; k += 16) {
+        int64_t u = j * q->nb + b0 + k, m = n - k < 16 ? n - k : 16;
+        __mmask16 mk = (__mmask16)(m == 16 ? 0xffffu : (1u << m) - 1u);
+        __m512 code = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+            _mm_maskz_loadu_epi8(mk, q->sc_codes + u)));
+        /* each lane's group scale: one of two neighbouring groups of 256 */
+        __mmask16 next = _mm512_mask_cmpge_epi32_mask(
+            mk, _mm512_add_epi32(_mm512_set1_epi32((int)(u & 255)), iota), _mm512_set1_epi32(256));
+        __m512 gs = _mm512_set1_ps(q->sc_scales[u >> 8]);
+        if (next) gs = _mm512_mask_blend_ps(next, gs, _mm512_set1_ps(q->sc_scales[(u >> 8) + 1]));
+        __m512 t = _mm512_add_ps(_mm512_mul_ps(code, gs), mean);
+        _mm512_mask_storeu_ps(out + k, mk, _mm512_min_ps(_mm512_max_ps(t, zero), big));
+    }
 }
 
 /* block end: T = fma((A0 + A1) + (A2 + A3), s, T), A = 0.  PAIRED: the registers hold
  * (A0 | A1) and (A2 | A3); else (A0 | A2) and (A1 | A3) */
 A5 static ALWAYS_INLINE void flush16(const int PAIRED, __m512 *R0, __m512 *R1, __m256 *T,
-                                     __m256 s) {
+                                     const float *s) {
     __m256 c;
-    if (PAIRED) {
-        c = _mm256_add_ps(pair_sum(*R0), pair_sum(*R1));
-    } else {
-        c = pair_sum(_mm512_add_ps(*R0, *R1));
-    }
-    *T = _mm256_fmadd_ps(c, s, *T);
+    if (PAIRED) c = _mm256_add_ps(pair_sum(*R0), pair_sum(*R1));
+    else c = pair_sum(_mm512_add_ps(*R0, *R1));
+    *T = _mm256_fmadd_ps(c, _mm256_broadcast_ss(s), *T);
     *R0 = *R1 = _mm512_setzero_ps();
 }
 
-/* twin: fdl_qk_mv_fast_scalar (int8) */
+/* the codes of the 64 values of halves H, H + 1 (4-bit kinds, H even) in two registers
+ * of low nibbles (the odd half's are the high ones); NF4 in the register order
+ * (A0 | A2), (A1 | A3): code dwords 0, 4, 2, 6 and 1, 5, 3, 7 of the 32 bytes */
+A5 static ALWAYS_INLINE void codes64(const int kind, const uint8_t *p, __m512i *c0, __m512i *c1) {
+    if (kind == K_NF4) {
+        __m256i bb = _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)p),
+                                                 _mm256_setr_epi32(0, 4, 2, 6, 1, 5, 3, 7));
+        *c0 = _mm512_cvtepu8_epi32(_mm256_castsi256_si128(bb));
+        *c1 = _mm512_cvtepu8_epi32(_mm256_extracti128_si256(bb, 1));
+    } else {
+        *c0 = codes16(K_LIN, p);
+        *c1 = codes16(K_LIN, p + 16);
+    }
+}
+
+/* twin: fdl_qk_mv_fast_scalar.  Int8 and int2-4 (lane order 8v + l) hold (A0 | A1) and
+ * (A2 | A3); NF4 (x in the order qk_lane_idx / qk_xl_pos) holds (A0 | A2), (A1 | A3).
+ * The halves go by segments of SEG blocks, whose scales are ready before (a segment
+ * starts at an even half: SEG is even). */
+A5 static ALWAYS_INLINE void mv_fast16(const int kind, const int DQ, const fdl_qk_desc *q,
+                                       const uint8_t *row, int64_t j, const float *x, int64_t nHf,
+                                       int64_t hpb, float *res) {
+    const int PAIRED = kind != K_NF4;
+    const __m512 tab = _mm512_loadu_ps(qk_unit_table(q));
+    float buf[DQ ? SEG : 1];
+    __m512 R0 = _mm512_setzero_ps(), R1 = _mm512_setzero_ps();
+    __m256 T = _mm256_setzero_ps();
+    int64_t nblk = q->per_tensor ? 1 : (nHf + hpb - 1) / hpb;
+    int64_t cnt = 0, b = 0;
+    for (int64_t b0 = 0; b0 < nblk; b0 += SEG) {
+        int64_t n = nblk - b0 < SEG ? nblk - b0 : SEG;
+        const float *sp = DQ ? buf : q->per_tensor ? q->scales : q->scales + j * q->nb + b0;
+        if (DQ) dq_scales(q, j, b0, n, buf);
+        sp -= q->per_tensor ? 0 : b0;
+        int64_t H = q->per_tensor ? 0 : b0 * hpb;
+        int64_t H1 = q->per_tensor || (b0 + n) * hpb > nHf ? nHf : (b0 + n) * hpb;
+        if (kind == K_INT8) {
+            for (; H < H1; H++) {
+                const uint8_t *p = row + 32 * H;
+                R0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + 32 * H),
+                                     _mm512_cvtepi32_ps(codes16(K_INT8, p)), R0);
+                R1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + 32 * H + 16),
+                                     _mm512_cvtepi32_ps(codes16(K_INT8, p + 16)), R1);
+                if (++cnt == hpb || H + 1 == nHf) {
+                    flush16(PAIRED, &R0, &R1, &T, sp + (q->per_tensor ? 0 : b));
+                    cnt = 0;
+                    b++;
+                }
+            }
+            continue;
+        }
+        for (; H < H1; H += 2) {
+            __m512i c0, c1;
+            codes64(kind, row + 16 * H, &c0, &c1);
+            for (int odd = 0; odd < 2; odd++) {
+                int64_t h = H + odd;
+                R0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + 32 * h), _mm512_permutexvar_ps(c0, tab), R0);
+                R1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + 32 * h + 16), _mm512_permutexvar_ps(c1, tab),
+                                     R1);
+                if (++cnt == hpb || h + 1 == nHf) {
+                    flush16(PAIRED, &R0, &R1, &T, sp + (q->per_tensor ? 0 : b));
+                    cnt = 0;
+                    b++;
+                }
+                c0 = _mm512_srli_epi32(c0, 4);
+                c1 = _mm512_srli_epi32(c1, 4);
+            }
+        }
+    }
+    *res = hsum8(T);
+}
+
+A5 static NOINLINE void mv_i8_dq(const fdl_qk_desc *q, const uint8_t *row, int64_t j,
+                                  const float *x, int64_t nHf, int64_t hpb, float *res) {
+    mv_fast16(K_INT8, 1, q, row, j, x, nHf, hpb, res);
+}
+
 A5 void fdl_qk_mv_i8_avx512(const fdl_qk_desc *q, const uint8_t *row, int64_t j, const float *x,
                             int64_t nHf, int64_t hpb, float *res) {
-    const float *sp = plain_scales(q, j);
-    const __m512 none = _mm512_setzero_ps();
-    __m512 A01 = _mm512_setzero_ps(), A23 = _mm512_setzero_ps();
-    __m256 T = _mm256_setzero_ps();
-    int64_t cnt = 0, b = 0;
-    for (int64_t H = 0; H < nHf; H++) {
-        const uint8_t *p = row + 32 * H;
-        A01 = _mm512_fmadd_ps(_mm512_loadu_ps(x + 32 * H), unit16(K_INT8, codes16(K_INT8, p), none),
-                              A01);
-        A23 = _mm512_fmadd_ps(_mm512_loadu_ps(x + 32 * H + 16),
-                              unit16(K_INT8, codes16(K_INT8, p + 16), none), A23);
-        if (++cnt == hpb || H + 1 == nHf) {
-            flush16(1, &A01, &A23, &T, block_scale(q, sp, j, b));
-            cnt = 0;
-            b++;
-        }
-    }
-    *res = hsum8(T);
+    /* apart: the plain loop stays free of the scale rebuilding */
+    if (q->dq) mv_i8_dq(q, row, j, x, nHf, hpb, res);
+    else mv_fast16(K_INT8, 0, q, row, j, x, nHf, hpb, res);
 }
 
-/* 4-bit kinds: the 64 values of halves H, H + 1 (H even) from the codes c0, c1 of
- * the two registers (low nibbles; the odd half's are the high ones) */
-A5 static ALWAYS_INLINE void mv4_group(const int PAIRED, const fdl_qk_desc *q, const float *sp,
-                                       int64_t j, const float *x, int64_t H, __m512i c0,
-                                       __m512i c1, __m512 tab, int64_t nHf, int64_t hpb,
-                                       int64_t *cnt, int64_t *b, __m512 *R0, __m512 *R1,
-                                       __m256 *T) {
-    for (int odd = 0; odd < 2; odd++, H++) {
-        *R0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + 32 * H), _mm512_permutexvar_ps(c0, tab), *R0);
-        *R1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + 32 * H + 16), _mm512_permutexvar_ps(c1, tab), *R1);
-        if (++*cnt == hpb || H + 1 == nHf) {
-            flush16(PAIRED, R0, R1, T, block_scale(q, sp, j, *b));
-            *cnt = 0;
-            ++*b;
-        }
-        c0 = _mm512_srli_epi32(c0, 4);
-        c1 = _mm512_srli_epi32(c1, 4);
-    }
+A5 static NOINLINE void mv_lin_dq(const fdl_qk_desc *q, const uint8_t *row, int64_t j,
+                                  const float *x, int64_t nHf, int64_t hpb, float *res) {
+    mv_fast16(K_LIN, 1, q, row, j, x, nHf, hpb, res);
 }
 
-/* twin: fdl_qk_mv_fast_scalar (int2-4; lane order 8v + l, nHf is even) */
 A5 void fdl_qk_mv_lin_avx512(const fdl_qk_desc *q, const uint8_t *row, int64_t j, const float *x,
                              int64_t nHf, int64_t hpb, float *res) {
-    const float *sp = plain_scales(q, j);
-    const __m512 tab = _mm512_loadu_ps(qk_unit_table(q));
-    __m512 A01 = _mm512_setzero_ps(), A23 = _mm512_setzero_ps();
-    __m256 T = _mm256_setzero_ps();
-    int64_t cnt = 0, b = 0;
-    for (int64_t H = 0; H < nHf; H += 2) {
-        const uint8_t *p = row + 16 * H;
-        mv4_group(1, q, sp, j, x, H, codes16(K_LIN, p), codes16(K_LIN, p + 16), tab, nHf, hpb,
-                  &cnt, &b, &A01, &A23, &T);
-    }
-    *res = hsum8(T);
+    /* apart: the plain loop stays free of the scale rebuilding */
+    if (q->dq) mv_lin_dq(q, row, j, x, nHf, hpb, res);
+    else mv_fast16(K_LIN, 0, q, row, j, x, nHf, hpb, res);
 }
 
-/* twin: fdl_qk_mv_fast_scalar (NF4): x in the lane order qk_lane_idx / qk_xl_pos, so
- * register (A0 | A2) holds the values of code dwords 0, 4, 2, 6 of the 32 bytes and
- * (A1 | A3) those of 1, 5, 3, 7 */
+A5 static NOINLINE void mv_nf4_dq(const fdl_qk_desc *q, const uint8_t *row, int64_t j,
+                                  const float *x, int64_t nHf, int64_t hpb, float *res) {
+    mv_fast16(K_NF4, 1, q, row, j, x, nHf, hpb, res);
+}
+
 A5 void fdl_qk_mv_nf4_avx512(const fdl_qk_desc *q, const uint8_t *row, int64_t j, const float *x,
                              int64_t nHf, int64_t hpb, float *res) {
-    const float *sp = plain_scales(q, j);
-    const __m512 tab = _mm512_loadu_ps(qk_unit_table(q));
-    const __m256i perm = _mm256_setr_epi32(0, 4, 2, 6, 1, 5, 3, 7);
-    __m512 A02 = _mm512_setzero_ps(), A13 = _mm512_setzero_ps();
-    __m256 T = _mm256_setzero_ps();
-    int64_t cnt = 0, b = 0;
-    for (int64_t H = 0; H < nHf; H += 2) {
-        __m256i bb = _mm256_permutevar8x32_epi32(
-            _mm256_loadu_si256((const __m256i *)(row + 16 * H)), perm);
-        mv4_group(0, q, sp, j, x, H, _mm512_cvtepu8_epi32(_mm256_castsi256_si128(bb)),
-                  _mm512_cvtepu8_epi32(_mm256_extracti128_si256(bb, 1)), tab, nHf, hpb, &cnt,
-                  &b, &A02, &A13, &T);
-    }
-    *res = hsum8(T);
+    /* apart: the plain loop stays free of the scale rebuilding */
+    if (q->dq) mv_nf4_dq(q, row, j, x, nHf, hpb, res);
+    else mv_fast16(K_NF4, 0, q, row, j, x, nHf, hpb, res);
 }
 
 /* ---------------------------------------------------------------- n >= 2 */
