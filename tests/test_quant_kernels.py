@@ -1,5 +1,5 @@
 """Tests of the Cython quantization kernels (fastdl/_backends/cython/_quant.pyx,
-src/quantk.{c,h}) against the NumPy backend (fastdl/_backends/numpy/quant.py).
+src/quantk*.{c,h}) against the NumPy backend (fastdl/_backends/numpy/quant.py).
 
 * quantize: bit-identical data and scales for bits 2..8 absmax (nearest and
   floor), NF4, per-tensor and block sizes 2, 3, 32, 64, 100, 128, odd d_in

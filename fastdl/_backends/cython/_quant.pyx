@@ -250,20 +250,26 @@ cdef void _dequantize(const fdl_qk_kernels *K, const fdl_qk_desc *d, void *out, 
         fdl_qk_dequantize_strip(K, d, s, out, f64)
 
 
-cdef int _mv_small(const fdl_qk_kernels *K, const fdl_qk_desc *d, const real *x, int64_t n,
-                   real *y, int nthreads) except -1:
-    """y = x @ W, small n."""
-    cdef int64_t d_in = d.d_in, d_out = d.d_out, j, g, t, i, xl_len
+cdef int _mv_f64(const fdl_qk_kernels *K, const fdl_qk_desc *d, const double *x, int64_t n,
+                 double *y, int nthreads) except -1:
+    """y = x @ W, small n, float64 x: per column, the decoded values and double sums."""
+    cdef int64_t j
+    cdef int nt = team(nthreads, d.d_in * d.d_out * n, d.d_out)
+    cdef float *buf = <float *>_alloc(nt * d.d_in * sizeof(float))
+    for j in prange(d.d_out, nogil=True, num_threads=nt, schedule="static"):
+        fdl_qk_mv_col_f64(K, d, j, x, n, y, buf + threadid() * d.d_in)
+    free(buf)
+    return 0
+
+
+cdef int _mv_f32(const fdl_qk_kernels *K, const fdl_qk_desc *d, const float *x, int64_t n,
+                 float *y, int nthreads) except -1:
+    """y = x @ W, small n, float32 x: groups of FDL_QK_MV_COLS columns."""
+    cdef int64_t d_in = d.d_in, d_out = d.d_out, g, i, xl_len
     cdef int64_t G = FDL_QK_MV_COLS, ng = (d_out + G - 1) // G, ldp = d_in + 16
     cdef int nt = team(nthreads, d_in * d_out * n, d_out)
     cdef float *buf = NULL
     cdef float *xp = NULL
-    if real is double:
-        buf = <float *>_alloc(nt * d_in * sizeof(float))
-        for j in prange(d_out, nogil=True, num_threads=nt, schedule="static"):
-            fdl_qk_mv_col_f64(K, d, j, x, n, y, buf + threadid() * d_in)
-        free(buf)
-        return 0
     if n == 1:
         # NF4: x in the kernels' lane order, once per call
         xl_len = fdl_qk_mv1_xl_len(d)
@@ -290,20 +296,28 @@ cdef int _mv_small(const fdl_qk_kernels *K, const fdl_qk_desc *d, const real *x,
     return 0
 
 
-cdef int _mt_small(const fdl_qk_kernels *K, const fdl_qk_desc *d, const real *x, int64_t n,
-                   real *y, int nthreads) except -1:
-    """y = x @ W.T, small n: chunks of d_in, each over every storage row in order."""
+cdef int _mt_f64(const fdl_qk_kernels *K, const fdl_qk_desc *d, const double *x, int64_t n,
+                 double *y, int nthreads) except -1:
+    """y = x @ W.T, small n, float64 x: chunks of d_in, each over every storage row."""
+    cdef int64_t ch, nch, c
+    fdl_qk_mt_plan(d, n, nthreads, &ch, &nch)
+    cdef int nt = team(nthreads, d.d_in * d.d_out * n, nch)
+    cdef float *ub = <float *>_alloc(nt * ch * sizeof(float))
+    for c in prange(nch, nogil=True, num_threads=nt, schedule="static"):
+        fdl_qk_mt_chunk_f64(K, d, c, ch, x, n, y, ub + threadid() * ch)
+    free(ub)
+    return 0
+
+
+cdef int _mt_f32(const fdl_qk_kernels *K, const fdl_qk_desc *d, const float *x, int64_t n,
+                 float *y, int nthreads) except -1:
+    """y = x @ W.T, small n, float32 x: chunks of d_in, each over every storage row in
+    order, four at a time, into a private padded buffer."""
     cdef int64_t ch, nch, c, t, ldb
     fdl_qk_mt_plan(d, n, nthreads, &ch, &nch)
     cdef int nt = team(nthreads, d.d_in * d.d_out * n, nch)
     cdef float *cs
     cdef float *yb
-    if real is double:
-        yb = <float *>_alloc(nt * ch * sizeof(float))
-        for c in prange(nch, nogil=True, num_threads=nt, schedule="static"):
-            fdl_qk_mt_chunk_f64(K, d, c, ch, x, n, y, yb + threadid() * ch)
-        free(yb)
-        return 0
     ldb = ch + 16
     cs = <float *>_alloc(nt * 4 * n * sizeof(float))
     yb = <float *>malloc(nt * n * ldb * sizeof(float))
@@ -358,9 +372,14 @@ cdef int _qmatmul(const fdl_qk_desc *d, const real[:, ::1] x, real[:, ::1] y, bi
     cdef int64_t n = x.shape[0]
     if not small:
         return _mm_blas(K, d, <real *>&x[0, 0], n, &y[0, 0], transpose, nthreads, panel, decode_threads)
-    if transpose:
-        return _mt_small(K, d, &x[0, 0], n, &y[0, 0], nthreads)
-    return _mv_small(K, d, &x[0, 0], n, &y[0, 0], nthreads)
+    if real is double:
+        if transpose:
+            return _mt_f64(K, d, &x[0, 0], n, &y[0, 0], nthreads)
+        return _mv_f64(K, d, &x[0, 0], n, &y[0, 0], nthreads)
+    else:
+        if transpose:
+            return _mt_f32(K, d, &x[0, 0], n, &y[0, 0], nthreads)
+        return _mv_f32(K, d, &x[0, 0], n, &y[0, 0], nthreads)
 
 
 
