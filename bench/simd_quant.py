@@ -2,7 +2,8 @@
 
     python bench/simd_quant.py [--repeats 15] [--threads 1,2] [--n 1,4,64]
 
-For each format (int8 / int4 / NF4, blocks of 64, 4096x4096 float32) and n, the two
+For each format (int8 / int4 / NF4 / NF4 with double quantization, blocks of 64,
+4096x4096 float32) and n, the two
 levels are timed in alternating bursts (so a change of machine load hits both); the
 figures are medians over the bursts, the ratio is avx2 time / avx512 time (> 1: the
 AVX-512 kernels are faster).

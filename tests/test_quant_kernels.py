@@ -304,6 +304,29 @@ def test_simd_twins_bitwise(fmt, dq, nt, level):
             assert same(u, v), (level, fmt, dq, shape, nt, i)
 
 
+@pytest.mark.parametrize("level", ["avx2", "avx512"])
+@pytest.mark.parametrize("fmt,dq", [((4, "nf4", 32, "nearest"), True), ((4, "absmax", 32, "floor"), True),
+                                    ((8, "absmax", 32, "nearest"), True), ((8, "absmax", 32, "nearest"), False),
+                                    ((3, "absmax", None, "nearest"), False)],
+                         ids=lambda v: fmt_id(v) if isinstance(v, tuple) else str(v))
+def test_simd_twins_long_columns(fmt, dq, level):
+    """columns of more than 256 blocks (the AVX-512 n = 1 kernels rebuild double-quantized
+    scales 256 blocks at a time, 16 per instruction, across groups of 256 scale codes)"""
+    if not has_simd(level):
+        pytest.skip(f"no {level} on this CPU/build (levels: {simd_levels()})")
+    w = weights(8263, 7, fmt, fmt[0], fmt[1])
+    b, s, bs, r = fmt
+    q = quant.quantize(w, b, scheme=s, block_size=bs, rounding=r, double_quant=dq, backend="cython")
+    res = {}
+    for lv in ("scalar", level):
+        with simd(lv), params(**PATHS["small"]):
+            res[lv] = [quant.qmatmul(rng_for("long", t).standard_normal((1, 7 if t else 8263))
+                                     .astype(np.float32), q, transpose=t, backend="cython")
+                       for t in (False, True)]
+    for u, v in zip(res["scalar"], res[level]):
+        assert same(u, v), (level, fmt, dq)
+
+
 @pytest.mark.parametrize("fmt,dq", TWIN_FORMATS[:5], ids=lambda v: fmt_id(v) if isinstance(v, tuple) else str(v))
 def test_threads_bitwise(fmt, dq):
     w = weights(700, 133, fmt, fmt[0], fmt[1])
