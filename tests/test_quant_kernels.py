@@ -24,7 +24,7 @@ import pytest
 from fastdl import quant
 
 cy = pytest.importorskip("fastdl._backends.cython")
-from fastdl._backends.cython import _quant  # noqa: E402
+from fastdl._backends.cython import _cpu, _quant  # noqa: E402
 
 from fastdl.testing import has_simd, rng_for, simd, simd_levels, threads  # noqa: E402
 
@@ -63,6 +63,19 @@ def params(**kw):
         yield
     finally:
         _quant.set_params(**old)
+
+
+@contextlib.contextmanager
+def fixed_teams():
+    """Team sizes from the thread count alone: no grain (small inputs run in parallel
+    too) and no load adaptation (the BLAS path's OpenBLAS thread count, which groups
+    its sums, must not change between two runs compared bitwise)."""
+    g, a = _cpu.set_grain(0), _cpu.set_load_adaptive(False)
+    try:
+        yield
+    finally:
+        _cpu.set_grain(g)
+        _cpu.set_load_adaptive(a)
 
 
 def weights(d_in, d_out, key, bits=8, scheme="absmax"):
@@ -295,7 +308,7 @@ def test_simd_twins_bitwise(fmt, dq, nt, level):
         pytest.skip(f"no {level} on this CPU/build (levels: {simd_levels()})")
     for shape in TWIN_SHAPES:
         w = weights(*shape, fmt, fmt[0], fmt[1])
-        with threads(nt):
+        with threads(nt), fixed_teams():
             with simd(level):
                 a = all_outputs(w, fmt, dq, TWIN_NS)
             with simd("scalar"):
