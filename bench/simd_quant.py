@@ -47,7 +47,12 @@ def main():
     ap.add_argument("--n", default="1,4,64")
     ap.add_argument("--formats", default=",".join(FORMATS))
     ap.add_argument("--transpose", action="store_true")
+    ap.add_argument("--no-adapt", action="store_true",
+                    help="team sizes from the thread count alone (no shrinking under load)")
     a = ap.parse_args()
+    if a.no_adapt:
+        from fastdl._backends.cython import _cpu
+        _cpu.set_load_adaptive(False)
     if not has_simd("avx512"):
         raise SystemExit("this CPU (or build) has no AVX-512 level")
     rng = np.random.default_rng(0)
