@@ -25,7 +25,9 @@ EXTENSIONS = {
     "_norm": [SRC_DIR + "/normk.c", SRC_DIR + "/moments.c"],
     "_norm16": [SRC_DIR + "/normk16.c", SRC_DIR + "/normk.c", SRC_DIR + "/moments.c"],
     "_decode": [SRC_DIR + "/decodek.c", SRC_DIR + "/decodek_avx2.c", SRC_DIR + "/decodek_avx512.c"],
-    "_quant": [SRC_DIR + "/quantk.c"],
+    "_quant": [SRC_DIR + "/" + f for f in (
+        "quantk_pack.c", "quantk_pack_avx2.c", "quantk_dec.c", "quantk_gemv.c", "quantk_mt.c",
+        "quantk_avx2.c", "quantk_avx512.c", "quantk_table.c")],
 }
 
 OPENMP_TEST = r"""

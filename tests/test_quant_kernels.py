@@ -1,5 +1,5 @@
 """Tests of the Cython quantization kernels (fastdl/_backends/cython/_quant.pyx,
-src/quantk.{c,h}) against the NumPy backend (fastdl/_backends/numpy/quant.py).
+src/quantk*.{c,h}) against the NumPy backend (fastdl/_backends/numpy/quant.py).
 
 * quantize: bit-identical data and scales for bits 2..8 absmax (nearest and
   floor), NF4, per-tensor and block sizes 2, 3, 32, 64, 100, 128, odd d_in
@@ -11,7 +11,9 @@ src/quantk.{c,h}) against the NumPy backend (fastdl/_backends/numpy/quant.py).
   float32 x) on both paths (fused small-n kernel and BLAS panels, forced with
   ``_quant.set_params``), both transpose values, n = 1 .. 600, odd shapes,
   float32 and float64 x;
-* scalar twin vs AVX2 and 1 vs 2 vs 3 threads: bitwise;
+* scalar twin vs AVX2 vs AVX-512 (every level this machine runs, every scheme,
+  both dtypes, both transposes, n = 1, 3, 4, 17, 64 on both paths, odd shapes,
+  1 and 2 threads) and 1 vs 2 vs 3 threads: bitwise;
 * bad input to the raw backend ops: TypeError / ValueError, never a crash.
 """
 import contextlib
@@ -24,10 +26,7 @@ from fastdl import quant
 cy = pytest.importorskip("fastdl._backends.cython")
 from fastdl._backends.cython import _cpu, _quant  # noqa: E402
 
-from fastdl.testing import rng_for, simd, threads  # noqa: E402
-
-HAVE_AVX2 = _cpu.LEVELS[_cpu.detected_simd()] >= _cpu.LEVELS["avx2"]
-needs_avx2 = pytest.mark.skipif(not HAVE_AVX2, reason="no AVX2 on this CPU/build")
+from fastdl.testing import has_simd, rng_for, simd, simd_levels, threads  # noqa: E402
 
 # (bits, scheme, block_size, rounding)
 FORMATS = ([(b, "absmax", bs, r) for b in range(2, 9) for r in ("nearest", "floor")
@@ -64,6 +63,19 @@ def params(**kw):
         yield
     finally:
         _quant.set_params(**old)
+
+
+@contextlib.contextmanager
+def fixed_teams():
+    """Team sizes from the thread count alone: no grain (small inputs run in parallel
+    too) and no load adaptation (the BLAS path's OpenBLAS thread count, which groups
+    its sums, must not change between two runs compared bitwise)."""
+    g, a = _cpu.set_grain(0), _cpu.set_load_adaptive(False)
+    try:
+        yield
+    finally:
+        _cpu.set_grain(g)
+        _cpu.set_load_adaptive(a)
 
 
 def weights(d_in, d_out, key, bits=8, scheme="absmax"):
@@ -267,23 +279,65 @@ def all_outputs(w, fmt, dq, ns=(1, 3, 20)):
     return outs
 
 
+# every scheme at the bit widths with their own kernels (int8, int4, the narrower and
+# wider nibble / byte codes), plain, double-quantized and per-tensor scales, block
+# sizes that are and are not multiples of the 32-value halves
 TWIN_FORMATS = [((8, "absmax", 64, "nearest"), False), ((4, "absmax", 64, "floor"), True),
                 ((4, "nf4", 64, "nearest"), True), ((3, "absmax", None, "nearest"), False),
                 ((6, "absmax", 32, "floor"), False), ((2, "absmax", 96, "nearest"), True),
-                ((4, "nf4", 100, "nearest"), False), ((5, "absmax", 3, "nearest"), False)]
+                ((4, "nf4", 100, "nearest"), False), ((5, "absmax", 3, "nearest"), False),
+                ((4, "absmax", 64, "nearest"), False), ((4, "nf4", 32, "nearest"), False),
+                ((4, "nf4", None, "nearest"), False), ((8, "absmax", 128, "floor"), True)]
+# odd d_in (a partial last 64-group, halves that straddle blocks) and d_out (column
+# groups and the 4-row passes with a remainder); 1024 rows: several row chunks
+TWIN_SHAPES = [(300, 131), (65, 17), (1024, 9), (32, 5)]
+TWIN_NS = (1, 3, 4, 17, 64)
 
 
-@needs_avx2
+def test_twin_formats_cover_every_scheme():
+    assert {f[1] for f, _ in TWIN_FORMATS} == set(quant.SCHEMES)
+    assert {8, 4} <= {f[0] for f, _ in TWIN_FORMATS if f[1] == "absmax"}
+
+
+@pytest.mark.parametrize("level", [lv for lv in ("avx2", "avx512")])
+@pytest.mark.parametrize("nt", [1, 2])
 @pytest.mark.parametrize("fmt,dq", TWIN_FORMATS, ids=lambda v: fmt_id(v) if isinstance(v, tuple) else str(v))
-def test_scalar_twin_bitwise(fmt, dq):
-    for shape in [(300, 131), (65, 17)]:
+def test_simd_twins_bitwise(fmt, dq, nt, level):
+    """every output at `level` is bitwise the scalar twin's, at 1 and 2 threads"""
+    if not has_simd(level):
+        pytest.skip(f"no {level} on this CPU/build (levels: {simd_levels()})")
+    for shape in TWIN_SHAPES:
         w = weights(*shape, fmt, fmt[0], fmt[1])
-        with simd("avx2"):
-            a = all_outputs(w, fmt, dq)
-        with simd("scalar"):
-            b = all_outputs(w, fmt, dq)
+        with threads(nt), fixed_teams():
+            with simd(level):
+                a = all_outputs(w, fmt, dq, TWIN_NS)
+            with simd("scalar"):
+                b = all_outputs(w, fmt, dq, TWIN_NS)
         for i, (u, v) in enumerate(zip(a, b)):
-            assert same(u, v), (fmt, dq, shape, i)
+            assert same(u, v), (level, fmt, dq, shape, nt, i)
+
+
+@pytest.mark.parametrize("level", ["avx2", "avx512"])
+@pytest.mark.parametrize("fmt,dq", [((4, "nf4", 32, "nearest"), True), ((4, "absmax", 32, "floor"), True),
+                                    ((8, "absmax", 32, "nearest"), True), ((8, "absmax", 32, "nearest"), False),
+                                    ((3, "absmax", None, "nearest"), False)],
+                         ids=lambda v: fmt_id(v) if isinstance(v, tuple) else str(v))
+def test_simd_twins_long_columns(fmt, dq, level):
+    """columns of more than 256 blocks (the AVX-512 n = 1 kernels rebuild double-quantized
+    scales 256 blocks at a time, 16 per instruction, across groups of 256 scale codes)"""
+    if not has_simd(level):
+        pytest.skip(f"no {level} on this CPU/build (levels: {simd_levels()})")
+    w = weights(8263, 7, fmt, fmt[0], fmt[1])
+    b, s, bs, r = fmt
+    q = quant.quantize(w, b, scheme=s, block_size=bs, rounding=r, double_quant=dq, backend="cython")
+    res = {}
+    for lv in ("scalar", level):
+        with simd(lv), params(**PATHS["small"]):
+            res[lv] = [quant.qmatmul(rng_for("long", t).standard_normal((1, 7 if t else 8263))
+                                     .astype(np.float32), q, transpose=t, backend="cython")
+                       for t in (False, True)]
+    for u, v in zip(res["scalar"], res[level]):
+        assert same(u, v), (level, fmt, dq)
 
 
 @pytest.mark.parametrize("fmt,dq", TWIN_FORMATS[:5], ids=lambda v: fmt_id(v) if isinstance(v, tuple) else str(v))

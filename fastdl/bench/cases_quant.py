@@ -4,6 +4,11 @@
 ``x @ W`` on the unquantized weight, PyTorch float32 ``x @ W`` and PyTorch's
 dynamic int8 ``Linear``; the limit is a plain read of the packed bytes (data +
 scales + x).  Metric ``bits/param``: the format's real storage.
+
+For n = 1, where the kernels are bound by unpacking rather than memory, the
+Cython backend also runs as two peers pinned to a SIMD level, ``avx512`` and
+``avx2`` (where the CPU has them), timed in the same rounds: the ``avx512``
+row's ``×avx2`` is the AVX-512 tier's speed-up on the same build.
 """
 import importlib.util
 
@@ -11,6 +16,7 @@ import numpy as np
 
 from fastdl.bench.case import Case, register
 from fastdl.quant import qmatmul, quantize, storage_bytes
+from fastdl.testing import has_simd, simd
 
 D = 4096
 FORMATS = {          # name -> quantize keywords
@@ -18,8 +24,13 @@ FORMATS = {          # name -> quantize keywords
     "int4-b64": dict(bits=4, block_size=64),
     "nf4-b64-dq": dict(bits=4, scheme="nf4", block_size=64, double_quant=True),
 }
-BITS_LIMIT = {"int8-b64": 8.5, "int4-b64": 4.5, "nf4-b64-dq": 4.13}
-GEMV_SPEEDUP = {"int8-b64": 3.0, "int4-b64": 5.0, "nf4-b64-dq": 5.0}
+# measured at n = 1 only: NF4 with plain float32 block scales
+GEMV_FORMATS = {"nf4-b64": dict(bits=4, scheme="nf4", block_size=64)}
+BITS_LIMIT = {"int8-b64": 8.5, "int4-b64": 4.5, "nf4-b64-dq": 4.13, "nf4-b64": 4.5}
+GEMV_SPEEDUP = {"int8-b64": 3.0, "int4-b64": 5.0, "nf4-b64-dq": 5.0, "nf4-b64": 5.0}
+# AVX-512 over AVX2 at n = 1 (full-width 512-bit units; int8 is closer to the memory
+# stream, so it has no target)
+AVX512_SPEEDUP = {"int4-b64": 1.5, "nf4-b64-dq": 1.5, "nf4-b64": 1.5}
 
 _weights = {}
 
@@ -31,14 +42,18 @@ def _w():
     return _weights["w"]
 
 
+def _kw(fmt):
+    return FORMATS[fmt] if fmt in FORMATS else GEMV_FORMATS[fmt]
+
+
 def _q(fmt):
     if fmt not in _weights:
-        _weights[fmt] = quantize(_w(), **FORMATS[fmt])
+        _weights[fmt] = quantize(_w(), **_kw(fmt))
     return _weights[fmt]
 
 
 def _nbytes(fmt):
-    kw = FORMATS[fmt]
+    kw = _kw(fmt)
     return storage_bytes((D, D), kw["bits"], kw["block_size"], kw.get("double_quant", False))
 
 
@@ -68,7 +83,19 @@ def _torch_int8(inp):
     return run
 
 
-def _qmatmul_case(fmt, n):
+def _at_level(level):
+    """A peer: the Cython backend's qmatmul pinned to SIMD ``level``."""
+    def make(inp):
+        x, q, out = inp["x"], inp["q"], inp["out"]
+
+        def run():
+            with simd(level):
+                return qmatmul(x, q, out=out, backend="cython")
+        return run
+    return make
+
+
+def _qmatmul_case(fmt, n, quick=None):
     def setup():
         x = np.random.default_rng(1).standard_normal((n, D), dtype=np.float32)
         return {"x": x, "q": _q(fmt), "out": np.empty((n, D), np.float32)}
@@ -78,19 +105,25 @@ def _qmatmul_case(fmt, n):
         peers["torch int8 dynamic"] = _torch_int8
     nbytes = _nbytes(fmt)
     targets = {"max:bits/param": BITS_LIMIT[fmt]}
+    all_targets = {"cython": targets}
     if n == 1:
         targets.update({"vs:numpy x@W f32": GEMV_SPEEDUP[fmt], "vs_limit": 1.5})
+        if has_simd("avx512"):
+            peers["avx512"] = _at_level("avx512")
+            peers["avx2"] = _at_level("avx2")
+            if fmt in AVX512_SPEEDUP:
+                all_targets["avx512"] = {"vs:avx2": AVX512_SPEEDUP[fmt]}
     if n == 512 and fmt != "int8-b64":
         targets["vs:numpy x@W f32"] = 1 / 1.15
     return Case(
         name=f"quant/qmatmul/{fmt}/n{n}/float32", op="qmatmul", setup=setup,
         call=lambda inp, backend: qmatmul(inp["x"], inp["q"], out=inp["out"], backend=backend),
         bytes_read=nbytes + n * D * 4, bytes_written=n * D * 4, flops=2 * n * D * D,
-        torch=_torch_f32, peers=peers, quick=n in (1, 512) and fmt != "int8-b64" or
-        (n == 1 and fmt == "int8-b64"),
+        torch=_torch_f32, peers=peers, quick=(n in (1, 512) and fmt != "int8-b64" or
+        (n == 1 and fmt == "int8-b64")) if quick is None else quick,
         metrics=lambda inp, backend: {"bits/param": inp["q"].bits_per_param},
         warm_s=0.15,                 # OpenBLAS (the x @ W peer) spins ~0.1 s after each call
-        targets={"cython": targets}, params={"format": fmt, "n": n, "d": D},
+        targets=all_targets, params={"format": fmt, "n": n, "d": D},
     )
 
 
@@ -111,3 +144,5 @@ for _fmt in FORMATS:
     for _n in (1, 8, 64, 512):
         register(_qmatmul_case(_fmt, _n))
     register(_quantize_case(_fmt))
+for _fmt in GEMV_FORMATS:
+    register(_qmatmul_case(_fmt, 1, quick=False))

@@ -1,27 +1,33 @@
 """Quantization kernels (Cython backend); format and op contracts in fastdl.quant,
 arithmetic contracts of the kernels in src/quantk.h.
 
-* ``quantize``: column strips of W (OpenMP), tiles of block rows x strip: the
-  block absmax is a max over rows of vectors along j, codes go through a small
+The C kernels (src/quantk_*.c) are serial; the parallel loops are here, over
+independent chunks, each thread with its own scratch buffer (allocated before
+the loop), so no result depends on the thread count.  The SIMD level's kernel
+table is fetched once per call.
+
+* ``quantize``: column strips of W, tiles of block rows x strip: the block
+  absmax is a max over rows of vectors along j, codes go through a small
   transpose buffer, then are packed into the storage rows.
 * ``dequantize``: strips of storage rows decoded into a small buffer, written
   transposed.
 * ``qmatmul``: n <= ``PARAMS["small_n"]`` (``"small_n_t"`` transposed; both
-  measured): fused AVX2 kernels.  n = 1: each 32-value half is unpacked in
-  registers (nibbles by and/shift, int2-4 to floats by the 2^23 magic number,
-  NF4 by a pshufb lookup of the codebook's byte planes) and FMA'd with x into per-block lane accumulators, one
-  scale multiply per block.  n >= 2: each pair of storage rows is decoded
-  once into float32 values (exactly dequantize's), then 2 rows x 2 columns
-  register tiles.  Transposed: threads own slices of d_in (private, padded
-  accumulation buffers) and loop over the storage rows j in order, four at a
-  time, y += (x[:, j] * s_jb) * unit: the same fma sequence per element for
-  any thread count.  Larger n:
-  panels of ``PARAMS["panel"]`` storage rows dequantized (exact float32
-  values) and multiplied with BLAS sgemm/dgemm (OpenBLAS threads); the panel
-  is decoded by ``PARAMS["decode_threads"]`` threads so no OpenMP team spins
-  against OpenBLAS during the GEMM.
+  measured): fused kernels.  n = 1: each 32-value half is unpacked in registers
+  and FMA'd with x into per-block lane accumulators, one scale multiply per
+  block.  n >= 2: each group of storage rows is decoded once into float32
+  values (exactly dequantize's), then register tiles of rows x columns.
+  Transposed: threads own slices of d_in (private, padded accumulation buffers)
+  and loop over the storage rows j in order, four at a time, y += (x[:, j] *
+  s_jb) * unit: the same fma sequence per element for any thread count.  Larger
+  n: panels of ``PARAMS["panel"]`` storage rows dequantized (exact float32
+  values) and multiplied with BLAS sgemm/dgemm outside any parallel loop
+  (OpenBLAS threads itself); the panel is decoded by ``PARAMS["decode_threads"]``
+  threads so no OpenMP team spins against OpenBLAS during the GEMM.
 """
-from libc.stdint cimport int64_t, uint8_t, int8_t
+from libc.stdint cimport int64_t, uint8_t, int8_t, uint32_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
+from cython.parallel cimport prange, threadid
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 import numpy as np
@@ -32,34 +38,7 @@ from fastdl._backends.cython._cpu cimport simd_level
 from fastdl._backends.cython._cpu cimport team
 from fastdl._backends.cython import _cpu
 
-cdef extern from "quantk.h" nogil:
-    ctypedef void (*fdl_sgemm_t)(char *, char *, int *, int *, int *, float *, float *, int *,
-                                 float *, int *, float *, float *, int *)
-    ctypedef void (*fdl_dgemm_t)(char *, char *, int *, int *, int *, double *, double *, int *,
-                                 double *, int *, double *, double *, int *)
-    ctypedef struct fdl_qk_desc:
-        int64_t d_in, d_out, bs, nb, rowb
-        int bits, nf4, per_tensor, dq
-        const uint8_t *data
-        const float *scales
-        const int8_t *sc_codes
-        const float *sc_scales
-        float sc_mean
-    void fdl_qk_init()
-    void fdl_qk_set_team(int (*team)(int, int64_t, int64_t) noexcept nogil)
-    const float *fdl_qk_nf4_thresholds()
-    int fdl_qk_quantize(const float *w, int64_t d_in, int64_t d_out, int bits, int nf4,
-                        int64_t bs, int floor_, int per_tensor, uint8_t *data, float *scales,
-                        int nthreads, int level)
-    int fdl_qk_dequantize(const fdl_qk_desc *q, void *out, int f64, int nthreads, int level)
-    int fdl_qk_matmul_small(const fdl_qk_desc *q, const void *x, int64_t n, void *y, int f64,
-                            int transpose, int nthreads, int level)
-    int fdl_qk_matmul_large(const fdl_qk_desc *q, const void *x, int64_t n, void *y, int f64,
-                            int transpose, int nthreads, int level, int64_t panel,
-                            int decode_threads, fdl_sgemm_t sgemm, fdl_dgemm_t dgemm)
-
 fdl_qk_init()
-fdl_qk_set_team(team)
 
 cdef int64_t INT_MAX = 2147483647
 
@@ -166,6 +145,198 @@ cdef _check_out_array(out, tuple shape, dtypes, inputs):
             raise ValueError("out must not overlap the input arrays")
 
 
+# ---------------------------------------------------------------- parallel drivers
+# Each loop runs serial C kernels over independent chunks; scratch buffers are one
+# slice per thread of a buffer allocated before the loop (threadid() < the team size).
+
+cdef int64_t ABSMAX_CHUNK = 65536
+
+
+cdef void *_alloc(size_t nbytes) except NULL:
+    cdef void *p = malloc(nbytes if nbytes > 0 else 1)
+    if p == NULL:
+        raise MemoryError(f"out of memory for {nbytes} bytes of kernel work buffers")
+    return p
+
+
+cdef int _quantize(const fdl_qk_kernels *K, const float *w, int64_t d_in, int64_t d_out,
+                   int bits, int nf4, int64_t bs, int fl, bint per_tensor, uint8_t *data,
+                   float *scales, int nthreads) except -1:
+    cdef fdl_qk_qplan p
+    cdef int64_t total = d_in * d_out, nch, c, s, t
+    cdef uint32_t mb = 0
+    cdef uint32_t *part
+    cdef uint8_t *buf
+    cdef float *msc
+    cdef int nt
+    fdl_qk_qplan_init(&p, d_in, d_out, bits, nf4, bs, fl, per_tensor, nthreads)
+    if per_tensor:
+        # the tensor's absmax: a max per fixed chunk, then over the chunks
+        nch = (total + ABSMAX_CHUNK - 1) // ABSMAX_CHUNK
+        part = <uint32_t *>_alloc(nch * sizeof(uint32_t))
+        nt = team(nthreads, total * 4, total // ABSMAX_CHUNK)
+        for c in prange(nch, nogil=True, num_threads=nt, schedule="static"):
+            part[c] = fdl_qk_absmax_bits(w, c * ABSMAX_CHUNK, min(total, (c + 1) * ABSMAX_CHUNK))
+        for c in range(nch):
+            mb = max(mb, part[c])
+        free(part)
+        scales[0] = fdl_qk_qplan_tensor_scale(&p, mb)
+    nt = team(nthreads, total * 4, p.nstrips)
+    buf = <uint8_t *>_alloc(nt * p.JS * p.R)
+    msc = <float *>malloc(nt * 2 * p.JS * sizeof(float))
+    if msc == NULL:
+        free(buf)
+        raise MemoryError("quantize: out of memory for the tile buffers")
+    for s in prange(p.nstrips, nogil=True, num_threads=nt, schedule="static"):
+        t = threadid()
+        fdl_qk_quantize_strip(K, &p, w, s, data, scales, buf + t * p.JS * p.R,
+                              msc + t * 2 * p.JS)
+    free(buf)
+    free(msc)
+    return 0
+
+
+cdef void _dequantize(const fdl_qk_kernels *K, const fdl_qk_desc *d, void *out, int f64,
+                      int nthreads) noexcept nogil:
+    cdef int64_t nst = fdl_qk_dequantize_strips(d), s
+    cdef int nt = team(nthreads, d.d_in * d.d_out * 4, nst)
+    for s in prange(nst, num_threads=nt, schedule="static"):
+        fdl_qk_dequantize_strip(K, d, s, out, f64)
+
+
+cdef int _mv_f64(const fdl_qk_kernels *K, const fdl_qk_desc *d, const double *x, int64_t n,
+                 double *y, int nthreads) except -1:
+    """y = x @ W, small n, float64 x: per column, the decoded values and double sums."""
+    cdef int64_t j
+    cdef int nt = team(nthreads, d.d_in * d.d_out * n, d.d_out)
+    cdef float *buf = <float *>_alloc(nt * d.d_in * sizeof(float))
+    for j in prange(d.d_out, nogil=True, num_threads=nt, schedule="static"):
+        fdl_qk_mv_col_f64(K, d, j, x, n, y, buf + threadid() * d.d_in)
+    free(buf)
+    return 0
+
+
+cdef int _mv_f32(const fdl_qk_kernels *K, const fdl_qk_desc *d, const float *x, int64_t n,
+                 float *y, int nthreads) except -1:
+    """y = x @ W, small n, float32 x: groups of FDL_QK_MV_COLS columns."""
+    cdef int64_t d_in = d.d_in, d_out = d.d_out, g, i, xl_len
+    cdef int64_t G = FDL_QK_MV_COLS, ng = (d_out + G - 1) // G, ldp = d_in + 16
+    cdef int nt = team(nthreads, d_in * d_out * n, d_out)
+    cdef float *buf = NULL
+    cdef float *xp = NULL
+    if n == 1:
+        # NF4: x in the kernels' lane order, once per call
+        xl_len = fdl_qk_mv1_xl_len(d)
+        if xl_len:
+            buf = <float *>_alloc(xl_len * sizeof(float))
+            fdl_qk_mv1_perm(d, x, buf)
+        for g in prange(ng, nogil=True, num_threads=nt, schedule="static"):
+            fdl_qk_mv1_cols(K, d, x, buf, y, g * G, min(d_out, g * G + G))
+        free(buf)
+        return 0
+    # x with a padded row stride (rows d_in apart share L1 sets)
+    xp = <float *>_alloc(n * ldp * sizeof(float))
+    for i in range(n):
+        memcpy(xp + i * ldp, x + i * d_in, d_in * sizeof(float))
+    buf = <float *>malloc(nt * G * ldp * sizeof(float))
+    if buf == NULL:
+        free(xp)
+        raise MemoryError("qmatmul: out of memory for the work buffers")
+    for g in prange(ng, nogil=True, num_threads=nt, schedule="static"):
+        fdl_qk_mvn_cols(K, d, xp, ldp, n, y, g * G, min(d_out, g * G + G),
+                        buf + threadid() * G * ldp)
+    free(buf)
+    free(xp)
+    return 0
+
+
+cdef int _mt_f64(const fdl_qk_kernels *K, const fdl_qk_desc *d, const double *x, int64_t n,
+                 double *y, int nthreads) except -1:
+    """y = x @ W.T, small n, float64 x: chunks of d_in, each over every storage row."""
+    cdef int64_t ch, nch, c
+    fdl_qk_mt_plan(d, n, nthreads, &ch, &nch)
+    cdef int nt = team(nthreads, d.d_in * d.d_out * n, nch)
+    cdef float *ub = <float *>_alloc(nt * ch * sizeof(float))
+    for c in prange(nch, nogil=True, num_threads=nt, schedule="static"):
+        fdl_qk_mt_chunk_f64(K, d, c, ch, x, n, y, ub + threadid() * ch)
+    free(ub)
+    return 0
+
+
+cdef int _mt_f32(const fdl_qk_kernels *K, const fdl_qk_desc *d, const float *x, int64_t n,
+                 float *y, int nthreads) except -1:
+    """y = x @ W.T, small n, float32 x: chunks of d_in, each over every storage row in
+    order, four at a time, into a private padded buffer."""
+    cdef int64_t ch, nch, c, t, ldb
+    fdl_qk_mt_plan(d, n, nthreads, &ch, &nch)
+    cdef int nt = team(nthreads, d.d_in * d.d_out * n, nch)
+    cdef float *cs
+    cdef float *yb
+    ldb = ch + 16
+    cs = <float *>_alloc(nt * 4 * n * sizeof(float))
+    yb = <float *>malloc(nt * n * ldb * sizeof(float))
+    if yb == NULL:
+        free(cs)
+        raise MemoryError("qmatmul: out of memory for the work buffers")
+    for c in prange(nch, nogil=True, num_threads=nt, schedule="static"):
+        t = threadid()
+        fdl_qk_mt_chunk(K, d, c, ch, x, n, y, cs + t * 4 * n, yb + t * n * ldb, ldb)
+    free(cs)
+    free(yb)
+    return 0
+
+
+cdef int _mm_blas(const fdl_qk_kernels *K, const fdl_qk_desc *d, real *x, int64_t n, real *y,
+                  bint transpose, int nthreads, int64_t panel, int decode_threads) except -1:
+    """Panels of `panel` storage rows decoded in parallel, then one GEMM each, serially."""
+    cdef int64_t d_in = d.d_in, d_out = d.d_out, j0, jn, jj, k
+    panel = max(1, min(panel, d_out))
+    cdef real *P = <real *>_alloc(panel * d_in * sizeof(real))
+    cdef int nt = team(min(decode_threads, nthreads), panel * d_in * sizeof(real), panel)
+    cdef int ni = <int>n, di = <int>d_in, doi = <int>d_out, jni
+    cdef real one = 1, beta
+    cdef char *T = b"T"
+    cdef char *N = b"N"
+    with nogil:
+        for k in range((d_out + panel - 1) // panel):
+            j0 = k * panel
+            jn = min(panel, d_out - j0)
+            jni = <int>jn
+            for jj in prange(jn, num_threads=nt, schedule="static"):
+                fdl_qk_decode_row(K, d, j0 + jj, P + jj * d_in, real is double)
+            beta = 1 if transpose and j0 > 0 else 0
+            if real is float:
+                if not transpose:
+                    sgemm(T, N, &jni, &ni, &di, &one, P, &di, x, &di, &beta, y + j0, &doi)
+                else:
+                    sgemm(N, N, &di, &ni, &jni, &one, P, &di, x + j0, &doi, &beta, y, &di)
+            else:
+                if not transpose:
+                    dgemm(T, N, &jni, &ni, &di, &one, P, &di, x, &di, &beta, y + j0, &doi)
+                else:
+                    dgemm(N, N, &di, &ni, &jni, &one, P, &di, x + j0, &doi, &beta, y, &di)
+    free(P)
+    return 0
+
+
+cdef int _qmatmul(const fdl_qk_desc *d, const real[:, ::1] x, real[:, ::1] y, bint transpose,
+                  bint small, int nthreads, int64_t panel, int decode_threads) except -1:
+    # the SIMD level's kernel table, read once per call
+    cdef const fdl_qk_kernels *K = fdl_qk_table(simd_level())
+    cdef int64_t n = x.shape[0]
+    if not small:
+        return _mm_blas(K, d, <real *>&x[0, 0], n, &y[0, 0], transpose, nthreads, panel, decode_threads)
+    if real is double:
+        if transpose:
+            return _mt_f64(K, d, &x[0, 0], n, &y[0, 0], nthreads)
+        return _mv_f64(K, d, &x[0, 0], n, &y[0, 0], nthreads)
+    else:
+        if transpose:
+            return _mt_f32(K, d, &x[0, 0], n, &y[0, 0], nthreads)
+        return _mv_f32(K, d, &x[0, 0], n, &y[0, 0], nthreads)
+
+
+
 def quantize(w, int bits, scheme, int64_t bs, rounding, bint per_tensor, int nthreads):
     """w: C-contiguous float32 (d_in, d_out); 1 <= bs <= d_in (ignored per tensor)."""
     _check_quantize(w, bits, scheme, bs, rounding, per_tensor)
@@ -186,12 +357,8 @@ def quantize(w, int bits, scheme, int64_t bs, rounding, bint per_tensor, int nth
     scales = np.empty(sshape, np.float32)
     cdef uint8_t[:, ::1] dv = data.view(np.uint8)
     cdef float[::1] sv = scales.reshape(-1)
-    cdef int rc, level = simd_level()
-    with nogil:
-        rc = fdl_qk_quantize(&wv[0, 0], d_in, d_out, bits, nf4, bs, fl, per_tensor,
-                             &dv[0, 0], &sv[0], nthreads, level)
-    if rc:
-        raise MemoryError("quantize: out of memory for the tile buffers")
+    _quantize(fdl_qk_table(simd_level()), &wv[0, 0], d_in, d_out, bits, nf4, bs, fl, per_tensor,
+              &dv[0, 0], &sv[0], nthreads)
     return data, scales
 
 
@@ -271,9 +438,9 @@ def dequantize(q, out, int nthreads):
     _check_out_array(out, (int(d.d_in), int(d.d_out)), (_F32, _F64), tuple(keep.values()))
     cdef int f64 = out.dtype == np.float64
     cdef uint8_t[::1] ov = out.reshape(-1).view(np.uint8)
-    cdef int level = simd_level()
+    cdef const fdl_qk_kernels *K = fdl_qk_table(simd_level())
     with nogil:
-        fdl_qk_dequantize(&d, &ov[0], f64, nthreads, level)
+        _dequantize(K, &d, &ov[0], f64, nthreads)
     return out
 
 
@@ -295,10 +462,6 @@ def qmatmul(x, q, bint transpose, out, int nthreads, path=None):
     _desc(&d, q, keep)
     _check_matmul(x, d.d_in, d.d_out, transpose, out, tuple(keep.values()))
     cdef int64_t n = x.shape[0]
-    cdef int f64 = x.dtype == np.float64
-    cdef const uint8_t[::1] xv = x.reshape(-1).view(np.uint8)
-    cdef uint8_t[::1] ov = out.reshape(-1).view(np.uint8)
-    cdef int level = simd_level(), rc
     cdef int64_t panel = PARAMS["panel_t" if transpose else "panel"]
     cdef int dthreads = PARAMS["decode_threads"]
     if path is None:
@@ -308,18 +471,14 @@ def qmatmul(x, q, bint transpose, out, int nthreads, path=None):
     if path not in ("small", "blas"):
         raise ValueError(f"path must be None, 'small' or 'blas', got {path!r}")
     cdef bint small = path == "small"
-    # BLAS runs outside any OpenMP region, on as many threads as fastdl would use
+    # BLAS runs outside any parallel loop, on as many threads as fastdl would use
     cdef int blas_old = 0 if small else _cpu.blas_threads(_cpu.blas_team(nthreads))
     try:
-        with nogil:
-            if small:
-                rc = fdl_qk_matmul_small(&d, &xv[0], n, &ov[0], f64, transpose, nthreads, level)
-            else:
-                rc = fdl_qk_matmul_large(&d, &xv[0], n, &ov[0], f64, transpose, nthreads, level,
-                                         panel, dthreads, sgemm, dgemm)
+        if x.dtype == _F64:
+            _qmatmul[double](&d, x, out, transpose, small, nthreads, panel, dthreads)
+        else:
+            _qmatmul[float](&d, x, out, transpose, small, nthreads, panel, dthreads)
     finally:
         if blas_old:
             _cpu.blas_threads(blas_old)
-    if rc:
-        raise MemoryError("qmatmul: out of memory for the work buffers")
     return out
