@@ -131,17 +131,17 @@ def _layer_fwd(const data[:, ::1] x, const param[::1] w, const param[::1] b, dou
             for r in prange(R, num_threads=team(nt, R * D * sizeof(data), R), schedule="static"):
                 fdl_nk16_layer_row(K16(&t), &x[r, 0], &y[r, 0], D, <const float *>&w[0],
                                    <const float *>&b[0], eps, &mean[r], &var[r])
-        return
-    with nogil, parallel(num_threads=team(nt, R * D * sizeof(data), nrun)):
-        for k in prange(nrun, schedule="static"):
-            r0 = k * run
-            mom_rows(t.mom, &x[r0, 0], min(run, R - r0), D, &mean[r0], &var[r0])
-            for r in range(r0, min(R, r0 + run)):
-                v = var[r] / D
-                var[r] = v
-                apply_row(&t, &x[r, 0], &y[r, 0], D, mean[r], 1.0 / sqrt(v + eps), &w[0],
-                          &b[0], stream)
-        fdl_sfence()   # once per thread: its streamed stores are visible
+    else:
+        with nogil, parallel(num_threads=team(nt, R * D * sizeof(data), nrun)):
+            for k in prange(nrun, schedule="static"):
+                r0 = k * run
+                mom_rows(t.mom, &x[r0, 0], min(run, R - r0), D, &mean[r0], &var[r0])
+                for r in range(r0, min(R, r0 + run)):
+                    v = var[r] / D
+                    var[r] = v
+                    apply_row(&t, &x[r, 0], &y[r, 0], D, mean[r], 1.0 / sqrt(v + eps), &w[0],
+                              &b[0], stream)
+            fdl_sfence()   # once per thread: its streamed stores are visible
 
 
 def layer_norm_fwd(x, w, b, double eps, out, int nt):
@@ -192,21 +192,22 @@ def _group_fwd(const data[:, :, ::1] x, int64_t G, const param[::1] w, const par
                 fdl_nk16_group_row(K16(&t), &x[n, g * K, 0], &y[n, g * K, 0], K, S,
                                    <const float *>&w[g * K], <const float *>&b[g * K], eps,
                                    &mean[row], &var[row])
-        return
-    with nogil, parallel(num_threads=team(nt, R * M * sizeof(data), nrun)):
-        for k in prange(nrun, schedule="static"):
-            r0 = k * run
-            mom_rows(t.mom, &x[0, 0, 0] + r0 * M, min(run, R - r0), M, &mean[r0], &var[r0])
-            for row in range(r0, min(R, r0 + run)):
-                n = row // G
-                g = row % G
-                v = var[row] / M
-                var[row] = v
-                rs = 1.0 / sqrt(v + eps)
-                for c in range(g * K, (g + 1) * K):
-                    apply_chan(&t, &x[n, c, 0], &y[n, c, 0], S, mean[row], rs * w[c], b[c],
-                               stream)
-        fdl_sfence()
+    else:
+        with nogil, parallel(num_threads=team(nt, R * M * sizeof(data), nrun)):
+            for k in prange(nrun, schedule="static"):
+                r0 = k * run
+                mom_rows(t.mom, &x[0, 0, 0] + r0 * M, min(run, R - r0), M, &mean[r0],
+                         &var[r0])
+                for row in range(r0, min(R, r0 + run)):
+                    n = row // G
+                    g = row % G
+                    v = var[row] / M
+                    var[row] = v
+                    rs = 1.0 / sqrt(v + eps)
+                    for c in range(g * K, (g + 1) * K):
+                        apply_chan(&t, &x[n, c, 0], &y[n, c, 0], S, mean[row], rs * w[c],
+                                   b[c], stream)
+            fdl_sfence()
 
 
 def group_norm_fwd(x, int64_t G, w, b, double eps, out, int nt):
@@ -301,8 +302,8 @@ def batch_norm_fwd(x, w, b, double eps, out, int nt):
         _apply(x, mean, 1.0 / np.sqrt(var + eps), w, b, out, stream, nt)
         return out, mean, var
     mean, var = np.empty(C), np.empty(C)
-    work = _scratch_array("batch_fwd", (max(1, nt), fdl_seg_moments_work(N, S, _comp_itemsize(x))),
-                          np.float64)
+    nwork = fdl_seg_moments_work(N, S, _comp_itemsize(x))
+    work = _scratch_array("batch_fwd", (max(1, nt), nwork), np.float64)
     _batch_fwd_channels(_bits(x), _ones(w, C, x), _zeros(b, C, x), eps, _bits(out), mean, var,
                         work, stream, nt)
     return out, mean, var

@@ -147,13 +147,13 @@ cdef inline Tables tables(const data *tag, int level) noexcept nogil:
 
 cdef inline bint paired(const data *d, const param *p) noexcept nogil:
     """Whether ``param`` is the parameter type of ``data``."""
+    cdef bint ok = False
     if data is double:
         if param is double:
-            return True
-        return False
+            ok = True
     elif param is float:
-        return True
-    return False
+        ok = True
+    return ok
 
 
 # ------------------------------------------------------------ the shims
@@ -296,17 +296,18 @@ cdef inline void group_bwd_row(const Tables *t, const data *dy, const data *x, d
     cdef double s1 = 0, s2 = 0, M = <double>(K * S), wc
     if data is uint16_t:
         fdl_nk16_group_bwd_row(K16(t), dy, x, dx, K, S, mean, rstd, <const float *>w, A, B)
-        return
-    for c in range(K):
-        A[c] = 0
-        B[c] = 0
-        seg_sums(t, dy + c * S, x + c * S, S, mean, rstd, &A[c], &B[c])
-        wc = (<const float *>w)[c] if data is float else (<const double *>w)[c]
-        s1 = s1 + wc * B[c]
-        s2 = s2 + wc * A[c]
-    for c in range(K):
-        wc = (<const float *>w)[c] if data is float else (<const double *>w)[c]
-        seg_dx(t, dy + c * S, x + c * S, dx + c * S, S, mean, rstd, wc, s1 / M, s2 / M, True)
+    else:
+        for c in range(K):
+            A[c] = 0
+            B[c] = 0
+            seg_sums(t, dy + c * S, x + c * S, S, mean, rstd, &A[c], &B[c])
+            wc = (<const float *>w)[c] if data is float else (<const double *>w)[c]
+            s1 = s1 + wc * B[c]
+            s2 = s2 + wc * A[c]
+        for c in range(K):
+            wc = (<const float *>w)[c] if data is float else (<const double *>w)[c]
+            seg_dx(t, dy + c * S, x + c * S, dx + c * S, S, mean, rstd, wc, s1 / M, s2 / M,
+                   True)
 
 
 cdef inline void col_sums(const Tables *t, const data *dy, const data *x, int64_t n,
