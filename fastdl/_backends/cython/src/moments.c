@@ -53,7 +53,7 @@ static const fdl_moments_f64 f64_avx2 = {
 static const fdl_moments_f32 f32_avx512 = {
     .blocks = fdl_mom_blocks_f32_avx512, .colsum = colsum_f32_avx512,
     .coldev = coldev_f32_avx512, .coldev_strip = fdl_mom_coldev_strip_f32_avx512,
-    .h2f = fdl_h2f_avx2, .f2h = fdl_f2h_avx2,
+    .h2f = fdl_mom_h2f_avx512, .f2h = fdl_mom_f2h_avx512,
 };
 static const fdl_moments_f64 f64_avx512 = {
     .blocks = fdl_mom_blocks_f64_avx512, .colsum = colsum_f64_avx512,

@@ -80,4 +80,32 @@ ATTR static inline double reduce32f_avx512(const __m512 v[2]) {
 #define BLOCKS_FN fdl_mom_blocks_f64_avx512
 #define STRIP_FN fdl_mom_coldev_strip_f64_avx512
 #include "moments_simd_body.h"
+
+/* ---- float16 conversions, 16 per instruction, masked tails ----
+ * twins: fdl_h2f_scalar / fdl_f2h_scalar (f16.h); VCVTPH2PS / VCVTPS2PH give
+ * the same bits (exact widening; nearest-even narrowing whatever MXCSR says,
+ * quiet NaNs with the top payload bits kept). */
+ATTR void fdl_mom_h2f_avx512(const uint16_t *h, float *f, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(f + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(f + i, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, h + i)));
+    }
+}
+
+ATTR void fdl_mom_f2h_avx512(const float *f, uint16_t *h, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(h + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(f + i),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm256_mask_storeu_epi16(h + i, m,
+                                 _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, f + i),
+                                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+}
 #endif

@@ -60,5 +60,7 @@ void fdl_mom_coldev_strip_f32_avx512(const float *x, int64_t rows, int64_t L, co
                                      float *sq, float *dv);
 void fdl_mom_coldev_strip_f64_avx512(const double *x, int64_t rows, int64_t L,
                                      const double *kc, double *sq, double *dv);
+void fdl_mom_h2f_avx512(const uint16_t *h, float *f, int64_t n);
+void fdl_mom_f2h_avx512(const float *f, uint16_t *h, int64_t n);
 #endif
 #endif
