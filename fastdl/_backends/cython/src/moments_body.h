@@ -50,7 +50,8 @@ static ATTR void MOM(blocks)(const T *restrict x, int64_t n, int64_t block, doub
 static ATTR void MOM(colsum)(const T *restrict x, int64_t rows, int64_t L, T *restrict col) {
     for (int64_t r = 0; r < rows; r++) {
         const char *ahead = (const char *)(x + r * L) + COL_PF_BYTES;
-        for (int64_t b = 0; b < L * (int64_t)sizeof(T); b += 64) __builtin_prefetch(ahead + b, 0, 3);
+        for (int64_t b = 0; b < L * (int64_t)sizeof(T); b += 64)
+            __builtin_prefetch(ahead + b, 0, 3);
         for (int64_t j = 0; j < L; j++) col[j] += x[r * L + j];
     }
 }
