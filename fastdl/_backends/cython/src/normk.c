@@ -102,22 +102,23 @@ static const fdl_nk_f32 f32_avx2 = {
 };
 static const fdl_nk_f64 f64_avx2 = {
     NK_ELEMENTWISE(f64, avx2),
-    .sumsq = fdl_nk_sumsq_f64_avx2, .row_sums = fdl_nk_row_sums_f64_avx2,
+    .sumsq = fdl_nk_sumsq_f64_avx512, .row_sums = fdl_nk_row_sums_f64_avx512,
     .rms_sums = fdl_nk_rms_sums_f64_avx2, .seg_sums = fdl_nk_seg_sums_f64_avx2,
 };
 /* AVX-512: the body's elementwise kernels and the reduction overrides of
- * normk_avx512.c, except where the AVX-512 override did not pay when measured
- * against AVX2 (same lanes, so the same add chains; these loops are memory-
- * bound): sumsq (float32: 0.87x on float16 rows of 64, which run it per
- * chunk; float64: 0.99x) and float64 row_sums (0.98x) stay AVX2. */
+ * normk_avx512.c, except for float32 sumsq and apply_rms (RMS norm forward),
+ * which stay AVX2: measured against AVX2 they did not pay (same lanes, so the
+ * same add chains; rows of 64: 0.87x with the AVX-512 sumsq on float16 data,
+ * which run it per chunk, 0.96-0.99x with the AVX-512 apply_rms). */
 static const fdl_nk_f32 f32_avx512 = {
     NK_ELEMENTWISE(f32, avx512),
+    .apply_rms = apply_rms_f32_avx2,
     .sumsq = fdl_nk_sumsq_f32_avx2, .row_sums = fdl_nk_row_sums_f32_avx512,
     .rms_sums = fdl_nk_rms_sums_f32_avx512, .seg_sums = fdl_nk_seg_sums_f32_avx512,
 };
 static const fdl_nk_f64 f64_avx512 = {
     NK_ELEMENTWISE(f64, avx512),
-    .sumsq = fdl_nk_sumsq_f64_avx2, .row_sums = fdl_nk_row_sums_f64_avx2,
+    .sumsq = fdl_nk_sumsq_f64_avx512, .row_sums = fdl_nk_row_sums_f64_avx512,
     .rms_sums = fdl_nk_rms_sums_f64_avx512, .seg_sums = fdl_nk_seg_sums_f64_avx512,
 };
 #endif

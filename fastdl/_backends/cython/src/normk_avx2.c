@@ -20,6 +20,7 @@
 #define V_SET1 _mm256_set1_ps
 #define V_ZERO _mm256_setzero_ps
 #define FN(name) fdl_nk_##name##_f32_avx2
+#include "normk_sumsq_simd.h"
 #include "normk_sums_simd.h"
 #undef T
 #undef VT
@@ -47,5 +48,6 @@
 #define V_SET1 _mm256_set1_pd
 #define V_ZERO _mm256_setzero_pd
 #define FN(name) fdl_nk_##name##_f64_avx2
+#include "normk_sumsq_simd.h"
 #include "normk_sums_simd.h"
 #endif

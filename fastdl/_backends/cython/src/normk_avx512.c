@@ -7,7 +7,7 @@
 #define ATTR FDL_TARGET_AVX512
 #define NV 1
 
-/* twins: sumsq_f32, row_sums_f32, rms_sums_f32, seg_sums_f32 of normk_body.h */
+/* twins: row_sums_f32, rms_sums_f32, seg_sums_f32 of normk_body.h */
 #define T float
 #define VT __m512
 #define W 16
@@ -47,5 +47,6 @@
 #define V_SET1 _mm512_set1_pd
 #define V_ZERO _mm512_setzero_pd
 #define FN(name) fdl_nk_##name##_f64_avx512
+#include "normk_sumsq_simd.h"
 #include "normk_sums_simd.h"
 #endif

@@ -22,19 +22,24 @@ static inline double nk_lanes_f64(const double *a) {
 
 #if FDL_HAVE_AVX2_TARGET
 /* Overrides of the body's sumsq, row_sums, rms_sums and seg_sums (their
- * scalar twins), same signatures; ISA = avx2 | avx512. */
-#define NK_SUMS_DECL(SFX, T, ISA)                                                           \
-    double fdl_nk_sumsq_##SFX##_##ISA(const T *x, int64_t n);                               \
+ * scalar twins), same signatures; ISA = avx2 | avx512 (float32 sumsq has no
+ * AVX-512 override, see normk.c). */
+#define NK_SUMSQ_DECL(SFX, T, ISA) double fdl_nk_sumsq_##SFX##_##ISA(const T *x, int64_t n);
+#define NK_ROW_SUMS_DECL(SFX, T, ISA)                                                       \
     void fdl_nk_row_sums_##SFX##_##ISA(const T *dy, const T *x, int64_t n, T mh, T ml, T r, \
                                        const T *w, T *dwp, T *dbp, double *s1, double *s2); \
     double fdl_nk_rms_sums_##SFX##_##ISA(const T *dy, const T *x, int64_t n, T r,           \
                                          const T *w, T *dwp);                               \
     void fdl_nk_seg_sums_##SFX##_##ISA(const T *dy, const T *x, int64_t n, T mh, T ml, T r, \
                                        double *A, double *B);
-NK_SUMS_DECL(f32, float, avx2)
-NK_SUMS_DECL(f64, double, avx2)
-NK_SUMS_DECL(f32, float, avx512)
-NK_SUMS_DECL(f64, double, avx512)
-#undef NK_SUMS_DECL
+NK_SUMSQ_DECL(f32, float, avx2)
+NK_SUMSQ_DECL(f64, double, avx2)
+NK_SUMSQ_DECL(f64, double, avx512)
+NK_ROW_SUMS_DECL(f32, float, avx2)
+NK_ROW_SUMS_DECL(f64, double, avx2)
+NK_ROW_SUMS_DECL(f32, float, avx512)
+NK_ROW_SUMS_DECL(f64, double, avx512)
+#undef NK_SUMSQ_DECL
+#undef NK_ROW_SUMS_DECL
 #endif
 #endif

@@ -1,6 +1,7 @@
-/* Intrinsic overrides of the four reductions of normk_body.h (sumsq,
- * row_sums, rms_sums, seg_sums: their scalar twins), written once over a
- * vector type and included by normk_avx2.c / normk_avx512.c once per dtype.
+/* Intrinsic overrides of the row reductions of normk_body.h (row_sums,
+ * rms_sums, seg_sums: their scalar twins; sumsq is in normk_sumsq_simd.h),
+ * written once over a vector type and included by normk_avx2.c /
+ * normk_avx512.c once per dtype.
  *
  * The compiler's vectorization of the body versions was fragile (adding a
  * prefetch to the loop made it scalar), and these loops prefetch: both inputs
@@ -14,33 +15,7 @@
  * Expects T, VT (vector of W elements), NV, NK_LANES, ATTR, the
  * one-instruction helpers V_LOAD, V_STORE, V_ADD, V_SUB, V_MUL, V_SET1,
  * V_ZERO, and FN(name) (the override's name). */
-#define AHEAD_BYTES 2048
-#define AHEAD(p) _mm_prefetch((const char *)(p) + AHEAD_BYTES, _MM_HINT_T0)
-/* every 64-byte line of L elements from p */
-#define AHEAD_LINES(p, L) \
-    for (int p_ = 0; p_ < (L) * (int)sizeof(T); p_ += 64) AHEAD((const char *)(p) + p_)
-
-ATTR double FN(sumsq)(const T *restrict x, int64_t n) {
-    enum { NLV = NV * W, L = 2 * NLV };       /* 2 * NL lanes: add latency hidden */
-    double tot = 0.0;
-    for (int64_t i0 = 0; i0 < n; i0 += NK_FLUSH) {
-        int64_t i1 = n - i0 < NK_FLUSH ? n : i0 + NK_FLUSH, i = i0;
-        VT a[2 * NV];
-        T arr[L];
-        for (int j = 0; j < 2 * NV; j++) a[j] = V_ZERO();
-        for (; i + L <= i1; i += L) {
-            AHEAD_LINES(x + i, L);
-            for (int j = 0; j < 2 * NV; j++) {
-                VT v = V_LOAD(x + i + j * W);
-                a[j] = V_ADD(a[j], V_MUL(v, v));
-            }
-        }
-        for (int j = 0; j < 2 * NV; j++) V_STORE(arr + j * W, a[j]);
-        for (; i < i1; i++) arr[i & (L - 1)] += x[i] * x[i];
-        tot += NK_LANES(arr) + NK_LANES(arr + NLV);
-    }
-    return tot;
-}
+#include "normk_ahead.h"
 
 ATTR void FN(row_sums)(const T *restrict dy, const T *restrict x, int64_t n, T mh, T ml, T r,
                        const T *restrict w, T *restrict dwp, T *restrict dbp, double *s1,
@@ -150,6 +125,3 @@ ATTR void FN(seg_sums)(const T *restrict dy, const T *restrict x, int64_t n, T m
     *A += tA;
     *B += tB;
 }
-#undef AHEAD_BYTES
-#undef AHEAD
-#undef AHEAD_LINES
