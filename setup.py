@@ -18,12 +18,16 @@ CY_DIR = "fastdl/_backends/cython"
 SRC_DIR = CY_DIR + "/src"
 
 # extension name -> extra C sources
+MOMENTS = [SRC_DIR + f for f in ("/moments.c", "/moments_avx2.c", "/moments_avx512.c")]
+NORM = [SRC_DIR + f for f in ("/normk16.c", "/normk.c", "/normk_avx2.c",
+                              "/normk_avx512.c")] + MOMENTS
 EXTENSIONS = {
     "_cpu": [SRC_DIR + "/team.c"],
-    "_norm_stats": [SRC_DIR + "/moments.c"],
+    "_norm_stats": MOMENTS,
     "_traffic": [SRC_DIR + "/traffic.c"],
-    "_norm": [SRC_DIR + "/normk.c", SRC_DIR + "/moments.c"],
-    "_norm16": [SRC_DIR + "/normk16.c", SRC_DIR + "/normk.c", SRC_DIR + "/moments.c"],
+    "_norm": NORM,
+    "_norm_bwd": NORM,
+    "_norm16": MOMENTS,
     "_decode": [SRC_DIR + "/decodek.c", SRC_DIR + "/decodek_avx2.c", SRC_DIR + "/decodek_avx512.c"],
     "_quant": [SRC_DIR + "/" + f for f in (
         "quantk_pack.c", "quantk_pack_avx2.c", "quantk_dec.c", "quantk_gemv.c", "quantk_mt.c",

@@ -6,7 +6,8 @@
   once to float16 (it converts chunks in L1 and runs the float32 kernels on them), for
   every forward, backward and ``norm_stats``, over the sizes where the kernels change
   path (chunk, block, flush, per-channel/per-column, few channels);
-* scalar twin vs AVX2 and 1 vs 2 vs 3 threads: bitwise;
+* every SIMD level this machine runs (scalar, AVX2, AVX-512) at 1 and 2 threads, and
+  1 vs 2 vs 3 threads: bitwise;
 * against torch float16 (forward and autograd backward, both backends): fastdl's error
   against a float64 reference of the same float16 inputs is at most torch's plus half a
   float16 ulp (and the float32 rounding of the computation);
@@ -25,10 +26,9 @@ from fastdl.testing import rng_for, simd, simd_levels, threads
 cy = pytest.importorskip("fastdl._backends.cython")
 from fastdl._backends.cython import _cpu, _norm16  # noqa: E402
 
-HAVE_AVX2 = _cpu.LEVELS[_cpu.detected_simd()] >= _cpu.LEVELS["avx2"]
-needs_avx2 = pytest.mark.skipif(not HAVE_AVX2, reason="no AVX2 on this CPU/build")
 F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 LEVELS = simd_levels()
+needs_simd = pytest.mark.skipif(len(LEVELS) < 2, reason="no SIMD level on this CPU/build")
 NORMS = ["layer", "rms", "group", "instance", "batch_train", "batch_eval"]
 ROW = ("layer", "rms")
 
@@ -39,14 +39,12 @@ def test_half_to_float_every_value():
     h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
     want = h.astype(np.float32)
     nan = np.isnan(want)
-    for level, name in ((0, "scalar"), (1, "avx2")):
-        if name not in LEVELS:
-            continue
-        got = _norm16.half_to_float(h, level)
+    scalar = _norm16.half_to_float(h, _cpu.LEVELS["scalar"])
+    for name in LEVELS:
+        got = _norm16.half_to_float(h, _cpu.LEVELS[name])
         assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32)), name
         assert np.isnan(got[nan]).all()
-        if name == "avx2":
-            assert np.array_equal(got.view(np.uint32), _norm16.half_to_float(h, 0).view(np.uint32))
+        assert np.array_equal(got.view(np.uint32), scalar.view(np.uint32)), name
 
 
 def _float_cases():
@@ -71,15 +69,12 @@ def test_float_to_half_rounds_like_numpy_and_twins_agree():
         want = f.astype(np.float16)
     nan = np.isnan(f)
     got = {}
-    for level, name in ((0, "scalar"), (1, "avx2")):
-        if name not in LEVELS:
-            continue
-        got[name] = _norm16.float_to_half(f, level)
+    for name in LEVELS:
+        got[name] = _norm16.float_to_half(f, _cpu.LEVELS[name])
         g = got[name]
         assert np.array_equal(g[~nan].view(np.uint16), want[~nan].view(np.uint16)), name
         assert np.isnan(g[nan]).all()
-    if len(got) == 2:
-        assert np.array_equal(got["scalar"].view(np.uint16), got["avx2"].view(np.uint16))
+        assert np.array_equal(g.view(np.uint16), got["scalar"].view(np.uint16)), name
 
 
 # ---------------------------------------------------------------- operands and runs
@@ -169,15 +164,17 @@ def test_cython_half_is_float32_path_rounded(norm, shape):
         assert_bitwise(got, as_f16_path(want), f"{norm} {shape} {level}")
 
 
-@needs_avx2
+@needs_simd
 @pytest.mark.parametrize("norm, shape", list(_cases()))
-def test_scalar_twin_equals_avx2_half(norm, shape):
+def test_every_simd_level_equals_scalar_half(norm, shape):
     x, dy, w, b, rm, rv = operands(norm, shape, key=("twin",))
-    with simd("scalar"):
+    with simd("scalar"), threads(1):
         s = run_all(norm, x, dy, w, b, rm, rv, backend="cython")
-    with simd("avx2"):
-        v = run_all(norm, x, dy, w, b, rm, rv, backend="cython")
-    assert_bitwise(v, s, f"{norm} {shape}")
+    for level in LEVELS:
+        for nt in (1, 2):
+            with simd(level), threads(nt):
+                v = run_all(norm, x, dy, w, b, rm, rv, backend="cython")
+            assert_bitwise(v, s, f"{norm} {shape} {level} x{nt} threads")
 
 
 @pytest.mark.parametrize("norm", NORMS)

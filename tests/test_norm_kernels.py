@@ -1,7 +1,8 @@
 """Stress tests of the Cython normalization kernels (fastdl/_backends/cython/_norm.pyx,
 src/normk*.{c,h}, src/moments.c) against the NumPy reference and against themselves.
 
-* scalar twin vs AVX2: bitwise equal for every forward and backward, float32/float64,
+* every SIMD level this machine runs (scalar, AVX2, AVX-512) at 1 and 2 threads: bitwise
+  equal for every forward and backward, float32/float64,
   inner sizes that are not multiples of the lane / flush / block sizes, misaligned
   inputs and ``out=`` views, and the >= 8 MiB non-temporal (streaming) output path;
 * streaming path: Cython vs NumPy, 1 vs 2 threads bitwise, misaligned ``out=``;
@@ -29,10 +30,11 @@ import fastdl
 
 cy = pytest.importorskip("fastdl._backends.cython")
 from fastdl._backends.cython import _cpu  # noqa: E402
-from fastdl.testing import rng_for, simd, threads
+from fastdl.testing import rng_for, simd, simd_levels, threads
 
-HAVE_AVX2 = _cpu.LEVELS[_cpu.detected_simd()] >= _cpu.LEVELS["avx2"]
-needs_avx2 = pytest.mark.skipif(not HAVE_AVX2, reason="no AVX2 on this CPU/build")
+LEVELS = simd_levels()
+HAVE_SIMD = len(LEVELS) > 1
+needs_simd = pytest.mark.skipif(not HAVE_SIMD, reason="no SIMD level on this CPU/build")
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 DTYPES = [pytest.param(F32, id="f32"), pytest.param(F64, id="f64")]
@@ -172,15 +174,23 @@ def cython_vs_numpy(norm, x, dy, w, b, rm, rv, dtype, what, **kw):
     return got
 
 
-def twins(norm, x, dy, w, b, rm, rv, **kw):
-    with simd("scalar"):
-        s = run_all(norm, x, dy, w, b, rm, rv, backend="cython", **kw)
-    with simd("avx2"):
-        v = run_all(norm, x, dy, w, b, rm, rv, backend="cython", **kw)
-    return s, v
+def twins(norm, x, dy, w, b, rm, rv, nts=(1, 2), **kw):
+    """{(level, threads): results} at every SIMD level this machine runs."""
+    res = {}
+    for level in LEVELS:
+        for nt in nts:
+            with simd(level), threads(nt):
+                res[level, nt] = run_all(norm, x, dy, w, b, rm, rv, backend="cython", **kw)
+    return res
 
 
-# ---------------------------------------------------------------- scalar twin vs AVX2
+def assert_twins(res, want, what):
+    """Every (level, threads) result bitwise equal to ``want``."""
+    for (level, nt), got in res.items():
+        assert_bitwise(got, want, f"{what}: {level} x{nt} threads")
+
+
+# ---------------------------------------------------------------- SIMD twins vs scalar
 
 ROW_D = [1, 3, 15, 17, 31, 33, 1023, 1025, 4097, 16387]
 CHAN_S = [1, 3, 15, 17, 31, 32, 33, 63, 64, 65, 1023, 1025, 4097]
@@ -195,18 +205,19 @@ def _row_cases():
             yield pytest.param(norm, (3, 4, S), id=f"{norm}-3x4x{S}")
 
 
-@needs_avx2
+@needs_simd
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("norm,shape", list(_row_cases()))
 def test_twins_bitwise_and_numpy(norm, shape, dtype):
     x, dy, w, b, rm, rv = operands(norm, shape, dtype)
     want = run_all(norm, x, dy, w, b, rm, rv, backend="numpy")
-    s, v = twins(norm, x, dy, w, b, rm, rv)
-    assert_bitwise(v, s, f"{norm} {shape} {dtype}: avx2 vs scalar")
-    assert_close(v, want, dtype, f"{norm} {shape} {dtype}: cython vs numpy")
+    res = twins(norm, x, dy, w, b, rm, rv)
+    s = res["scalar", 1]
+    assert_twins(res, s, f"{norm} {shape} {dtype} vs scalar")
+    assert_close(s, want, dtype, f"{norm} {shape} {dtype}: cython vs numpy")
 
 
-@needs_avx2
+@needs_simd
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("norm,shape", [
     pytest.param("layer", (2, 262149), id="layer-2x262149"),     # > 64 blocks of 16 KiB
@@ -219,17 +230,18 @@ def test_twins_bitwise_and_numpy(norm, shape, dtype):
 ])
 def test_twins_long_reductions(norm, shape, dtype):
     x, dy, w, b, rm, rv = operands(norm, shape, dtype, key=("long",))
-    s, v = twins(norm, x, dy, w, b, rm, rv)
-    assert_bitwise(v, s, f"{norm} {shape} {dtype}: avx2 vs scalar")
+    res = twins(norm, x, dy, w, b, rm, rv)
+    s = res["scalar", 1]
+    assert_twins(res, s, f"{norm} {shape} {dtype} vs scalar")
     want = run_all(norm, x, dy, w, b, rm, rv, backend="numpy")
-    assert_close(v, want, dtype, f"{norm} {shape} {dtype}: cython vs numpy")
+    assert_close(s, want, dtype, f"{norm} {shape} {dtype}: cython vs numpy")
 
 
 MISALIGNED_SHAPES = {"layer": (5, 1025), "rms": (7, 17), "group": (3, 4, 1025),
                      "instance": (2, 3, 17), "batch_train": (9, 4, 17), "batch_eval": (3, 4, 1025)}
 
 
-@needs_avx2
+@needs_simd
 @pytest.mark.parametrize("offset", [1, 3])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("norm", NORMS)
@@ -239,11 +251,10 @@ def test_twins_misaligned_inputs_and_out(norm, dtype, offset):
     x, dy = placed(x0, offset), placed(dy0, offset + 1)
     out = aligned_empty(shape, dtype, offset + 2)
     ref = run_all(norm, x0, dy0, w, b, rm, rv, backend="cython")
-    s, v = twins(norm, x, dy, w, b, rm, rv, out=out)
-    assert_bitwise(s, ref, f"{norm} scalar, misaligned vs aligned")
-    assert_bitwise(v, ref, f"{norm} avx2, misaligned vs aligned")
+    res = twins(norm, x, dy, w, b, rm, rv, nts=(1,), out=out)
+    assert_twins(res, ref, f"{norm} misaligned vs aligned")
     want = run_all(norm, x0, dy0, w, b, rm, rv, backend="numpy")
-    assert_close(v, want, dtype, f"{norm} misaligned cython vs numpy")
+    assert_close(ref, want, dtype, f"{norm} misaligned cython vs numpy")
 
 
 # ---------------------------------------------------------------- streaming (>= 8 MiB) path
@@ -283,7 +294,7 @@ def test_streaming_path(norm, shape, dtype):
     assert_bitwise(mis, one, f"{norm} {shape} streaming: misaligned out vs fresh")
 
 
-@needs_avx2
+@needs_simd
 @pytest.mark.parametrize("norm,shape,dtype", [
     pytest.param("layer", (2048, 1100), F32, id="layer-f32"),
     pytest.param("rms", (2048, 1100), F32, id="rms-f32"),
@@ -297,15 +308,14 @@ def test_streaming_path(norm, shape, dtype):
     pytest.param("batch_train", (32, 32, 1025), F64, id="batch_train-f64"),
 ])
 def test_streaming_twins_misaligned(norm, shape, dtype):
-    """Scalar twin vs AVX2 on the >= 8 MiB path, x/dy/out 1..3 elements off 64 bytes."""
+    """Every SIMD level on the >= 8 MiB path, x/dy/out 1..3 elements off 64 bytes."""
     x0, dy0, w, b, rm, rv = operands(norm, shape, dtype, key=("stream-twin",))
     x, dy = placed(x0, 1), placed(dy0, 2)
     out = aligned_empty(shape, dtype, 3)
+    res = twins(norm, x, dy, w, b, rm, rv, nts=(2,), out=out)
     with threads(2):
-        s, v = twins(norm, x, dy, w, b, rm, rv, out=out)
         ref = run_all(norm, x0, dy0, w, b, rm, rv, backend="cython")
-    assert_bitwise(v, s, f"{norm} {shape} streaming misaligned: avx2 vs scalar")
-    assert_bitwise(v, ref, f"{norm} {shape} streaming: misaligned vs aligned")
+    assert_twins(res, ref, f"{norm} {shape} streaming misaligned vs aligned")
 
 
 def test_streaming_backend_op_out_rows_misaligned():
@@ -357,9 +367,9 @@ def test_edge_sizes(norm, shape, dtype):
     for a, name in zip(got, NAMES):
         if a is not None:
             assert np.isfinite(a).all(), f"{norm} {shape}: {name} not finite"
-    if HAVE_AVX2:
-        s, v = twins(norm, x, dy, w, b, rm, rv)
-        assert_bitwise(v, s, f"{norm} {shape}: avx2 vs scalar")
+    if HAVE_SIMD:
+        res = twins(norm, x, dy, w, b, rm, rv)
+        assert_twins(res, res["scalar", 1], f"{norm} {shape} vs scalar")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -391,9 +401,9 @@ def test_without_weight_and_bias(norm, shape, dtype):
     x, dy, _, _, rm, rv = operands(norm, shape, dtype, key=("noaffine",))
     got = cython_vs_numpy(norm, x, dy, None, None, rm, rv, dtype, f"{norm} {shape} no affine")
     assert got[4] is None and got[5] is None
-    if HAVE_AVX2:
-        s, v = twins(norm, x, dy, None, None, rm, rv)
-        assert_bitwise(v, s, f"{norm} {shape} no affine: avx2 vs scalar")
+    if HAVE_SIMD:
+        res = twins(norm, x, dy, None, None, rm, rv)
+        assert_twins(res, res["scalar", 1], f"{norm} {shape} no affine vs scalar")
 
 
 # ---------------------------------------------------------------- inf / nan, constant rows

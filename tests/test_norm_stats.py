@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import fastdl
 from fastdl._backends.cython import _cpu
-from fastdl.testing import simd, threads
+from fastdl.testing import simd, simd_levels, threads
 
 BACKENDS = ["cython", "numpy"]
 KINDS = ["batch", "layer", "instance", "group"]
@@ -166,20 +166,23 @@ def test_same_bits_for_any_thread_count(kind, shape):
         np.testing.assert_array_equal(var, results[0][1])
 
 
-@pytest.mark.skipif(_cpu.LEVELS[_cpu.detected_simd()] < _cpu.LEVELS["avx2"], reason="no AVX2 on this CPU")
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.skipif(len(simd_levels()) < 2, reason="no SIMD level on this CPU")
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(3, 5, 7), (2, 3, 4100), (5, 2, 100000), (20, 3, 33),
-                                   (300, 8), (200, 1030), (130, 6, 5)])
-def test_simd_twin_equals_scalar_twin(shape, dtype):
+                                   (300, 8), (200, 1030), (130, 6, 5), (7, 3, 31),
+                                   (33, 4097), (3, 17, 65)])
+def test_every_simd_level_equals_scalar_twin(shape, dtype):
     x = (np.random.default_rng(4).standard_normal(shape) * 4 + 7).astype(dtype)
     out = {}
-    for level in ("avx2", "scalar"):
-        with simd(level):
-            out[level] = [fastdl.norm_stats(x, k, num_groups=1 if k == "group" else None,
-                                            backend="cython") for k in KINDS]
-    for (m1, v1), (m2, v2) in zip(out["avx2"], out["scalar"]):
-        np.testing.assert_array_equal(m1, m2)
-        np.testing.assert_array_equal(v1, v2)
+    for level in simd_levels():
+        for nt in (1, 2):
+            with simd(level), threads(nt):
+                out[level, nt] = [fastdl.norm_stats(x, k, num_groups=1 if k == "group" else None,
+                                                    backend="cython") for k in KINDS]
+    for key, res in out.items():
+        for kind, (m1, v1), (m2, v2) in zip(KINDS, res, out["scalar", 1]):
+            assert m1.tobytes() == m2.tobytes(), (key, kind, "mean")
+            assert v1.tobytes() == v2.tobytes(), (key, kind, "var")
 
 
 def test_set_simd_level_rejects_unknown():

@@ -13,8 +13,6 @@ those of the float32 input ``x.astype(np.float32)`` without a float32 copy.
 """
 from cython.parallel cimport prange, parallel, threadid
 from libc.stdint cimport int64_t, uint16_t
-cimport cython
-from cython cimport floating
 
 import threading
 
@@ -24,8 +22,7 @@ from fastdl._backends.cython._cpu cimport simd_level
 from fastdl._backends.cython._cpu cimport team
 
 from fastdl._backends.cython._moments cimport (
-    FDL_BLOCK_BYTES, fdl_chan, fdl_colmoments_f16, fdl_colmoments_f32, fdl_colmoments_f64,
-    fdl_moments_blocks_f16, fdl_moments_blocks_f32, fdl_moments_blocks_f64)
+    FDL_BLOCK_BYTES, comp_size, data, fdl_chan, mom_blocks, mom_columns, mom_table)
 
 # Blocks per work item (pipelined inside the kernel).
 cdef int64_t RUN_BLOCKS = 16
@@ -40,31 +37,31 @@ cdef int64_t MAX_CHUNK_ROWS = 128
 # Groups per work item of the final merge.
 cdef int64_t MERGE_GROUPS = 64
 
+F16 = np.dtype(np.float16)
+
 
 cdef inline int64_t _block_len(int64_t itemsize) noexcept nogil:
     return FDL_BLOCK_BYTES // itemsize
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
-cdef void _segment_items(const floating[::1] x, int64_t M, int64_t L, double[::1] cnt,
+cdef void _segment_items(const data[::1] x, int64_t M, int64_t L, double[::1] cnt,
                          double[::1] mu, double[::1] m2, int nthreads) noexcept nogil:
     # x is M segments of length L back to back (segment m = p * G + g); the
     # result of block b of segment m goes to m * nblk + b.  A work item is a
     # run of up to RUN_BLOCKS blocks (or of short segments, each its own
     # block), which the kernel pipelines: pass 1 of a block overlaps pass 2 of
-    # the previous one.
-    cdef int64_t blk = min(_block_len(sizeof(floating)), L)
+    # the previous one.  float16 blocks have the float32 block length.
+    cdef const void *K = mom_table(<data *>NULL, simd_level())
+    cdef int64_t bl = _block_len(comp_size(<data *>NULL)), blk = min(bl, L)
     cdef int64_t nblk = (L + blk - 1) // blk
     cdef int64_t per_run = 1, nrun = 1, total, it, m, r, b0, nb, off, ln, b
-    cdef int level = simd_level()
     if nblk > 1:                       # long segments: runs inside a segment
         nrun = (nblk + RUN_BLOCKS - 1) // RUN_BLOCKS
         total = M * nrun
     else:                              # short segments: runs of whole segments
-        per_run = max(1, (RUN_BLOCKS * _block_len(sizeof(floating))) // L)
+        per_run = max(1, (RUN_BLOCKS * bl) // L)
         total = (M + per_run - 1) // per_run
-    for it in prange(total, num_threads=team(nthreads, M * L * sizeof(floating), total),
+    for it in prange(total, num_threads=team(nthreads, M * L * sizeof(data), total),
                      schedule="static"):
         if nblk > 1:
             m = it // nrun
@@ -78,89 +75,25 @@ cdef void _segment_items(const floating[::1] x, int64_t M, int64_t L, double[::1
             nb = min(per_run, M - b0)
             off = b0 * L
             ln = nb * L
-        if floating is float:
-            fdl_moments_blocks_f32(&x[off], ln, blk, level, &mu[b0], &m2[b0])
-        else:
-            fdl_moments_blocks_f64(&x[off], ln, blk, level, &mu[b0], &m2[b0])
+        mom_blocks(K, &x[off], ln, blk, &mu[b0], &m2[b0])
         for b in range(nb):
             cnt[b0 + b] = <double>min(blk, ln - b * blk)
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
-cdef void _row_chunk_items(const floating[::1] x, int64_t N, int64_t C, int64_t S,
+cdef void _row_chunk_items(const data[::1] x, int64_t N, int64_t C, int64_t S,
                            int64_t rpc, double[:, ::1] work, double[::1] cnt,
                            double[::1] mu, double[::1] m2, int nthreads) noexcept nogil:
     # item k * C + c: channel c over rows [k * rpc, (k + 1) * rpc)
+    cdef const void *K = mom_table(<data *>NULL, simd_level())
     cdef int64_t nch = (N + rpc - 1) // rpc
     cdef int64_t k, c, r0, rows
     cdef int64_t tid = 0
-    cdef int level = simd_level()
-    with parallel(num_threads=team(nthreads, N * C * S * sizeof(floating), nch)):
+    with parallel(num_threads=team(nthreads, N * C * S * sizeof(data), nch)):
         tid = threadid()
         for k in prange(nch, schedule="static"):
             r0 = k * rpc
             rows = min(rpc, N - r0)
-            if floating is float:
-                fdl_colmoments_f32(&x[r0 * C * S], rows, C, S, level,
-                                   <float *>&work[tid, 0], &mu[k * C], &m2[k * C])
-            else:
-                fdl_colmoments_f64(&x[r0 * C * S], rows, C, S, level,
-                                   &work[tid, 0], &mu[k * C], &m2[k * C])
-            for c in range(C):
-                cnt[k * C + c] = <double>(rows * S)
-
-
-@cython.boundscheck(False)
-@cython.wraparound(False)
-cdef void _segment_items16(const uint16_t[::1] x, int64_t M, int64_t L, double[::1] cnt,
-                           double[::1] mu, double[::1] m2, int nthreads) noexcept nogil:
-    # _segment_items for float16 bits, with the float32 block length
-    cdef int64_t blk = min(_block_len(4), L)
-    cdef int64_t nblk = (L + blk - 1) // blk
-    cdef int64_t per_run = 1, nrun = 1, total, it, m, r, b0, nb, off, ln, b
-    cdef int level = simd_level()
-    if nblk > 1:
-        nrun = (nblk + RUN_BLOCKS - 1) // RUN_BLOCKS
-        total = M * nrun
-    else:
-        per_run = max(1, (RUN_BLOCKS * _block_len(4)) // L)
-        total = (M + per_run - 1) // per_run
-    for it in prange(total, num_threads=team(nthreads, 2 * M * L, total), schedule="static"):
-        if nblk > 1:
-            m = it // nrun
-            r = it % nrun
-            b0 = m * nblk + r * RUN_BLOCKS
-            nb = min(RUN_BLOCKS, nblk - r * RUN_BLOCKS)
-            off = m * L + r * RUN_BLOCKS * blk
-            ln = min(RUN_BLOCKS * blk, L - r * RUN_BLOCKS * blk)
-        else:
-            b0 = it * per_run
-            nb = min(per_run, M - b0)
-            off = b0 * L
-            ln = nb * L
-        fdl_moments_blocks_f16(&x[off], ln, blk, level, &mu[b0], &m2[b0])
-        for b in range(nb):
-            cnt[b0 + b] = <double>min(blk, ln - b * blk)
-
-
-@cython.boundscheck(False)
-@cython.wraparound(False)
-cdef void _row_chunk_items16(const uint16_t[::1] x, int64_t N, int64_t C, int64_t S,
-                             int64_t rpc, double[:, ::1] work, double[::1] cnt,
-                             double[::1] mu, double[::1] m2, int nthreads) noexcept nogil:
-    # _row_chunk_items for float16 bits
-    cdef int64_t nch = (N + rpc - 1) // rpc
-    cdef int64_t k, c, r0, rows
-    cdef int64_t tid = 0
-    cdef int level = simd_level()
-    with parallel(num_threads=team(nthreads, 2 * N * C * S, nch)):
-        tid = threadid()
-        for k in prange(nch, schedule="static"):
-            r0 = k * rpc
-            rows = min(rpc, N - r0)
-            fdl_colmoments_f16(&x[r0 * C * S], rows, C, S, level, <float *>&work[tid, 0],
-                               &mu[k * C], &m2[k * C])
+            mom_columns(K, &x[r0 * C * S], rows, C, S, &work[tid, 0], &mu[k * C], &m2[k * C])
             for c in range(C):
                 cnt[k * C + c] = <double>(rows * S)
 
@@ -226,8 +159,9 @@ def _scratch_array(str name, shape, dtype):
     return buf[:nbytes].view(dtype).reshape(shape)
 
 
-def _moments(const floating[::1] xf, tuple shape, str kind, num_groups, int nthreads):
+def _moments(const data[::1] xf, tuple shape, str kind, num_groups, int nthreads):
     cdef int64_t G, P, L, nblk, rpc, N, C, S, items
+    cdef int64_t bl = _block_len(comp_size(<data *>NULL))
     cdef double[::1] cnt, mu, m2
     cdef double[:, ::1] work, merged_v
     G, P, L, out_shape = _layout(shape, kind, num_groups)
@@ -248,7 +182,7 @@ def _moments(const floating[::1] xf, tuple shape, str kind, num_groups, int nthr
         with nogil:
             _row_chunk_items(xf, N, C, S, rpc, work, cnt, mu, m2, nthreads)
     else:
-        nblk = (L + _block_len(xf.itemsize) - 1) // _block_len(xf.itemsize)
+        nblk = (L + bl - 1) // bl
         items = G * P * nblk
         buf = _scratch_array("norm_stats", (3 * items,), np.float64)
         cnt, mu, m2 = buf[:items], buf[items:2 * items], buf[2 * items:3 * items]
@@ -263,50 +197,11 @@ def _moments(const floating[::1] xf, tuple shape, str kind, num_groups, int nthr
     return merged[:, 1], merged[:, 2], out_shape
 
 
-def _moments16(const uint16_t[::1] xh, tuple shape, str kind, num_groups, int nthreads):
-    """``_moments`` of float16 data (``xh``: its bits as uint16)."""
-    cdef int64_t G, P, L, nblk, rpc, N, C, S, items
-    cdef double[::1] cnt, mu, m2
-    cdef double[:, ::1] work, merged_v
-    G, P, L, out_shape = _layout(shape, kind, num_groups)
-    if G == 0:
-        return np.empty(0), np.empty(0), out_shape
-    N = shape[0]
-    C = shape[1]
-    S = L
-    if kind == "batch" and S < SHORT_SPATIAL:
-        rpc = min(MAX_CHUNK_ROWS, max(MIN_CHUNK_ROWS, CHUNK_ELEMS // max(1, C * S)))
-        nblk = 1
-        P = (N + rpc - 1) // rpc
-        items = G * P
-        buf = _scratch_array("norm_stats", (3 * items + max(1, nthreads) * 4 * C * S,),
-                             np.float64)
-        cnt, mu, m2 = buf[:items], buf[items:2 * items], buf[2 * items:3 * items]
-        work = buf[3 * items:].reshape(max(1, nthreads), 4 * C * S)
-        with nogil:
-            _row_chunk_items16(xh, N, C, S, rpc, work, cnt, mu, m2, nthreads)
-    else:
-        nblk = (L + _block_len(4) - 1) // _block_len(4)
-        items = G * P * nblk
-        buf = _scratch_array("norm_stats", (3 * items,), np.float64)
-        cnt, mu, m2 = buf[:items], buf[items:2 * items], buf[2 * items:3 * items]
-        with nogil:
-            _segment_items16(xh, G * P, L, cnt, mu, m2, nthreads)
-    if P * nblk == 1:
-        return np.asarray(mu), np.asarray(m2), out_shape
-    merged = np.empty((G, 3))
-    merged_v = merged
-    with nogil:
-        _merge_groups(cnt, mu, m2, G, P, nblk, merged_v, nthreads)
-    return merged[:, 1], merged[:, 2], out_shape
-
-
 def moments(x, tuple shape, str kind, num_groups, int nthreads):
     """(mean, M2, out_shape) per statistic group of the flat C-ordered ``x``
     (float16, float32 or float64) of ``shape``."""
-    if x.dtype == np.float16:
-        return _moments16(x.view(np.uint16), shape, kind, num_groups, nthreads)
-    return _moments(x, shape, kind, num_groups, nthreads)
+    return _moments(x.view(np.uint16) if x.dtype == F16 else x, shape, kind, num_groups,
+                    nthreads)
 
 
 def shape_count(shape, str kind, num_groups):

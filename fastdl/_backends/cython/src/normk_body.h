@@ -1,24 +1,21 @@
 /* Normalization kernels, included by normk.c once per (type, ISA).
  *
- * Expects T (float/double), NL (lanes: 16 float, 8 double), ATTR (target
- * attribute or empty), NK(name) (suffixes the name), NK_STREAM (the ISA's
- * non-temporal line store) and optionally NK_SKIP_REDUCTIONS.  Every loop is plain C
- * over fixed lane arrays, so the compiler vectorizes it with the ISA of ATTR
- * while the order of every rounding stays the same: the scalar and AVX2
- * builds agree bitwise (fp-contract is off, no fast-math).
- *
- * The AVX2 build defines NK_SKIP_REDUCTIONS: normk.c has intrinsic versions
- * of the four reductions, whose twins are the baseline ones here.
+ * Expects T (float/double), NL (lanes: 16 float, 8 double, the same for every
+ * ISA), NK_LANES (the lane tree of normk_simd.h for T), ATTR (target
+ * attribute or empty), NK(name) (suffixes the name) and NK_STREAM (the ISA's
+ * non-temporal line store).  Every loop is plain C over fixed lane arrays, so
+ * the compiler vectorizes it with the ISA of ATTR while the order of every
+ * rounding stays the same: the builds for every ISA agree bitwise
+ * (fp-contract is off, no fast-math).  The four reductions (sumsq, row_sums,
+ * rms_sums, seg_sums) are also the scalar twins of intrinsic overrides
+ * (normk_sums_simd.h) that the SIMD tables list.
  *
  * xh = ((x - mh) - ml) * r is the normalized input: mh + ml is the float64
  * mean split into a head in T and the rest, so data far from zero keeps its
  * precision (x - mh is exact for x near the mean). */
 
-/* Lane partial sums are flushed into double every NK_FLUSH elements, so a
- * float lane adds at most NK_FLUSH / NL terms. */
-#ifndef NK_FLUSH
-#define NK_FLUSH 1024
-#endif
+/* Lane partial sums are flushed into double every NK_FLUSH elements (normk.h),
+ * so a float lane adds at most NK_FLUSH / NL terms. */
 
 /* y[j] = EXPR(j) for j < n.  With `stream` (and n >= 2 lines), the 64-byte
  * lines of y are computed into an L1 buffer of NK_CHUNK elements and written
@@ -58,15 +55,8 @@
         for (; j_ < (n); j_++) (y)[j_] = EXPR(j_);                                      \
     } while (0)
 
-static inline ATTR double NK(lanes)(const T *restrict a) {
-    double s[4] = {0, 0, 0, 0};
-    for (int k = 0; k < NL; k++) s[k & 3] += (double)a[k];
-    return (s[0] + s[2]) + (s[1] + s[3]);
-}
-
 /* ---- forward ---- */
 
-#ifndef NK_SKIP_REDUCTIONS
 /* Sum of squares of x[0:n] (RMS norm). */
 static ATTR double NK(sumsq)(const T *restrict x, int64_t n) {
     double tot = 0.0;
@@ -76,12 +66,11 @@ static ATTR double NK(sumsq)(const T *restrict x, int64_t n) {
         for (; i + 2 * NL <= i1; i += 2 * NL)
             for (int k = 0; k < 2 * NL; k++) a[k] += x[i + k] * x[i + k];
         for (; i < i1; i++) a[i & (2 * NL - 1)] += x[i] * x[i];
-        tot += NK(lanes)(a) + NK(lanes)(a + NL);
+        tot += NK_LANES(a) + NK_LANES(a + NL);
     }
     return tot;
 }
 
-#endif
 
 /* y = xh * w + b (per-element w, b: layer norm). */
 static ATTR void NK(apply_row)(const T *restrict x, T *restrict y, int64_t n, T mh, T ml, T r,
@@ -120,7 +109,6 @@ static ATTR void NK(apply_cols)(const T *restrict x, T *restrict y, int64_t n, c
  * g = dy * w; dx = ((g - c1) - xh * c2) * r with c1 = mean(g), c2 = mean(g xh)
  * over the statistic group (c1 = 0 for RMS norm). */
 
-#ifndef NK_SKIP_REDUCTIONS
 /* Layer norm row: s1 = sum(g), s2 = sum(g xh); dwp += dy xh, dbp += dy. */
 static ATTR void NK(row_sums)(const T *restrict dy, const T *restrict x, int64_t n, T mh, T ml, T r,
                               const T *restrict w, T *restrict dwp, T *restrict dbp, double *restrict s1, double *restrict s2) {
@@ -144,14 +132,13 @@ static ATTR void NK(row_sums)(const T *restrict dy, const T *restrict x, int64_t
             dwp[i] += d * xh;
             dbp[i] += d;
         }
-        t1 += NK(lanes)(a1);
-        t2 += NK(lanes)(a2);
+        t1 += NK_LANES(a1);
+        t2 += NK_LANES(a2);
     }
     *s1 = t1;
     *s2 = t2;
 }
 
-#endif
 
 static ATTR void NK(row_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n,
                             T mh, T ml, T r, const T *restrict w, T c1, T c2) {
@@ -160,7 +147,6 @@ static ATTR void NK(row_dx)(const T *restrict dy, const T *restrict x, T *restri
 #undef E
 }
 
-#ifndef NK_SKIP_REDUCTIONS
 /* RMS norm row: s2 = sum(g xh) with xh = x r; dwp += dy xh. */
 static ATTR double NK(rms_sums)(const T *restrict dy, const T *restrict x, int64_t n, T r, const T *restrict w, T *restrict dwp) {
     double t2 = 0.0;
@@ -179,12 +165,11 @@ static ATTR double NK(rms_sums)(const T *restrict dy, const T *restrict x, int64
             a2[i & (NL - 1)] += d * w[i] * xh;
             dwp[i] += d * xh;
         }
-        t2 += NK(lanes)(a2);
+        t2 += NK_LANES(a2);
     }
     return t2;
 }
 
-#endif
 
 static ATTR void NK(rms_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n,
                             T r, const T *restrict w, T c2) {
@@ -193,7 +178,6 @@ static ATTR void NK(rms_dx)(const T *restrict dy, const T *restrict x, T *restri
 #undef E
 }
 
-#ifndef NK_SKIP_REDUCTIONS
 /* One channel segment: *A += sum(dy xh), *B += sum(dy). */
 static ATTR void NK(seg_sums)(const T *restrict dy, const T *restrict x, int64_t n, T mh, T ml, T r,
                               double *restrict A, double *restrict B) {
@@ -212,14 +196,13 @@ static ATTR void NK(seg_sums)(const T *restrict dy, const T *restrict x, int64_t
             a[i & (NL - 1)] += dy[i] * (((x[i] - mh) - ml) * r);
             b[i & (NL - 1)] += dy[i];
         }
-        tA += NK(lanes)(a);
-        tB += NK(lanes)(b);
+        tA += NK_LANES(a);
+        tB += NK_LANES(b);
     }
     *A += tA;
     *B += tB;
 }
 
-#endif
 
 /* One channel segment: dx = ((dy wk - c1) - xh c2) r. */
 static ATTR void NK(seg_dx)(const T *restrict dy, const T *restrict x, T *restrict dx, int64_t n,
