@@ -13,7 +13,7 @@ import numpy as np
 
 from fastdl._threads import get_num_threads
 from fastdl import ops
-from fastdl._backends.cython import _cpu, _decode, _norm, _norm16, _norm_stats, _quant
+from fastdl._backends.cython import _cpu, _decode, _norm, _norm_stats, _quant
 from fastdl.registry import Backend
 
 def _simd_from_env() -> None:
@@ -52,13 +52,9 @@ def _adaptive_from_env() -> None:
 
 _adaptive_from_env()
 
-# float16 data are converted inside the kernels and computed in float32 (_norm16,
-# the *_f16 decode kernels, which read the uint16 bits); float32/float64 run natively.
+# float16 data are read as their uint16 bits and computed in float32 inside the kernels
+# (the norm drivers take them as they are; the decode kernels have *_f16 entry points).
 _F16 = np.dtype(np.float16)
-
-
-def _kernels(x):
-    return _norm16 if x.dtype == _F16 else _norm
 
 
 def _bits(x):
@@ -70,41 +66,41 @@ def norm_stats(x, kind, num_groups, ddof):
 
 
 def layer_norm_fwd(x, w, b, eps, out):
-    return _kernels(x).layer_norm_fwd(x, w, b, eps, out, get_num_threads())
+    return _norm.layer_norm_fwd(x, w, b, eps, out, get_num_threads())
 
 
 def layer_norm_bwd(dy, x, mean, rstd, w, need_dw, need_db):
-    return _kernels(x).layer_norm_bwd(dy, x, mean, rstd, w, need_dw, need_db, get_num_threads())
+    return _norm.layer_norm_bwd(dy, x, mean, rstd, w, need_dw, need_db, get_num_threads())
 
 
 def rms_norm_fwd(x, w, eps, out):
-    return _kernels(x).rms_norm_fwd(x, w, eps, out, get_num_threads())
+    return _norm.rms_norm_fwd(x, w, eps, out, get_num_threads())
 
 
 def rms_norm_bwd(dy, x, rstd, w, need_dw):
-    return _kernels(x).rms_norm_bwd(dy, x, rstd, w, need_dw, get_num_threads())
+    return _norm.rms_norm_bwd(dy, x, rstd, w, need_dw, get_num_threads())
 
 
 def group_norm_fwd(x, G, w, b, eps, out):
-    return _kernels(x).group_norm_fwd(x, G, w, b, eps, out, get_num_threads())
+    return _norm.group_norm_fwd(x, G, w, b, eps, out, get_num_threads())
 
 
 def group_norm_bwd(dy, x, mean, rstd, G, w, need_dw, need_db):
     # the kernels read the (N, G) statistics flat
-    return _kernels(x).group_norm_bwd(dy, x, mean.reshape(-1), rstd.reshape(-1), G, w, need_dw,
+    return _norm.group_norm_bwd(dy, x, mean.reshape(-1), rstd.reshape(-1), G, w, need_dw,
                                       need_db, get_num_threads())
 
 
 def batch_norm_fwd(x, w, b, eps, out):
-    return _kernels(x).batch_norm_fwd(x, w, b, eps, out, get_num_threads())
+    return _norm.batch_norm_fwd(x, w, b, eps, out, get_num_threads())
 
 
 def batch_norm_eval(x, mean, rstd, w, b, out):
-    return _kernels(x).batch_norm_eval(x, mean, rstd, w, b, out, get_num_threads())
+    return _norm.batch_norm_eval(x, mean, rstd, w, b, out, get_num_threads())
 
 
 def batch_norm_bwd(dy, x, mean, rstd, w, training, need_dw, need_db):
-    return _kernels(x).batch_norm_bwd(dy, x, mean, rstd, w, training, need_dw, need_db,
+    return _norm.batch_norm_bwd(dy, x, mean, rstd, w, training, need_dw, need_db,
                                       get_num_threads())
 
 
