@@ -215,7 +215,6 @@ FDL_TARGET_AVX2 static ALWAYS_INLINE void mt_rows(const fdl_qk_desc *q, const in
                                                   int64_t n, float *y, int64_t ldy, int64_t yoff,
                                                   int64_t a, int64_t e, float *cs) {
     const u8k k = u8k_of(q);
-    int64_t d_out = q->d_out;
     int64_t nH = qk_halves(q);
     int64_t H = a / 32, Hend = e / 32 < nH ? e / 32 : nH;
     int64_t bprev = -1;
@@ -223,19 +222,9 @@ FDL_TARGET_AVX2 static ALWAYS_INLINE void mt_rows(const fdl_qk_desc *q, const in
     for (int jj = 0; jj < JB; jj++) rows[jj] = q->data + (j + jj) * q->rowb;
     qk_bcur bc = qk_bcur_init(q, 32 * H);
     for (; H < Hend; H++) {
-        int64_t r = 32 * H, b = qk_bcur_at(&bc, r);
-        if (r + 31 >= bc.hi) {
-            for (int jj = 0; jj < JB; jj++)
-                fdl_qk_mt_range_scalar(q, rows[jj], j + jj, x, n, y, ldy, yoff, r, r + 32);
+        if (!qk_mt_half_prep(q, rows, JB, j, x, n, y, ldy, yoff, H, &bc, &bprev, cs))
             continue;
-        }
-        if (b != bprev) {
-            for (int jj = 0; jj < JB; jj++) {
-                float s = qk_scale(q, j + jj, b);
-                for (int64_t i = 0; i < n; i++) cs[jj * n + i] = x[i * d_out + j + jj] * s;
-            }
-            bprev = b;
-        }
+        int64_t r = 32 * H;
         const uint8_t *p[4];
         for (int jj = 0; jj < JB; jj++) p[jj] = qk_half_ptr(kind, rows[jj], H);
         float *yr = y + (r - yoff);
@@ -243,10 +232,7 @@ FDL_TARGET_AVX2 static ALWAYS_INLINE void mt_rows(const fdl_qk_desc *q, const in
         else if (H & 1) mt_half(kind, 1, JB, p, n, yr, ldy, cs, k);
         else mt_half(kind, 0, JB, p, n, yr, ldy, cs, k);
     }
-    int64_t rs = 32 * H > a ? 32 * H : a;
-    if (rs < e)
-        for (int jj = 0; jj < JB; jj++)
-            fdl_qk_mt_range_scalar(q, rows[jj], j + jj, x, n, y, ldy, yoff, rs, e);
+    qk_mt_tail(q, rows, JB, j, x, n, y, ldy, yoff, H, a, e);
 }
 
 /* twin: fdl_qk_mt_rows_scalar; jb is 1 or 4 */

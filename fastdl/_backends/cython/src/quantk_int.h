@@ -136,6 +136,39 @@ void fdl_qk_mt_rows_scalar(const fdl_qk_desc *q, int64_t j, int jb, const float 
 void fdl_qk_mt_range_scalar(const fdl_qk_desc *q, const uint8_t *row, int64_t j, const float *x,
                             int64_t n, float *y, int64_t ldy, int64_t yoff, int64_t a, int64_t e);
 
+/* The transposed path's loop over 32-row halves, shared by the SIMD builds: returns 0 when
+ * half H (rows 32H..32H+31) was done by the scalar twin (a block ends inside it), else 1
+ * with cs[jj*n + i] = x[i, j+jj] * scale of the half's block (recomputed when it changes). */
+static ALWAYS_INLINE int qk_mt_half_prep(const fdl_qk_desc *q, const uint8_t *const *rows, int JB,
+                                         int64_t j, const float *x, int64_t n, float *y,
+                                         int64_t ldy, int64_t yoff, int64_t H, qk_bcur *bc,
+                                         int64_t *bprev, float *cs) {
+    int64_t r = 32 * H, b = qk_bcur_at(bc, r);
+    if (r + 31 >= bc->hi) {
+        for (int jj = 0; jj < JB; jj++)
+            fdl_qk_mt_range_scalar(q, rows[jj], j + jj, x, n, y, ldy, yoff, r, r + 32);
+        return 0;
+    }
+    if (b != *bprev) {
+        for (int jj = 0; jj < JB; jj++) {
+            float s = qk_scale(q, j + jj, b);
+            for (int64_t i = 0; i < n; i++) cs[jj * n + i] = x[i * q->d_out + j + jj] * s;
+        }
+        *bprev = b;
+    }
+    return 1;
+}
+
+/* rows [max(32H, a), e) after the SIMD halves, by the scalar twin */
+static ALWAYS_INLINE void qk_mt_tail(const fdl_qk_desc *q, const uint8_t *const *rows, int JB,
+                                     int64_t j, const float *x, int64_t n, float *y, int64_t ldy,
+                                     int64_t yoff, int64_t H, int64_t a, int64_t e) {
+    int64_t rs = 32 * H > a ? 32 * H : a;
+    if (rs < e)
+        for (int jj = 0; jj < JB; jj++)
+            fdl_qk_mt_range_scalar(q, rows[jj], j + jj, x, n, y, ldy, yoff, rs, e);
+}
+
 #if FDL_HAVE_AVX2_TARGET
 void fdl_qk_qz_tile_avx2(const qz_t *z, const float *w, int64_t j0, int64_t jw, int64_t r0,
                          int64_t r1, uint8_t *buf, int64_t R, float *scales, float *msc);
