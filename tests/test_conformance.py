@@ -64,3 +64,18 @@ def test_bad_input_table_covers_every_argument():
         args = conformance._valid_with_out(spec, 0, np.float32)
         named = {label.split(":")[0] for label, _, _ in conformance.bad_inputs(spec, args)}
         assert named == set(spec.arg_names), (spec.name, set(spec.arg_names) - named)
+
+
+def test_cython_op_table_is_built_from_the_kernel_modules():
+    cy = pytest.importorskip("fastdl._backends.cython")
+    assert set(cy.backend.ops) == {op.name for op in ops.BUILTIN_OPS}
+
+    def topk(x, kk, nthreads):        # wrong argument name
+        return None
+
+    def log_softmax(x, out):          # no thread count
+        return None
+
+    assert cy._kernel_problem(ops.topk, topk) is not None
+    assert cy._kernel_problem(ops.log_softmax, log_softmax) is not None
+    assert cy._kernel_problem(ops.topk, lambda x, k, nthreads, extra=1: None) is None

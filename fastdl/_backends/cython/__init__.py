@@ -2,10 +2,11 @@
 
 Importing this package loads the compiled extensions; if they are missing the
 registry lists the backend with the import error and falls back to NumPy.
-Every op runs behind its spec's argument check (``fastdl.ops``): the functions
-below receive the arrays as the kernels index them (C-contiguous, aligned, the
-declared shapes and dtypes), so they only pick the kernel and the thread count.
+Every op runs behind its spec's argument check (``fastdl.ops``), so the kernels
+receive the arrays as they index them (C-contiguous, aligned, the declared
+shapes and dtypes); the op table is built from the kernel modules by op name.
 """
+import inspect
 import os
 import warnings
 
@@ -52,94 +53,58 @@ def _adaptive_from_env() -> None:
 
 _adaptive_from_env()
 
-# float16 data are read as their uint16 bits and computed in float32 inside the kernels
-# (the norm drivers take them as they are; the decode kernels have *_f16 entry points).
-_F16 = np.dtype(np.float16)
+# The kernel of op X is the function X of one of these modules, taking the op's arguments
+# (as OpSpec.check delivers them) and then the thread count; an X_f16 beside it takes
+# float16 arrays as their uint16 bits (the decode kernels), returning uint16 for float16.
+KERNEL_MODULES = (_norm_stats, _norm, _decode, _quant)
+_F16, _U16 = np.dtype(np.float16), np.dtype(np.uint16)
 
 
-def _bits(x):
-    return None if x is None else x.view(np.uint16)
+def _kernel_problem(spec, fn):
+    """Why ``fn`` cannot be op ``spec``'s kernel (its arguments, then the thread count)."""
+    params = list(inspect.signature(fn).parameters.values())
+    names = tuple(p.name for p in params[:len(spec.args)])
+    required = [p for p in params[len(spec.args) + 1:] if p.default is p.empty]
+    if names != spec.arg_names or len(params) <= len(spec.args) or required:
+        return (f"kernel {fn.__module__}.{fn.__name__}{inspect.signature(fn)} must take "
+                f"({', '.join(spec.arg_names)}, nthreads)")
+    return None
 
 
-def norm_stats(x, kind, num_groups, ddof):
-    return _norm_stats.norm_stats(x, kind, num_groups, ddof, get_num_threads())
+def _op(spec):
+    """The backend function of op ``spec``: its kernel at the current thread count."""
+    found = [(m, getattr(m, spec.name)) for m in KERNEL_MODULES if hasattr(m, spec.name)]
+    if not found:
+        return None
+    mod, fn = found[0]
+    fn16 = getattr(mod, spec.name + "_f16", None)
+    for f in (fn, fn16):
+        if f is not None and _kernel_problem(spec, f):
+            raise TypeError(_kernel_problem(spec, f))
+
+    def run(*args):
+        if fn16 is None or args[0].dtype != _F16:
+            return fn(*args, get_num_threads())
+        bits = {}
+        for a in args:
+            if isinstance(a, np.ndarray) and a.dtype == _F16:
+                bits[id(a)] = a.view(_U16)
+        res = fn16(*[bits.get(id(a), a) for a in args], get_num_threads())
+        back = {id(v): a for a in args for v in (bits.get(id(a)),) if v is not None}
+        def half(r):             # a given out comes back as itself
+            if isinstance(r, np.ndarray) and r.dtype == _U16:
+                return back.get(id(r), r.view(_F16))
+            return r
+        return tuple(map(half, res)) if isinstance(res, tuple) else half(res)
+
+    run.__name__ = run.__qualname__ = spec.name
+    run.__doc__ = fn.__doc__
+    run.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in spec.arg_names])
+    return run
 
 
-def layer_norm_fwd(x, w, b, eps, out):
-    return _norm.layer_norm_fwd(x, w, b, eps, out, get_num_threads())
-
-
-def layer_norm_bwd(dy, x, mean, rstd, w, need_dw, need_db):
-    return _norm.layer_norm_bwd(dy, x, mean, rstd, w, need_dw, need_db, get_num_threads())
-
-
-def rms_norm_fwd(x, w, eps, out):
-    return _norm.rms_norm_fwd(x, w, eps, out, get_num_threads())
-
-
-def rms_norm_bwd(dy, x, rstd, w, need_dw):
-    return _norm.rms_norm_bwd(dy, x, rstd, w, need_dw, get_num_threads())
-
-
-def group_norm_fwd(x, G, w, b, eps, out):
-    return _norm.group_norm_fwd(x, G, w, b, eps, out, get_num_threads())
-
-
-def group_norm_bwd(dy, x, mean, rstd, G, w, need_dw, need_db):
-    # the kernels read the (N, G) statistics flat
-    return _norm.group_norm_bwd(dy, x, mean.reshape(-1), rstd.reshape(-1), G, w, need_dw,
-                                      need_db, get_num_threads())
-
-
-def batch_norm_fwd(x, w, b, eps, out):
-    return _norm.batch_norm_fwd(x, w, b, eps, out, get_num_threads())
-
-
-def batch_norm_eval(x, mean, rstd, w, b, out):
-    return _norm.batch_norm_eval(x, mean, rstd, w, b, out, get_num_threads())
-
-
-def batch_norm_bwd(dy, x, mean, rstd, w, training, need_dw, need_db):
-    return _norm.batch_norm_bwd(dy, x, mean, rstd, w, training, need_dw, need_db,
-                                      get_num_threads())
-
-
-def topk(x, k):
-    if x.dtype == _F16:
-        vals, idx = _decode.topk_f16(_bits(x), k, get_num_threads())
-        return vals.view(np.float16), idx
-    return _decode.topk(x, k, get_num_threads())
-
-
-def log_softmax(x, out):
-    if x.dtype == _F16:
-        res = _decode.log_softmax_f16(_bits(x), _bits(out), get_num_threads())
-        return res.view(np.float16) if out is None else out
-    return _decode.log_softmax(x, out, get_num_threads())
-
-
-def beam_topk(log_probs, beam_scores, k, normalize):
-    if log_probs.dtype == _F16:
-        return _decode.beam_topk_f16(_bits(log_probs), beam_scores, k, normalize,
-                                     get_num_threads())
-    return _decode.beam_topk(log_probs, beam_scores, k, normalize, get_num_threads())
-
-
-# The kernel module checks the QuantizedTensor's arrays itself (it indexes them).
-
-def quantize(w, bits, scheme, block_size, rounding, per_tensor):
-    return _quant.quantize(w, bits, scheme, block_size, rounding, per_tensor, get_num_threads())
-
-
-def dequantize(q, out):
-    return _quant.dequantize(q, out, get_num_threads())
-
-
-def qmatmul(x, q, transpose, out, *, _path=None):
-    return _quant.qmatmul(x, q, transpose, out, get_num_threads(), _path)
-
-
-backend = Backend(name="cython", ops=ops.implement({op.name: globals()[op.name]
-                                                    for op in ops.BUILTIN_OPS}))
+backend = Backend(name="cython", ops=ops.implement(
+    {spec.name: fn for spec in ops.BUILTIN_OPS if (fn := _op(spec)) is not None}))
 # direct calls (fastdl._backends.cython.topk(...)) get the same checks as dispatched ones
 globals().update(backend.ops)

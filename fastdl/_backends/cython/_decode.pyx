@@ -444,19 +444,19 @@ cdef object _beam_topk(const elem[:, ::1] lp, const double[::1] s, int64_t k, bi
     return scores, flat // N, flat % N
 
 
-def beam_topk(const floating[:, ::1] lp, const floating[::1] s, int64_t k, bint normalize,
-              int nthreads):
+def beam_topk(const floating[:, ::1] log_probs, const floating[::1] beam_scores, int64_t k,
+              bint normalize, int nthreads):
     """(scores (k,), beam (k,) int64, token (k,) int64): best k of log_probs[b, j] + add[b]."""
-    cdef const double[::1] sd = np.asarray(s, np.float64)
-    return _beam_topk(lp, sd, k, normalize, nthreads)
+    cdef const double[::1] sd = np.asarray(beam_scores, np.float64)
+    return _beam_topk(log_probs, sd, k, normalize, nthreads)
 
 
-def beam_topk_f16(const uint16_t[:, ::1] lp, const float[::1] s, int64_t k, bint normalize,
-                  int nthreads):
+def beam_topk_f16(const uint16_t[:, ::1] log_probs, const float[::1] beam_scores, int64_t k,
+                  bint normalize, int nthreads):
     """beam_topk over float16 log_probs (uint16 bits) and float32 beam_scores, computed
     in float32: (scores (k,) float32, beam (k,) int64, token (k,) int64)."""
-    cdef const double[::1] sd = np.asarray(s, np.float64)
-    return _beam_topk(lp, sd, k, normalize, nthreads)
+    cdef const double[::1] sd = np.asarray(beam_scores, np.float64)
+    return _beam_topk(log_probs, sd, k, normalize, nthreads)
 
 
 # ------------------------------------------------------------- diagnostics

@@ -32,7 +32,7 @@ from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 import numpy as np
 
-from fastdl.quant import QuantizedTensor
+from fastdl.quant import QuantizedTensor, row_bytes
 
 from fastdl._backends.cython._cpu cimport simd_level
 from fastdl._backends.cython._cpu cimport team
@@ -105,7 +105,7 @@ cdef _array(a, str name, dtypes, tuple shape, bint writeable=False):
 
 
 cdef int64_t _rowb(int64_t d_in, int bits):
-    return d_in if bits > 4 else 32 * (d_in // 64) + (d_in % 64 + 1) // 2
+    return d_in if bits > 4 else row_bytes(d_in)     # the storage layout's one definition
 
 
 cdef _check_format(int bits, scheme, rounding):
@@ -337,19 +337,17 @@ cdef int _qmatmul(const fdl_qk_desc *d, const real[:, ::1] x, real[:, ::1] y, bi
 
 
 
-def quantize(w, int bits, scheme, int64_t bs, rounding, bint per_tensor, int nthreads):
-    """w: C-contiguous float32 (d_in, d_out); 1 <= bs <= d_in (ignored per tensor)."""
-    _check_quantize(w, bits, scheme, bs, rounding, per_tensor)
+def quantize(w, int bits, scheme, int64_t block_size, rounding, bint per_tensor, int nthreads):
+    """w: C-contiguous float32 (d_in, d_out); 1 <= block_size <= d_in (ignored per tensor)."""
+    _check_quantize(w, bits, scheme, block_size, rounding, per_tensor)
     cdef const float[:, ::1] wv = w
     cdef int64_t d_in = wv.shape[0], d_out = wv.shape[1]
     cdef int nf4 = scheme == "nf4"
     cdef int fl = rounding == "floor"
     cdef int64_t nb = 1
     if not per_tensor:
-        nb = (d_in + bs - 1) // bs
-    cdef int64_t rowb = d_in
-    if bits <= 4:
-        rowb = 32 * (d_in // 64) + (d_in % 64 + 1) // 2
+        nb = (d_in + block_size - 1) // block_size
+    cdef int64_t rowb = _rowb(d_in, bits)
     data = np.empty((d_out, rowb), np.int8 if bits > 4 else np.uint8)
     sshape = (1,)
     if not per_tensor:
@@ -357,8 +355,8 @@ def quantize(w, int bits, scheme, int64_t bs, rounding, bint per_tensor, int nth
     scales = np.empty(sshape, np.float32)
     cdef uint8_t[:, ::1] dv = data.view(np.uint8)
     cdef float[::1] sv = scales.reshape(-1)
-    _quantize(fdl_qk_table(simd_level()), &wv[0, 0], d_in, d_out, bits, nf4, bs, fl, per_tensor,
-              &dv[0, 0], &sv[0], nthreads)
+    _quantize(fdl_qk_table(simd_level()), &wv[0, 0], d_in, d_out, bits, nf4, block_size, fl,
+              per_tensor, &dv[0, 0], &sv[0], nthreads)
     return data, scales
 
 
