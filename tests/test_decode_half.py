@@ -20,6 +20,8 @@ cy = pytest.importorskip("fastdl._backends.cython")
 from fastdl._backends.cython import _decode  # noqa: E402
 from fastdl.testing import rng_for, simd, simd_levels, threads  # noqa: E402
 
+from _decode_kernels_helpers import assert_twin_tails  # noqa: E402
+
 SIMD = simd_levels(scalar=False)     # every SIMD tier this machine runs
 CHUNK = _decode.PARAMS["chunk"]
 H16 = np.float16
@@ -169,13 +171,7 @@ def test_no_float32_copy_of_the_input():
 @pytest.mark.parametrize("level", SIMD)
 def test_conversions_scalar_vs_simd_vs_numpy(level):
     h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)       # every float16
-    with simd(level):
-        a = _decode._h2f(h)
-        tails = [_decode._h2f(h[-n:]) for n in range(1, 41)]        # every masked tail
-    with simd("scalar"):
-        b = _decode._h2f(h)
-    assert same(a, b)
-    assert all(same(t, b[-n:]) for n, t in zip(range(1, 41), tails))
+    a, _ = assert_twin_tails(_decode._h2f, h, level, same)
     ref = h.view(H16).astype(np.float32)
     ok = ~np.isnan(ref)
     assert same(a[ok], ref[ok]) and np.isnan(a[~ok]).all()
@@ -185,13 +181,7 @@ def test_conversions_scalar_vs_simd_vs_numpy(level):
                         np.arange(0x477fe000 - 300, 0x47800300, dtype=np.uint32),  # overflow
                         np.array([0x7f800000, 0x7fc00000, 0x7f800001, 0x7fffffff, 0], np.uint32)])
     f = np.concatenate([u, u | np.uint32(0x80000000)]).view(np.float32)
-    with simd(level):
-        c = _decode._f2h(f)
-        tails = [_decode._f2h(f[-n:]) for n in range(1, 41)]
-    with simd("scalar"):
-        d = _decode._f2h(f)
-    assert same(c, d)
-    assert all(same(t, d[-n:]) for n, t in zip(range(1, 41), tails))
+    c, _ = assert_twin_tails(_decode._f2h, f, level, same)
     with np.errstate(all="ignore"):
         r = f.astype(H16).view(np.uint16)
     ok = ~np.isnan(f)

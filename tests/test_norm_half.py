@@ -21,14 +21,16 @@ import numpy as np
 import pytest
 
 import fastdl
-from fastdl.testing import rng_for, simd, simd_levels, threads
+from fastdl.testing import requires_simd, rng_for, simd, simd_levels, threads
 
 cy = pytest.importorskip("fastdl._backends.cython")
 from fastdl._backends.cython import _cpu, _norm16  # noqa: E402
 
+from _norm_kernels_helpers import operands as _operands  # noqa: E402
+
 F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 LEVELS = simd_levels()
-needs_simd = pytest.mark.skipif(len(LEVELS) < 2, reason="no SIMD level on this CPU/build")
+needs_simd = requires_simd("avx2")      # AVX2 is the lowest SIMD tier
 NORMS = ["layer", "rms", "group", "instance", "batch_train", "batch_eval"]
 ROW = ("layer", "rms")
 
@@ -80,17 +82,8 @@ def test_float_to_half_rounds_like_numpy_and_twins_agree():
 # ---------------------------------------------------------------- operands and runs
 
 def operands(norm, shape, wdtype=F32, key=()):
-    rng = rng_for(norm, shape, np.dtype(wdtype).name, *key)
-    x = (rng.standard_normal(shape) * 1.3 + 1.5).astype(F16)
-    dy = rng.standard_normal(shape).astype(F16)
-    ps = shape[-1:] if norm in ROW else (shape[1],)
-    w = (rng.standard_normal(ps) * 0.5 + 1).astype(wdtype)
-    b = None if norm == "rms" else rng.standard_normal(ps).astype(wdtype)
-    rm = rv = None
-    if norm == "batch_eval":
-        rm = (rng.standard_normal(shape[1]) * 0.3 + 1.5).astype(wdtype)
-        rv = rng.uniform(0.5, 2.0, shape[1]).astype(wdtype)
-    return x, dy, w, b, rm, rv
+    """float16 x / dy; weight, bias and running statistics in ``wdtype``."""
+    return _operands(norm, shape, wdtype, key, xdtype=F16)
 
 
 def groups(norm, C):

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import fastdl
 from fastdl._backends.cython import _cpu
-from fastdl.testing import simd, simd_levels, threads
+from fastdl.testing import requires_simd, simd, simd_levels, threads
 
 BACKENDS = ["cython", "numpy"]
 KINDS = ["batch", "layer", "instance", "group"]
@@ -166,7 +166,7 @@ def test_same_bits_for_any_thread_count(kind, shape):
         np.testing.assert_array_equal(var, results[0][1])
 
 
-@pytest.mark.skipif(len(simd_levels()) < 2, reason="no SIMD level on this CPU")
+@requires_simd("avx2")      # AVX2 is the lowest SIMD tier
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(3, 5, 7), (2, 3, 4100), (5, 2, 100000), (20, 3, 33),
                                    (300, 8), (200, 1030), (130, 6, 5), (7, 3, 31),
