@@ -1,5 +1,5 @@
-"""Shared by the tests/test_registry_*.py modules: the pristine-registry autouse fixture
-(imported by each module so that it applies there), a recording backend and small
+"""Shared by the tests/test_registry_*.py modules (their fixtures are in conftest.py): a
+recording backend and small
 backends that lack or decline an op, and fresh-process runners.
 """
 
@@ -12,7 +12,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import fastdl
 from fastdl import registry
@@ -31,16 +30,6 @@ fastdl.ops.define(fastdl.ops.OpSpec("other_op", args=(), results=(), area="test"
 def reset_registry():
     """Fresh registry state, as after ``import fastdl`` (declared ops are kept)."""
     registry._reset()
-
-
-@pytest.fixture(autouse=True)
-def pristine_registry(monkeypatch):
-    """Fresh registry, default env, before and after every test."""
-    monkeypatch.delenv("FASTDL_BACKEND", raising=False)
-    monkeypatch.delenv("FASTDL_STRICT", raising=False)
-    reset_registry()
-    yield
-    reset_registry()
 
 
 class Recorder:
@@ -67,11 +56,6 @@ class Recorder:
     @property
     def names(self):
         return [name for name, _ in self.calls]
-
-
-@pytest.fixture
-def rec():
-    return Recorder()
 
 
 def _noop(*args, **kwargs):

@@ -43,3 +43,22 @@ def nthreads(request):
     """1, 2 and 3 threads, active for the test."""
     with threads(request.param):
         yield request.param
+
+
+@pytest.fixture
+def pristine_registry(monkeypatch):
+    """Fresh registry, default env, before and after the test (the registry modules use it
+    for every test)."""
+    from _registry_helpers import reset_registry
+    monkeypatch.delenv("FASTDL_BACKEND", raising=False)
+    monkeypatch.delenv("FASTDL_STRICT", raising=False)
+    reset_registry()
+    yield
+    reset_registry()
+
+
+@pytest.fixture
+def rec():
+    """A factory of throwaway backends that record their calls."""
+    from _registry_helpers import Recorder
+    return Recorder()

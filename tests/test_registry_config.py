@@ -24,7 +24,6 @@ from fastdl.registry import Backend, BackendInfo, BackendNotImplementedError
 from _registry_helpers import (OP, Recorder, X, _noop, backend_of, decline_float32,
                                register_lacking, reset_registry, run_python)
 # pytest fixtures; pristine_registry is autouse: imported so that it applies here
-from _registry_helpers import pristine_registry, rec  # noqa: F401, F811
 
 
 # ---------------------------------------------------------------- 4. unknown names
@@ -40,6 +39,8 @@ def test_unknown_backend_name_lists_valid_names(call):
         call()
     assert "cython" in str(info.value) and "numpy" in str(info.value)
     assert backend_of() == "cython"        # nothing changed
+
+pytestmark = pytest.mark.usefixtures("pristine_registry")
 
 
 @pytest.mark.parametrize("call", [

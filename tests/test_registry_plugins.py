@@ -26,7 +26,6 @@ from fastdl.registry import Backend, BackendInfo, BackendNotImplementedError
 from _registry_helpers import (OP, X, backend_of, decline_float32, register_lacking, reset_registry,
                                run_python)
 # pytest fixtures; pristine_registry is autouse: imported so that it applies here
-from _registry_helpers import pristine_registry, rec  # noqa: F401, F811
 
 
 # ---------------------------------------------------------------- 8. entry-point plugins
@@ -63,6 +62,8 @@ import fastdl
 def make():
     return fastdl.Backend(name="other", ops={"norm_stats": lambda *a: None})
 """
+
+pytestmark = pytest.mark.usefixtures("pristine_registry")
 
 
 def write_plugin(root: Path, ep_name: str, module: str, source: str) -> None:

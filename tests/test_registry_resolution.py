@@ -24,7 +24,6 @@ from fastdl.registry import BackendNotImplementedError
 
 from _registry_helpers import OP, X, backend_of, decline_float32, register_lacking
 # pytest fixtures; pristine_registry is autouse: imported so that it applies here
-from _registry_helpers import pristine_registry, rec  # noqa: F401, F811
 
 
 # ---------------------------------------------------------------- 1. priority order
@@ -35,6 +34,8 @@ def test_default_is_cython_then_numpy(rec):
     # numpy is appended as the reference: with cython removed it runs
     registry.unregister_backend("cython")
     assert fastdl.which_backend(OP) == ("numpy", "reference backend (last)")
+
+pytestmark = pytest.mark.usefixtures("pristine_registry")
 
 
 def test_set_backend_changes_global_priority(rec):
