@@ -102,7 +102,7 @@ static const fdl_nk_f32 f32_avx2 = {
 };
 static const fdl_nk_f64 f64_avx2 = {
     NK_ELEMENTWISE(f64, avx2),
-    .sumsq = fdl_nk_sumsq_f64_avx512, .row_sums = fdl_nk_row_sums_f64_avx512,
+    .sumsq = fdl_nk_sumsq_f64_avx2, .row_sums = fdl_nk_row_sums_f64_avx2,
     .rms_sums = fdl_nk_rms_sums_f64_avx2, .seg_sums = fdl_nk_seg_sums_f64_avx2,
 };
 /* AVX-512: the body's elementwise kernels and the reduction overrides of
