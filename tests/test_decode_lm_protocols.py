@@ -12,7 +12,7 @@ from fastdl.decode import (Logits, TreeLM, beam_search, exact_search, exhaustive
                            greedy, sample)
 from fastdl.decode.lm import is_stateful, vocab_size
 
-from _decode_lm_helpers import RandomLM, _lsm
+from fastdl.testing import RandomLM, log_softmax_row
 
 
 RUNNERS = {
@@ -115,7 +115,7 @@ def test_logits_wrapper_and_attribute_equal_log_probs(run):
     """Logits in, log-softmax applied: the same search as on the normalized model."""
     def normalized():
         base = RandomLM(4, 5, logits=True)
-        return lambda p: np.stack([_lsm(r) for r in base(p)])
+        return lambda p: np.stack([log_softmax_row(r) for r in base(p)])
     want = run(normalized())
     for lm in (RandomLM(4, 5, logits=True), Logits(lambda p: RandomLM(4, 5, logits=True)(p)),
                Logits(RandomLM(4, 5, logits=True))):
@@ -195,7 +195,7 @@ def test_bad_model_outputs(run, kind):
 @RUN
 def test_wrong_width_for_declared_vocabulary(run):
     def wide(p):
-        return np.stack([_lsm(np.zeros(4))] * len(p))
+        return np.stack([log_softmax_row(np.zeros(4))] * len(p))
     with pytest.raises(ValueError, match=r"step 1.*shape \(\d+, 4\).*expected \(\d+, 3\)"):
         run(_Declared(wide, 3))
     assert run(_Declared(wide, 4))                     # the declared width is fine
@@ -215,7 +215,7 @@ class _Declared:
 def test_vocabulary_changes_between_steps(run):
     def lm(p):
         n = 3 if p.shape[1] == 1 else 4
-        return np.tile(_lsm(np.arange(n, dtype=float)), (len(p), 1))
+        return np.tile(log_softmax_row(np.arange(n, dtype=float)), (len(p), 1))
     with pytest.raises(ValueError, match=r"step 2.*shape"):
         run(lm)
 

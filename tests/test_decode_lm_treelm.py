@@ -10,7 +10,7 @@ import pytest
 
 from fastdl.decode import TreeLM, beam_search, exact_search, exhaustive_search, greedy, sample
 
-from _decode_lm_helpers import RandomLM
+from fastdl.testing import RandomLM
 
 
 NEG_INF = -math.inf

@@ -1,11 +1,13 @@
 """Testing tools for fastdl and for backend authors.
 
 ``fastdl.testing.conformance`` checks a backend against the op specs and the
-NumPy reference; the helpers here give seeded generators and run code at a
-chosen SIMD level or thread count.
+NumPy reference; the helpers here give seeded generators, run code at a
+chosen SIMD level or thread count, and ``RandomLM`` is a deterministic random
+language model for tests of decoding code.
 """
 from fastdl.testing._helpers import (BUILTIN_BACKENDS, has_simd, requires_simd, rng_for, simd,
                                      simd_levels, threads)
+from fastdl.testing._lm import RandomLM, log_softmax_row
 
-__all__ = ["BUILTIN_BACKENDS", "has_simd", "requires_simd", "rng_for", "simd", "simd_levels",
-           "threads"]
+__all__ = ["BUILTIN_BACKENDS", "RandomLM", "has_simd", "log_softmax_row", "requires_simd",
+           "rng_for", "simd", "simd_levels", "threads"]

@@ -1,20 +1,22 @@
-"""Shared by the tests/test_decode_lm_*.py modules: a random language model under both
-protocols and the searches every protocol test runs.
-"""
+"""A deterministic random language model for tests of decoding code: both LM protocols
+(batch of prefixes, and incremental step/reorder), with a log of what was called."""
 
 import zlib
 
 import numpy as np
 
 
-def _lsm(x):
+def log_softmax_row(x):
+    """float64 log-softmax of a 1-D row (max-shifted), independent of the decode kernels."""
     x = np.asarray(x, np.float64)
     m = x.max()
     return x - (m + np.log(np.exp(x - m).sum()))
 
 
 class RandomLM:
-    """Random log-probs (or logits) per full prefix; both protocols; logs what is called."""
+    """Random log-probs (or logits) over ``N`` tokens per full prefix, seeded by the prefix
+    (the same prefix gives the same row under either protocol); ``log`` records each
+    call, ``kinds()`` the protocol methods used."""
 
     def __init__(self, N, seed=0, *, logits=False, declare=True):
         self.N, self.seed, self.logits, self.log = N, seed, logits, []
@@ -26,7 +28,7 @@ class RandomLM:
     def row(self, prefix):
         rng = np.random.default_rng(zlib.crc32(repr((self.seed, tuple(prefix))).encode()))
         x = rng.standard_normal(self.N) * 2 + (3.0 if self.logits else 0.0)
-        return x if self.logits else _lsm(x)
+        return x if self.logits else log_softmax_row(x)
 
     def __call__(self, prefixes):
         self.log.append(("call", prefixes.shape))
