@@ -114,11 +114,11 @@ def _installed(backend):
 
 
 def _implements(name, op):
-    info = registry.backends().get(name)
-    if info is None or info.error:
-        raise Declined(f"backend {name!r} is not loaded: {info.error if info else 'unknown'}")
-    if op not in info.ops:
-        raise Declined(f"backend {name!r} declines op {op!r}: it does not implement it")
+    """Declined unless backend ``name`` loads and has ``op`` (loads that backend only)."""
+    try:
+        registry.which_backend(op, backend=name)
+    except registry.BackendNotImplementedError as exc:
+        raise Declined(str(exc)) from None
 
 
 def _close(spec, got, want, what, dtype):

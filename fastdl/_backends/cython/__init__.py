@@ -73,27 +73,28 @@ def _kernel_problem(spec, fn):
 
 def _op(spec):
     """The backend function of op ``spec``: its kernel at the current thread count."""
-    found = [(m, getattr(m, spec.name)) for m in KERNEL_MODULES if hasattr(m, spec.name)]
-    if not found:
+    mod = next((m for m in KERNEL_MODULES if hasattr(m, spec.name)), None)
+    if mod is None:
         return None
-    mod, fn = found[0]
-    fn16 = getattr(mod, spec.name + "_f16", None)
+    fn, fn16 = getattr(mod, spec.name), getattr(mod, spec.name + "_f16", None)
     for f in (fn, fn16):
-        if f is not None and _kernel_problem(spec, f):
-            raise TypeError(_kernel_problem(spec, f))
+        problem = f is not None and _kernel_problem(spec, f)
+        if problem:
+            raise TypeError(problem)
 
     def run(*args):
         if fn16 is None or args[0].dtype != _F16:
             return fn(*args, get_num_threads())
-        bits = {}
-        for a in args:
-            if isinstance(a, np.ndarray) and a.dtype == _F16:
-                bits[id(a)] = a.view(_U16)
-        res = fn16(*[bits.get(id(a), a) for a in args], get_num_threads())
-        back = {id(v): a for a in args for v in (bits.get(id(a)),) if v is not None}
-        def half(r):             # a given out comes back as itself
+        # float16 arrays go in as uint16 views; uint16 results come back as float16, and
+        # a view of a given array (out) as that array itself
+        views = {id(a): a.view(_U16) for a in args
+                 if isinstance(a, np.ndarray) and a.dtype == _F16}
+        given = {id(views[id(a)]): a for a in args if id(a) in views}
+        res = fn16(*[views.get(id(a), a) for a in args], get_num_threads())
+
+        def half(r):
             if isinstance(r, np.ndarray) and r.dtype == _U16:
-                return back.get(id(r), r.view(_F16))
+                return given.get(id(r), r.view(_F16))
             return r
         return tuple(map(half, res)) if isinstance(res, tuple) else half(res)
 
