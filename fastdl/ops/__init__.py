@@ -16,8 +16,9 @@ from fastdl.ops.norm import (NORM_KINDS, NORM_OPS, batch_norm_bwd, batch_norm_ev
                              batch_norm_fwd, group_norm_bwd, group_norm_fwd, layer_norm_bwd,
                              layer_norm_fwd, norm_stats, rms_norm_bwd, rms_norm_fwd)
 from fastdl.ops.quant import QUANT_OPS, ROUNDINGS, SCHEMES, dequantize, qmatmul, quantize
+from fastdl.ops.rnn import RNN_OPS, birnn_bwd, birnn_fwd
 
-BUILTIN_OPS = NORM_OPS + DECODE_OPS + QUANT_OPS
+BUILTIN_OPS = NORM_OPS + DECODE_OPS + QUANT_OPS + RNN_OPS
 
 __all__ = ["Arg", "OpSpec", "Result", "SPECS", "BUILTIN_OPS", "checked", "define", "get",
            "names", "implement", "table"] + [op.name for op in BUILTIN_OPS]

@@ -21,7 +21,7 @@ __all__ = ["Arg", "Result", "OpSpec", "SPECS", "define", "get", "checked"]
 
 F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 _DTYPE_SETS = {"float": (F16, F32, F64), "float32|float64": (F32, F64),
-               "float32": (F32,), "float64": (F64,)}
+               "float32": (F32,), "float64": (F64,), "int64": (np.dtype(np.int64),)}
 _KINDS = ("array", "int", "real", "flag", "choice", "quantized", "any")
 _MASKED = np.ma.MaskedArray
 

@@ -62,7 +62,9 @@ def _dtypes(spec):
         other = [a for a in spec.args if a.kind == "array"]
         rule = other[0].dtype if other else "float32"
     else:
-        rule = first.dtype
+        rule = first.dtype or "float"
+    if rule.startswith("like:"):        # dy first: the dtypes of the array it follows
+        rule = next(a for a in spec.args if a.name == rule[5:]).dtype
     return {"float": (np.float16, np.float32, np.float64), "float32|float64":
             (np.float32, np.float64), "float32": (np.float32,),
             "float64": (np.float64,)}.get(rule, (np.float32,))
