@@ -4,12 +4,18 @@
 Decoding searches: N tokens in the vocabulary, T steps, beam width B.
 Bidirectional RNN: T steps, B sequences, d_in inputs, hidden units, d_out outputs;
 ``lengths`` the real lengths of a padded batch (None: every sequence has T steps).
+The byte counts are of what a forward or a backward must produce and keep, at
+``itemsize`` bytes per number (4: float32); inputs (x, dy, the parameters) are
+not counted.
 """
 from __future__ import annotations
 
+import numbers
+
 __all__ = ["exhaustive_sequences", "exhaustive_scores", "beam_candidates",
            "beam_backpointer_tokens", "beam_prefix_copy_tokens", "birnn_steps",
-           "birnn_forward_macs", "birnn_backward_macs"]
+           "birnn_forward_macs", "birnn_backward_macs", "birnn_forward_bytes",
+           "birnn_backward_bytes"]
 
 
 def exhaustive_sequences(N: int, T: int) -> int:
@@ -68,3 +74,53 @@ def birnn_backward_macs(T: int, B: int, d_in: int, hidden: int, d_out: int, *,
     n = birnn_steps(T, B, lengths)
     per = 2 * d_out * hidden + 2 * hidden * hidden + hidden * d_in * (2 if need_dx else 1)
     return 2 * n * per
+
+
+def _positive(**values) -> None:
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+
+def _real_steps(T: int, B: int, lengths) -> int:
+    """birnn_steps, after checking that lengths has B entries in [1, T]."""
+    if lengths is not None:
+        lens = [int(n) for n in lengths]
+        if len(lens) != B:
+            raise ValueError(f"lengths must have B={B} entries, got {len(lens)}")
+        bad = [n for n in lens if not 1 <= n <= T]
+        if bad:
+            raise ValueError(f"lengths must be in [1, T={T}], got {bad[0]}")
+    return birnn_steps(T, B, lengths)
+
+
+def birnn_forward_bytes(T: int, B: int, d_in: int, hidden: int, d_out: int, *,
+                        itemsize: int = 4, lengths=None) -> int:
+    """Bytes the forward returns and keeps for the backward: y (T·B·d_out) and both
+    directions' hidden states (2·T·B·hidden).  These are padded (T, B, ·) arrays,
+    0 past each length, so ``lengths`` does not change the count; the time-major
+    x the cache also holds is the input itself when x is time-major and contiguous.
+    The pre-activations X·Wᵀ are not counted: they can be computed into the states'
+    own arrays and the tanh applied in place."""
+    _positive(T=T, B=B, d_in=d_in, hidden=hidden, d_out=d_out, itemsize=itemsize)
+    _real_steps(T, B, lengths)
+    return itemsize * T * B * (d_out + 2 * hidden)
+
+
+def birnn_backward_bytes(T: int, B: int, d_in: int, hidden: int, d_out: int, *,
+                         itemsize: int = 4, lengths=None, need_dx: bool = True,
+                         bias: bool = False) -> int:
+    """Bytes the backward returns plus its least workspace.  Returned: the gradients of
+    W, U and V of both directions (2·hidden·(d_in + hidden + d_out)), of the biases
+    when the model has them (2·hidden + d_out), of both initial states (2·B·hidden)
+    and, with need_dx, of x (T·B·d_in).  Workspace: both directions' pre-activation
+    gradients δ_t over the real steps (2·Σ lengths·hidden), held together since the
+    directions run side by side; Vᵀdy is computed into the same buffer."""
+    _positive(T=T, B=B, d_in=d_in, hidden=hidden, d_out=d_out, itemsize=itemsize)
+    n = _real_steps(T, B, lengths)
+    grads = 2 * hidden * (d_in + hidden + d_out) + 2 * B * hidden
+    if bias:
+        grads += 2 * hidden + d_out
+    if need_dx:
+        grads += T * B * d_in
+    return itemsize * (grads + 2 * n * hidden)
