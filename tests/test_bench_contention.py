@@ -78,7 +78,7 @@ def test_contention_set_covers_every_area():
     for op in ("norm_stats", "layer_norm_fwd", "layer_norm_bwd", "batch_norm_fwd",
                "batch_norm_bwd", "group_norm_fwd", "group_norm_bwd", "rms_norm_fwd",
                "rms_norm_bwd", "topk", "log_softmax", "beam_topk", "quantize", "dequantize",
-               "qmatmul"):
+               "qmatmul", "birnn_bwd"):
         assert op in ops
     names = {c.name for c in cases}
     assert "decode/beam_search/B8xN50257xT32/float32" in names

@@ -25,6 +25,8 @@ class Case:
     bytes_read: int                             # bytes the op must read at the least
     bytes_written: int                          # bytes it must write at the least
     flops: int = 0
+    # multiply-adds the op must do; when set, every row reports GMAC/s = macs / median
+    macs: int = 0
     torch: Callable[[dict], Callable[[], Any]] | None = None   # inputs -> thunk running torch
     quick: bool = True                          # part of --quick
     # backend -> {"vs_numpy": x, "vs_torch": x, "vs_limit": x (at most), "vs:PEER": x,

@@ -199,6 +199,7 @@ REGISTERED_SET = [
     "quant/quantize/int4-b64/4096x4096/float32",
     *(f"quant/qmatmul/{fmt}/n{n}/float32" for fmt in ("int8-b64", "int4-b64", "nf4-b64-dq")
       for n in (1, 64)),
+    "rnn/birnn/loss+grads/T64xB32xd128/float32",
 ]
 _EXTRA = [_log_softmax_case, _dequantize_case]
 

@@ -153,6 +153,8 @@ def run_case(case: Case, *, backends: Iterable[str] | None = None, full: bool = 
         )
         if case.metrics is not None and not peer and name in registry.backends():
             row.metrics = case.metrics(inputs, name)
+        if case.macs:
+            row.metrics["GMAC/s"] = case.macs / t / 1e9
         _check_targets(row)
         rows.append(row)
     return rows
