@@ -47,7 +47,8 @@ def gradcheck(fn, inputs, eps: float = 1e-6, *, atol: float = 1e-6, rtol: float 
 
     ``fn(*inputs)`` (or ``fn(**inputs)`` for a dict) returns ``(loss, grads)``:
     a real number and the gradient of it with respect to each input, in the same
-    order (or with the same keys); a gradient of None is not checked.  Every input
+    order (or with the same keys; for one input, an array); a gradient of None is
+    not checked.  Every input
     is copied to float64 and perturbed entry by entry by ±eps; the check passes
     when |analytic - numerical| <= atol + rtol·|numerical| everywhere (like
     numpy.isclose).  ``max_entries``: check at most that many entries per input,
@@ -75,7 +76,15 @@ def gradcheck(fn, inputs, eps: float = 1e-6, *, atol: float = 1e-6, rtol: float 
         return out
 
     loss, grads = call(arrays)
-    grads = [grads.get(k) for k, _ in items] if named else list(grads)
+    if named:
+        if not isinstance(grads, dict):
+            raise TypeError(f"fn must return its gradients as a dict for dict inputs, got "
+                            f"{type(grads).__name__}")
+        grads = [grads.get(k) for k, _ in items]
+    elif isinstance(grads, np.ndarray) or grads is None:
+        grads = [grads]                          # one input, its gradient as an array
+    else:
+        grads = list(grads)
     if len(grads) != len(items):
         raise ValueError(f"fn returned {len(grads)} gradients for {len(items)} inputs")
     rng = np.random.default_rng(seed)
