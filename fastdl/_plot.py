@@ -41,3 +41,36 @@ def gradient_flow_figure(flow, path) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def ratio_bars(rows, path, backend: str) -> str:
+    """One horizontal bar per case: ``backend``'s speed-up over the NumPy backend and
+    over torch (log scale; 1 = as fast)."""
+    plt = pyplot()
+    mine = [r for r in rows if r.backend == backend]
+    names = [r.case for r in mine]
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(names) + 1.4), constrained_layout=True)
+    y = np.arange(len(names))
+    for off, key, label in ((-0.2, "vs_numpy", "× numpy"), (0.2, "vs_torch", "× torch")):
+        vals = [getattr(r, key) or np.nan for r in mine]
+        ax.barh(y + off, vals, height=0.38, label=label)
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="grey", lw=0.8)
+    ax.set_yticks(y, names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"speed-up of the {backend} backend (their time / its time)")
+    ax.legend()
+    path = os.fspath(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def birnn_gradient_flow(path) -> str:
+    """The gradient flow of a 32-step bidirectional RNN at torch's initialization."""
+    from fastdl import rnn
+    from fastdl.rnn_analysis import gradient_flow
+    rng = np.random.default_rng(1)
+    p = rnn.BiRNNParams.init(16, 32, rng=rng, dtype=np.float64)
+    y, cache = rnn.birnn_forward(rng.standard_normal((32, 16)), p)
+    return gradient_flow(cache, dy=np.ones_like(y)).plot(path)

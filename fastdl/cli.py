@@ -167,6 +167,13 @@ def _check_bench_args(args):
         if args.contention:
             raise ValueError("--contention measures the default backends; drop --backend")
     cases = _select_cases(args)
+    if args.plot:
+        from fastdl._plot import pyplot
+        try:
+            pyplot()                           # before the run: a missing extra fails fast
+        except ImportError as exc:
+            raise ValueError(f"--plot: {exc}") from None
+        os.makedirs(args.plot, exist_ok=True)
     if args.json:
         err = _json_path_error(args.json)
         if err:
@@ -246,6 +253,11 @@ def cmd_bench(args, console: Console) -> int:
     plural = "s" if len(cases) != 1 else ""
     _say(console, f"targets: {met} met, {missed} missed · {len(cases)} case{plural} in "
          f"{elapsed:.1f} s", width)
+    if args.plot:
+        from fastdl import _plot
+        for path in (_plot.ratio_bars(rows, os.path.join(args.plot, "speedups.png"), first),
+                     _plot.birnn_gradient_flow(os.path.join(args.plot, "birnn_gradient_flow.png"))):
+            _say(console, f"wrote {path}", width)
     if args.json:
         return _write_json(console, args.json, {
             "build_info": info, "full": args.full, "elapsed_s": elapsed,
@@ -324,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--backend", nargs="+", metavar="NAME",
                     help="backends to measure (numpy is always measured as the baseline)")
     pb.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
+    pb.add_argument("--plot", metavar="DIR",
+                    help="also write PNGs to DIR: the speed-ups per case and the BiRNN's "
+                         "gradient flow (needs matplotlib: pip install 'fastdl[plot]')")
     pb.add_argument("--wide", action="store_true",
                     help="every backend, peer and column (wider than a terminal)")
     pb.add_argument("--threads", type=_int_arg("--threads", 1, _max_threads),

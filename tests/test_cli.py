@@ -134,3 +134,18 @@ def test_quant_cases_cover_the_issue_matrix():
     case = next(c for c in all_cases(only="quant/qmatmul/int4-b64/n1/*"))
     assert case.targets["cython"] == {"max:bits/param": 4.5, "vs:numpy x@W f32": 5.0,
                                       "vs_limit": 1.5}
+
+
+def test_bench_plot_writes_the_figures(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    rc = main(["bench", "--only", "decode/topk/n1e6/k10/*", "--rounds", "1", "--no-torch",
+               "--plot", str(tmp_path)])
+    assert rc == 0
+    for name in ("speedups.png", "birnn_gradient_flow.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_bench_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["bench", "--only", "decode/topk/n1e6/k10/*", "--plot", str(tmp_path)]) == 2
+    assert "fastdl[plot]" in capsys.readouterr().out
