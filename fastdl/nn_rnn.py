@@ -46,6 +46,16 @@ def _backend(value):
     return value
 
 
+def _torch(what: str):
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(f"BiRNN.{what} needs torch, which is not installed "
+                          f"(to_torch_state_dict() gives the weights as numpy arrays without it)"
+                          ) from None
+    return torch
+
+
 def _generator(rng, name="rng") -> np.random.Generator:
     if isinstance(rng, np.random.Generator):
         return rng
@@ -194,7 +204,7 @@ class BiRNN:
         y is torch's output [h_f, h_b].  The layer has biases when either module has:
         the missing ones are zeros.  ``batch_first`` is the RNN's.
         """
-        import torch
+        torch = _torch("from_torch")
         if not isinstance(rnn, torch.nn.RNN):
             raise TypeError(f"rnn must be a torch.nn.RNN, got {type(rnn).__name__}")
         for what, ok, got in (
@@ -275,7 +285,7 @@ class BiRNN:
         """``(rnn, linear)``: a ``torch.nn.RNN`` (bidirectional, tanh, batch_first as the
         layer) and a ``torch.nn.Linear`` with copies of the weights, of the layer's dtype;
         ``linear(rnn(x)[0])`` is y at every real step (torch's padded steps give c, ours 0)."""
-        import torch
+        torch = _torch("to_torch")
         tdt = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
         state = self.to_torch_state_dict()
         rnn = torch.nn.RNN(self.d_in, self.hidden, num_layers=1, nonlinearity="tanh",

@@ -203,8 +203,9 @@ class BiRNNParams:
 @dataclass(eq=False)
 class BiRNNCache:
     """What ``birnn_backward`` needs from a forward: time-major (T, B, ·) copies of
-    x and of both directions' hidden states, the parameters (by reference: do not
-    change them before the backward), the initial states and the lengths."""
+    x, of both directions' hidden states and of y, the parameters (by reference: do
+    not change them before the backward), copies of the initial states and of the
+    lengths (None when every sequence is full)."""
 
     x: np.ndarray
     h_f: np.ndarray
@@ -351,11 +352,14 @@ def birnn_forward(x, params: BiRNNParams, h0_f=None, h0_b=None, *, lengths=None,
                   batch_first: bool = False, backend: str | None = None):
     """Outputs y and the cache for ``birnn_backward``.
 
-    x: (T, d_in), (T, B, d_in), or (B, T, d_in) with ``batch_first``, of the
-    parameters' dtype; h0_f, h0_b: (B, hidden) (or (hidden,) for one sequence), the
-    states before the first step of each direction (h_0^(f) and h_{T+1}^(b); None:
-    zeros); lengths: (B,) ints in [1, T].  y has x's layout with d_out features
-    (0 past each length).  Non-finite inputs are a ValueError.
+    x: (T, d_in), (T, B, d_in), or (B, T, d_in) with ``batch_first``, an array of
+    the parameters' dtype (any strides or byte order; a nested list is read in that
+    dtype); h0_f, h0_b: (B, hidden) (or (hidden,) for one sequence), the states
+    before the first step of each direction (h_0^(f) and h_{T+1}^(b); None: zeros),
+    converted to the parameters' dtype; lengths: (B,) ints in [1, T].  y has x's
+    layout with d_out features (0 past each length).  Non-finite inputs are a
+    ValueError.  The cache keeps its own copies: the caller may change x, h0 and
+    lengths (but not the parameters) before the backward.
     """
     if not isinstance(params, BiRNNParams):
         raise TypeError(f"params must be a fastdl.rnn.BiRNNParams, got {type(params).__name__}")

@@ -3,6 +3,10 @@ overwrites, zero_grad, reset_parameters, repr), the plain model and its defaults
 hand, a training loop that fits a task needing both directions, and hypothesis properties: any
 layout of x (batch-first, strided, Fortran order) gives what the time-major C-contiguous call
 gives, bit for bit."""
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -160,6 +164,20 @@ def test_loss_and_grads_is_forward_and_backward(rnn_backend):
     layer.backward(-2 * (z - y) * valid)
     for n, a in want.params().items():
         np.testing.assert_array_equal(layer.grads[n], a, err_msg=n)
+
+
+def test_without_torch_state_dict_works_and_to_torch_says_why():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import fastdl.nn as nn\n"
+            "layer = nn.BiRNN(3, 4, bias=True, rng=0)\n"
+            "sd = layer.to_torch_state_dict()\n"
+            "print(sorted(sd['rnn'])[0], sd['linear']['weight'].shape)\n"
+            "try:\n    layer.to_torch()\nexcept ImportError as e:\n    print(e)\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=root).stdout
+    assert out.splitlines()[0] == "bias_hh_l0 (4, 8)"
+    assert "BiRNN.to_torch needs torch, which is not installed" in out
 
 
 # ---------------------------------------------------------------- training

@@ -148,10 +148,12 @@ def test_functional_api_matches_torch(dtype, bias, rnn_backend):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [False, True])
-def test_unbatched_input_matches_torch(dtype, bias, rnn_backend):
-    """torch's unbatched (T, I) input with h0 of shape (2, H)."""
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_unbatched_input_matches_torch(dtype, bias, batch_first, rnn_backend):
+    """torch's unbatched (T, I) input with h0 of shape (2, H), whatever batch_first says."""
     T, I, H, O = 7, 2, 4, 3
-    rnn, lin = torch_pair(I, H, O, bias=bias, dtype=dtype, key=("unbatched",))
+    rnn, lin = torch_pair(I, H, O, bias=bias, batch_first=batch_first, dtype=dtype,
+                          key=("unbatched",))
     layer = nn.BiRNN.from_torch(rnn, lin, backend=rnn_backend)
     g = rng_for("unbatched", dtype, bias)
     x = g.standard_normal((T, I)).astype(dtype)
@@ -263,10 +265,12 @@ def test_round_trip_from_torch_to_torch_same_outputs():
 
 def test_torch_init_bound_matches():
     """BiRNNParams.init draws as torch's reset_parameters: |w| <= 1/sqrt(hidden), spread
-    filling the interval (torch's own init checked against the same bound)."""
+    filling the interval (torch's own init checked against the same bound).  V_f and V_b
+    each read one direction's hidden states, so they are drawn as a Linear(hidden, d_out);
+    torch's Linear(2*hidden, d_out) on the concatenation would use 1/sqrt(2*hidden)."""
     H = 16
     rnn = torch.nn.RNN(8, H, bidirectional=True)
-    lin = torch.nn.Linear(H, H)       # V's fan-in per direction is hidden, as nn.Linear(H, .)
+    lin = torch.nn.Linear(H, H)
     theirs = np.concatenate([p.detach().numpy().ravel()
                              for p in list(rnn.parameters()) + list(lin.parameters())])
     ours = np.concatenate([a.ravel() for a in
@@ -307,3 +311,4 @@ def test_from_torch_refusals_of_modules():
         nn.BiRNN.from_torch(rnn, torch.nn.Linear(8, 2, dtype=torch.float64))
     with pytest.raises(TypeError, match="float32 or torch.float64, got torch.bfloat16"):
         nn.BiRNN.from_torch(torch.nn.RNN(3, 4, bidirectional=True, dtype=torch.bfloat16))
+
