@@ -41,23 +41,27 @@ def with_nan(a, at=(0,)):
     return a
 
 
-# (id, call(p, x, h0) -> forward kwargs overrides, exception, message pattern)
+# (id, the forward arguments that differ from good ones, exception, message pattern);
+# "nan" / "inf" put that value into the good array
 FORWARD_CASES = [
     ("x d_in", dict(x=np.zeros((T, B, I + 1), np.float32)), ValueError, r"x must have d_in=3"),
-    ("x T=0", dict(x=np.zeros((0, B, I), np.float32)), ValueError, r"x must have at least one step"),
+    ("x T=0", dict(x=np.zeros((0, B, I), np.float32)),
+     ValueError, r"x must have at least one step"),
     ("x B=0", dict(x=np.zeros((T, 0, I), np.float32)), ValueError, r"x must hold at least one seq"),
     ("x B=0 batch_first", dict(x=np.zeros((0, T, I), np.float32), batch_first=True), ValueError,
      r"x must hold at least one sequence"),
     ("x unbatched T=0", dict(x=np.zeros((0, I), np.float32)), ValueError, r"T >= 1"),
     ("x 1-D", dict(x=np.zeros(I, np.float32)), ValueError, r"x must be 2-D .* or 3-D"),
-    ("x 4-D", dict(x=np.zeros((1, T, B, I), np.float32)), ValueError, r"x must be 2-D .* got shape"),
+    ("x 4-D", dict(x=np.zeros((1, T, B, I), np.float32)),
+     ValueError, r"x must be 2-D .* got shape"),
     ("x float16", dict(x=np.zeros((T, B, I), np.float16)), TypeError, r"x must be a float32 or "),
     ("x float64", dict(x=np.zeros((T, B, I))), TypeError,
      r"x must have the parameters' dtype float32, got float64"),
     ("x int", dict(x=np.zeros((T, B, I), np.int64)), TypeError, r"x must be a float32 or float64"),
     ("x complex", dict(x=np.zeros((T, B, I), complex)), TypeError, r"x must be a float32"),
     ("x ragged", dict(x=[[1.0, 2.0], [1.0]]), TypeError, r"x must be array-like"),
-    ("x masked", dict(x=np.ma.zeros((T, B, I), np.float32)), TypeError, r"x must not be a numpy ma"),
+    ("x masked", dict(x=np.ma.zeros((T, B, I), np.float32)),
+     TypeError, r"x must not be a numpy ma"),
     ("x nan", dict(x="nan"), ValueError, r"x must be finite, got nan"),
     ("x inf", dict(x="inf"), ValueError, r"x must be finite, got inf"),
     ("h0_f shape", dict(h0_f=np.zeros((B, H + 1), np.float32)), ValueError,
@@ -70,7 +74,8 @@ FORWARD_CASES = [
     ("h0_f text", dict(h0_f="text"), TypeError, r"h0_f must be a real array"),
     ("h0_f overflow", dict(h0_f=np.full((B, H), 1e300)), ValueError,
      r"h0_f has values too large for float32"),
-    ("lengths 0", dict(lengths=[0, T]), ValueError, r"lengths must be in \[1, T=5\], got lengths\[0\] = 0"),
+    ("lengths 0", dict(lengths=[0, T]),
+     ValueError, r"lengths must be in \[1, T=5\], got lengths\[0\] = 0"),
     ("lengths > T", dict(lengths=[T, T + 1]), ValueError, r"got lengths\[1\] = 6"),
     ("lengths negative", dict(lengths=[-1, 2]), ValueError, r"lengths must be in \[1, T=5\]"),
     ("lengths huge uint64", dict(lengths=np.array([2 ** 63 + 1, 1], np.uint64)), ValueError,
@@ -78,8 +83,10 @@ FORWARD_CASES = [
     ("lengths shape", dict(lengths=[1, 2, 3]), ValueError, r"lengths must have shape \(2,\)"),
     ("lengths 2-D", dict(lengths=[[1, 2]]), ValueError, r"lengths must have shape \(2,\)"),
     ("lengths scalar", dict(lengths=3), ValueError, r"lengths must have shape \(2,\)"),
-    ("lengths float", dict(lengths=[1.0, 2.0]), TypeError, r"lengths must be an integer array, got dtype float64"),
-    ("lengths bool", dict(lengths=[True, True]), TypeError, r"lengths must be an integer array, got dtype bool"),
+    ("lengths float", dict(lengths=[1.0, 2.0]),
+     TypeError, r"lengths must be an integer array, got dtype float64"),
+    ("lengths bool", dict(lengths=[True, True]),
+     TypeError, r"lengths must be an integer array, got dtype bool"),
     ("lengths unbatched", dict(x=np.zeros((T, I), np.float32), lengths=[T]), ValueError,
      r"lengths is for a batch of sequences; x is one sequence"),
     ("batch_first int", dict(batch_first=1), TypeError, r"batch_first must be a bool"),
@@ -127,11 +134,15 @@ def test_layer_forward_bad_input(over, exc, match):
 
 
 PARAM_CASES = [
-    ("W_f int", dict(W_f=np.zeros((H, I), np.int64)), TypeError, r"W_f must be a float32 or float64"),
-    ("all float16", "float16", TypeError, r"W_f must be a float32 or float64 array, got dtype float16"),
+    ("W_f int", dict(W_f=np.zeros((H, I), np.int64)),
+     TypeError, r"W_f must be a float32 or float64"),
+    ("all float16", "float16",
+     TypeError, r"W_f must be a float32 or float64 array, got dtype float16"),
     ("U_f float64", dict(U_f=np.zeros((H, H))), TypeError, r"U_f must have W_f's dtype float32"),
-    ("U_b shape", dict(U_b=np.zeros((H, I), np.float32)), ValueError, r"U_b must have shape \(4, 4\)"),
-    ("V_b shape", dict(V_b=np.zeros((O + 1, H), np.float32)), ValueError, r"V_b must have shape \(2, 4\)"),
+    ("U_b shape", dict(U_b=np.zeros((H, I), np.float32)),
+     ValueError, r"U_b must have shape \(4, 4\)"),
+    ("V_b shape", dict(V_b=np.zeros((O + 1, H), np.float32)),
+     ValueError, r"V_b must have shape \(2, 4\)"),
     ("b_f shape", dict(b_f=np.zeros(H + 1, np.float32)), ValueError, r"b_f must have shape \(4,\)"),
     ("W_f 1-D", dict(W_f=np.zeros(H, np.float32)), ValueError, r"W_f must be a non-empty 2-D"),
     ("W_f empty", dict(W_f=np.zeros((0, I), np.float32)), ValueError, r"W_f must be a non-empty"),
@@ -202,7 +213,8 @@ def test_layer_params_replaced_badly():
     _, x, _, _ = operands()
     layer.params["U_f"] = np.zeros((H, H))
     with pytest.raises(ValueError, match=r"layer.params\['U_f'\] must be an array of shape "
-                                         r"\(4, 4\) and dtype float32 .*got shape \(4, 4\) dtype float64"):
+                                         r"\(4, 4\) and dtype float32 .*got shape \(4, 4\) "
+                                         r"dtype float64"):
         layer(x)
     layer.params["U_f"] = [[0.0] * H] * H
     with pytest.raises(ValueError, match=r"layer.params\['U_f'\] .* got list"):
@@ -213,7 +225,8 @@ def test_layer_params_replaced_badly():
 
 
 @pytest.mark.parametrize("dy,exc,match", [
-    (np.zeros((T, B, O + 1), np.float32), ValueError, r"dy must have shape \(5, 2, 2\) \(the forward's output\)"),
+    (np.zeros((T, B, O + 1), np.float32),
+     ValueError, r"dy must have shape \(5, 2, 2\) \(the forward's output\)"),
     (np.zeros((B, T, O), np.float32), ValueError, r"dy must have shape \(5, 2, 2\)"),
     (np.zeros((T, O), np.float32), ValueError, r"dy must have shape"),
     (np.zeros((T, B, O), complex), TypeError, r"dy must be a real array"),
@@ -276,7 +289,7 @@ def test_layer_constructor(kwargs, exc, match):
         nn.BiRNN(args.pop("d_in"), args.pop("hidden"), **args)
 
 
-# ---------------------------------------------------------------- inputs never changed / cache owns its arrays
+# ---------------------------------------- inputs never changed; the cache owns its arrays
 
 def test_good_calls_leave_inputs_unchanged(rnn_backend):
     p, x, h0, dy = operands(np.float64)
