@@ -1,7 +1,8 @@
 """fastdl: fast CPU kernels for deep-learning building blocks, with pluggable backends.
 
 The submodules ``fastdl.nn``, ``fastdl.norm``, ``fastdl.decode``, ``fastdl.quant``,
-``fastdl.registry``, ``fastdl.complexity`` and ``fastdl.bench`` are reachable as
+``fastdl.rnn``, ``fastdl.rnn_analysis``, ``fastdl.registry``, ``fastdl.complexity``
+and ``fastdl.bench`` are reachable as
 attributes after ``import fastdl``; those not needed by the names below are imported
 on first use, so ``import fastdl`` stays fast.
 
@@ -51,7 +52,8 @@ __all__ = [
 ]
 
 # public submodules, imported on first attribute access (PEP 562)
-_SUBMODULES = ("bench", "complexity", "decode", "nn", "norm", "quant", "registry")
+_SUBMODULES = ("bench", "complexity", "decode", "nn", "norm", "quant", "registry", "rnn",
+               "rnn_analysis")
 
 
 def __getattr__(name: str):

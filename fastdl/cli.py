@@ -167,6 +167,13 @@ def _check_bench_args(args):
         if args.contention:
             raise ValueError("--contention measures the default backends; drop --backend")
     cases = _select_cases(args)
+    if args.plot:
+        from fastdl._plot import pyplot
+        try:
+            pyplot()                           # before the run: a missing extra fails fast
+        except ImportError as exc:
+            raise ValueError(f"--plot: {exc}") from None
+        os.makedirs(args.plot, exist_ok=True)
     if args.json:
         err = _json_path_error(args.json)
         if err:
@@ -246,6 +253,11 @@ def cmd_bench(args, console: Console) -> int:
     plural = "s" if len(cases) != 1 else ""
     _say(console, f"targets: {met} met, {missed} missed · {len(cases)} case{plural} in "
          f"{elapsed:.1f} s", width)
+    if args.plot:
+        from fastdl import _plot
+        for path in (_plot.ratio_bars(rows, os.path.join(args.plot, "speedups.png"), first),
+                     _plot.birnn_gradient_flow(os.path.join(args.plot, "birnn_gradient_flow.png"))):
+            _say(console, f"wrote {path}", width)
     if args.json:
         return _write_json(console, args.json, {
             "build_info": info, "full": args.full, "elapsed_s": elapsed,
@@ -296,7 +308,7 @@ def _bench_contention(args, console: Console, cases) -> int:
 
 def cmd_demo(args, console: Console) -> int:
     from fastdl import demo
-    return demo.run(console)
+    return demo.run(console, None if args.no_files else args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -306,8 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
     pi = sub.add_parser("info", help="build and machine information")
     pi.add_argument("--json", action="store_true", help="print JSON")
     sub.add_parser("backends", help="table of backends x ops")
-    sub.add_parser("demo", help="worked examples (normalization statistics; greedy, beam "
-                                  "and exact search), recomputed")
+    pd = sub.add_parser("demo", help="worked examples (normalization statistics; greedy, "
+                                       "beam and exact search; BiRNN gradients), recomputed")
+    pd.add_argument("--out", metavar="DIR", default="fastdl-demo",
+                    help="where the unrolled graph (.dot, .svg with Graphviz) and the "
+                         "gradient-flow plot (with matplotlib) go (default: fastdl-demo)")
+    pd.add_argument("--no-files", action="store_true",
+                    help="write nothing; print the graph's DOT text instead")
     pb = sub.add_parser("bench", help="run the benchmark cases")
     mode = pb.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",
@@ -319,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--backend", nargs="+", metavar="NAME",
                     help="backends to measure (numpy is always measured as the baseline)")
     pb.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
+    pb.add_argument("--plot", metavar="DIR",
+                    help="also write PNGs to DIR: the speed-ups per case and the BiRNN's "
+                         "gradient flow (needs matplotlib: pip install 'fastdl[plot]')")
     pb.add_argument("--wide", action="store_true",
                     help="every backend, peer and column (wider than a terminal)")
     pb.add_argument("--threads", type=_int_arg("--threads", 1, _max_threads),

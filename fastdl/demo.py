@@ -1,5 +1,6 @@
 """``fastdl demo``: the course's worked examples (normalization statistics of a small
-tensor, decoding a small tree of shape descriptions), recomputed by the library."""
+tensor, decoding a small tree of shape descriptions, backpropagation through a
+bidirectional RNN), recomputed by the library."""
 from __future__ import annotations
 
 import numpy as np
@@ -91,7 +92,11 @@ def _where_beam_lost(g, trace):
     return None
 
 
-def run(console: Console) -> int:
+def run(console: Console, out_dir: str | None = "fastdl-demo") -> int:
+    """Print every example; files (the unrolled graph, the gradient-flow plot) go to
+    ``out_dir`` (None: print the graph instead of writing files)."""
+    from fastdl import demo_rnn
     normalization(console)
     decoding(console)
+    demo_rnn.run(console, out_dir)
     return 0

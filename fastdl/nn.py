@@ -36,9 +36,10 @@ import numpy as np
 from fastdl import norm as F
 from fastdl import registry
 from fastdl._validate import FLOAT_DTYPES, as_float_array, check_flag, check_int, check_real
+from fastdl.nn_rnn import BiRNN
 
 __all__ = ["Module", "BatchNorm", "LayerNorm", "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d",
-           "InstanceNorm3d", "GroupNorm", "RMSNorm"]
+           "InstanceNorm3d", "GroupNorm", "RMSNorm", "BiRNN"]
 
 
 # ---------------------------------------------------------------- argument checks

@@ -49,6 +49,26 @@ def _finite(a: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} must be finite, got {a[idx]} at index {idx}")
 
 
+def _own_copy(a: np.ndarray, caller) -> np.ndarray:
+    """a, copied when it is (a view of) the caller's array: the cache must not change
+    when the caller later changes its array in place."""
+    return a.copy() if np.may_share_memory(a, caller) else a
+
+
+def _converted(a: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+    """A real array in ``dtype``: non-finite values are named as given, and a cast that
+    overflows (float64 to float32) is an error rather than inf."""
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real array, got dtype {a.dtype}")
+    _finite(a, name)
+    with np.errstate(over="ignore"):         # an overflow is the error raised below
+        out = np.ascontiguousarray(a, dtype=dtype)
+    if out.dtype != a.dtype and not np.isfinite(out).all():
+        raise ValueError(f"{name} has values too large for {dtype} (the parameters' dtype), "
+                         f"largest |value| {float(np.max(np.abs(a)))}")
+    return out
+
+
 def _float_dtype(dtype, name="dtype") -> np.dtype:
     try:
         dt = np.dtype(dtype)
@@ -183,8 +203,9 @@ class BiRNNParams:
 @dataclass(eq=False)
 class BiRNNCache:
     """What ``birnn_backward`` needs from a forward: time-major (T, B, ·) copies of
-    x and of both directions' hidden states, the parameters (by reference: do not
-    change them before the backward), the initial states and the lengths."""
+    x, of both directions' hidden states and of y, the parameters (by reference: do
+    not change them before the backward), copies of the initial states and of the
+    lengths (None when every sequence is full)."""
 
     x: np.ndarray
     h_f: np.ndarray
@@ -228,8 +249,7 @@ class BiRNNCache:
         if a.shape != want:
             raise ValueError(f"{name} must have shape {want} (the forward's output), "
                              f"got {a.shape}")
-        a = a.astype(self.x.dtype, copy=False)
-        _finite(a, name)
+        a = _converted(a, self.x.dtype, name)
         if self.unbatched:
             a = a[:, None]
         elif self.batch_first:
@@ -275,11 +295,10 @@ def _state(h0, name, B, H, dtype, unbatched):
         raise TypeError(f"{name} must be a real array, got dtype {a.dtype}")
     want = (H,) if unbatched else (B, H)
     if a.shape != want:
-        raise ValueError(f"{name} must have shape {want} (batch B={B}, hidden={H}), "
-                         f"got {a.shape}")
-    a = np.ascontiguousarray(a, dtype=dtype).reshape(B, H)
-    _finite(a, name)
-    return a
+        raise ValueError(f"{name} must have shape {want} "
+                         + (f"(hidden={H}: x is one sequence)" if unbatched
+                            else f"(batch B={B}, hidden={H})") + f", got {a.shape}")
+    return _own_copy(_converted(a, dtype, name).reshape(B, H), h0)
 
 
 def _lengths(lengths, T, B):
@@ -295,17 +314,23 @@ def _lengths(lengths, T, B):
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(f"lengths must be in [1, T={T}], got lengths[{i}] = {int(a[i])}")
-    return np.ascontiguousarray(a, dtype=np.int64)
+    return _own_copy(np.ascontiguousarray(a, dtype=np.int64), lengths)
 
 
 def _input(x, params, batch_first):
+    given = x
     x = plain_array(x, "x")
+    if not isinstance(given, np.ndarray) and x.dtype.kind in "iuf":
+        x = x.astype(params.dtype)           # a nested list has no dtype of its own
+    if x.dtype.kind == "f" and not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"x must be a float32 or float64 array (the parameters' dtype "
                         f"{params.dtype}), got dtype {x.dtype}")
     if x.dtype != params.dtype:
-        raise TypeError(f"x has dtype {x.dtype} but the parameters have {params.dtype}; "
-                        f"convert one (params.astype(...) or x.astype(...))")
+        raise TypeError(f"x must have the parameters' dtype {params.dtype}, got {x.dtype}; "
+                        f"convert x (x.astype(np.{params.dtype})) or the parameters "
+                        f"(params.astype(np.{x.dtype}))")
     if x.ndim not in (2, 3):
         raise ValueError(f"x must be 2-D (T, d_in) or 3-D ({'B, T' if batch_first else 'T, B'}"
                          f", d_in), got shape {x.shape}")
@@ -318,7 +343,7 @@ def _input(x, params, batch_first):
         raise ValueError(f"x must have at least one step (T >= 1), got shape {x.shape}")
     if tm.shape[1] == 0:
         raise ValueError(f"x must hold at least one sequence (B >= 1), got shape {x.shape}")
-    tm = np.ascontiguousarray(tm)
+    tm = _own_copy(np.ascontiguousarray(tm), given)
     _finite(tm, "x")
     return tm, unbatched
 
@@ -327,19 +352,25 @@ def birnn_forward(x, params: BiRNNParams, h0_f=None, h0_b=None, *, lengths=None,
                   batch_first: bool = False, backend: str | None = None):
     """Outputs y and the cache for ``birnn_backward``.
 
-    x: (T, d_in), (T, B, d_in), or (B, T, d_in) with ``batch_first``, of the
-    parameters' dtype; h0_f, h0_b: (B, hidden) (or (hidden,) for one sequence), the
-    states before the first step of each direction (h_0^(f) and h_{T+1}^(b); None:
-    zeros); lengths: (B,) ints in [1, T].  y has x's layout with d_out features
-    (0 past each length).  Non-finite inputs are a ValueError.
+    x: (T, d_in), (T, B, d_in), or (B, T, d_in) with ``batch_first``, an array of
+    the parameters' dtype (any strides or byte order; a nested list is read in that
+    dtype); h0_f, h0_b: (B, hidden) (or (hidden,) for one sequence), the states
+    before the first step of each direction (h_0^(f) and h_{T+1}^(b); None: zeros),
+    converted to the parameters' dtype; lengths: (B,) ints in [1, T].  y has x's
+    layout with d_out features (0 past each length).  Non-finite inputs are a
+    ValueError.  The cache keeps its own copies: the caller may change x, h0 and
+    lengths (but not the parameters) before the backward.
     """
     if not isinstance(params, BiRNNParams):
         raise TypeError(f"params must be a fastdl.rnn.BiRNNParams, got {type(params).__name__}")
-    params.check()
+    try:
+        params.check()             # the arrays may have been replaced since construction
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"params: {exc}") from None
     if not isinstance(batch_first, (bool, np.bool_)):
         raise TypeError(f"batch_first must be a bool, got {batch_first!r}")
     for n, a in params.arrays().items():
-        _finite(a, n)
+        _finite(a, f"params.{n}")
     xt, unbatched = _input(x, params, bool(batch_first))
     T, B, _ = xt.shape
     H, dt = params.hidden, xt.dtype
@@ -356,7 +387,8 @@ def birnn_forward(x, params: BiRNNParams, h0_f=None, h0_b=None, *, lengths=None,
                                  p.c, h0f, h0b, lens, backend=backend)
     cache = BiRNNCache(xt, h_f, h_b, y, params, h0f, h0b, lens, bool(batch_first), unbatched,
                        backend)
-    return cache.to_caller(y), cache
+    out = cache.to_caller(y)
+    return (out.copy() if np.may_share_memory(out, y) else out), cache
 
 
 def birnn_backward(cache: BiRNNCache, dy, *, need_dx: bool = True,
@@ -372,9 +404,19 @@ def birnn_backward(cache: BiRNNCache, dy, *, need_dx: bool = True,
     if not isinstance(need_dx, (bool, np.bool_)):
         raise TypeError(f"need_dx must be a bool, got {need_dx!r}")
     p = cache.params
-    p.check()
-    if p.dtype != cache.x.dtype or p.hidden != cache.h_f.shape[2] or p.d_in != cache.x.shape[2]:
-        raise ValueError("cache.params no longer match the forward (dtype or shapes changed)")
+    if not isinstance(p, BiRNNParams):
+        raise TypeError(f"cache.params must be a BiRNNParams, got {type(p).__name__}")
+    try:
+        p.check()
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"cache.params were changed after the forward: {exc}") from None
+    I, H, O = cache.x.shape[2], cache.h_f.shape[2], cache.y.shape[2]
+    if (p.dtype, p.d_in, p.hidden, p.d_out) != (cache.x.dtype, I, H, O):
+        raise ValueError(f"cache.params were changed after the forward: it ran with dtype "
+                         f"{cache.x.dtype}, d_in={I}, hidden={H}, d_out={O}; they now have "
+                         f"dtype {p.dtype}, d_in={p.d_in}, hidden={p.hidden}, d_out={p.d_out}")
+    for n, a in p.arrays().items():
+        _finite(a, f"cache.params.{n}")
     dyt = cache.from_caller(dy, "dy", p.d_out)
     res = _ops.birnn_bwd(dyt, cache.x, cache.h_f, cache.h_b, p.W_f, p.U_f, p.V_f, p.W_b, p.U_b,
                          p.V_b, cache.h0_f, cache.h0_b, cache.lengths, bool(need_dx),
@@ -404,7 +446,10 @@ def birnn_loss_and_grads(x, z, params: BiRNNParams, h0_f=None, h0_b=None, *, len
 
 
 def __getattr__(name):
-    # the analysis functions live in fastdl.rnn_analysis (imported on first use)
+    # the analysis functions live in fastdl.rnn_analysis (imported on first use); probes for
+    # dunder attributes (copy, pickle, inspect, test runners) do not import it
+    if name.startswith("__"):
+        raise AttributeError(f"module 'fastdl.rnn' has no attribute {name!r}")
     from fastdl import rnn_analysis
     if name in rnn_analysis.__all__:
         return getattr(rnn_analysis, name)

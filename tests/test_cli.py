@@ -1,5 +1,6 @@
 """The fastdl command: info, backends, bench (in-process, small settings)."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -66,13 +67,28 @@ def test_bad_arguments_exit_with_usage(argv):
     assert e.value.code == 2
 
 
-def test_demo_prints_the_documents_results(capsys):
-    assert main(["demo"]) == 0
+def test_demo_prints_the_documents_results(capsys, tmp_path):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert '"the red rectangle"  log p = -9.7' in out            # greedy and exact search
     assert '"a blue square"  log p = -9.9' in out and '"a red circle"  log p = -10.0' in out
     assert "[3.167 2.000 2.500 3.333]" in out                    # layer-norm means of Question 1
     assert 'greedy\'s prefix "the red" (-5.0) ranked 3' in out
+    # the BiRNN exercise: the recursion's terms, the corrections, the graph written
+    assert "∇h_t(f) L_t = -2 V(f)ᵀ(z_t - y_t)" in out and "diag(1 - h_{t-1}(b)²) U(b)" in out
+    assert "forward 162 = 2·T·3d², backward 324 = 2·T·6d²" in out
+    assert "the gradient vanishes" in out
+    dot = (tmp_path / "birnn_unrolled_T3.dot").read_text()
+    assert dot.startswith("digraph") and "hb4 -> hb3" in dot and "hf0 -> hf1" in dot
+    if shutil.which("dot"):
+        assert (tmp_path / "birnn_unrolled_T3.svg").read_bytes().startswith(b"<?xml")
+
+
+def test_demo_without_files_prints_the_graph(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--no-files"]) == 0
+    assert "digraph birnn" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_only_picks_from_every_case_unless_quick():
@@ -118,3 +134,18 @@ def test_quant_cases_cover_the_issue_matrix():
     case = next(c for c in all_cases(only="quant/qmatmul/int4-b64/n1/*"))
     assert case.targets["cython"] == {"max:bits/param": 4.5, "vs:numpy x@W f32": 5.0,
                                       "vs_limit": 1.5}
+
+
+def test_bench_plot_writes_the_figures(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    rc = main(["bench", "--only", "decode/topk/n1e6/k10/*", "--rounds", "1", "--no-torch",
+               "--plot", str(tmp_path)])
+    assert rc == 0
+    for name in ("speedups.png", "birnn_gradient_flow.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_bench_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["bench", "--only", "decode/topk/n1e6/k10/*", "--plot", str(tmp_path)]) == 2
+    assert "fastdl[plot]" in capsys.readouterr().out

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBMODULES = ["nn", "norm", "decode", "quant", "registry", "complexity", "bench"]
-LAZY = ["fastdl.nn", "fastdl.decode", "fastdl.quant", "fastdl.bench", "fastdl.complexity"]
+SUBMODULES = ["nn", "norm", "decode", "quant", "registry", "complexity", "bench", "rnn",
+              "rnn_analysis"]
+LAZY = ["fastdl.nn", "fastdl.decode", "fastdl.quant", "fastdl.bench", "fastdl.complexity",
+        "fastdl.rnn", "fastdl.rnn_analysis"]
 # the names ``from fastdl import ...`` has offered, which must keep working
 TOP_LEVEL = [
     "__version__", "decode", "quant", "build_info", "get_num_threads", "set_num_threads",
