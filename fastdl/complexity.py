@@ -98,10 +98,11 @@ def birnn_forward_bytes(T: int, B: int, d_in: int, hidden: int, d_out: int, *,
                         itemsize: int = 4, lengths=None) -> int:
     """Bytes the forward returns and keeps for the backward: y (T·B·d_out) and both
     directions' hidden states (2·T·B·hidden).  These are padded (T, B, ·) arrays,
-    0 past each length, so ``lengths`` does not change the count; the time-major
-    x the cache also holds is the input itself when x is time-major and contiguous.
-    The pre-activations X·Wᵀ are not counted: they can be computed into the states'
-    own arrays and the tanh applied in place."""
+    0 past each length, so ``lengths`` does not change the count.  Not counted:
+    the pre-activations X·Wᵀ (they can be computed into the states' own arrays and
+    the tanh applied in place), and the copies ``fastdl.rnn.birnn_forward`` makes so
+    that its caller may change x and y afterwards (the cache's x, T·B·d_in, and the
+    returned y beside the cache's)."""
     _positive(T=T, B=B, d_in=d_in, hidden=hidden, d_out=d_out, itemsize=itemsize)
     _real_steps(T, B, lengths)
     return itemsize * T * B * (d_out + 2 * hidden)
