@@ -5,9 +5,13 @@
  * column sum in a fixed row order, so every table of a dtype rounds
  * identically (no fma, fp-contract off).
  *
- * tanh (rnnk_tanh.h), against the exact tanh of the input, over every input:
- *   float32: at most 2 ulp (measured over all 2^32 float32 bit patterns);
- *   float64: at most 2 ulp (measured on a dense grid against an exact tanh).
+ * tanh (rnnk_tanh.h), error against the exact tanh of the input:
+ *   float32: at most 1.5 ulp over every float32 (measured: max 1.33 ulp, at
+ *   x = 0.6283, sweeping all 2^31 non-negative bit patterns; negative inputs
+ *   are their mirror bitwise);
+ *   float64: at most 1.5 ulp on a dense grid (every binade from 2^-60 to 2^6,
+ *   and steps of 1e-5 on [0, 20]; measured: max 1.31 ulp against 40-digit
+ *   values, at most 2 ulp from the C library's tanh).
  * tanh(NaN) is NaN, tanh(+-inf) = +-1, tanh(-0) = -0, and the result is odd
  * (tanh(-x) = -tanh(x) bitwise) and never outside [-1, 1]. */
 #ifndef FASTDL_RNNK_H

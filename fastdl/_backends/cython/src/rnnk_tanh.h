@@ -14,7 +14,7 @@
  *   2^n by adding n to the exponent field.  For e >= e^1.25 the division step
  *   shrinks e's relative error (d tanh / tanh <= 0.8 de / e).
  * The sign is |x|'s result with x's sign bit; NaN stays NaN (its own bits).
- * Bounds (rnnk.h): at most 2 ulp in both types. */
+ * Bounds (rnnk.h): at most 1.5 ulp in both types. */
 #ifndef FASTDL_RNNK_TANH_H
 #define FASTDL_RNNK_TANH_H
 #include <stdint.h>
