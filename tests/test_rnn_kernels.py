@@ -231,3 +231,20 @@ def test_bad_direct_arguments_raise():
         _rnn.birnn_bwd(dy, x, hs, hs, *w, *h, np.array([1, 2], np.int64), False, 1)
     with pytest.raises(TypeError, match="x must be"):
         _rnn.birnn_fwd(x.astype(np.float16), *w, *b, *h, L, 1)
+
+
+@pytest.mark.parametrize("mode", ["process-wide", "none"])
+def test_other_blas_thread_controls(monkeypatch, parallel_small, mode):
+    """With only a process-wide BLAS setter the regions set it to 1 around them (the same
+    single-threaded calls: bitwise equal); with none the directions run one after the
+    other on the BLAS's own threads (agreement to rounding)."""
+    case = model(11, 6, 5, 7, 9, 4, np.float64)
+    want = run(_rnn, *case, True, 2)
+    _rnn._blas_mode()
+    monkeypatch.setattr(_rnn, "_BLAS", (0, True) if mode == "process-wide" else (0, False))
+    got = run(_rnn, *case, True, 2)
+    if mode == "process-wide":
+        assert _bitwise(got, want)
+    else:
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-13)

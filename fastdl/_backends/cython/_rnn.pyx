@@ -91,8 +91,7 @@ cdef _enter(Region *g, int nthreads, int64_t work_bytes):
         if glob:
             g.old_global = _cpu.blas_threads(1)
     else:
-        g.nt = 1
-        _cpu.blas_threads(_cpu.blas_team(nthreads))
+        g.nt = 1            # no way to keep BLAS off nested threads: one direction at a time
 
 
 cdef _leave(Region *g):
@@ -470,8 +469,9 @@ def _check(x, named, lengths):
                          f"{_shape_of(V_f)}")
     H, O = W_f.shape[0], V_f.shape[0]
     dims = {"T": T, "B": B, "I": I, "H": H, "O": O}
-    if min(T, B, I) < 1 or max(T * B, I, H, O, T * B * max(I, H, O) // 2 ** 16) > INT_MAX:
-        raise ValueError(f"x must be non-empty and of BLAS-sized dimensions, got {x.shape}")
+    if min(T, B, I) < 1 or max(T * B, I, H, O) > INT_MAX:       # BLAS takes 32-bit ints
+        raise ValueError(f"x must be non-empty with T*B, I, H, O <= {INT_MAX}, got x "
+                         f"{x.shape}, H={H}, O={O}")
     for name, (a, shape) in named.items():
         if a is None and name in ("b_f", "b_b", "c", "h0_f", "h0_b"):
             continue
