@@ -152,7 +152,7 @@ def parallel_small():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("lengths", [False, True])
-def test_threads_bitwise_equal(parallel_small, dtype, lengths):
+def test_threads_bitwise_equal(parallel_small, simd_level, dtype, lengths):
     case = model(6, 11, 7, 9, 33, 5, dtype, lengths=lengths)
     want = run(_rnn, *case, True, 1)
     for nt in (2, 3):
