@@ -248,3 +248,25 @@ def test_other_blas_thread_controls(monkeypatch, parallel_small, mode):
     else:
         for g, w in zip(got, want):
             np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("H,O", [(0, 3), (3, 0), (0, 0)])
+@pytest.mark.parametrize("lengths", [None, np.array([3, 1], np.int64)])
+def test_empty_hidden_or_output(H, O, lengths):
+    """H = 0 makes every product over the hidden units an empty sum: y = c, dx = 0."""
+    T, B, I = 3, 2, 4
+    x = np.ones((T, B, I), np.float32)
+    W, U, V = (np.ones(s, np.float32) for s in ((H, I), (H, H), (O, H)))
+    c = np.full(O, 0.5, np.float32)
+    for garbage in range(2):        # the results do not depend on what np.empty returns
+        got = _rnn.birnn_fwd(x, W, U, V, W, U, V, None, None, c, None, None, lengths, 2)
+        want = ref.birnn_fwd(x, W, U, V, W, U, V, None, None, c, None, None, lengths)
+        for g, r in zip(got, want):
+            assert np.array_equal(g, r)
+        dy = np.ones((T, B, O), np.float32)
+        got = _rnn.birnn_bwd(dy, x, want[1], want[2], W, U, V, W, U, V, None, None, lengths,
+                             True, 2)
+        for g, r in zip(got, ref.birnn_bwd(dy, x, want[1], want[2], W, U, V, W, U, V, None,
+                                           None, lengths, True)):
+            assert np.array_equal(g, r)
+        np.empty((T, B, max(I, O)), np.float32).fill(np.nan)

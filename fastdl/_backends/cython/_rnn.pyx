@@ -294,8 +294,11 @@ cdef const void *_at(a, const real *tag) except? NULL:
     return &v[0] if v.shape[0] else tag
 
 
-cdef void *_scratch(list bufs, int64_t nbytes) except NULL:
-    cdef void *q = calloc(nbytes if nbytes > 0 else 1, 1)
+cdef void *_scratch(list bufs, int64_t nbytes, bint zero=False) except NULL:
+    """A work buffer freed by _free(bufs); only zero=True ones start as zeros (the rest
+    are written in full before they are read: no memset, and reused heap pages)."""
+    cdef size_t n = nbytes if nbytes > 0 else 1
+    cdef void *q = calloc(n, 1) if zero else malloc(n)
     if q == NULL:
         raise MemoryError(f"birnn: out of memory for {nbytes} bytes of work buffers")
     bufs.append(<uintptr_t>q)
@@ -322,7 +325,7 @@ cdef _state(list bufs, const Plan *p, h0, const real *tag, const void **out):
     if src != NULL and not p.packed:
         out[0] = src
         return
-    dst = <real *>_scratch(bufs, p.B * p.H * sizeof(real))
+    dst = <real *>_scratch(bufs, p.B * p.H * sizeof(real), src == NULL)
     if src != NULL:
         _permute_rows(p, src, dst, p.H, True)
     out[0] = dst
@@ -404,7 +407,7 @@ def _bwd(const real[:, :, ::1] x, dy, tuple hs, tuple w, tuple h0s, tuple plan, 
         K.d = fdl_rnnk_f64_table(simd_level())
     xmacs[0] = xmacs[1] = 0
     try:
-        acc = <double *>_scratch(bufs, 2 * (2 * p.H + 2 * p.O) * sizeof(double))
+        acc = <double *>_scratch(bufs, 2 * (2 * p.H + 2 * p.O) * sizeof(double), True)
         if p.packed:
             X = <real *>_scratch(bufs, p.N * p.DI * sizeof(real))
             _gather(&p, tag, <real *>X, p.DI)

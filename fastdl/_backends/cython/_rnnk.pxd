@@ -2,6 +2,7 @@
 # one per kernel over the fused type, and row-major GEMM helpers over
 # scipy.linalg.cython_blas that add the multiply-adds of every call to a counter.
 from libc.stdint cimport int64_t
+from libc.string cimport memset
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 cdef extern from "rnnk.h" nogil:
@@ -64,14 +65,21 @@ cdef inline void k_colsum(const Kern *K, const real *a, int64_t m, int64_t n, re
 
 
 # Row-major C (m x n) = op(A) op(B) + beta C through the column-major BLAS
-# (C^T = op(B)^T op(A)^T); macs[0] += m n k.  Empty products are skipped.
+# (C^T = op(B)^T op(A)^T); macs[0] += m n k.  An empty sum (k = 0) is 0 (C = 0 when
+# beta = 0, unchanged when beta = 1), as BLAS defines it, without calling BLAS.
 cdef inline void _gemm(char *ta, char *tb, int64_t m, int64_t n, int64_t k, const real *a,
                        int64_t lda, const real *b, int64_t ldb, real beta, real *c,
                        int64_t ldc, int64_t *macs) noexcept nogil:
     cdef int mi = <int>m, ni = <int>n, ki = <int>k
     cdef int la = <int>lda, lb = <int>ldb, lc = <int>ldc
     cdef real one = 1
-    if m <= 0 or n <= 0 or k <= 0:
+    cdef int64_t i
+    if m <= 0 or n <= 0:
+        return
+    if k <= 0:
+        if beta == 0:
+            for i in range(m):
+                memset(c + i * ldc, 0, n * sizeof(real))
         return
     macs[0] += m * n * k
     if real is float:
