@@ -45,13 +45,13 @@ import numpy as np
 
 from fastdl._backends.cython._cpu cimport simd_level, team
 from fastdl._backends.cython import _cpu
+from fastdl._backends.cython._rnn_args import WEIGHTS, check, plan_of, shape_of
 from fastdl._backends.cython._rnnk cimport (
     Kern, fdl_rnnk_f32_table, fdl_rnnk_f64_table, k_add_rows, k_bias_tanh, k_colsum, k_dtanh,
     mm_nn, mm_nt, mm_tn, real)
 
 ctypedef int (*blas_set_fn)(int) noexcept nogil
 
-cdef int64_t INT_MAX = 2147483647
 _local = threading.local()
 
 
@@ -116,20 +116,6 @@ cdef struct Plan:
     const int64_t *off     # off[t]: first packed row of step t
     const int64_t *seq     # packed row r of any step is batch entry seq[r]
     int packed             # 0: packed order is (t, b) order, no gather/scatter
-
-
-def _plan(lengths, int64_t T, int64_t B):
-    """(n, off, seq, packed) of a batch."""
-    if lengths is None or bool((lengths == T).all()):
-        n = np.full(T + 1, B, np.int64)
-        n[T] = 0
-        return n, np.arange(T + 1, dtype=np.int64) * B, np.arange(B, dtype=np.int64), False
-    seq = np.argsort(-lengths, kind="stable").astype(np.int64)
-    n = np.zeros(T + 1, np.int64)
-    n[:T] = (lengths[None, :] > np.arange(T)[:, None]).sum(axis=1)
-    off = np.zeros(T + 1, np.int64)
-    np.cumsum(n[:T], out=off[1:])
-    return n, off, seq, True
 
 
 cdef void _gather(const Plan *p, const real *src, real *dst, int64_t w) noexcept nogil:
@@ -455,56 +441,14 @@ def _bwd(const real[:, :, ::1] x, dy, tuple hs, tuple w, tuple h0s, tuple plan, 
 
 # ---------------------------------------------------------------- the ops
 
-def _shape_of(a):
-    return getattr(a, "shape", type(a).__name__)
-
-
-def _check(x, named, lengths):
-    """Shapes and dtypes the drivers index memory with (the op's check says the same
-    in user terms; these kernels are also reachable directly).  Returns (T, B, I, H, O)."""
-    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.dtype not in (np.float32, np.float64):
-        raise TypeError(f"x must be a float32/float64 (T, B, I) array, got {_shape_of(x)}")
-    T, B, I = x.shape
-    W_f, V_f = named["W_f"][0], named["V_f"][0]
-    if not (isinstance(W_f, np.ndarray) and W_f.ndim == 2 and isinstance(V_f, np.ndarray)
-            and V_f.ndim == 2):
-        raise ValueError(f"W_f and V_f must be 2-D arrays, got {_shape_of(W_f)}, "
-                         f"{_shape_of(V_f)}")
-    H, O = W_f.shape[0], V_f.shape[0]
-    dims = {"T": T, "B": B, "I": I, "H": H, "O": O}
-    if min(T, B, I) < 1 or max(T * B, I, H, O) > INT_MAX:       # BLAS takes 32-bit ints
-        raise ValueError(f"x must be non-empty with T*B, I, H, O <= {INT_MAX}, got x "
-                         f"{x.shape}, H={H}, O={O}")
-    for name, (a, shape) in named.items():
-        if a is None and name in ("b_f", "b_b", "c", "h0_f", "h0_b"):
-            continue
-        want = tuple(dims[s] for s in shape)
-        if not isinstance(a, np.ndarray) or a.dtype != x.dtype or a.shape != want \
-                or not a.flags.c_contiguous:
-            raise ValueError(f"{name} must be a C-contiguous {x.dtype} array of shape {want}, "
-                             f"got {_shape_of(a)} {getattr(a, 'dtype', '')}")
-    if lengths is not None:
-        if not isinstance(lengths, np.ndarray) or lengths.dtype != np.int64 \
-                or lengths.shape != (B,):
-            raise ValueError(f"lengths must be an int64 array of shape ({B},), got "
-                             f"{_shape_of(lengths)}")
-        if lengths.min() < 1 or lengths.max() > T:
-            raise ValueError(f"lengths must be in [1, T={T}]")
-    return T, B, I, H, O
-
-
-_WEIGHTS = (("W_f", "HI"), ("U_f", "HH"), ("V_f", "OH"), ("W_b", "HI"), ("U_b", "HH"),
-            ("V_b", "OH"))
-
-
 def birnn_fwd(x, W_f, U_f, V_f, W_b, U_b, V_b, b_f, b_b, c, h0_f, h0_b, lengths, nthreads):
     """(y, h_f, h_b) of a bidirectional tanh RNN (fastdl.ops.rnn.birnn_fwd)."""
     w = (W_f, U_f, V_f, W_b, U_b, V_b)
-    named = {n: (a, s) for (n, s), a in zip(_WEIGHTS, w)}
+    named = {n: (a, s) for (n, s), a in zip(WEIGHTS, w)}
     named.update(b_f=(b_f, "H"), b_b=(b_b, "H"), c=(c, "O"), h0_f=(h0_f, "BH"),
                  h0_b=(h0_b, "BH"))
-    T, B, I, H, O = _check(x, named, lengths)
-    plan = _plan(lengths, T, B)
+    T, B, I, H, O = check(x, named, lengths)
+    plan = plan_of(lengths, T, B)
     new = np.zeros if plan[3] else np.empty
     res = (new((T, B, O), x.dtype), new((T, B, H), x.dtype), new((T, B, H), x.dtype))
     _local.birnn_fwd = _fwd(x, w, (b_f, b_b, c, h0_f, h0_b), plan, res, nthreads)
@@ -515,11 +459,11 @@ def birnn_bwd(dy, x, h_f, h_b, W_f, U_f, V_f, W_b, U_b, V_b, h0_f, h0_b, lengths
               nthreads):
     """The 12 gradients of fastdl.ops.rnn.birnn_bwd (dx None unless need_dx)."""
     w = (W_f, U_f, V_f, W_b, U_b, V_b)
-    named = {n: (a, s) for (n, s), a in zip(_WEIGHTS, w)}
+    named = {n: (a, s) for (n, s), a in zip(WEIGHTS, w)}
     named.update(dy=(dy, "TBO"), h_f=(h_f, "TBH"), h_b=(h_b, "TBH"), h0_f=(h0_f, "BH"),
                  h0_b=(h0_b, "BH"))
-    T, B, I, H, O = _check(x, named, lengths)
-    plan = _plan(lengths, T, B)
+    T, B, I, H, O = check(x, named, lengths)
+    plan = plan_of(lengths, T, B)
     e, dt = np.empty, x.dtype
     res = (e((H, I), dt), e((H, H), dt), e((O, H), dt), e(H, dt),
            e((H, I), dt), e((H, H), dt), e((O, H), dt), e(H, dt), e(O, dt),
@@ -540,7 +484,7 @@ def tanh(x, out=None):
     (at most 1.5 ulp from the exact tanh: float32 over every float32,
     float64 on a dense grid; NaN stays NaN, +-inf gives +-1, odd bitwise).  Returns ``out`` (a new array when None)."""
     if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
-        raise TypeError(f"x must be a float32/float64 numpy.ndarray, got {_shape_of(x)}")
+        raise TypeError(f"x must be a float32/float64 numpy.ndarray, got {shape_of(x)}")
     x = np.ascontiguousarray(x)
     if out is None:
         out = np.empty_like(x)
