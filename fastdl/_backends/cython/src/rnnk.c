@@ -11,62 +11,23 @@
 #define RK(name) RK_XCAT3(name, RK_SFX, RK_ISA)
 
 
-/* float32 and float64 bodies of one ISA */
+/* every ISA's float32 and float64 bodies (rnnk_isa.h: one ISA, both dtypes) */
 #define ATTR
 #define RK_ISA scalar
-#define T float
-#define RK_SFX f32
-#define RK_TANH rk_tanh_f32
-#include "rnnk_body.h"
-#undef T
-#undef RK_SFX
-#undef RK_TANH
-#define T double
-#define RK_SFX f64
-#define RK_TANH rk_tanh_f64
-#include "rnnk_body.h"
-#undef T
-#undef RK_SFX
-#undef RK_TANH
+#include "rnnk_isa.h"
 #undef ATTR
 #undef RK_ISA
 
 #if FDL_HAVE_AVX2_TARGET
 #define ATTR FDL_TARGET_AVX2
 #define RK_ISA avx2
-#define T float
-#define RK_SFX f32
-#define RK_TANH rk_tanh_f32
-#include "rnnk_body.h"
-#undef T
-#undef RK_SFX
-#undef RK_TANH
-#define T double
-#define RK_SFX f64
-#define RK_TANH rk_tanh_f64
-#include "rnnk_body.h"
-#undef T
-#undef RK_SFX
-#undef RK_TANH
+#include "rnnk_isa.h"
 #undef ATTR
 #undef RK_ISA
 
 #define ATTR FDL_TARGET_AVX512
 #define RK_ISA avx512
-#define T float
-#define RK_SFX f32
-#define RK_TANH rk_tanh_f32
-#include "rnnk_body.h"
-#undef T
-#undef RK_SFX
-#undef RK_TANH
-#define T double
-#define RK_SFX f64
-#define RK_TANH rk_tanh_f64
-#include "rnnk_body.h"
-#undef T
-#undef RK_SFX
-#undef RK_TANH
+#include "rnnk_isa.h"
 #undef ATTR
 #undef RK_ISA
 #endif
