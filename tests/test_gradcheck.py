@@ -102,3 +102,18 @@ def test_birnn_backward_passes_gradcheck(backend, T, B, d_in, hidden, d_out, bia
 
     inputs = dict(p.arrays(), x=x, h0_f=h0[0], h0_b=h0[1])
     gradcheck(fn, inputs, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", fastdl.testing.BUILTIN_BACKENDS)
+def test_gradcheck_checks_other_backwards_too(backend):
+    # the same helper on layer_norm_backward: L = Σ r ⊙ layer_norm(x, w, b)
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((3, 6)), rng.standard_normal(6), rng.standard_normal(6)
+    r = rng.standard_normal((3, 6))
+
+    def fn(x, w, b):
+        y = fastdl.layer_norm(x, (6,), w, b, backend=backend)
+        dx, dw, db = fastdl.layer_norm_backward(r, x, (6,), w, b, backend=backend)
+        return float(np.sum(r * y)), (dx, dw, db)
+    res = gradcheck(fn, [x, w, b], atol=1e-7, rtol=1e-6)
+    assert res.ok and set(res.checked) == {0, 1, 2}
