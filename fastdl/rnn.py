@@ -43,6 +43,12 @@ _BIASES = ("b_f", "b_b", "c")
 
 
 def _finite(a: np.ndarray, name: str) -> None:
+    # a NaN or an infinity makes the sum non-finite, so a finite sum clears the array
+    # without a mask as large as it (only a sum that overflows looks further)
+    if a.dtype.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(np.add.reduce(a, axis=None)):
+                return
     if not np.isfinite(a).all():
         bad = np.argwhere(~np.isfinite(a))[0]
         idx = tuple(int(i) for i in bad)
@@ -317,7 +323,7 @@ def _lengths(lengths, T, B):
     return _own_copy(np.ascontiguousarray(a, dtype=np.int64), lengths)
 
 
-def _input(x, params, batch_first):
+def _input(x, params, batch_first, own=True):
     given = x
     x = plain_array(x, "x")
     if not isinstance(given, np.ndarray) and x.dtype.kind in "iuf":
@@ -343,7 +349,9 @@ def _input(x, params, batch_first):
         raise ValueError(f"x must have at least one step (T >= 1), got shape {x.shape}")
     if tm.shape[1] == 0:
         raise ValueError(f"x must hold at least one sequence (B >= 1), got shape {x.shape}")
-    tm = _own_copy(np.ascontiguousarray(tm), given)
+    tm = np.ascontiguousarray(tm)
+    if own:
+        tm = _own_copy(tm, given)
     _finite(tm, "x")
     return tm, unbatched
 
@@ -361,6 +369,13 @@ def birnn_forward(x, params: BiRNNParams, h0_f=None, h0_b=None, *, lengths=None,
     ValueError.  The cache keeps its own copies: the caller may change x, h0 and
     lengths (but not the parameters) before the backward.
     """
+    return _forward(x, params, h0_f, h0_b, lengths, batch_first, backend, True)
+
+
+def _forward(x, params, h0_f, h0_b, lengths, batch_first, backend, own):
+    """birnn_forward; ``own``: the cache copies what it shares with the caller's
+    arrays, and y is not the cache's array (False inside birnn_loss_and_grads, whose
+    caller cannot change them between the two passes)."""
     if not isinstance(params, BiRNNParams):
         raise TypeError(f"params must be a fastdl.rnn.BiRNNParams, got {type(params).__name__}")
     try:
@@ -371,7 +386,7 @@ def birnn_forward(x, params: BiRNNParams, h0_f=None, h0_b=None, *, lengths=None,
         raise TypeError(f"batch_first must be a bool, got {batch_first!r}")
     for n, a in params.arrays().items():
         _finite(a, f"params.{n}")
-    xt, unbatched = _input(x, params, bool(batch_first))
+    xt, unbatched = _input(x, params, bool(batch_first), own)
     T, B, _ = xt.shape
     H, dt = params.hidden, xt.dtype
     if unbatched and lengths is not None:
@@ -388,7 +403,7 @@ def birnn_forward(x, params: BiRNNParams, h0_f=None, h0_b=None, *, lengths=None,
     cache = BiRNNCache(xt, h_f, h_b, y, params, h0f, h0b, lens, bool(batch_first), unbatched,
                        backend)
     out = cache.to_caller(y)
-    return (out.copy() if np.may_share_memory(out, y) else out), cache
+    return (out.copy() if own and np.may_share_memory(out, y) else out), cache
 
 
 def birnn_backward(cache: BiRNNCache, dy, *, need_dx: bool = True,
@@ -435,13 +450,14 @@ def birnn_loss_and_grads(x, z, params: BiRNNParams, h0_f=None, h0_b=None, *, len
                          backend: str | None = None):
     """(L, grads) for the sum-of-squares loss L = Σ_t ||z_t - y_t||² over the real steps
     (z: the targets, in y's shape); dL/dy = -2 (z - y)."""
-    y, cache = birnn_forward(x, params, h0_f, h0_b, lengths=lengths, batch_first=batch_first,
-                             backend=backend)
+    y, cache = _forward(x, params, h0_f, h0_b, lengths, batch_first, backend, False)
     zt = cache.from_caller(z, "z", params.d_out)
     r = zt - cache.y
-    r[~cache.valid()] = 0
-    loss = float(np.sum(r.astype(np.float64) ** 2))
-    grads = birnn_backward(cache, cache.to_caller(-2 * r), need_dx=need_dx)
+    if cache.lengths is not None:
+        r[~cache.valid()] = 0
+    loss = float(np.sum(r * r, dtype=np.float64))
+    r *= -2                                  # dL/dy, in place
+    grads = birnn_backward(cache, cache.to_caller(r), need_dx=need_dx)
     return loss, grads
 
 

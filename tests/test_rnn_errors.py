@@ -3,6 +3,7 @@ the inputs (x, h0, lengths, params, dy) unchanged after every call, good or bad;
 the forward's own (changing the caller's arrays afterwards does not change the gradients)."""
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -346,3 +347,18 @@ def test_dunder_probes_do_not_import_the_analysis():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=root)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_huge_finite_inputs_are_not_called_non_finite(rnn_backend):
+    # the finiteness check sums first; a sum that overflows must fall back to the exact test
+    p = F.BiRNNParams.init(3, 4, rng=0)
+    x = np.full((5, 2, 3), 3e38, np.float32)
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(x.sum())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # and no overflow warning from the check
+        y, cache = F.birnn_forward(x, p, backend=rnn_backend)
+    assert np.isfinite(y).all()
+    x[2, 1, 0] = np.inf
+    with pytest.raises(ValueError, match=r"x must be finite, got inf at index \(2, 1, 0\)"):
+        F.birnn_forward(x, p, backend=rnn_backend)
