@@ -179,11 +179,8 @@ class BiRNN:
         """(L, grads) for L = Σ_t ||z_t - y_t||² over the real steps (z in y's shape):
         a forward and a backward (without dx) in one call; ``grads`` is ``layer.grads``."""
         self.forward(x, h0_f, h0_b, lengths=lengths)
-        cache = self._cache
-        r = cache.from_caller(z, "z", self.d_out) - cache.y
-        r[~cache.valid()] = 0
-        loss = float(np.sum(r.astype(np.float64) ** 2))
-        self._backward(cache.to_caller(-2 * r), False)
+        loss, dy = F._squared_error(self._cache, z)
+        self._backward(dy, False)
         return loss, self.grads
 
     def __repr__(self) -> str:

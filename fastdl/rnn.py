@@ -34,6 +34,7 @@ import numpy as np
 from fastdl import ops as _ops
 from fastdl import registry
 from fastdl._validate import FLOAT_DTYPES, plain_array
+from fastdl.ops.rnn import check_lengths, valid_steps
 
 __all__ = ["BiRNNParams", "BiRNNCache", "BiRNNGrads", "birnn_forward", "birnn_backward",
            "birnn_loss_and_grads", "PARAM_NAMES"]
@@ -235,9 +236,7 @@ class BiRNNCache:
 
     def valid(self) -> np.ndarray:
         """(T, B) bool: step t of sequence i is real, not padding."""
-        if self.lengths is None:
-            return np.ones((self.T, self.B), bool)
-        return np.arange(self.T)[:, None] < self.lengths[None, :]
+        return valid_steps(self.lengths, self.T, self.B)
 
     def to_caller(self, a: np.ndarray) -> np.ndarray:
         """A time-major (T, B, ·) array in the layout of the forward's input."""
@@ -316,10 +315,7 @@ def _lengths(lengths, T, B):
     if a.shape != (B,):
         raise ValueError(f"lengths must have shape ({B},) (one length per sequence of the "
                          f"batch), got {a.shape}")
-    bad = (a < 1) | (a > T)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ValueError(f"lengths must be in [1, T={T}], got lengths[{i}] = {int(a[i])}")
+    check_lengths(a, T)
     return _own_copy(np.ascontiguousarray(a, dtype=np.int64), lengths)
 
 
@@ -451,14 +447,19 @@ def birnn_loss_and_grads(x, z, params: BiRNNParams, h0_f=None, h0_b=None, *, len
     """(L, grads) for the sum-of-squares loss L = Σ_t ||z_t - y_t||² over the real steps
     (z: the targets, in y's shape); dL/dy = -2 (z - y)."""
     y, cache = _forward(x, params, h0_f, h0_b, lengths, batch_first, backend, False)
-    zt = cache.from_caller(z, "z", params.d_out)
-    r = zt - cache.y
+    loss, dy = _squared_error(cache, z)
+    return loss, birnn_backward(cache, dy, need_dx=need_dx)
+
+
+def _squared_error(cache: BiRNNCache, z):
+    """(L, dL/dy in the forward input's layout) for L = Σ_t ||z_t - y_t||² over the real
+    steps: the residual squared once in its own dtype, summed in float64."""
+    r = cache.from_caller(z, "z", cache.params.d_out) - cache.y
     if cache.lengths is not None:
         r[~cache.valid()] = 0
     loss = float(np.sum(r * r, dtype=np.float64))
     r *= -2                                  # dL/dy, in place
-    grads = birnn_backward(cache, cache.to_caller(r), need_dx=need_dx)
-    return loss, grads
+    return loss, cache.to_caller(r)
 
 
 def __getattr__(name):

@@ -38,15 +38,24 @@ _STATE = (_opt("h0_f", ("B", "H")), _opt("h0_b", ("B", "H")),
           Arg("lengths", dtype="int64", shape=("B",), optional=True))
 
 
-def _lengths_rule(values, dims):
-    lengths = values["lengths"]
-    if lengths is None:
-        return
-    bad = (lengths < 1) | (lengths > dims["T"])
+def check_lengths(lengths: np.ndarray, T: int) -> None:
+    """ValueError naming the first length outside [1, T]."""
+    bad = (lengths < 1) | (lengths > T)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"lengths must be in [1, T={dims['T']}], got lengths[{i}] = "
-                         f"{int(lengths[i])}")
+        raise ValueError(f"lengths must be in [1, T={T}], got lengths[{i}] = {int(lengths[i])}")
+
+
+def valid_steps(lengths, T: int, B: int) -> np.ndarray:
+    """(T, B) bool: step t of sequence i is real, not padding (all True without lengths)."""
+    if lengths is None:
+        return np.ones((T, B), bool)
+    return np.arange(T)[:, None] < np.asarray(lengths)[None, :]
+
+
+def _lengths_rule(values, dims):
+    if values["lengths"] is not None:
+        check_lengths(values["lengths"], dims["T"])
 
 
 # ------------------------------------------------------------- samplers (conformance suite)

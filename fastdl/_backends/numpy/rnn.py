@@ -7,12 +7,7 @@ with NumPy's matmul.
 """
 import numpy as np
 
-
-def _valid(lengths, T, B):
-    """(T, B) bool: step t of sequence i is real (not padding)."""
-    if lengths is None:
-        return np.ones((T, B), bool)
-    return np.arange(T)[:, None] < lengths[None, :]
+from fastdl.ops.rnn import valid_steps
 
 
 def _zeros_or(h0, B, H, dtype):
@@ -39,7 +34,7 @@ def _direction(xw, U, b, h0, valid, reverse):
 def birnn_fwd(x, W_f, U_f, V_f, W_b, U_b, V_b, b_f, b_b, c, h0_f, h0_b, lengths):
     T, B, _ = x.shape
     H = W_f.shape[0]
-    valid = _valid(lengths, T, B)
+    valid = valid_steps(lengths, T, B)
     h_f = _direction(x @ W_f.T, U_f, b_f, _zeros_or(h0_f, B, H, x.dtype), valid, False)
     h_b = _direction(x @ W_b.T, U_b, b_b, _zeros_or(h0_b, B, H, x.dtype), valid, True)
     y = h_f @ V_f.T + h_b @ V_b.T
@@ -92,7 +87,7 @@ def _deltas(dh_out, h, U, valid, first, reverse):
 def birnn_bwd(dy, x, h_f, h_b, W_f, U_f, V_f, W_b, U_b, V_b, h0_f, h0_b, lengths, need_dx):
     T, B, I = x.shape
     H = W_f.shape[0]
-    valid = _valid(lengths, T, B)
+    valid = valid_steps(lengths, T, B)
     dy = np.where(valid[:, :, None], dy, 0).astype(x.dtype)
     flat = (lambda a: a.reshape(T * B, -1))
     out = {}
