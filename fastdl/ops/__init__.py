@@ -17,8 +17,9 @@ from fastdl.ops.norm import (NORM_KINDS, NORM_OPS, batch_norm_bwd, batch_norm_ev
                              layer_norm_fwd, norm_stats, rms_norm_bwd, rms_norm_fwd)
 from fastdl.ops.quant import QUANT_OPS, ROUNDINGS, SCHEMES, dequantize, qmatmul, quantize
 from fastdl.ops.rnn import RNN_OPS, birnn_bwd, birnn_fwd
+from fastdl.ops.lora import LORA_OPS, attention_bwd, attention_fwd, lora_bwd, lora_fwd
 
-BUILTIN_OPS = NORM_OPS + DECODE_OPS + QUANT_OPS + RNN_OPS
+BUILTIN_OPS = NORM_OPS + DECODE_OPS + QUANT_OPS + RNN_OPS + LORA_OPS
 
 __all__ = ["Arg", "OpSpec", "Result", "SPECS", "BUILTIN_OPS", "checked", "define", "get",
            "names", "implement", "table"] + [op.name for op in BUILTIN_OPS]
