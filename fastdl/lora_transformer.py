@@ -1,0 +1,244 @@
+"""The course's transformer layer with low-rank adapters: multi-head attention
+followed by a linear feed-forward layer, H' = LFFN(MHA(H))::
+
+    LFFN(X)   = X W^F + X A^F (B^F)ᵀ
+    MHA(H)    = [head_1(H), …, head_h(H)] W^O
+    head_i(H) = softmax(Q_i K_iᵀ / √d) V_i,   Q_i = H W^{Q,i} + s·H A^{Q,i} (B^{Q,i})ᵀ
+
+(K_i, V_i likewise).  Per-head W^{Q,K,V,i} are (d, d), W^O is (h·d, d), W^F is
+(d, d), every adapter A, B is (d, r).  No residual connection and no
+normalization: exactly the two maps above.  The frozen weights are float32
+(or float64) or quantized (``quantize={"mha": spec, "ffn": spec}``, each stage's
+operands in one precision: the base products run through ``qmatmul``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fastdl import ops as _ops
+from fastdl._validate import as_float_array, check_flag, check_int
+from fastdl.lora import LoRALinear, QLoRALinear, finite
+from fastdl.quant import QuantizedTensor, qmatmul, quantize as _quantize
+
+__all__ = ["TransformerLayer", "QUANT_PRESETS"]
+
+TARGETS = ("q", "k", "v", "o", "f")
+QUANT_PRESETS = {             # shorthand names of quantization formats
+    "nf4": dict(bits=4, scheme="nf4", block_size=64, double_quant=True),
+    "nf4-plain": dict(bits=4, scheme="nf4", block_size=64, double_quant=False),
+    "int4": dict(bits=4, scheme="absmax", block_size=64),
+    "int8": dict(bits=8, scheme="absmax", block_size=64),
+}
+
+
+def _spec(value, name):
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in QUANT_PRESETS:
+            raise ValueError(f"{name} must be None, a dict of fastdl.quant.quantize keywords or "
+                             f"one of {sorted(QUANT_PRESETS)}, got {value!r}")
+        return dict(QUANT_PRESETS[value])
+    if not isinstance(value, dict) or "bits" not in value:
+        raise TypeError(f"{name} must be None, a preset name or a dict with at least 'bits' "
+                        f"(fastdl.quant.quantize keywords), got {value!r}")
+    return dict(value)
+
+
+class _Frozen:
+    """A projection without adapter: y = x W, W float or quantized."""
+
+    def __init__(self, w, spec, dtype):
+        self.qweight = None if spec is None else _quantize(w, **spec)
+        self.weight = None if spec is not None else np.ascontiguousarray(w, dtype)
+        self.d_in, self.d_out = w.shape
+
+    def fwd(self, x2, backend):
+        if self.weight is not None:
+            return x2 @ self.weight
+        return qmatmul(x2, self.qweight, backend=backend)
+
+    def dx(self, dy2, backend):
+        if self.weight is not None:
+            return dy2 @ self.weight.T
+        return qmatmul(dy2, self.qweight, transpose=True, backend=backend)
+
+    def frozen_bytes(self):
+        return self.weight.nbytes if self.weight is not None else self.qweight.nbytes
+
+
+class TransformerLayer:
+    """H' = LFFN(MHA(H)) with adapters on ``lora_targets`` (any of "q", "k", "v", "o",
+    "f"; the course's choice ("q", "k", "v", "f") by default).
+
+    ``weights``: optional dict of frozen weights {"q", "k", "v": (h, d, d), "o": (h·d, d),
+    "f": (d, d)} (default: uniform in ±1/√fan_in, as torch's Linear); ``quantize``:
+    None (float), or {"mha": spec, "ffn": spec} with a spec a preset name
+    (``QUANT_PRESETS``: "nf4", "int4", "int8", …) or ``fastdl.quant.quantize``
+    keywords; ``causal``: query i attends to keys j <= i.  Adapters follow
+    ``LoRALinear`` (alpha, dropout, init, use_rslora).  ``forward(H)`` takes (n, d) or
+    (batch, n, d); ``backward(dH)`` fills ``grads`` (same keys as ``params``:
+    "q.0.A", "q.0.B", …, "f.A", "f.B") and returns dL/dH.  ``lora_layers()`` maps
+    module names ("heads.0.q", …, "out", "ffn") to the adapter layers, as
+    ``save_adapter`` takes them.
+    """
+
+    def __init__(self, d, h, r, *, lora_targets=("q", "k", "v", "f"), quantize=None,
+                 causal=False, alpha=None, dropout=0.0, init="kaiming", use_rslora=False,
+                 weights=None, rng=None, dtype=np.float32):
+        self.d = check_int(d, "d", minimum=1)
+        self.h = check_int(h, "h", minimum=1)
+        self.r = check_int(r, "r", minimum=1, maximum=self.d, maximum_text=f"d = {self.d}")
+        targets = tuple(lora_targets)
+        bad = [t for t in targets if t not in TARGETS]
+        if bad or len(set(targets)) != len(targets):
+            raise ValueError(f"lora_targets must be distinct names from {TARGETS}, got "
+                             f"{lora_targets!r}")
+        self.targets = targets
+        self.causal = check_flag(causal, "causal")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        if quantize is not None and (not isinstance(quantize, dict)
+                                     or set(quantize) - {"mha", "ffn"}):
+            raise ValueError(f"quantize must be None or a dict with keys 'mha' and/or 'ffn', "
+                             f"got {quantize!r}")
+        quantize = quantize or {}
+        self.quantize = {k: _spec(quantize.get(k), f"quantize[{k!r}]") for k in ("mha", "ffn")}
+        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        w = self._weights(weights)
+        kw = dict(alpha=alpha, dropout=dropout, init=init, use_rslora=use_rslora, rng=self.rng)
+        self.modules = {}
+        for p in ("q", "k", "v"):
+            for i in range(self.h):
+                self.modules[f"heads.{i}.{p}"] = self._module(w[p][i], p, "mha", kw)
+        self.modules["out"] = self._module(w["o"], "o", "mha", kw)
+        self.modules["ffn"] = self._module(w["f"], "f", "ffn", kw)
+        self.training = True
+        self._cache = None
+
+    # ---------------------------------------------------------------- construction
+    def _weights(self, weights):
+        d, h = self.d, self.h
+        shapes = {"q": (h, d, d), "k": (h, d, d), "v": (h, d, d), "o": (h * d, d), "f": (d, d)}
+        if weights is None:
+            g = self.rng
+            return {k: g.uniform(-1, 1, s) / math.sqrt(s[-2]) for k, s in shapes.items()}
+        if not isinstance(weights, dict) or set(weights) != set(shapes):
+            raise ValueError(f"weights must be a dict with the keys {sorted(shapes)}, got "
+                             f"{sorted(weights) if isinstance(weights, dict) else weights!r}")
+        out = {}
+        for k, s in shapes.items():
+            a = as_float_array(weights[k], f"weights[{k!r}]")
+            if a.shape != s:
+                raise ValueError(f"weights[{k!r}] must have shape {s}, got {a.shape}")
+            finite(a, f"weights[{k!r}]")
+            out[k] = a
+        return out
+
+    def _module(self, w, target, stage, kw):
+        spec = self.quantize[stage]
+        if target not in self.targets:
+            return _Frozen(w, spec, self.dtype)
+        if spec is None:
+            return LoRALinear(np.asarray(w, self.dtype), self.r, **kw)
+        return QLoRALinear(w, self.r, **spec, dtype=self.dtype, **kw)
+
+    # ---------------------------------------------------------------- parameters
+    def lora_layers(self) -> dict:
+        """{module name: LoRALinear or QLoRALinear} of the adapted projections."""
+        return {n: m for n, m in self.modules.items() if not isinstance(m, _Frozen)}
+
+    @property
+    def params(self) -> dict:
+        """The trainable arrays (views of the adapters' own), e.g. "heads.0.q.A"."""
+        return {f"{n}.{k}": v for n, m in self.lora_layers().items() for k, v in m.params.items()}
+
+    @property
+    def grads(self) -> dict:
+        return {f"{n}.{k}": v for n, m in self.lora_layers().items() for k, v in m.grads.items()}
+
+    def trainable_parameters(self) -> int:
+        return sum(m.trainable_parameters() for m in self.lora_layers().values())
+
+    def frozen_bytes(self, stage: str | None = None) -> int:
+        """Bytes of the frozen weights ("mha", "ffn" or both)."""
+        names = [n for n in self.modules if stage is None
+                 or (stage == "ffn") == (n == "ffn")]
+        return sum(self.modules[n].frozen_bytes() for n in names)
+
+    def train(self, mode: bool = True):
+        self.training = bool(mode)
+        for m in self.lora_layers().values():
+            m.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # ---------------------------------------------------------------- compute
+    def _fwd(self, name, x2, backend):
+        m = self.modules[name]
+        if isinstance(m, _Frozen):
+            return m.fwd(x2, backend)
+        return m._fwd_rows(x2, backend)
+
+    def _bwd(self, name, dy2, backend):
+        m = self.modules[name]
+        if isinstance(m, _Frozen):
+            return m.dx(dy2, backend)
+        return m._bwd_rows(dy2, True, backend)
+
+    def forward(self, H, *, backend: str | None = None) -> np.ndarray:
+        """H' (n, d) or (batch, n, d) for H of that shape."""
+        x = as_float_array(H, "H")
+        if x.ndim not in (2, 3) or x.shape[-1] != self.d or 0 in x.shape:
+            raise ValueError(f"H must have shape (n, {self.d}) or (batch, n, {self.d}) with "
+                             f"n >= 1, got {x.shape}")
+        finite(x, "H")
+        Bt, n = (1,) + x.shape[:1] if x.ndim == 2 else x.shape[:2]
+        d, h = self.d, self.h
+        x2 = np.array(x.reshape(Bt * n, d), self.dtype, order="C", copy=True)
+        qkv = np.empty((3, h, Bt * n, d), self.dtype)
+        for j, p in enumerate("qkv"):
+            for i in range(h):
+                qkv[j, i] = self._fwd(f"heads.{i}.{p}", x2, backend)
+        g = qkv.reshape(3, h * Bt, n, d)                   # groups (head, batch)
+        o, prob = _ops.attention_fwd(g[0], g[1], g[2], 1.0 / math.sqrt(d), self.causal,
+                                     backend=backend)
+        concat = np.ascontiguousarray(o.reshape(h, Bt * n, d).transpose(1, 0, 2)).reshape(
+            Bt * n, h * d)
+        m = self._fwd("out", concat, backend)
+        y = self._fwd("ffn", m, backend)
+        self._cache = (g, prob, x.shape, backend)
+        return y.reshape(x.shape)
+
+    __call__ = forward
+
+    def backward(self, dH, *, backend: str | None = None) -> np.ndarray:
+        """Fill ``grads`` from dL/dH' of the last forward; returns dL/dH."""
+        if self._cache is None:
+            raise ValueError("backward needs a forward first (each forward allows one backward)")
+        g, prob, shape, fb = self._cache
+        backend = backend or fb
+        dy = as_float_array(dH, "dH")
+        if dy.shape != shape:
+            raise ValueError(f"dH must have shape {shape} (the forward's output), got {dy.shape}")
+        d, h = self.d, self.h
+        Bt, n = g.shape[1] // h, g.shape[2]
+        dy2 = np.array(dy.reshape(Bt * n, d), self.dtype, order="C", copy=True)
+        dm = self._bwd("ffn", dy2, backend)
+        dc = self._bwd("out", dm, backend)
+        do = np.ascontiguousarray(dc.reshape(Bt * n, h, d).transpose(1, 0, 2)).reshape(
+            h * Bt, n, d)
+        dq, dk, dv = _ops.attention_bwd(do, g[0], g[1], g[2], prob, 1.0 / math.sqrt(d),
+                                        backend=backend)
+        dx = np.zeros((Bt * n, d), self.dtype)
+        for p, dg in zip("qkv", (dq, dk, dv)):
+            dg = dg.reshape(h, Bt * n, d)
+            for i in range(h):
+                dx += self._bwd(f"heads.{i}.{p}", dg[i], backend)
+        self._cache = None
+        return dx.reshape(shape)
