@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -28,8 +29,8 @@ from fastdl import ops as _ops
 from fastdl._validate import as_float_array, check_choice, check_int, check_real
 from fastdl.quant import QuantizedTensor, dequantize, qmatmul, quantize
 
-__all__ = ["LoRALinear", "QLoRALinear", "lora_scale", "TransformerLayer", "save_adapter",
-           "load_adapter"]
+__all__ = ["LoRALinear", "QLoRALinear", "lora_scale", "count_ops", "TransformerLayer",
+           "save_adapter", "load_adapter"]
 
 _INITS = ("kaiming", "gaussian", False)
 
@@ -42,6 +43,32 @@ def lora_scale(r: int, alpha=None, use_rslora: bool = False) -> float:
     if alpha is not None and a <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha!r}")
     return a / math.sqrt(r) if use_rslora else a / r
+
+
+_COUNTERS: list = []
+
+
+@contextmanager
+def count_ops():
+    """Count the operations the LoRA layers ask of the kernels while the block runs,
+    from the shapes of every call: yields {"forward": {term: count}, "backward": {…},
+    "dequantized": {"forward": weights, "backward": weights}}.  Terms as in
+    ``fastdl.complexity.LoRAForwardCounts`` / ``LoRABackwardCounts`` (multiply-adds of
+    each product; scale multiplies; softmax exps)."""
+    c = {"forward": {}, "backward": {}, "dequantized": {"forward": 0, "backward": 0}}
+    _COUNTERS.append(c)
+    try:
+        yield c
+    finally:
+        _COUNTERS.remove(c)
+
+
+def count(part: str, **terms) -> None:
+    """Add ``terms`` to every active counter's ``part`` (no-op when none is active)."""
+    for c in _COUNTERS:
+        d = c[part]
+        for k, v in terms.items():
+            d[k] = d.get(k, 0) + int(v)
 
 
 def finite(a: np.ndarray, name: str) -> None:
@@ -71,6 +98,8 @@ def _frozen(a, name, dtype, shape=None) -> np.ndarray:
 
 class _Adapter:
     """What LoRA and QLoRA layers share: the adapter, dropout, train/eval, backward."""
+
+    base_term = "base"          # the name count_ops() gives x W (the transformer's W^O: out_proj)
 
     def _init_adapter(self, d_in, d_out, dtype, r, alpha, dropout, init, use_rslora, bias,
                       rng):
@@ -166,6 +195,10 @@ class _Adapter:
         mask = self._mask(x2.shape[0])
         y, xa = self._forward(x2, A, B, mask, backend)
         self._cache = (x2, xa, mask, backend)
+        if _COUNTERS:
+            n, (i, o), r = x2.shape[0], (self.d_in, self.d_out), self.r
+            count("forward", **{self.base_term: n * i * o}, adapter=n * i * r + n * r * o,
+                  scale=n * r)
         return y
 
     def _bwd_rows(self, dy2, need_dx, backend):
@@ -180,6 +213,11 @@ class _Adapter:
         A, B = self._checked_params()
         da, db, dx = self._backward(dy2, x2, xa, A, B, mask, bool(need_dx),
                                     backend or fwd_backend)
+        if _COUNTERS:
+            n, (i, o), r = x2.shape[0], (self.d_in, self.d_out), self.r
+            count("backward", **{self.base_term + "_dx": n * o * i if need_dx else 0},
+                  adapter=n * o * r + i * n * r + o * n * r, adapter_dx=n * r * i if need_dx else 0,
+                  scale=n * r + o * r)
         self.grads = {"A": da, "B": db}
         self._cache = None
         return dx
@@ -312,17 +350,19 @@ class QLoRALinear(_Adapter):
         self._unmerged_q = None
 
     def _base(self, x2, backend):
+        count("dequantized", forward=self.d_in * self.d_out)
         return qmatmul(x2, self.qweight, backend=backend)
 
     def _forward(self, x2, A, B, mask, backend):
         y, xa = _ops.lora_fwd(x2, None, A, B, self.bias, mask, self.scale, backend=backend)
-        y += qmatmul(x2, self.qweight, backend=backend)
+        y += self._base(x2, backend)
         return y, xa
 
     def _backward(self, dy2, x2, xa, A, B, mask, need_dx, backend):
         da, db, dx = _ops.lora_bwd(dy2, x2, xa, None, A, B, mask, self.scale, need_dx,
                                    backend=backend)
         if dx is not None:
+            count("dequantized", backward=self.d_in * self.d_out)
             dx += qmatmul(dy2, self.qweight, transpose=True, backend=backend)
         return da, db, dx
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from fastdl import ops as _ops
 from fastdl._validate import as_float_array, check_flag, check_int
-from fastdl.lora import LoRALinear, QLoRALinear, finite
+from fastdl.lora import LoRALinear, QLoRALinear, count, finite
 from fastdl.quant import QuantizedTensor, qmatmul, quantize as _quantize
 
 __all__ = ["TransformerLayer", "QUANT_PRESETS"]
@@ -50,19 +50,24 @@ def _spec(value, name):
 class _Frozen:
     """A projection without adapter: y = x W, W float or quantized."""
 
-    def __init__(self, w, spec, dtype):
+    def __init__(self, w, spec, dtype, term):
         self.qweight = None if spec is None else _quantize(w, **spec)
         self.weight = None if spec is not None else np.ascontiguousarray(w, dtype)
         self.d_in, self.d_out = w.shape
+        self.base_term = term
 
     def fwd(self, x2, backend):
+        count("forward", **{self.base_term: x2.shape[0] * self.d_in * self.d_out})
         if self.weight is not None:
             return x2 @ self.weight
+        count("dequantized", forward=self.d_in * self.d_out)
         return qmatmul(x2, self.qweight, backend=backend)
 
     def dx(self, dy2, backend):
+        count("backward", **{self.base_term + "_dx": dy2.shape[0] * self.d_in * self.d_out})
         if self.weight is not None:
             return dy2 @ self.weight.T
+        count("dequantized", backward=self.d_in * self.d_out)
         return qmatmul(dy2, self.qweight, transpose=True, backend=backend)
 
     def frozen_bytes(self):
@@ -140,11 +145,15 @@ class TransformerLayer:
 
     def _module(self, w, target, stage, kw):
         spec = self.quantize[stage]
+        term = "out_proj" if target == "o" else "base"
         if target not in self.targets:
-            return _Frozen(w, spec, self.dtype)
+            return _Frozen(w, spec, self.dtype, term)
         if spec is None:
-            return LoRALinear(np.asarray(w, self.dtype), self.r, **kw)
-        return QLoRALinear(w, self.r, **spec, dtype=self.dtype, **kw)
+            m = LoRALinear(np.asarray(w, self.dtype), self.r, **kw)
+        else:
+            m = QLoRALinear(w, self.r, **spec, dtype=self.dtype, **kw)
+        m.base_term = term
+        return m
 
     # ---------------------------------------------------------------- parameters
     def lora_layers(self) -> dict:
@@ -179,6 +188,11 @@ class TransformerLayer:
         return self.train(False)
 
     # ---------------------------------------------------------------- compute
+    def _entries(self, g):
+        """Score entries the attention needs: per group n·n, or n(n+1)/2 kept ones when causal."""
+        groups, n = g.shape[1], g.shape[2]
+        return groups * (n * (n + 1) // 2 if self.causal else n * n)
+
     def _fwd(self, name, x2, backend):
         m = self.modules[name]
         if isinstance(m, _Frozen):
@@ -208,6 +222,8 @@ class TransformerLayer:
         g = qkv.reshape(3, h * Bt, n, d)                   # groups (head, batch)
         o, prob = _ops.attention_fwd(g[0], g[1], g[2], 1.0 / math.sqrt(d), self.causal,
                                      backend=backend)
+        e = self._entries(g)
+        count("forward", scores=e * d, score_scale=e, softmax_exps=e, pv=e * d)
         concat = np.ascontiguousarray(o.reshape(h, Bt * n, d).transpose(1, 0, 2)).reshape(
             Bt * n, h * d)
         m = self._fwd("out", concat, backend)
@@ -235,6 +251,8 @@ class TransformerLayer:
             h * Bt, n, d)
         dq, dk, dv = _ops.attention_bwd(do, g[0], g[1], g[2], prob, 1.0 / math.sqrt(d),
                                         backend=backend)
+        e = self._entries(g)
+        count("backward", dv=e * d, dp=e * d, softmax=e, score_scale=e, dq=e * d, dk=e * d)
         dx = np.zeros((Bt * n, d), self.dtype)
         for p, dg in zip("qkv", (dq, dk, dv)):
             dg = dg.reshape(h, Bt * n, d)
