@@ -205,8 +205,11 @@ class TransformerLayer:
             return m.dx(dy2, backend)
         return m._bwd_rows(dy2, True, backend)
 
-    def forward(self, H, *, backend: str | None = None) -> np.ndarray:
-        """H' (n, d) or (batch, n, d) for H of that shape."""
+    def forward(self, H, *, stage: str = "layer", backend: str | None = None) -> np.ndarray:
+        """H' (n, d) or (batch, n, d) for H of that shape; ``stage`` "mha" or "ffn" runs
+        that map alone (MHA(H) or LFFN(H)), "layer" both."""
+        if stage not in ("layer", "mha", "ffn"):
+            raise ValueError(f"stage must be 'layer', 'mha' or 'ffn', got {stage!r}")
         x = as_float_array(H, "H")
         if x.ndim not in (2, 3) or x.shape[-1] != self.d or 0 in x.shape:
             raise ValueError(f"H must have shape (n, {self.d}) or (batch, n, {self.d}) with "
@@ -214,49 +217,55 @@ class TransformerLayer:
         finite(x, "H")
         Bt, n = (1,) + x.shape[:1] if x.ndim == 2 else x.shape[:2]
         d, h = self.d, self.h
-        x2 = np.array(x.reshape(Bt * n, d), self.dtype, order="C", copy=True)
-        qkv = np.empty((3, h, Bt * n, d), self.dtype)
-        for j, p in enumerate("qkv"):
-            for i in range(h):
-                qkv[j, i] = self._fwd(f"heads.{i}.{p}", x2, backend)
-        g = qkv.reshape(3, h * Bt, n, d)                   # groups (head, batch)
-        o, prob = _ops.attention_fwd(g[0], g[1], g[2], 1.0 / math.sqrt(d), self.causal,
-                                     backend=backend)
-        e = self._entries(g)
-        count("forward", scores=e * d, score_scale=e, softmax_exps=e, pv=e * d)
-        concat = np.ascontiguousarray(o.reshape(h, Bt * n, d).transpose(1, 0, 2)).reshape(
-            Bt * n, h * d)
-        m = self._fwd("out", concat, backend)
-        y = self._fwd("ffn", m, backend)
-        self._cache = (g, prob, x.shape, backend)
+        y = np.array(x.reshape(Bt * n, d), self.dtype, order="C", copy=True)
+        g = prob = None
+        if stage != "ffn":
+            qkv = np.empty((3, h, Bt * n, d), self.dtype)
+            for j, p in enumerate("qkv"):
+                for i in range(h):
+                    qkv[j, i] = self._fwd(f"heads.{i}.{p}", y, backend)
+            g = qkv.reshape(3, h * Bt, n, d)                   # groups (head, batch)
+            o, prob = _ops.attention_fwd(g[0], g[1], g[2], 1.0 / math.sqrt(d), self.causal,
+                                         backend=backend)
+            e = self._entries(g)
+            count("forward", scores=e * d, score_scale=e, softmax_exps=e, pv=e * d)
+            concat = np.ascontiguousarray(o.reshape(h, Bt * n, d).transpose(1, 0, 2))
+            y = self._fwd("out", concat.reshape(Bt * n, h * d), backend)
+        if stage != "mha":
+            y = self._fwd("ffn", y, backend)
+        self._cache = (stage, g, prob, x.shape, backend)
         return y.reshape(x.shape)
 
     __call__ = forward
 
     def backward(self, dH, *, backend: str | None = None) -> np.ndarray:
-        """Fill ``grads`` from dL/dH' of the last forward; returns dL/dH."""
+        """Fill ``grads`` from dL/dH' of the last forward; returns dL/dH (the adapters of
+        a stage the forward did not run keep their previous gradients)."""
         if self._cache is None:
             raise ValueError("backward needs a forward first (each forward allows one backward)")
-        g, prob, shape, fb = self._cache
+        stage, g, prob, shape, fb = self._cache
         backend = backend or fb
         dy = as_float_array(dH, "dH")
         if dy.shape != shape:
             raise ValueError(f"dH must have shape {shape} (the forward's output), got {dy.shape}")
         d, h = self.d, self.h
-        Bt, n = g.shape[1] // h, g.shape[2]
-        dy2 = np.array(dy.reshape(Bt * n, d), self.dtype, order="C", copy=True)
-        dm = self._bwd("ffn", dy2, backend)
-        dc = self._bwd("out", dm, backend)
-        do = np.ascontiguousarray(dc.reshape(Bt * n, h, d).transpose(1, 0, 2)).reshape(
-            h * Bt, n, d)
-        dq, dk, dv = _ops.attention_bwd(do, g[0], g[1], g[2], prob, 1.0 / math.sqrt(d),
-                                        backend=backend)
-        e = self._entries(g)
-        count("backward", dv=e * d, dp=e * d, softmax=e, score_scale=e, dq=e * d, dk=e * d)
-        dx = np.zeros((Bt * n, d), self.dtype)
-        for p, dg in zip("qkv", (dq, dk, dv)):
-            dg = dg.reshape(h, Bt * n, d)
-            for i in range(h):
-                dx += self._bwd(f"heads.{i}.{p}", dg[i], backend)
+        rows = int(np.prod(shape[:-1]))
+        dx = np.array(dy.reshape(rows, d), self.dtype, order="C", copy=True)
+        if stage != "mha":
+            dx = self._bwd("ffn", dx, backend)
+        if stage != "ffn":
+            Bt, n = g.shape[1] // h, g.shape[2]
+            dc = self._bwd("out", dx, backend)
+            do = np.ascontiguousarray(dc.reshape(Bt * n, h, d).transpose(1, 0, 2)).reshape(
+                h * Bt, n, d)
+            dq, dk, dv = _ops.attention_bwd(do, g[0], g[1], g[2], prob, 1.0 / math.sqrt(d),
+                                            backend=backend)
+            e = self._entries(g)
+            count("backward", dv=e * d, dp=e * d, softmax=e, score_scale=e, dq=e * d, dk=e * d)
+            dx = np.zeros((Bt * n, d), self.dtype)
+            for p, dg in zip("qkv", (dq, dk, dv)):
+                dg = dg.reshape(h, Bt * n, d)
+                for i in range(h):
+                    dx += self._bwd(f"heads.{i}.{p}", dg[i], backend)
         self._cache = None
         return dx.reshape(shape)
