@@ -21,6 +21,7 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+from numpy.lib.array_utils import byte_bounds
 
 from fastdl._validate import FLOAT_DTYPES, check_flag, overlaps, reject_masked
 
@@ -68,11 +69,16 @@ def _check_params(params) -> dict:
             raise ValueError(f"params[{name!r}] must be writeable (it is updated in place), "
                              f"got a read-only array")
         out[name] = p.view(np.ndarray) if type(p) is not np.ndarray else p
-    names = list(out)
-    for i, a in enumerate(names):     # an array updated twice per step would be silently wrong
-        for b in names[i + 1:]:
-            if overlaps(out[a], out[b]):
-                raise ValueError(f"params[{a!r}] and params[{b!r}] must not share memory")
+    # memory updated twice per step would be silently wrong; a sweep over the byte ranges
+    # checks only the arrays whose ranges meet (interleaved views), not every pair
+    spans = sorted((*byte_bounds(a), name) for name, a in out.items() if a.size)
+    active = []
+    for lo, hi, name in spans:
+        active = [(h, n) for h, n in active if h > lo]
+        for _, other in active:
+            if overlaps(out[other], out[name]):
+                raise ValueError(f"params[{other!r}] and params[{name!r}] must not share memory")
+        active.append((hi, name))
     return out
 
 

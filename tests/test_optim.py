@@ -252,10 +252,13 @@ def test_bad_params():
              ({"a": ro}, ValueError, "writeable"),
              ({1: np.zeros(3)}, TypeError, "keys must be str"),
              ({"a": np.ma.zeros(3)}, TypeError, "masked"),
-             ({"a": base[:6], "b": base[4:]}, ValueError, "share memory")]
+             ({"a": base[:6], "b": base[4:]}, ValueError, "share memory"),
+             ({"x": np.zeros(2), "a": base[::2], "c": np.zeros(3), "b": base[3:8:3]},
+              ValueError, r"params\['a'\] and params\['b'\]")]
     for params, exc, match in cases:
         with pytest.raises(exc, match=match):
             optim.SGD(params)
+    optim.SGD({"even": base[::2], "odd": base[1::2], "z": np.zeros(0), "w": np.zeros(0)})
 
 
 def test_bad_grads_change_nothing():
