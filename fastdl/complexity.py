@@ -12,10 +12,21 @@ from __future__ import annotations
 
 import numbers
 
+from fastdl.complexity_lora import (LORA_TARGETS, LoRABackwardCounts, LoRAForwardCounts,
+                                    document_terms, frozen_weight_bits, frozen_weight_elements,
+                                    lora_backward_macs, lora_ffn_macs, lora_layer_macs,
+                                    lora_linear_backward_macs, lora_linear_macs, lora_mha_macs,
+                                    lora_table, lora_trainable_params, qlora_dequant_elements)
+
 __all__ = ["exhaustive_sequences", "exhaustive_scores", "beam_candidates",
            "beam_backpointer_tokens", "beam_prefix_copy_tokens", "birnn_steps",
            "birnn_forward_macs", "birnn_backward_macs", "birnn_forward_bytes",
-           "birnn_backward_bytes"]
+           "birnn_backward_bytes",
+           # LoRA / QLoRA in the transformer layer (fastdl.complexity_lora)
+           "LORA_TARGETS", "LoRAForwardCounts", "LoRABackwardCounts", "lora_linear_macs",
+           "lora_linear_backward_macs", "lora_ffn_macs", "lora_mha_macs", "lora_layer_macs",
+           "lora_backward_macs", "lora_trainable_params", "frozen_weight_elements",
+           "qlora_dequant_elements", "frozen_weight_bits", "document_terms", "lora_table"]
 
 
 def exhaustive_sequences(N: int, T: int) -> int:
