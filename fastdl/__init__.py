@@ -52,8 +52,8 @@ __all__ = [
 ]
 
 # public submodules, imported on first attribute access (PEP 562)
-_SUBMODULES = ("bench", "complexity", "decode", "nn", "norm", "quant", "registry", "rnn",
-               "rnn_analysis")
+_SUBMODULES = ("bench", "complexity", "decode", "lora", "nn", "norm", "optim", "quant",
+               "registry", "rnn", "rnn_analysis")
 
 
 def __getattr__(name: str):

@@ -308,7 +308,7 @@ def _bench_contention(args, console: Console, cases) -> int:
 
 def cmd_demo(args, console: Console) -> int:
     from fastdl import demo
-    return demo.run(console, None if args.no_files else args.out)
+    return demo.run(console, None if args.no_files else args.out, train=not args.no_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -319,12 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--json", action="store_true", help="print JSON")
     sub.add_parser("backends", help="table of backends x ops")
     pd = sub.add_parser("demo", help="worked examples (normalization statistics; greedy, "
-                                       "beam and exact search; BiRNN gradients), recomputed")
+                                       "beam and exact search; BiRNN gradients; LoRA / QLoRA "
+                                       "complexity, decision table, fine-tuning), recomputed")
     pd.add_argument("--out", metavar="DIR", default="fastdl-demo",
                     help="where the unrolled graph (.dot, .svg with Graphviz) and the "
                          "gradient-flow plot (with matplotlib) go (default: fastdl-demo)")
     pd.add_argument("--no-files", action="store_true",
                     help="write nothing; print the graph's DOT text instead")
+    pd.add_argument("--no-train", action="store_true",
+                    help="skip the QLoRA fine-tuning run (about 15 s)")
     pb = sub.add_parser("bench", help="run the benchmark cases")
     mode = pb.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",

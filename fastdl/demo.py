@@ -1,6 +1,7 @@
 """``fastdl demo``: the course's worked examples (normalization statistics of a small
 tensor, decoding a small tree of shape descriptions, backpropagation through a
-bidirectional RNN), recomputed by the library."""
+bidirectional RNN, LoRA / QLoRA complexity and the choice between them), recomputed
+by the library."""
 from __future__ import annotations
 
 import numpy as np
@@ -92,11 +93,13 @@ def _where_beam_lost(g, trace):
     return None
 
 
-def run(console: Console, out_dir: str | None = "fastdl-demo") -> int:
-    """Print every example; files (the unrolled graph, the gradient-flow plot) go to
-    ``out_dir`` (None: print the graph instead of writing files)."""
-    from fastdl import demo_rnn
+def run(console: Console, out_dir: str | None = "fastdl-demo", *, train: bool = True) -> int:
+    """Print every example; files (the unrolled graph, the gradient-flow plot, the
+    fine-tuned adapters) go to ``out_dir`` (None: print the graph instead of writing
+    files); ``train=False`` skips the QLoRA fine-tuning run."""
+    from fastdl import demo_lora, demo_rnn
     normalization(console)
     decoding(console)
     demo_rnn.run(console, out_dir)
+    demo_lora.run(console, out_dir, train=train)
     return 0

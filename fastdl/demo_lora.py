@@ -10,8 +10,8 @@ from fastdl import lora_report
 
 # the complexity table's layer: small, so the instrumented run is instant
 COUNT_SHAPE = dict(n=16, d=32, h=2, r=4)
-# the decision table's layer, and its memory limit: twice the LFFN's float32 weight, so a
-# float32 LFFN fits and a float32 MHA (4h times larger) does not
+# the decision table's layer; its memory limit is half the MHA's float32 weights (8·h·d²
+# bytes): a float32 LFFN (4·d²) and a quantized MHA (about 2.1·h·d²) fit, a float32 MHA does not
 DECIDE_SHAPE = dict(d=256, h=4, n=64, r=8)
 
 
@@ -39,7 +39,7 @@ def complexity_table(console: Console, shape=None) -> None:
 
 def decision_table(console: Console, shape=None, memory_limit=None, repeat=3) -> dict:
     s = dict(DECIDE_SHAPE, **(shape or {}))
-    limit = memory_limit or 2 * 4 * s["d"] * s["d"]
+    limit = memory_limit or 8 * s["h"] * s["d"] * s["d"]
     measures = lora_report.measure_stages(**s, repeat=repeat)
     table = lora_report.decide(measures, limit)
     t = Table(title=f"LoRA or QLoRA (NF4) per stage, measured at d = {s['d']}, h = {s['h']}, "
@@ -55,18 +55,20 @@ def decision_table(console: Console, shape=None, memory_limit=None, repeat=3) ->
     return table
 
 
-def finetune(console: Console) -> None:
+def finetune(console: Console, out_dir=None) -> None:
+    import os
     from fastdl.lora_finetune import finetune as run
-    res = run()
+    res = run(path=None if out_dir is None else os.path.join(out_dir, "qlora-adapter"))
     console.print(f"\nQLoRA fine-tuning on the CPU (NF4 base, adapters on q, k, v, f; the "
                   f"teacher hides a low-rank change): loss {res.first:.3g} → {res.last:.3g} "
                   f"({res.reduction:.0f}× lower) in {len(res.losses)} AdamW steps, "
                   f"{res.seconds:.1f} s; adapters saved in PEFT's format and reloaded "
-                  f"(largest output difference {res.reloaded_max_diff:.1g}).")
+                  f"(largest output difference {res.reloaded_max_diff:.1g})"
+                  + (f"; files in {res.path}." if res.path else "."))
 
 
-def run(console: Console, *, train: bool = True) -> None:
+def run(console: Console, out_dir=None, *, train: bool = True) -> None:
     complexity_table(console)
     decision_table(console)
     if train:
-        finetune(console)
+        finetune(console, out_dir)

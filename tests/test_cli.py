@@ -1,5 +1,6 @@
 """The fastdl command: info, backends, bench (in-process, small settings)."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -82,12 +83,20 @@ def test_demo_prints_the_documents_results(capsys, tmp_path):
     assert dot.startswith("digraph") and "hb4 -> hb3" in dot and "hf0 -> hf1" in dot
     if shutil.which("dot"):
         assert (tmp_path / "birnn_unrolled_T3.svg").read_bytes().startswith(b"<?xml")
+    # LoRA / QLoRA: every counted quantity equals its formula, the decision table, training
+    assert "│ QLoRA dequantized weights, MHA  │   8,192 │   8,192 │ O(4d²) = O(d²)" in out
+    assert "✗" not in out
+    assert "│ memory limit │ QLoRA" in out and "│ both         │ QLoRA" in out
+    m = re.search(r"\(([0-9]+)× lower\) in 300 AdamW steps", out)
+    assert m and int(m.group(1)) >= 10
+    assert (tmp_path / "qlora-adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_demo_without_files_prints_the_graph(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["demo", "--no-files"]) == 0
-    assert "digraph birnn" in capsys.readouterr().out
+    assert main(["demo", "--no-files", "--no-train"]) == 0
+    out = capsys.readouterr().out
+    assert "digraph birnn" in out and "AdamW steps" not in out
     assert list(tmp_path.iterdir()) == []
 
 

@@ -12,9 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMODULES = ["nn", "norm", "decode", "quant", "registry", "complexity", "bench", "rnn",
-              "rnn_analysis"]
+              "rnn_analysis", "lora", "optim"]
 LAZY = ["fastdl.nn", "fastdl.decode", "fastdl.quant", "fastdl.bench", "fastdl.complexity",
-        "fastdl.rnn", "fastdl.rnn_analysis"]
+        "fastdl.rnn", "fastdl.rnn_analysis", "fastdl.lora", "fastdl.optim"]
 # the names ``from fastdl import ...`` has offered, which must keep working
 TOP_LEVEL = [
     "__version__", "decode", "quant", "build_info", "get_num_threads", "set_num_threads",
