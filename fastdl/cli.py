@@ -253,6 +253,11 @@ def cmd_bench(args, console: Console) -> int:
     plural = "s" if len(cases) != 1 else ""
     _say(console, f"targets: {met} met, {missed} missed · {len(cases)} case{plural} in "
          f"{elapsed:.1f} s", width)
+    decision = None
+    if any(c.name.startswith("lora/") for c in cases):
+        # the course's LoRA-or-QLoRA table at the benchmark's transformer layer, measured now
+        from fastdl import demo_lora
+        decision = demo_lora.decision_table(console, demo_lora.BENCH_SHAPE)
     if args.plot:
         from fastdl import _plot
         for path in (_plot.ratio_bars(rows, os.path.join(args.plot, "speedups.png"), first),
@@ -261,7 +266,7 @@ def cmd_bench(args, console: Console) -> int:
     if args.json:
         return _write_json(console, args.json, {
             "build_info": info, "full": args.full, "elapsed_s": elapsed,
-            "results": [r.as_dict() for r in rows]})
+            "results": [r.as_dict() for r in rows], "lora_decision": decision})
     return 0
 
 

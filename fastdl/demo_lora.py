@@ -13,6 +13,7 @@ COUNT_SHAPE = dict(n=16, d=32, h=2, r=4)
 # the decision table's layer; its memory limit is half the MHA's float32 weights (8·h·d²
 # bytes): a float32 LFFN (4·d²) and a quantized MHA (about 2.1·h·d²) fit, a float32 MHA does not
 DECIDE_SHAPE = dict(d=256, h=4, n=64, r=8)
+BENCH_SHAPE = dict(d=1024, h=4, n=128, r=8)      # the benchmark's transformer layer
 
 
 def _num(v) -> str:
