@@ -278,27 +278,51 @@ def quantize_scales(s: np.ndarray):
     return codes.reshape(-1)[:c.size], na, nmap, off
 
 
+def _sortable(f: np.ndarray) -> np.ndarray:
+    """uint64 keys of float32 values, in the floats' order (-0 before +0)."""
+    b = f.view(np.uint32).astype(np.uint64)
+    return np.where(b >> np.uint64(31), np.uint64(0xFFFFFFFF) - b, b | np.uint64(0x80000000))
+
+
+def _pick(match, su, gu, nmap, na, off):
+    """Per row of ``match`` (codes that rebuild ``su``), the code nearest (s - offset) /
+    group absmax; code 0 in a zero group (all codes rebuild the offset there)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (su.astype(np.float64) - off) / na[gu]
+    dist = np.abs(nmap[None, :].astype(np.float64) - t[:, None])
+    dist = np.where(na[gu][:, None] == 0, np.arange(256)[None, :], dist)
+    return np.argmin(np.where(match, dist, np.inf), axis=1)
+
+
 def _recover_codes(s: np.ndarray, nested: dict):
     """The codes (into the imported nested map and group absmax) that rebuild ``s`` bit
     for bit; among codes that rebuild the same float32, the one nearest (s - offset) /
     group absmax.  None if some scale has no such code."""
     nmap, na = nested["nested_quant_map"], nested["nested_absmax"]
     off, nbs = nested["nested_offset"], nested["nested_blocksize"]
+    with np.errstate(over="ignore"):
+        table = (nmap[None, :] * na[:, None]).astype(np.float32) + off      # (groups, 256)
+    g = np.arange(s.size) // nbs
+    keys = (_sortable(table) + (np.arange(na.size, dtype=np.uint64) << np.uint64(32))[:, None])
+    flat = keys.reshape(-1)
+    if (flat[1:] >= flat[:-1]).all():     # every group's rebuilt scales in order: bisect
+        k = _sortable(s) + (g.astype(np.uint64) << np.uint64(32))
+        left, right = np.searchsorted(flat, k, "left"), np.searchsorted(flat, k, "right")
+        if (right == left).any():
+            return None
+        codes = left - g * 256
+        many = np.nonzero(right - left > 1)[0]
+        if many.size:
+            match = table[g[many]].view(np.uint32) == s[many, None].view(np.uint32)
+            codes[many] = _pick(match, s[many], g[many], nmap, na, off)
+        return codes.astype(np.uint8)
     codes = np.empty(s.size, np.uint8)
-    step = 16384
-    all_codes = np.arange(256, dtype=np.uint8)
-    for lo in range(0, s.size, step):
-        g = np.arange(lo, min(lo + step, s.size)) // nbs
-        with np.errstate(over="ignore"):
-            table = (nmap[None, :] * na[g][:, None]).astype(np.float32) + off
-        match = table.view(np.uint32) == s[lo:lo + g.size, None].view(np.uint32)
+    for lo in range(0, s.size, 8192):     # a map out of order: compare with every code
+        sl = slice(lo, lo + 8192)
+        match = table[g[sl]].view(np.uint32) == s[sl, None].view(np.uint32)
         if not match.any(axis=1).all():
             return None
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = (s[lo:lo + g.size].astype(np.float64) - off) / na[g]
-        dist = np.abs(nmap[None, :].astype(np.float64) - t[:, None])
-        dist = np.where(na[g][:, None] == 0, all_codes[None, :], dist)   # zero group: code 0
-        codes[lo:lo + g.size] = np.argmin(np.where(match, dist, np.inf), axis=1)
+        codes[sl] = _pick(match, s[sl], g[sl], nmap, na, off)
     return codes
 
 

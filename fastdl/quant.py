@@ -168,6 +168,8 @@ class QuantizedTensor:
         if self.double_quant:
             kw = dict(scale_codes=self.scale_codes, scale_scales=self.scale_scales,
                       scale_mean=self.scale_mean)
+        if self._bnb is not None:
+            kw["_bnb"] = self._bnb
         return (self.shape, self.bits, self.scheme, self.block_size, self.rounding, self.data,
                 self.scales, kw)
 
@@ -240,7 +242,7 @@ class QuantizedTensor:
         (and a fastdl double-quantized tensor's linear 8-bit scales are re-quantized).
         A tensor imported from bitsandbytes exports its own state back (the same codes
         and nested values; a scale code that rebuilds to the same float32 as another may
-        be exchanged for it); copies and saved files keep fastdl's format only."""
+        be exchanged for it), also after copy or pickle; ``save`` keeps fastdl's format only."""
         from fastdl import _bnb
         return _bnb.to_bnb(self, double_quant)
 

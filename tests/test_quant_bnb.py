@@ -79,6 +79,56 @@ def test_hand_state_exports_back_identical(nested):
         np.testing.assert_array_equal(s2[k], bare[k])
 
 
+def _nested_variant(nmap, nabs, off, seed):
+    weight, state, _ = hand_state(4, 256, 32, nested=True, seed=seed)
+    key = "weight.quant_state.bitsandbytes__nf4"
+    f = json.loads(state[key].tobytes())
+    f.update(nested_blocksize=32, nested_offset=off)
+    state.update({key: packed_json(f), "weight.nested_quant_map": nmap,
+                  "weight.nested_absmax": nabs})
+    return weight, state
+
+
+def test_reexport_through_a_map_out_of_order():
+    nmap = rng_for("perm").permutation(np.linspace(-1, 1, 256).astype(np.float32))
+    weight, state = _nested_variant(nmap, np.array([0.5], np.float32), 1.25, "perm")
+    q = QuantizedTensor.from_bnb(weight, state)
+    _, s2 = q.to_bnb()
+    np.testing.assert_array_equal(s2["absmax"], state["weight.absmax"])
+
+
+def test_reexport_where_codes_rebuild_the_same_scale():
+    """With a large offset, the map's small entries times a small group absmax vanish in
+    float32: several codes rebuild one scale; the export may pick another of them."""
+    nmap = _bnb.dynamic_map()
+    weight, state = _nested_variant(nmap, np.array([1e-3], np.float32), 100.0, "collide")
+    codes = state["weight.absmax"]
+    codes[:8] = np.arange(120, 128)          # entries of about -1e-6: all rebuild 100.0
+    q = QuantizedTensor.from_bnb(weight, state)
+    w2, s2 = q.to_bnb()
+    rebuild = lambda c: _bnb._nested_scales(c, state["weight.nested_absmax"], nmap,
+                                            np.float32(100.0), 32)
+    assert (rebuild(codes[:8]) == np.float32(100.0)).all()
+    np.testing.assert_array_equal(bits(rebuild(s2["absmax"])), bits(rebuild(codes)))
+    assert (s2["absmax"][:8] != codes[:8]).any()     # some code was exchanged
+    table = (nmap * np.float32(1e-3)).astype(np.float32) + np.float32(100.0)
+    unique = np.array([(table == v).sum() == 1 for v in rebuild(codes)])
+    assert 0 < unique.sum() < unique.size
+    np.testing.assert_array_equal(s2["absmax"][unique], codes[unique])
+    np.testing.assert_array_equal(decode_export(w2, s2), q.dequantize().T)
+
+
+def test_copies_keep_the_bitsandbytes_state():
+    import copy
+    import pickle
+    weight, state, _ = hand_state(3, 128, 64, nested=True)
+    q = QuantizedTensor.from_bnb(weight, state)
+    for other in (copy.deepcopy(q), pickle.loads(pickle.dumps(q))):
+        w2, s2 = other.to_bnb()
+        np.testing.assert_array_equal(w2, weight)
+        np.testing.assert_array_equal(s2["absmax"], state["weight.absmax"])
+
+
 def decode_export(weight, state):
     """bitsandbytes' dequantize_4bit, written from its definition."""
     f = json.loads(state["quant_state.bitsandbytes__nf4"].tobytes())
@@ -398,3 +448,5 @@ def test_linear4bit_runs_through_qmatmul(compress):
                                atol=1e-5)
     q2 = QuantizedTensor.from_bnb(m.weight)         # a Params4bit carries its own state
     np.testing.assert_array_equal(q2.dequantize(), q.dequantize())
+    q3 = QuantizedTensor.from_bnb(m.weight.data, m.weight.quant_state.as_dict())  # unpacked
+    np.testing.assert_array_equal(q3.dequantize(), q.dequantize())
