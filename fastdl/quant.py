@@ -118,14 +118,16 @@ class QuantizedTensor:
     ``QuantizedTensor.load(path)``.  ``x @ q`` is ``qmatmul(x, q)`` (x of shape
     ``(*, d_in)``), ``q @ y`` is ``dequantize(q) @ y`` computed the same way, and
     ``np.asarray(q)`` is ``q.dequantize()`` (float32, a new array).  The storage
-    format is in this module's docstring.
+    format is in this module's docstring.  ``QuantizedTensor.from_bnb(weight,
+    quant_state)`` / ``q.to_bnb()``: bitsandbytes 4-bit NF4 weights as Hugging Face
+    checkpoints store them.
     """
 
     __slots__ = ("shape", "bits", "scheme", "block_size", "rounding", "double_quant", "data",
-                 "scales", "scale_codes", "scale_scales", "scale_mean", "_frozen")
+                 "scales", "scale_codes", "scale_scales", "scale_mean", "_bnb", "_frozen")
 
     def __init__(self, shape, bits, scheme, block_size, rounding, data, scales=None, *,
-                 scale_codes=None, scale_scales=None, scale_mean=None, _copy=True):
+                 scale_codes=None, scale_scales=None, scale_mean=None, _copy=True, _bnb=None):
         d_in, d_out = (check_int(s, "shape entries", minimum=1) for s in shape)
         bits = check_int(bits, "bits", minimum=2)
         _check_format(bits, scheme, block_size, rounding, double_quant=scale_codes is not None)
@@ -155,6 +157,7 @@ class QuantizedTensor:
             self._set("scale_scales", _frozen_array(scale_scales, "scale_scales", np.float32,
                                                     (-(-count // DQ_GROUP),)))
             self._set("scale_mean", _frozen_array(scale_mean, "scale_mean", np.float32, ()))
+        self._set("_bnb", _bnb)             # what from_bnb read beyond the scales, for to_bnb
         self._set("_frozen", True)
 
     def _set(self, name, value):
@@ -165,6 +168,8 @@ class QuantizedTensor:
         if self.double_quant:
             kw = dict(scale_codes=self.scale_codes, scale_scales=self.scale_scales,
                       scale_mean=self.scale_mean)
+        if self._bnb is not None:
+            kw["_bnb"] = self._bnb
         return (self.shape, self.bits, self.scheme, self.block_size, self.rounding, self.data,
                 self.scales, kw)
 
@@ -207,6 +212,39 @@ class QuantizedTensor:
 
     def dequantize(self, dtype=None, *, backend: str | None = None) -> np.ndarray:
         return dequantize(self, dtype=dtype, backend=backend)
+
+    @classmethod
+    def from_bnb(cls, weight, quant_state=None) -> "QuantizedTensor":
+        """A bitsandbytes 4-bit NF4 weight (torch shape (out, in)) as the ``(in, out)``
+        tensor whose ``dequantize()`` equals ``bitsandbytes.functional.dequantize_4bit(
+        weight, quant_state).T`` bit for bit (float32; for a float16/bfloat16 state,
+        bitsandbytes' output is these values rounded to that dtype).  ``weight``: the
+        packed uint8 codes, shape (n/2, 1) or flat (NumPy or a torch tensor);
+        ``quant_state``: ``QuantState.as_dict(packed=True)`` as a checkpoint holds it
+        (keys may keep a prefix such as ``weight.``), the QuantState itself, or None for
+        ``weight.quant_state``.  Double quantization (compress_statistics) is rebuilt
+        into float32 block scales exactly as bitsandbytes rebuilds them (4 bytes a
+        block rather than about 1).  fp4 is refused (fastdl decodes NF4 only), and so is
+        a blocksize that does not divide ``in`` (its blocks would span rows)."""
+        from fastdl import _bnb
+        return _bnb.from_bnb(cls, weight, quant_state)
+
+    def to_bnb(self, *, double_quant=None):
+        """``(weight, quant_state)`` as bitsandbytes stores an NF4 ``Linear4bit``: the
+        uint8 codes of shape (n/2, 1) and the dict ``QuantState.as_dict(packed=True)``
+        gives, as NumPy arrays (``{k: torch.from_numpy(v)}`` for ``QuantState.from_dict``).
+        Needs scheme 'nf4' with a block size bitsandbytes accepts (32..4096, powers of 2)
+        whose blocks fit the columns.  ``double_quant``: None keeps the tensor's own
+        choice (an import from bitsandbytes: as imported); False writes the exact float32
+        scales (bitsandbytes then rebuilds ``dequantize()`` bit for bit); True quantizes
+        the scales as compress_statistics does (mean offset, bitsandbytes' dynamic 8-bit
+        map in groups of 256, nearest entry), so values can differ from ``dequantize()``
+        (and a fastdl double-quantized tensor's linear 8-bit scales are re-quantized).
+        A tensor imported from bitsandbytes exports its own state back (the same codes
+        and nested values; a scale code that rebuilds to the same float32 as another may
+        be exchanged for it), also after copy or pickle; ``save`` keeps fastdl's format only."""
+        from fastdl import _bnb
+        return _bnb.to_bnb(self, double_quant)
 
     def __repr__(self):
         bs = "tensor" if self.block_size is None else self.block_size
