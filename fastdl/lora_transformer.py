@@ -28,8 +28,8 @@ TARGETS = ("q", "k", "v", "o", "f")
 QUANT_PRESETS = {             # shorthand names of quantization formats
     "nf4": dict(bits=4, scheme="nf4", block_size=64, double_quant=True),
     "nf4-plain": dict(bits=4, scheme="nf4", block_size=64, double_quant=False),
-    "int4": dict(bits=4, scheme="absmax", block_size=64),
-    "int8": dict(bits=8, scheme="absmax", block_size=64),
+    "int4": dict(bits=4, scheme="absmax", block_size=64, double_quant=False),
+    "int8": dict(bits=8, scheme="absmax", block_size=64, double_quant=False),
 }
 
 
@@ -44,7 +44,8 @@ def _spec(value, name):
     if not isinstance(value, dict) or "bits" not in value:
         raise TypeError(f"{name} must be None, a preset name or a dict with at least 'bits' "
                         f"(fastdl.quant.quantize keywords), got {value!r}")
-    return dict(value)
+    # quantize()'s defaults for what the dict leaves out (QLoRALinear's would differ)
+    return {"scheme": "absmax", "block_size": 64, "double_quant": False, **value}
 
 
 class _Frozen:
