@@ -186,6 +186,13 @@ def test_non_finite_rows_as_the_formula():
     assert np.isnan(p[0, 1]).all() and np.isnan(p[0, 2]).all()
     assert p[0, 0, 3] == 0 and p[0, 3, 3] == 0
     np.testing.assert_allclose(p[0, [0, 3]], pr[0, [0, 3]], rtol=1e-6)
+    k[0, 7, 0] = -np.abs(np.float32(np.nan))          # a NaN with the sign bit set
+    k[0, 3, 0] = 1
+    for level in simd_levels():
+        with simd(level):
+            _, p = _lora.attention_fwd(q[:, [0, 3]], k, np.ones((1, 20, 2), np.float32), 1.0,
+                                       False, 1)
+        assert np.isnan(p).all(), level
 
 
 def test_empty_inner_dimensions():

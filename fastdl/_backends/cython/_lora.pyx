@@ -59,6 +59,8 @@ cdef int64_t _BLOCK_BYTES = 512 * 1024
 # Causal attention: queries per GEMM block (N = 128: 25% fewer multiply-adds in S and o).
 cdef int64_t _CAUSAL_ROWS = 64
 cdef int64_t _INT_MAX = 2147483647
+# threads of the softmax rows (0: the op's thread count)
+PARAMS = {"row_threads": 0}
 
 
 # ---------------------------------------------------------------- typed shims
@@ -272,7 +274,7 @@ def _att_fwd(const real[:, :, ::1] q, const real[:, :, ::1] k, const real[:, :, 
     cdef real *O = &o[0, 0, 0]
     cdef real *P = &p[0, 0, 0]
     cdef Kern K
-    cdef int nt = team(nthreads, G * N * M * <int64_t>sizeof(real), G * N)
+    cdef int nt = team(PARAMS["row_threads"] or nthreads, G * N * M * <int64_t>sizeof(real), G * N)
     _kern(&K, Q)
     with nogil:
         for gi in range(G):
@@ -315,7 +317,7 @@ def _att_bwd(const real[:, :, ::1] do, const real[:, :, ::1] q, const real[:, :,
     cdef real *DV = &dv[0, 0, 0]
     cdef real *S
     cdef Kern K
-    cdef int nt = team(nthreads, 2 * G * N * M * <int64_t>sizeof(real), G * N)
+    cdef int nt = team(PARAMS["row_threads"] or nthreads, 2 * G * N * M * <int64_t>sizeof(real), G * N)
     _kern(&K, Q)
     S = <real *>_alloc(G * N * M * sizeof(real))
     try:

@@ -3,6 +3,7 @@
  * exp of decodek_exp.h is branch-free: fma, min/max, selects and an integer
  * add), so no intrinsic overrides are needed. */
 #include <math.h>
+#include <string.h>
 #include "lorak.h"
 #include "decodek_exp.h"
 #include "simd.h"
