@@ -213,9 +213,12 @@ def _bitwise(a, b):
 
 @pytest.fixture
 def parallel_small():
-    """Regions of any size get their threads (the grain would keep these on one)."""
+    """Regions of any size get their threads (the grain would keep these on one), the
+    softmax rows too (one thread by default)."""
     g, a = _cpu.set_grain(0), _cpu.set_load_adaptive(False)
+    old = _lora.set_params(row_threads=0)
     yield
+    _lora.set_params(**old)
     _cpu.set_grain(g)
     _cpu.set_load_adaptive(a)
 
@@ -281,6 +284,15 @@ def test_inputs_unchanged_and_blas_threads_restored():
         _cpu.blas_threads(old if old else 0)
     for t, c in zip(arrays, before):
         assert np.array_equal(t, c)
+
+
+def test_set_params_checks_and_restores():
+    with pytest.raises(ValueError, match="unknown parameter 'rows'"):
+        _lora.set_params(rows=1)
+    with pytest.raises(ValueError, match="row_threads must be an int >= 0, got -1"):
+        _lora.set_params(row_threads=-1)
+    old = _lora.set_params(row_threads=3)
+    assert _lora.set_params(**old) == {"row_threads": 3}
 
 
 def test_bad_input_is_a_clear_error():

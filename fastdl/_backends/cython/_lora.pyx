@@ -12,9 +12,9 @@ src/lorak.h do the row and elementwise passes between the calls:
   place, then dx += dy Wᵀ with beta = 1.
 * ``attention_fwd``: per group, serially, S = scale q kᵀ (one GEMM into p; causal:
   row blocks of ``_CAUSAL_ROWS`` queries against the keys up to the block's last
-  one, so the masked corner is never computed), then every row's softmax in
-  parallel (one row per thread, the same fixed order whatever the thread count),
-  then o = p v per group.
+  one, so the masked corner is never computed), then every row's softmax (each
+  row by one thread in one fixed order; ``PARAMS["row_threads"]`` threads, 1 by
+  default: see there), then o = p v per group.
 * ``attention_bwd``: per group dv = pᵀ do and dp = do vᵀ (into a work buffer the
   size of p), the rows ds = p (dp - rowsum(dp p)) scale in parallel, then per
   group dq = ds k and dk = dsᵀ q.
@@ -59,8 +59,26 @@ cdef int64_t _BLOCK_BYTES = 512 * 1024
 # Causal attention: queries per GEMM block (N = 128: 25% fewer multiply-adds in S and o).
 cdef int64_t _CAUSAL_ROWS = 64
 cdef int64_t _INT_MAX = 2147483647
-# threads of the softmax rows (0: the op's thread count)
-PARAMS = {"row_threads": 0}
+# Threads of the softmax rows (0: the op's thread count).  1, measured on the project's
+# 2-core AVX-512 Xeon (float32, 2 threads, load adaptation off, best of 30): the OpenMP
+# team that ends the rows spin-waits against the BLAS threads of the next GEMM, so
+# parallel rows make the op slower, not faster (G=4, N=128, D=1024: forward 4.2 ms
+# with 2 row threads, 1.7 ms with 1; backward 7.7 vs 3.4 ms; G=16, D=64: 3.6 vs 1.6 ms).
+PARAMS = {"row_threads": 1}
+_DEFAULTS = dict(PARAMS)
+
+
+def set_params(**kw):
+    """Change tuning constants (tests and benchmarks); returns the previous values."""
+    old = {}
+    for k, v in kw.items():
+        if k not in PARAMS:
+            raise ValueError(f"unknown parameter {k!r}; known: {sorted(PARAMS)}")
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{k} must be an int >= 0, got {v!r}")
+        old[k] = PARAMS[k]
+    PARAMS.update(kw)
+    return old
 
 
 # ---------------------------------------------------------------- typed shims
@@ -274,7 +292,8 @@ def _att_fwd(const real[:, :, ::1] q, const real[:, :, ::1] k, const real[:, :, 
     cdef real *O = &o[0, 0, 0]
     cdef real *P = &p[0, 0, 0]
     cdef Kern K
-    cdef int nt = team(PARAMS["row_threads"] or nthreads, G * N * M * <int64_t>sizeof(real), G * N)
+    cdef int nt = team(PARAMS["row_threads"] or nthreads, G * N * M * <int64_t>sizeof(real),
+                       G * N)
     _kern(&K, Q)
     with nogil:
         for gi in range(G):
@@ -317,7 +336,8 @@ def _att_bwd(const real[:, :, ::1] do, const real[:, :, ::1] q, const real[:, :,
     cdef real *DV = &dv[0, 0, 0]
     cdef real *S
     cdef Kern K
-    cdef int nt = team(PARAMS["row_threads"] or nthreads, 2 * G * N * M * <int64_t>sizeof(real), G * N)
+    cdef int nt = team(PARAMS["row_threads"] or nthreads,
+                       2 * G * N * M * <int64_t>sizeof(real), G * N)
     _kern(&K, Q)
     S = <real *>_alloc(G * N * M * sizeof(real))
     try:
