@@ -16,8 +16,8 @@ src/lorak.h do the row and elementwise passes between the calls:
   row by one thread in one fixed order; ``PARAMS["row_threads"]`` threads, 1 by
   default: see there), then o = p v per group.
 * ``attention_bwd``: per group dv = pᵀ do and dp = do vᵀ (into a work buffer the
-  size of p), the rows ds = p (dp - rowsum(dp p)) scale in parallel, then per
-  group dq = ds k and dk = dsᵀ q.
+  size of p), the rows ds = p (dp - rowsum(dp p)) scale (threads as the forward's
+  rows), then per group dq = ds k and dk = dsᵀ q.
 
 The row blocks depend on the shapes only, so no result depends on the thread
 count (the BLAS splits its work over rows and columns of the result, not over
