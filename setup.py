@@ -33,6 +33,7 @@ EXTENSIONS = {
         "quantk_pack.c", "quantk_pack_avx2.c", "quantk_dec.c", "quantk_gemv.c", "quantk_mt.c",
         "quantk_avx2.c", "quantk_avx512.c", "quantk_table.c")],
     "_rnn": [SRC_DIR + "/rnnk.c"],
+    "_lora": [SRC_DIR + "/lorak.c"],
 }
 
 OPENMP_TEST = r"""
