@@ -7,7 +7,8 @@ and of the linear feed-forward layer (LFFN) alone, with float32 frozen weights
 bytes and trainable parameters.  ``decide`` fills the course's decision table
 from them: under a memory limit (the frozen weights of a stage must fit in
 ``memory_limit`` bytes; LoRA keeps full precision, so it is chosen when it fits),
-for speed (the faster measured), and both (the faster of those that fit).
+for speed (the faster measured; "either" within 10%), and both (the faster of those that
+fit; a tie goes to LoRA, which keeps full precision).
 ``complexity_rows`` runs an instrumented forward and backward
 (``fastdl.lora.count_ops``) and sets the counts beside the exact formulas of
 ``fastdl.complexity`` and the usual O() terms.
@@ -75,20 +76,32 @@ def measure_stages(d=1024, h=4, n=128, r=8, *, quant="nf4", repeat=5, seed=0,
     return out
 
 
-def decide(measures, memory_limit: int) -> dict:
+def decide(measures, memory_limit: int, *, tie: float = 0.1) -> dict:
     """{stage: {"memory limit": choice, "faster": choice, "both": choice, "why": text}}.
-    A choice is "LoRA", "QLoRA" or "neither fits"."""
+    A choice is "LoRA", "QLoRA", "either" (times within ``tie``, 10% by default: the
+    machine's noise) or "neither fits"; a tie goes to LoRA where a choice must be made,
+    since it keeps the weights' full precision."""
     if isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, np.integer)) \
             or memory_limit <= 0:
         raise ValueError(f"memory_limit must be a positive number of bytes, got {memory_limit!r}")
     by = {(m.stage, m.method): m for m in measures}
+
+    def faster(a, b):
+        """The clearly faster of a and b, or None for a tie."""
+        lo, hi = sorted((a, b), key=lambda m: m.seconds)
+        return lo if hi.seconds > (1 + tie) * lo.seconds else None
+
     table = {}
     for s in STAGES:
         lo, ql = by[s, "LoRA"], by[s, "QLoRA"]
         fits = [m for m in (lo, ql) if m.frozen_bytes <= memory_limit]
         mem = "LoRA" if lo in fits else ("QLoRA" if ql in fits else "neither fits")
-        fast = min((lo, ql), key=lambda m: m.seconds).method
-        both = min(fits, key=lambda m: m.seconds).method if fits else "neither fits"
+        win = faster(lo, ql)
+        fast = win.method if win else "either"
+        if len(fits) == 2:
+            both = (win or lo).method
+        else:
+            both = fits[0].method if fits else "neither fits"
         why = (f"float32 weights {lo.frozen_bytes / 2**20:.1f} MiB vs quantized "
                f"{ql.frozen_bytes / 2**20:.2f} MiB (limit {memory_limit / 2**20:.1f} MiB); "
                f"forward+backward {lo.seconds * 1e3:.2f} ms vs {ql.seconds * 1e3:.2f} ms")

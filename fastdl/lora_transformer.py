@@ -49,25 +49,31 @@ def _spec(value, name):
 
 
 class _Frozen:
-    """A projection without adapter: y = x W, W float or quantized."""
+    """A projection without adapter: y = x W, W float or quantized.  A float W runs as a
+    LoRA map of rank 0 (the same kernels, BLAS on fastdl's threads, as the adapted ones)."""
 
     def __init__(self, w, spec, dtype, term):
         self.qweight = None if spec is None else _quantize(w, **spec)
         self.weight = None if spec is not None else np.ascontiguousarray(w, dtype)
         self.d_in, self.d_out = w.shape
         self.base_term = term
+        self._a0 = np.zeros((self.d_in, 0), dtype)
+        self._b0 = np.zeros((self.d_out, 0), dtype)
 
     def fwd(self, x2, backend):
         count("forward", **{self.base_term: x2.shape[0] * self.d_in * self.d_out})
         if self.weight is not None:
-            return x2 @ self.weight
+            return _ops.lora_fwd(x2, self.weight, self._a0, self._b0, None, None, 0.0,
+                                 backend=backend)[0]
         count("dequantized", forward=self.d_in * self.d_out)
         return qmatmul(x2, self.qweight, backend=backend)
 
     def dx(self, dy2, backend):
         count("backward", **{self.base_term + "_dx": dy2.shape[0] * self.d_in * self.d_out})
         if self.weight is not None:
-            return dy2 @ self.weight.T
+            x0 = np.empty((dy2.shape[0], self.d_in), dy2.dtype)     # read for dA only: R = 0
+            return _ops.lora_bwd(dy2, x0, np.zeros((dy2.shape[0], 0), dy2.dtype), self.weight,
+                                 self._a0, self._b0, None, 0.0, True, backend=backend)[2]
         count("dequantized", backward=self.d_in * self.d_out)
         return qmatmul(dy2, self.qweight, transpose=True, backend=backend)
 
