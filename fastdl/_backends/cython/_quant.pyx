@@ -48,15 +48,12 @@ cdef int64_t INT_MAX = 2147483647
 # d_in = d_out = 4096, int8 / int4 / NF4+dq blocks of 64, 2 threads, median of 9):
 # the fused kernel beats panels + sgemm up to n = 16 (x @ W: 8.2 vs 9.7 ms; n = 24
 # is even, 32 loses 16 vs 13 ms) and, transposed, up to n = 48 (17 vs 19 ms; n = 64
-# loses 25 vs 20 ms).  panel / panel_t: storage rows per GEMM call, measured on the
-# 2-core AVX-512 Xeon (n = 128 and 512, NF4+dq and int4): every panel costs a team
-# hand-over (decode team started, released, then OpenBLAS's threads woken), which
-# on a busy machine waits for a CPU, so panels are large: 1024 rows (16 MiB of
-# float32 at d_in = 4096) against 256 rows: 3.7x vs 17x the time of x @ W with
-# three other busy processes and fixed 2-thread teams; 0.45-0.98x with the default
-# load-adaptive teams (512 rows: up to 1.09x).  Decoding is bound by the stores
-# of the float32 values (AVX-512 ~0.2 ns per weight and thread, about a copy's
-# speed), a few percent of the GEMM at n >= 128.
+# loses 25 vs 20 ms).  panel / panel_t: storage rows per GEMM (2-core AVX-512 Xeon,
+# n = 128 / 512, NF4+dq, int4): each panel costs a hand-over (decode team started and
+# released, OpenBLAS's threads woken) that waits for a CPU on a busy machine, so
+# panels are large: with three busy processes and fixed 2-thread teams 1024 rows
+# took 3.7x the time of x @ W, 256 rows 17x.  Decoding runs at about a copy's speed
+# (AVX-512 ~0.2 ns per weight and thread, bound by the float32 stores).
 PARAMS = {"small_n": 20, "small_n_t": 48, "panel": 1024, "panel_t": 1024}
 # a panel's decoded values at most (so a wide d_in gets fewer rows per panel)
 cdef int64_t PANEL_BYTES = 16 << 20
