@@ -207,10 +207,25 @@ def test_parallel_kernels_after_release():
     check_mm(x, q, False, quant.qmatmul(x, q, backend="cython"))
 
 
+def test_decode_team_does_not_change_results():
+    """PARAMS['decode_team'] = 1 (one decoding thread) gives the bits of the BLAS
+    call's team"""
+    q = qtensor((4, "absmax", 64, True), 300, 70)
+    with threads(2), fixed_teams():
+        a = blas_outputs(q, (33,), 16)
+        with params(decode_team=1):
+            b = blas_outputs(q, (33,), 16)
+    for u, v in zip(a, b):
+        assert same(u, v)
+    for bad in (-1, 2):
+        with pytest.raises(ValueError, match="decode_team"):
+            _quant.set_params(decode_team=bad)
+
+
 def test_params_panel_checked():
     with pytest.raises(ValueError, match="panel"):
         _quant.set_params(panel=0)
     with pytest.raises(ValueError, match="unknown"):
-        _quant.set_params(decode_threads=2)
+        _quant.set_params(decode_threads=1)
     assert _quant.PARAMS["panel"] >= 64 and _quant.PARAMS["panel_t"] >= 64
     assert simd_levels()[0] == "scalar"

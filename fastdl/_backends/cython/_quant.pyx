@@ -53,8 +53,11 @@ cdef int64_t INT_MAX = 2147483647
 # released, OpenBLAS's threads woken) that waits for a CPU on a busy machine, so
 # panels are large: with three busy processes and fixed 2-thread teams 1024 rows
 # took 3.7x the time of x @ W, 256 rows 17x.  Decoding runs at about a copy's speed
-# (AVX-512 ~0.2 ns per weight and thread, bound by the float32 stores).
-PARAMS = {"small_n": 20, "small_n_t": 48, "panel": 1024, "panel_t": 1024}
+# (AVX-512 ~0.2 ns per weight and thread, bound by the float32 stores).  decode_team:
+# 0 decodes a panel on the BLAS call's team, 1 on one thread (with fixed 2-thread
+# teams under load 1 was slightly faster, 4.3x vs 4.9x of x @ W at n = 128; with the
+# default load-adaptive teams the two were even, 0.94-1.27x).
+PARAMS = {"small_n": 20, "small_n_t": 48, "panel": 1024, "panel_t": 1024, "decode_team": 0}
 # a panel's decoded values at most (so a wide d_in gets fewer rows per panel)
 cdef int64_t PANEL_BYTES = 16 << 20
 _DEFAULTS = dict(PARAMS)
@@ -67,8 +70,10 @@ def set_params(**kw):
     for k, v in kw.items():
         if k not in PARAMS:
             raise ValueError(f"unknown parameter {k!r}; known: {sorted(PARAMS)}")
-        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k.startswith("small") else 1):
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k.startswith("small") or k == "decode_team" else 1):
             raise ValueError(f"{k} must be a positive int, got {v!r}")
+        if k == "decode_team" and v > 1:
+            raise ValueError(f"decode_team must be 0 (the BLAS call's team) or 1, got {v!r}")
         old[k] = PARAMS[k]
     PARAMS.update(kw)
     return old
@@ -484,8 +489,8 @@ def qmatmul(x, q, bint transpose, out, int nthreads, path=None):
     # BLAS runs outside any parallel loop, on as many threads as fastdl would use
     cdef int bthreads = 1 if small else _cpu.blas_team(nthreads)
     cdef int blas_old = 0 if small else _cpu.blas_threads(bthreads)
-    if blas_old == 0:
-        bthreads = 1            # the BLAS's own count is unknown: decode on one thread
+    if blas_old == 0 or PARAMS["decode_team"] == 1:
+        bthreads = 1            # (the BLAS's own count unknown): decode on one thread
     try:
         if x.dtype == _F64:
             _qmatmul[double](&d, x, out, transpose, small, nthreads, bthreads, panel)
