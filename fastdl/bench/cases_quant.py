@@ -5,6 +5,11 @@
 dynamic int8 ``Linear``; the limit is a plain read of the packed bytes (data +
 scales + x).  Metric ``bits/param``: the format's real storage.
 
+Many rows (n = 128, 512), both ``x @ W`` and ``transpose=True`` (``x @ W.T``, the
+backward pass of a quantized layer): the dequantization is O(d^2) against the
+O(n d^2) of the product, so the target is at most 1.15x the time of NumPy's
+float32 ``x @ W`` (``x @ W.T``) on the unquantized weight in the same run.
+
 For n = 1, where the kernels are bound by unpacking rather than memory, the
 Cython backend also runs as two peers pinned to a SIMD level, ``avx512`` and
 ``avx2`` (where the CPU has them), timed in the same rounds: the ``avx512``
@@ -62,10 +67,21 @@ def _numpy_f32(inp):
     return lambda: np.matmul(x, w, out=out)
 
 
+def _numpy_f32_t(inp):
+    x, w, out = inp["x"], _w().T, inp["out"]       # a view: BLAS with its transpose flag
+    return lambda: np.matmul(x, w, out=out)
+
+
 def _torch_f32(inp):
     import torch
     x, w = torch.from_numpy(inp["x"]), torch.from_numpy(_w())
     return lambda: torch.matmul(x, w)
+
+
+def _torch_f32_t(inp):
+    import torch
+    x, w = torch.from_numpy(inp["x"]), torch.from_numpy(_w())
+    return lambda: torch.matmul(x, w.T)
 
 
 def _torch_int8(inp):
@@ -95,13 +111,18 @@ def _at_level(level):
     return make
 
 
-def _qmatmul_case(fmt, n, quick=None):
+# n -> formats with the many-row target (at most 1.15x NumPy's float32 product)
+MANY_ROWS = {128: ("int4-b64", "nf4-b64-dq"), 512: ("int4-b64", "nf4-b64-dq")}
+
+
+def _qmatmul_case(fmt, n, quick=None, transpose=False):
     def setup():
         x = np.random.default_rng(1).standard_normal((n, D), dtype=np.float32)
         return {"x": x, "q": _q(fmt), "out": np.empty((n, D), np.float32)}
 
-    peers = {"numpy x@W f32": _numpy_f32}
-    if importlib.util.find_spec("torch") is not None:
+    ref = "numpy x@W.T f32" if transpose else "numpy x@W f32"
+    peers = {ref: _numpy_f32_t if transpose else _numpy_f32}
+    if importlib.util.find_spec("torch") is not None and not transpose:
         peers["torch int8 dynamic"] = _torch_int8
     nbytes = _nbytes(fmt)
     targets = {"max:bits/param": BITS_LIMIT[fmt]}
@@ -113,17 +134,20 @@ def _qmatmul_case(fmt, n, quick=None):
             peers["avx2"] = _at_level("avx2")
             if fmt in AVX512_SPEEDUP:
                 all_targets["avx512"] = {"vs:avx2": AVX512_SPEEDUP[fmt]}
-    if n == 512 and fmt != "int8-b64":
-        targets["vs:numpy x@W f32"] = 1 / 1.15
+    if fmt in MANY_ROWS.get(n, ()):
+        targets["vs:" + ref] = 1 / 1.15
+    if quick is None:
+        quick = (n in (1, 128, 512) and fmt != "int8-b64") or (n == 1 and fmt == "int8-b64")
+    t = "-t" if transpose else ""
     return Case(
-        name=f"quant/qmatmul/{fmt}/n{n}/float32", op="qmatmul", setup=setup,
-        call=lambda inp, backend: qmatmul(inp["x"], inp["q"], out=inp["out"], backend=backend),
+        name=f"quant/qmatmul{t}/{fmt}/n{n}/float32", op="qmatmul", setup=setup,
+        call=lambda inp, backend: qmatmul(inp["x"], inp["q"], transpose=transpose,
+                                          out=inp["out"], backend=backend),
         bytes_read=nbytes + n * D * 4, bytes_written=n * D * 4, flops=2 * n * D * D,
-        torch=_torch_f32, peers=peers, quick=(n in (1, 512) and fmt != "int8-b64" or
-        (n == 1 and fmt == "int8-b64")) if quick is None else quick,
+        torch=_torch_f32_t if transpose else _torch_f32, peers=peers, quick=quick,
         metrics=lambda inp, backend: {"bits/param": inp["q"].bits_per_param},
         warm_s=0.15,                 # OpenBLAS (the x @ W peer) spins ~0.1 s after each call
-        targets=all_targets, params={"format": fmt, "n": n, "d": D},
+        targets=all_targets, params={"format": fmt, "n": n, "d": D, "transpose": transpose},
     )
 
 
@@ -141,8 +165,11 @@ def _quantize_case(fmt):
 
 
 for _fmt in FORMATS:
-    for _n in (1, 8, 64, 512):
+    for _n in (1, 8, 64, 128, 512):
         register(_qmatmul_case(_fmt, _n))
+    for _n in MANY_ROWS:
+        if _fmt in MANY_ROWS[_n]:
+            register(_qmatmul_case(_fmt, _n, transpose=True))
     register(_quantize_case(_fmt))
 for _fmt in GEMV_FORMATS:
     register(_qmatmul_case(_fmt, 1, quick=False))

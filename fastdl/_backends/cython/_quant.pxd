@@ -42,6 +42,7 @@ cdef extern from "quantk.h" nogil:
                              int64_t ch, const double *x, int64_t n, double *y, float *ubuf)
     void fdl_qk_decode_row(const fdl_qk_kernels *K, const fdl_qk_desc *q, int64_t j, void *dst,
                            int f64)
+    int fdl_qk_release_team()
 
 
 ctypedef fused real:

@@ -19,10 +19,12 @@ table is fetched once per call.
   Transposed: threads own slices of d_in (private, padded accumulation buffers)
   and loop over the storage rows j in order, four at a time, y += (x[:, j] *
   s_jb) * unit: the same fma sequence per element for any thread count.  Larger
-  n: panels of ``PARAMS["panel"]`` storage rows dequantized (exact float32
-  values) and multiplied with BLAS sgemm/dgemm outside any parallel loop
-  (OpenBLAS threads itself); the panel is decoded by ``PARAMS["decode_threads"]``
-  threads so no OpenMP team spins against OpenBLAS during the GEMM.
+  n: panels of ``PARAMS["panel"]`` storage rows (at most PANEL_BYTES of decoded
+  values) dequantized (exact float32 values) and multiplied with BLAS sgemm/dgemm
+  outside any parallel loop.  A panel is decoded by a team of the size the BLAS call
+  gets (one thread when other processes keep the CPUs busy), and the team's threads
+  are released before the GEMM so none spins beside OpenBLAS's; few, large panels
+  keep those hand-overs rare.
 """
 from libc.stdint cimport int64_t, uint8_t, int8_t, uint32_t
 from libc.stdlib cimport malloc, free
@@ -46,11 +48,18 @@ cdef int64_t INT_MAX = 2147483647
 # d_in = d_out = 4096, int8 / int4 / NF4+dq blocks of 64, 2 threads, median of 9):
 # the fused kernel beats panels + sgemm up to n = 16 (x @ W: 8.2 vs 9.7 ms; n = 24
 # is even, 32 loses 16 vs 13 ms) and, transposed, up to n = 48 (17 vs 19 ms; n = 64
-# loses 25 vs 20 ms).  panel / panel_t: storage rows per sgemm call (n = 512:
-# 512 rows 73 ms vs 256 rows 80 ms; transposed 256 rows 67.5 ms vs 512 rows 69 ms).
-# decode_threads: threads that decode a panel; 1, because an OpenMP team that
-# decodes and then spin-waits fights OpenBLAS's threads (2 threads: 105-210 ms).
-PARAMS = {"small_n": 20, "small_n_t": 48, "panel": 512, "panel_t": 256, "decode_threads": 1}
+# loses 25 vs 20 ms).  panel / panel_t: storage rows per GEMM (2-core AVX-512 Xeon,
+# n = 128 / 512, NF4+dq, int4): each panel costs a hand-over (decode team started and
+# released, OpenBLAS's threads woken) that waits for a CPU on a busy machine, so
+# panels are large: with three busy processes and fixed 2-thread teams 1024 rows
+# took 3.7x the time of x @ W, 256 rows 17x.  Decoding runs at about a copy's speed
+# (AVX-512 ~0.2 ns per weight and thread, bound by the float32 stores).  decode_team:
+# 0 decodes a panel on the BLAS call's team, 1 on one thread (with fixed 2-thread
+# teams under load 1 was slightly faster, 4.3x vs 4.9x of x @ W at n = 128; with the
+# default load-adaptive teams the two were even, 0.94-1.27x).
+PARAMS = {"small_n": 20, "small_n_t": 48, "panel": 1024, "panel_t": 1024, "decode_team": 0}
+# a panel's decoded values at most (so a wide d_in gets fewer rows per panel)
+cdef int64_t PANEL_BYTES = 16 << 20
 _DEFAULTS = dict(PARAMS)
 
 
@@ -61,8 +70,10 @@ def set_params(**kw):
     for k, v in kw.items():
         if k not in PARAMS:
             raise ValueError(f"unknown parameter {k!r}; known: {sorted(PARAMS)}")
-        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k.startswith("small") else 1):
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k.startswith("small") or k == "decode_team" else 1):
             raise ValueError(f"{k} must be a positive int, got {v!r}")
+        if k == "decode_team" and v > 1:
+            raise ValueError(f"decode_team must be 0 (the BLAS call's team) or 1, got {v!r}")
         old[k] = PARAMS[k]
     PARAMS.update(kw)
     return old
@@ -287,12 +298,14 @@ cdef int _mt_f32(const fdl_qk_kernels *K, const fdl_qk_desc *d, const float *x, 
 
 
 cdef int _mm_blas(const fdl_qk_kernels *K, const fdl_qk_desc *d, real *x, int64_t n, real *y,
-                  bint transpose, int nthreads, int64_t panel, int decode_threads) except -1:
-    """Panels of `panel` storage rows decoded in parallel, then one GEMM each, serially."""
+                  bint transpose, int bthreads, int64_t panel) except -1:
+    """Panels of `panel` storage rows, each decoded by a team of at most the BLAS call's
+    `bthreads` threads, then one GEMM, outside any parallel loop.  The decode team is
+    released before the GEMM: its idle threads would otherwise spin beside OpenBLAS's."""
     cdef int64_t d_in = d.d_in, d_out = d.d_out, j0, jn, jj, k
-    panel = max(1, min(panel, d_out))
+    panel = max(1, min(panel, d_out, max(16, PANEL_BYTES // (d_in * <int64_t>sizeof(real)))))
     cdef real *P = <real *>_alloc(panel * d_in * sizeof(real))
-    cdef int nt = team(min(decode_threads, nthreads), panel * d_in * sizeof(real), panel)
+    cdef int nt = team(bthreads, panel * d_in * sizeof(real), panel)
     cdef int ni = <int>n, di = <int>d_in, doi = <int>d_out, jni
     cdef real one = 1, beta
     cdef char *T = b"T"
@@ -302,8 +315,13 @@ cdef int _mm_blas(const fdl_qk_kernels *K, const fdl_qk_desc *d, real *x, int64_
             j0 = k * panel
             jn = min(panel, d_out - j0)
             jni = <int>jn
-            for jj in prange(jn, num_threads=nt, schedule="static"):
-                fdl_qk_decode_row(K, d, j0 + jj, P + jj * d_in, real is double)
+            if nt > 1:
+                for jj in prange(jn, num_threads=nt, schedule="static"):
+                    fdl_qk_decode_row(K, d, j0 + jj, P + jj * d_in, real is double)
+                fdl_qk_release_team()
+            else:
+                for jj in range(jn):
+                    fdl_qk_decode_row(K, d, j0 + jj, P + jj * d_in, real is double)
             beta = 1 if transpose and j0 > 0 else 0
             if real is float:
                 if not transpose:
@@ -320,12 +338,12 @@ cdef int _mm_blas(const fdl_qk_kernels *K, const fdl_qk_desc *d, real *x, int64_
 
 
 cdef int _qmatmul(const fdl_qk_desc *d, const real[:, ::1] x, real[:, ::1] y, bint transpose,
-                  bint small, int nthreads, int64_t panel, int decode_threads) except -1:
+                  bint small, int nthreads, int bthreads, int64_t panel) except -1:
     # the SIMD level's kernel table, read once per call
     cdef const fdl_qk_kernels *K = fdl_qk_table(simd_level())
     cdef int64_t n = x.shape[0]
     if not small:
-        return _mm_blas(K, d, <real *>&x[0, 0], n, &y[0, 0], transpose, nthreads, panel, decode_threads)
+        return _mm_blas(K, d, <real *>&x[0, 0], n, &y[0, 0], transpose, bthreads, panel)
     if real is double:
         if transpose:
             return _mt_f64(K, d, &x[0, 0], n, &y[0, 0], nthreads)
@@ -461,7 +479,6 @@ def qmatmul(x, q, bint transpose, out, int nthreads, path=None):
     _check_matmul(x, d.d_in, d.d_out, transpose, out, tuple(keep.values()))
     cdef int64_t n = x.shape[0]
     cdef int64_t panel = PARAMS["panel_t" if transpose else "panel"]
-    cdef int dthreads = PARAMS["decode_threads"]
     if path is None:
         path = "small" if n <= PARAMS["small_n_t" if transpose else "small_n"] else "blas"
     if path == "blas" and max(n, d.d_in, d.d_out) > INT_MAX:
@@ -470,13 +487,36 @@ def qmatmul(x, q, bint transpose, out, int nthreads, path=None):
         raise ValueError(f"path must be None, 'small' or 'blas', got {path!r}")
     cdef bint small = path == "small"
     # BLAS runs outside any parallel loop, on as many threads as fastdl would use
-    cdef int blas_old = 0 if small else _cpu.blas_threads(_cpu.blas_team(nthreads))
+    cdef int bthreads = 1 if small else _cpu.blas_team(nthreads)
+    cdef int blas_old = 0 if small else _cpu.blas_threads(bthreads)
+    if blas_old == 0 or PARAMS["decode_team"] == 1:
+        bthreads = 1            # (the BLAS's own count unknown): decode on one thread
     try:
         if x.dtype == _F64:
-            _qmatmul[double](&d, x, out, transpose, small, nthreads, panel, dthreads)
+            _qmatmul[double](&d, x, out, transpose, small, nthreads, bthreads, panel)
         else:
-            _qmatmul[float](&d, x, out, transpose, small, nthreads, panel, dthreads)
+            _qmatmul[float](&d, x, out, transpose, small, nthreads, bthreads, panel)
     finally:
         if blas_old:
             _cpu.blas_threads(blas_old)
+    return out
+
+
+def decode_rows(q, int64_t j0, int64_t j1, out, int nthreads):
+    """Storage rows j0..j1-1 of q decoded (the panels of the BLAS path; tests and
+    benchmarks): out (j1 - j0, d_in) float32/float64 = dequantize(q)[:, j0:j1].T."""
+    cdef fdl_qk_desc d
+    cdef dict keep = {}
+    _desc(&d, q, keep)
+    if not 0 <= j0 < j1 <= d.d_out:
+        raise ValueError(f"need 0 <= j0 < j1 <= d_out={d.d_out}, got j0={j0}, j1={j1}")
+    _check_out_array(out, (int(j1 - j0), int(d.d_in)), (_F32, _F64), tuple(keep.values()))
+    cdef int f64 = out.dtype == np.float64
+    cdef uint8_t[::1] ov = out.reshape(-1).view(np.uint8)
+    cdef const fdl_qk_kernels *K = fdl_qk_table(simd_level())
+    cdef int64_t jj, sz = 8 if f64 else 4
+    cdef int nt = team(nthreads, (j1 - j0) * d.d_in * sz, j1 - j0)
+    cdef uint8_t *o = &ov[0]
+    for jj in prange(j1 - j0, nogil=True, num_threads=nt, schedule="static"):
+        fdl_qk_decode_row(K, &d, j0 + jj, o + jj * d.d_in * sz, f64)
     return out

@@ -28,8 +28,9 @@
  *   y[i, r]) for j = 0, 1, ... in order, elementwise (4 storage rows per pass,
  *   same sequence per element): identical for any thread split and twin.
  * - qmatmul large path: panels of `panel` decoded storage rows (float32
- *   values s*unit, exact) multiplied with BLAS sgemm/dgemm; panel boundaries
- *   are fixed, so the result does not depend on the thread count.
+ *   values s*unit, exact; the AVX-512 decoder looks up s*unit[c] in a 16-entry
+ *   table of the block's products, the same products) multiplied with BLAS
+ *   sgemm/dgemm; panel boundaries do not depend on the thread count.
  *
  * The functions below are serial: _quant.pyx runs them over independent chunks
  * (column strips, column groups, row chunks) in its parallel loops, with the
@@ -114,5 +115,8 @@ void fdl_qk_mt_chunk_f64(const fdl_qk_kernels *K, const fdl_qk_desc *q, int64_t 
 /* ---- large n: storage row j decoded (float32 values, or their float64 casts) */
 void fdl_qk_decode_row(const fdl_qk_kernels *K, const fdl_qk_desc *q, int64_t j, void *dst,
                        int f64);
+/* release the calling thread's OpenMP pool (its idle threads would spin-wait beside
+ * the BLAS threads of the GEMM that follows a panel's decode); 0 when released */
+int fdl_qk_release_team(void);
 
 #endif

@@ -46,9 +46,57 @@ A5 static ALWAYS_INLINE void dec_half(const int kind, const uint8_t *row, int64_
     }
 }
 
+/* 64 values of a whole 64-group (32 bytes: low nibbles, then high) from st, the 16
+ * products s * unit[c] of the block: a lookup of the twin's product, no multiply */
+A5 static ALWAYS_INLINE void dec64_nib(const uint8_t *p, __m512 st, float *o) {
+    __m512i c0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    __m512i c1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 16)));
+    _mm512_storeu_ps(o, _mm512_permutexvar_ps(c0, st));
+    _mm512_storeu_ps(o + 16, _mm512_permutexvar_ps(c1, st));
+    _mm512_storeu_ps(o + 32, _mm512_permutexvar_ps(_mm512_srli_epi32(c0, 4), st));
+    _mm512_storeu_ps(o + 48, _mm512_permutexvar_ps(_mm512_srli_epi32(c1, 4), st));
+}
+
+/* 64 int8 values: s * (float)q */
+A5 static ALWAYS_INLINE void dec64_i8(const uint8_t *p, __m512 sv, float *o) {
+    for (int v = 0; v < 4; v++)
+        _mm512_storeu_ps(o + 16 * v, _mm512_mul_ps(sv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+            _mm_loadu_si128((const __m128i *)(p + 16 * v))))));
+}
+
+/* twin: fdl_qk_dec_range_scalar, for blocks of whole 64-groups (or per tensor): one scale
+ * (4-bit kinds: one 16-entry product table) per block, 64 values per step, the rest
+ * (the partial last group) by the twin */
+A5 static void dec_range_g64(const fdl_qk_desc *q, int64_t j, int64_t r0, int64_t r1,
+                             float *dst) {
+    const int i8 = q->bits > 4;
+    const uint8_t *row = q->data + j * q->rowb;
+    const __m512 tab = _mm512_loadu_ps(qk_unit_table(q));
+    int64_t G = q->d_in >> 6, g = r0 >> 6;
+    int64_t gend = (r1 >> 6) < G ? (r1 >> 6) : G;
+    int64_t gpb = q->per_tensor ? gend + 1 : q->bs >> 6;
+    float *o = dst - r0;
+    while (g < gend) {
+        int64_t b = q->per_tensor ? 0 : g / gpb;
+        int64_t ge = q->per_tensor || (b + 1) * gpb > gend ? gend : (b + 1) * gpb;
+        __m512 sv = _mm512_set1_ps(qk_scale(q, j, b));
+        if (i8) {
+            for (; g < ge; g++) dec64_i8(row + 64 * g, sv, o + 64 * g);
+        } else {
+            __m512 st = _mm512_mul_ps(sv, tab);
+            for (; g < ge; g++) dec64_nib(row + 32 * g, st, o + 64 * g);
+        }
+    }
+    if (64 * g < r1) fdl_qk_dec_range_scalar(q, j, 64 * g, r1, dst + (64 * g - r0));
+}
+
 /* twin: fdl_qk_dec_range_scalar */
 A5 void fdl_qk_dec_range_avx512(const fdl_qk_desc *q, int64_t j, int64_t r0, int64_t r1,
                                 float *dst) {
+    if (q->per_tensor || q->bs % 64 == 0) {
+        dec_range_g64(q, j, r0, r1, dst);
+        return;
+    }
     const int kind = qk_kind(q);
     const uint8_t *row = q->data + j * q->rowb;
     const __m512 tab = _mm512_loadu_ps(qk_unit_table(q));

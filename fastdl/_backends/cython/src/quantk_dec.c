@@ -2,6 +2,10 @@
  * returns), for dequantize, the n >= 2 GEMV and the BLAS panels. */
 #include "quantk_int.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #define DQ_JS 16
 #define DQ_R 256
 
@@ -59,4 +63,12 @@ void fdl_qk_dequantize_strip(const fdl_qk_kernels *K, const fdl_qk_desc *q, int6
                     o[r * d_out + j0 + jj] = buf[jj * DQ_R + r - r0];
         }
     }
+}
+
+int fdl_qk_release_team(void) {
+#if defined(_OPENMP) && defined(FASTDL_OMP_PAUSE)
+    return omp_pause_resource_all(omp_pause_soft);
+#else
+    return -1;
+#endif
 }
