@@ -54,10 +54,12 @@ cdef int64_t INT_MAX = 2147483647
 # panels are large: with three busy processes and fixed 2-thread teams 1024 rows
 # took 3.7x the time of x @ W, 256 rows 17x.  Decoding runs at about a copy's speed
 # (AVX-512 ~0.2 ns per weight and thread, bound by the float32 stores).  decode_team:
-# 0 decodes a panel on the BLAS call's team, 1 on one thread (with fixed 2-thread
-# teams under load 1 was slightly faster, 4.3x vs 4.9x of x @ W at n = 128; with the
-# default load-adaptive teams the two were even, 0.94-1.27x).
-PARAMS = {"small_n": 20, "small_n_t": 48, "panel": 1024, "panel_t": 1024, "decode_team": 0}
+# 0 decodes a panel on the BLAS call's team, 1 on the calling thread alone (the
+# default): OpenBLAS's workers spin ~0.1 s after each GEMM, so a second decode thread
+# fights one of them for its core.  The benchmark runner's interleaved rounds on the
+# quiet machine, time / NumPy's x @ W: team 1 0.94-1.22 (one outlier 1.48), team 0
+# 1.69-3.19.
+PARAMS = {"small_n": 20, "small_n_t": 48, "panel": 1024, "panel_t": 1024, "decode_team": 1}
 # a panel's decoded values at most (so a wide d_in gets fewer rows per panel)
 cdef int64_t PANEL_BYTES = 16 << 20
 _DEFAULTS = dict(PARAMS)
