@@ -60,13 +60,28 @@ static int adaptive = 1;
 
 static int child_serial = 0;
 static int pause_failed = 0;
-/* worker threads (OpenMP or BLAS) of the last team of ours: they may still be
- * spinning after their region, and then count among the machine's runnable
- * tasks (workers of earlier, larger teams sleep, docked) */
+/* worker threads (OpenMP or BLAS) of our teams that may still be spinning: OpenBLAS's
+ * workers spin for about 0.1 s after their last call however small the calls since,
+ * so the largest team of the last SPIN_NS counts, not just the last one (counting
+ * only the last let one 1-thread verdict keep the next calls at 1 thread while a
+ * worker of an earlier 2-thread call spun on: back-to-back BLAS calls on an idle
+ * machine got 1 thread 61% of the time) */
+#define SPIN_NS 250000000
 static int pool_workers = 0;
+static int64_t pool_workers_ns = 0;
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 static void note_team(int n) {
-    STORE(pool_workers, n - 1);
+    int64_t t = now_ns();
+    if (n - 1 >= LOAD(pool_workers) || t - LOAD(pool_workers_ns) > SPIN_NS) {
+        STORE(pool_workers, n - 1);
+        STORE(pool_workers_ns, t);
+    }
 }
 /* ------------------------------------------------------------ load */
 
