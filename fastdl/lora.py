@@ -29,8 +29,8 @@ from fastdl import ops as _ops
 from fastdl._validate import as_float_array, check_choice, check_int, check_real
 from fastdl.quant import QuantizedTensor, dequantize, qmatmul, quantize
 
-__all__ = ["LoRALinear", "QLoRALinear", "lora_scale", "count_ops", "TransformerLayer",
-           "save_adapter", "load_adapter"]
+__all__ = ["LoRALinear", "QLoRALinear", "LoRAAdapter", "lora_scale", "count_ops",
+           "TransformerLayer", "save_adapter", "load_adapter"]
 
 _INITS = ("kaiming", "gaussian", False)
 
@@ -197,8 +197,8 @@ class _Adapter:
         self._cache = (x2, xa, mask, backend)
         if _COUNTERS:
             n, (i, o), r = x2.shape[0], (self.d_in, self.d_out), self.r
-            count("forward", **{self.base_term: n * i * o}, adapter=n * i * r + n * r * o,
-                  scale=n * r)
+            base = {self.base_term: n * i * o} if self.base_term else {}
+            count("forward", **base, adapter=n * i * r + n * r * o, scale=n * r)
         return y
 
     def _bwd_rows(self, dy2, need_dx, backend):
@@ -215,7 +215,8 @@ class _Adapter:
                                     backend or fwd_backend)
         if _COUNTERS:
             n, (i, o), r = x2.shape[0], (self.d_in, self.d_out), self.r
-            count("backward", **{self.base_term + "_dx": n * o * i if need_dx else 0},
+            base = {self.base_term + "_dx": n * o * i if need_dx else 0} if self.base_term else {}
+            count("backward", **base,
                   adapter=n * o * r + i * n * r + o * n * r, adapter_dx=n * r * i if need_dx else 0,
                   scale=n * r + o * r)
         self.grads = {"A": da, "B": db}
@@ -401,6 +402,40 @@ class QLoRALinear(_Adapter):
         q = self.qweight
         return (f"QLoRALinear(d_in={self.d_in}, d_out={self.d_out}, r={self.r}, "
                 f"scale={self.scale:g}, weight={q.scheme} {q.bits}-bit, dtype={self.dtype})")
+
+
+class LoRAAdapter(_Adapter):
+    """The adapter alone, y = bias + s · dropout(x) A Bᵀ, for a frozen product computed
+    elsewhere (the transformer layer runs every head's frozen product as one GEMM and
+    adds each head's adapter to its columns).  Same arguments, ``params``, ``grads``,
+    ``forward`` / ``backward`` (dx: the adapter's share only) as ``LoRALinear``."""
+
+    base_term = None            # count_ops(): no frozen product here
+
+    def __init__(self, d_in, d_out, r, *, alpha=None, dropout=0.0, init="kaiming",
+                 use_rslora=False, bias=None, rng=None, dtype=np.float32):
+        d_in, d_out = check_int(d_in, "d_in", minimum=1), check_int(d_out, "d_out", minimum=1)
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        self._init_adapter(d_in, d_out, dtype, r, alpha, dropout, init, use_rslora, bias, rng)
+
+    def _base(self, x2, backend):
+        return np.zeros((x2.shape[0], self.d_out), self.dtype)
+
+    def _forward(self, x2, A, B, mask, backend):
+        return _ops.lora_fwd(x2, None, A, B, self.bias, mask, self.scale, backend=backend)
+
+    def _backward(self, dy2, x2, xa, A, B, mask, need_dx, backend):
+        return _ops.lora_bwd(dy2, x2, xa, None, A, B, mask, self.scale, need_dx,
+                             backend=backend)
+
+    def frozen_bytes(self) -> int:
+        return 0
+
+    def __repr__(self):
+        return (f"LoRAAdapter(d_in={self.d_in}, d_out={self.d_out}, r={self.r}, "
+                f"scale={self.scale:g}, dtype={self.dtype})")
 
 
 def __getattr__(name):

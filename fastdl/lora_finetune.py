@@ -47,9 +47,9 @@ class FinetuneResult:
 
 
 def _weights(layer):
-    m, h = layer.modules, layer.h
-    w = {p: np.stack([m[f"heads.{i}.{p}"].weight for i in range(h)]) for p in "qkv"}
-    w["o"], w["f"] = m["out"].weight, m["ffn"].weight
+    h = layer.h
+    w = {p: np.stack([layer.frozen_weight(f"heads.{i}.{p}") for i in range(h)]) for p in "qkv"}
+    w["o"], w["f"] = layer.frozen_weight("out"), layer.frozen_weight("ffn")
     return w
 
 

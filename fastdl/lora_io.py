@@ -23,16 +23,16 @@ _PREFIX = "base_model.model."
 
 
 def _layers(layers) -> dict:
-    from fastdl.lora import LoRALinear, QLoRALinear
+    from fastdl.lora import LoRAAdapter, LoRALinear, QLoRALinear
     if not isinstance(layers, dict) or not layers:
-        raise TypeError(f"layers must be a non-empty dict of module name -> LoRALinear or "
-                        f"QLoRALinear, got {type(layers).__name__}")
+        raise TypeError(f"layers must be a non-empty dict of module name -> LoRALinear, "
+                        f"QLoRALinear or LoRAAdapter, got {type(layers).__name__}")
     for name, lay in layers.items():
         if not isinstance(name, str) or not name or name.startswith(".") or name.endswith("."):
             raise ValueError(f"layer names must be non-empty dotted module names, got {name!r}")
-        if not isinstance(lay, (LoRALinear, QLoRALinear)):
-            raise TypeError(f"layers[{name!r}] must be a LoRALinear or QLoRALinear, got "
-                            f"{type(lay).__name__}")
+        if not isinstance(lay, (LoRALinear, QLoRALinear, LoRAAdapter)):
+            raise TypeError(f"layers[{name!r}] must be a LoRALinear, QLoRALinear or "
+                            f"LoRAAdapter, got {type(lay).__name__}")
     return layers
 
 

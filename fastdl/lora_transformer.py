@@ -19,7 +19,7 @@ import numpy as np
 
 from fastdl import ops as _ops
 from fastdl._validate import as_float_array, check_flag, check_int
-from fastdl.lora import LoRALinear, QLoRALinear, count, finite
+from fastdl.lora import LoRAAdapter, LoRALinear, QLoRALinear, count, finite
 from fastdl.quant import QuantizedTensor, qmatmul, quantize as _quantize
 
 __all__ = ["TransformerLayer", "QUANT_PRESETS"]
@@ -92,9 +92,15 @@ class TransformerLayer:
     keywords; ``causal``: query i attends to keys j <= i.  Adapters follow
     ``LoRALinear`` (alpha, dropout, init, use_rslora).  ``forward(H)`` takes (n, d) or
     (batch, n, d); ``backward(dH)`` fills ``grads`` (same keys as ``params``:
-    "q.0.A", "q.0.B", …, "f.A", "f.B") and returns dL/dH.  ``lora_layers()`` maps
-    module names ("heads.0.q", …, "out", "ffn") to the adapter layers, as
-    ``save_adapter`` takes them.
+    "heads.0.q.A", "heads.0.q.B", …, "ffn.A", "ffn.B") and returns dL/dH.
+    ``lora_layers()`` maps module names ("heads.0.q", …, "out", "ffn") to the adapter
+    layers, as ``save_adapter`` takes them; ``frozen_weight(name)`` is a module's
+    frozen weight as a float array.
+
+    Every head's frozen W^{Q,i} is stored as columns i·d:(i+1)·d of one (d, h·d) matrix
+    per projection (``qkv["q"]``, float or quantized: blocks run along d for each
+    column, so that is each head's own quantization), multiplied in one GEMM for all
+    heads; each head's adapter (a ``LoRAAdapter``) adds its own term to its columns.
     """
 
     def __init__(self, d, h, r, *, lora_targets=("q", "k", "v", "f"), quantize=None,
@@ -122,10 +128,16 @@ class TransformerLayer:
         self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         w = self._weights(weights)
         kw = dict(alpha=alpha, dropout=dropout, init=init, use_rslora=use_rslora, rng=self.rng)
-        self.modules = {}
+        self.modules, self.qkv, self._qkv = {}, {}, {}
         for p in ("q", "k", "v"):
+            cat = np.concatenate(list(w[p]), axis=1)          # (d, h·d): head i's columns
+            self._qkv[p] = _Frozen(cat, self.quantize["mha"], self.dtype, "base")
+            self.qkv[p] = self._qkv[p].weight if self._qkv[p].weight is not None else \
+                self._qkv[p].qweight
             for i in range(self.h):
-                self.modules[f"heads.{i}.{p}"] = self._module(w[p][i], p, "mha", kw)
+                if p in self.targets:
+                    self.modules[f"heads.{i}.{p}"] = LoRAAdapter(
+                        self.d, self.d, self.r, dtype=self.dtype, **kw)
         self.modules["out"] = self._module(w["o"], "o", "mha", kw)
         self.modules["ffn"] = self._module(w["f"], "f", "ffn", kw)
         self.training = True
@@ -164,8 +176,26 @@ class TransformerLayer:
 
     # ---------------------------------------------------------------- parameters
     def lora_layers(self) -> dict:
-        """{module name: LoRALinear or QLoRALinear} of the adapted projections."""
+        """{module name: LoRAAdapter, LoRALinear or QLoRALinear} of the adapted projections."""
         return {n: m for n, m in self.modules.items() if not isinstance(m, _Frozen)}
+
+    def frozen_weight(self, name: str, dtype=None) -> np.ndarray:
+        """The frozen weight of module ``name`` ("heads.{i}.{q,k,v}", "out", "ffn") as a new
+        float array (dequantized when stored quantized), in ``dtype`` (the layer's)."""
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
+        parts = name.split(".")
+        if len(parts) == 3 and parts[0] == "heads" and parts[2] in self.qkv \
+                and parts[1].isdigit() and int(parts[1]) < self.h:
+            i, w = int(parts[1]), self.qkv[parts[2]]
+            full = w.dequantize(dtype) if isinstance(w, QuantizedTensor) else w
+            return np.array(full[:, i * self.d:(i + 1) * self.d], dtype)
+        if name not in ("out", "ffn"):
+            raise ValueError(f"name must be 'heads.<i>.<q|k|v>' with i < {self.h}, 'out' or "
+                             f"'ffn', got {name!r}")
+        m = self.modules[name]
+        if getattr(m, "weight", None) is not None:
+            return np.array(m.weight, dtype)
+        return m.qweight.dequantize(dtype)
 
     @property
     def params(self) -> dict:
@@ -181,9 +211,10 @@ class TransformerLayer:
 
     def frozen_bytes(self, stage: str | None = None) -> int:
         """Bytes of the frozen weights ("mha", "ffn" or both)."""
-        names = [n for n in self.modules if stage is None
-                 or (stage == "ffn") == (n == "ffn")]
-        return sum(self.modules[n].frozen_bytes() for n in names)
+        mha = sum(f.frozen_bytes() for f in self._qkv.values()) + \
+            self.modules["out"].frozen_bytes()
+        ffn = self.modules["ffn"].frozen_bytes()
+        return {"mha": mha, "ffn": ffn, None: mha + ffn}[stage]
 
     def train(self, mode: bool = True):
         self.training = bool(mode)
@@ -229,8 +260,12 @@ class TransformerLayer:
         if stage != "ffn":
             qkv = np.empty((3, h, Bt * n, d), self.dtype)
             for j, p in enumerate("qkv"):
+                base = self._qkv[p].fwd(y, backend)                  # (rows, h·d), every head
                 for i in range(h):
-                    qkv[j, i] = self._fwd(f"heads.{i}.{p}", y, backend)
+                    name = f"heads.{i}.{p}"
+                    if name in self.modules:
+                        base[:, i * d:(i + 1) * d] += self.modules[name]._fwd_rows(y, backend)
+                qkv[j] = base.reshape(Bt * n, h, d).transpose(1, 0, 2)
             g = qkv.reshape(3, h * Bt, n, d)                   # groups (head, batch)
             o, prob = _ops.attention_fwd(g[0], g[1], g[2], 1.0 / math.sqrt(d), self.causal,
                                          backend=backend)
@@ -269,10 +304,18 @@ class TransformerLayer:
                                             backend=backend)
             e = self._entries(g)
             count("backward", dv=e * d, dp=e * d, softmax=e, score_scale=e, dq=e * d, dk=e * d)
-            dx = np.zeros((Bt * n, d), self.dtype)
+            dx = None
             for p, dg in zip("qkv", (dq, dk, dv)):
                 dg = dg.reshape(h, Bt * n, d)
+                dcat = np.ascontiguousarray(dg.transpose(1, 0, 2)).reshape(Bt * n, h * d)
+                part = self._qkv[p].dx(dcat, backend)              # Σ_i dQ_i W_iᵀ in one GEMM
+                if dx is None:
+                    dx = part
+                else:
+                    dx += part
                 for i in range(h):
-                    dx += self._bwd(f"heads.{i}.{p}", dg[i], backend)
+                    name = f"heads.{i}.{p}"
+                    if name in self.modules:
+                        dx += self.modules[name]._bwd_rows(dg[i], True, backend)
         self._cache = None
         return dx.reshape(shape)

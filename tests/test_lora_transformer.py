@@ -24,9 +24,8 @@ def _formula(lay, H):
     mods = lay.modules
 
     def proj(name, x):
-        m = mods[name]
-        w = m.weight if getattr(m, "weight", None) is not None else m.qweight.dequantize(np.float64)
-        y = x @ w
+        m = mods.get(name)
+        y = x @ lay.frozen_weight(name, np.float64)
         if name in lay.lora_layers():
             y = y + m.scale * (x @ m.A) @ m.B.T
         return y
@@ -107,8 +106,9 @@ def test_adapters_per_head_and_trainable_count():
 
 def test_quantized_stages_use_the_preset_formats_and_save_memory():
     lay = TransformerLayer(64, 2, 4, quantize={"mha": "nf4", "ffn": "int8"}, rng=0)
-    q = lay.modules["heads.1.v"].qweight
+    q = lay.qkv["v"]                                            # every head's W^V, (d, h·d)
     assert (q.scheme, q.bits, q.block_size, q.double_quant) == ("nf4", 4, 64, True)
+    assert q.shape == (64, 128)
     assert lay.modules["ffn"].qweight.bits == 8
     assert lay.modules["out"].qweight.shape == (128, 64)        # W^O is not adapted
     f32 = TransformerLayer(64, 2, 4, rng=0)
@@ -132,8 +132,10 @@ def test_given_weights_are_used():
          "v": rng.standard_normal((h, d, d)), "o": rng.standard_normal((h * d, d)),
          "f": rng.standard_normal((d, d))}
     lay = TransformerLayer(d, h, 1, weights=w, dtype=np.float64)
-    np.testing.assert_array_equal(lay.modules["heads.1.k"].weight, w["k"][1])
-    np.testing.assert_array_equal(lay.modules["out"].weight, w["o"])
+    np.testing.assert_array_equal(lay.frozen_weight("heads.1.k"), w["k"][1])
+    np.testing.assert_array_equal(lay.frozen_weight("out"), w["o"])
+    with pytest.raises(ValueError, match="name must be 'heads.<i>.<q|k|v>' with i < 2"):
+        lay.frozen_weight("heads.2.q")
 
 
 @pytest.mark.parametrize("kw, err, match", [

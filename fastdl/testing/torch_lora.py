@@ -20,11 +20,6 @@ def param_name(key: str) -> str:
     return key.replace(".", "_")
 
 
-def _float_weight(m, dtype):
-    w = m.weight if getattr(m, "weight", None) is not None else m.qweight.dequantize(dtype)
-    return np.asarray(w, dtype)
-
-
 def torch_transformer(layer):
     import torch
     from torch import nn
@@ -36,14 +31,12 @@ def torch_transformer(layer):
     class Layer(nn.Module):
         def __init__(self):
             super().__init__()
-            mods = layer.modules
             for p in "qkv":
-                w = np.concatenate([_float_weight(mods[f"heads.{i}.{p}"], layer.dtype)
-                                    for i in range(h)], axis=1)                # (d, h·d)
+                w = np.concatenate([layer.frozen_weight(f"heads.{i}.{p}") for i in range(h)],
+                                   axis=1)                                     # (d, h·d)
                 self.register_buffer(f"W_{p}", torch.tensor(w, dtype=dt))
             for name, key in (("out", "o"), ("ffn", "f")):
-                self.register_buffer(f"W_{key}", torch.tensor(_float_weight(mods[name],
-                                                                            layer.dtype)))
+                self.register_buffer(f"W_{key}", torch.tensor(layer.frozen_weight(name)))
             self.scales = {}
             for key, arr in layer.params.items():
                 self.register_parameter(param_name(key),
@@ -89,8 +82,8 @@ def torch_base_model(layer):
     dt = torch.float64 if layer.dtype == np.float64 else torch.float32
     d, h = layer.d, layer.h
 
-    def linear(m):
-        w = _float_weight(m, layer.dtype)
+    def linear(name):
+        w = layer.frozen_weight(name)
         lin = nn.Linear(w.shape[0], w.shape[1], bias=False).to(dt)
         with torch.no_grad():
             lin.weight.copy_(torch.tensor(w.T))
@@ -101,14 +94,14 @@ def torch_base_model(layer):
         def __init__(self, i):
             super().__init__()
             for p in "qkv":
-                setattr(self, p, linear(layer.modules[f"heads.{i}.{p}"]))
+                setattr(self, p, linear(f"heads.{i}.{p}"))
 
     class Base(nn.Module):
         def __init__(self):
             super().__init__()
             self.heads = nn.ModuleList(Head(i) for i in range(h))
-            self.out = linear(layer.modules["out"])
-            self.ffn = linear(layer.modules["ffn"])
+            self.out = linear("out")
+            self.ffn = linear("ffn")
 
         def forward(self, H):
             heads = []
