@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--no-files", action="store_true",
                     help="write nothing; print the graph's DOT text instead")
     pd.add_argument("--no-train", action="store_true",
-                    help="skip the QLoRA fine-tuning run (about 15 s)")
+                    help="skip the QLoRA fine-tuning run (a few seconds)")
     pb = sub.add_parser("bench", help="run the benchmark cases")
     mode = pb.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",

@@ -272,9 +272,12 @@ def lora_trainable_params(d: int, h: int, r: int, *, stage: str = "layer",
     return {"mha": mha, "ffn": ffn, "layer": mha + ffn}[stage]
 
 
-def _matrices(d: int, h: int, stage: str) -> list:
-    """Shapes of the frozen (d_in, d_out) weights of a stage, one per stored matrix."""
-    mha = [(d, d)] * (3 * h) + [(h * d, d)]
+def _matrices(d: int, h: int, stage: str, side_by_side: bool = False) -> list:
+    """Shapes of the frozen (d_in, d_out) weights of a stage, one per stored matrix;
+    ``side_by_side``: each projection's h heads as one (d, h·d) matrix, as
+    ``fastdl.lora.TransformerLayer`` stores block-wise quantized weights."""
+    qkv = [(d, h * d)] * 3 if side_by_side else [(d, d)] * (3 * h)
+    mha = qkv + [(h * d, d)]
     return {"mha": mha, "ffn": [(d, d)], "layer": mha + [(d, d)]}[stage]
 
 
@@ -321,18 +324,20 @@ def _quant(quant) -> dict | None:
 
 
 def frozen_weight_bits(d: int, h: int, *, stage: str = "layer", quant=None) -> int:
-    """Bits of a stage's frozen weights as fastdl stores them, each matrix on its own
-    (per head for Q, K, V): float32 is 32 per weight; ``quant`` = {"bits", "block_size"
-    (default 64, None: one scale per matrix), "double_quant" (default False)} gives
-    8·``fastdl.quant.storage_bytes`` per matrix: the m-bit codes (4-bit ones packed two
-    per byte) plus the block scales."""
+    """Bits of a stage's frozen weights as ``fastdl.lora.TransformerLayer`` stores them:
+    float32 is 32 per weight; ``quant`` = {"bits", "block_size" (default 64, None: one
+    scale per matrix), "double_quant" (default False)} gives 8·``fastdl.quant.storage_bytes``
+    per stored matrix: the m-bit codes (4-bit ones packed two per byte) plus the scales.
+    Block-wise, each projection's h heads are one (d, h·d) matrix (the same blocks as
+    per head; with double quantization the scales' groups of 256 run across heads); with
+    one scale per matrix, every head's W^{Q,K,V} is its own matrix."""
     d, h, stage = _int(d, "d"), _int(h, "h"), _stage(stage)
     q = _quant(quant)
     if q is None:
         return 32 * frozen_weight_elements(d, h, stage=stage)
     from fastdl.quant import storage_bytes     # here: fastdl.complexity stays light to import
     return 8 * sum(storage_bytes(s, q["bits"], q["block_size"], q["double_quant"])
-                   for s in _matrices(d, h, stage))
+                   for s in _matrices(d, h, stage, side_by_side=q["block_size"] is not None))
 
 
 # ---------------------------------------------------------------- beside the O() terms

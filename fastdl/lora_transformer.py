@@ -81,6 +81,55 @@ class _Frozen:
         return self.weight.nbytes if self.weight is not None else self.qweight.nbytes
 
 
+class _Heads:
+    """Every head's frozen weight of one projection, W^{p,0..h-1} side by side as one
+    (d, h·d) product: one matrix (float, or quantized block-wise: blocks run along d
+    for each column, so that is each head's own quantization), or one quantized
+    matrix per head for a per-tensor scale (block_size None: one Δ per head's W)."""
+
+    def __init__(self, ws, spec, dtype):
+        self.d = ws.shape[1]
+        if spec is not None and spec.get("block_size") is None:
+            self.parts = [_Frozen(w, spec, dtype, "base") for w in ws]
+        else:
+            self.parts = [_Frozen(np.concatenate(list(ws), axis=1), spec, dtype, "base")]
+        self.tensor = [p.weight if p.weight is not None else p.qweight for p in self.parts]
+        if len(self.tensor) == 1:
+            self.tensor = self.tensor[0]
+
+    def fwd(self, x2, backend):
+        if len(self.parts) == 1:
+            return self.parts[0].fwd(x2, backend)
+        d = self.d
+        out = np.empty((x2.shape[0], d * len(self.parts)), x2.dtype)
+        for i, p in enumerate(self.parts):
+            out[:, i * d:(i + 1) * d] = p.fwd(x2, backend)
+        return out
+
+    def dx(self, dcat, backend):
+        """Σ_i dcat[:, head i] W_iᵀ."""
+        if len(self.parts) == 1:
+            return self.parts[0].dx(dcat, backend)
+        d, dx = self.d, None
+        for i, p in enumerate(self.parts):
+            part = p.dx(np.ascontiguousarray(dcat[:, i * d:(i + 1) * d]), backend)
+            if dx is None:
+                dx = part
+            else:
+                dx += part
+        return dx
+
+    def head(self, i, dtype):
+        t, d = self.tensor, self.d
+        if isinstance(t, list):
+            return t[i].dequantize(dtype)
+        full = t.dequantize(dtype) if isinstance(t, QuantizedTensor) else t
+        return np.array(full[:, i * d:(i + 1) * d], dtype)
+
+    def frozen_bytes(self):
+        return sum(p.frozen_bytes() for p in self.parts)
+
+
 class TransformerLayer:
     """H' = LFFN(MHA(H)) with adapters on ``lora_targets`` (any of "q", "k", "v", "o",
     "f"; the course's choice ("q", "k", "v", "f") by default).
@@ -98,9 +147,10 @@ class TransformerLayer:
     frozen weight as a float array.
 
     Every head's frozen W^{Q,i} is stored as columns i·d:(i+1)·d of one (d, h·d) matrix
-    per projection (``qkv["q"]``, float or quantized: blocks run along d for each
-    column, so that is each head's own quantization), multiplied in one GEMM for all
-    heads; each head's adapter (a ``LoRAAdapter``) adds its own term to its columns.
+    per projection (``qkv["q"]``, float or quantized block-wise: blocks run along d for
+    each column, so that is each head's own quantization; a per-tensor format keeps one
+    quantized matrix per head, a list), multiplied in one GEMM for all heads; each
+    head's adapter (a ``LoRAAdapter``) adds its own term to its columns.
     """
 
     def __init__(self, d, h, r, *, lora_targets=("q", "k", "v", "f"), quantize=None,
@@ -130,10 +180,8 @@ class TransformerLayer:
         kw = dict(alpha=alpha, dropout=dropout, init=init, use_rslora=use_rslora, rng=self.rng)
         self.modules, self.qkv, self._qkv = {}, {}, {}
         for p in ("q", "k", "v"):
-            cat = np.concatenate(list(w[p]), axis=1)          # (d, h·d): head i's columns
-            self._qkv[p] = _Frozen(cat, self.quantize["mha"], self.dtype, "base")
-            self.qkv[p] = self._qkv[p].weight if self._qkv[p].weight is not None else \
-                self._qkv[p].qweight
+            self._qkv[p] = _Heads(w[p], self.quantize["mha"], self.dtype)
+            self.qkv[p] = self._qkv[p].tensor
             for i in range(self.h):
                 if p in self.targets:
                     self.modules[f"heads.{i}.{p}"] = LoRAAdapter(
@@ -186,9 +234,7 @@ class TransformerLayer:
         parts = name.split(".")
         if len(parts) == 3 and parts[0] == "heads" and parts[2] in self.qkv \
                 and parts[1].isdigit() and int(parts[1]) < self.h:
-            i, w = int(parts[1]), self.qkv[parts[2]]
-            full = w.dequantize(dtype) if isinstance(w, QuantizedTensor) else w
-            return np.array(full[:, i * self.d:(i + 1) * self.d], dtype)
+            return self._qkv[parts[2]].head(int(parts[1]), dtype)
         if name not in ("out", "ffn"):
             raise ValueError(f"name must be 'heads.<i>.<q|k|v>' with i < {self.h}, 'out' or "
                              f"'ffn', got {name!r}")

@@ -274,8 +274,9 @@ def test_quantized_memory_is_what_fastdl_stores():
              dict(bits=3, scheme="absmax", block_size=32)]
     for spec in specs:
         stored = {"ffn": quantize(rng.standard_normal((d, d)), **spec).nbytes}
-        stored["mha"] = (sum(quantize(rng.standard_normal((d, d)), **spec).nbytes
-                             for _ in range(3 * h))
+        # block-wise: each projection's heads side by side; one scale: a matrix per head
+        heads = [(d, d)] * (3 * h) if spec["block_size"] is None else [(d, h * d)] * 3
+        stored["mha"] = (sum(quantize(rng.standard_normal(s), **spec).nbytes for s in heads)
                          + quantize(rng.standard_normal((h * d, d)), **spec).nbytes)
         for stage, nbytes in stored.items():
             assert cx.frozen_weight_bits(d, h, stage=stage, quant=spec) == 8 * nbytes

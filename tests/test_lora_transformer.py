@@ -164,3 +164,22 @@ def test_bad_inputs():
     lay.forward(np.ones((2, 6)))
     with pytest.raises(ValueError, match=r"dH must have shape \(2, 6\)"):
         lay.backward(np.ones((3, 6)))
+
+
+def test_per_tensor_quantization_keeps_one_scale_per_head():
+    """A per-tensor format (block_size None: W̃ = ⌊W/Δ⌋, Δ = max|W|/(2^(m-1)-1)) gets one Δ
+    per head's W, not one for all heads side by side."""
+    from fastdl import complexity
+    from fastdl.quant import quantize
+    spec = {"bits": 8, "block_size": None, "rounding": "floor"}
+    w = {"q": np.stack([np.full((4, 4), 1.0), np.full((4, 4), 100.0)]), "k": np.ones((2, 4, 4)),
+         "v": np.ones((2, 4, 4)), "o": np.ones((8, 4)), "f": np.ones((4, 4))}
+    w["q"][0, 0, 0] = 0.5
+    lay = TransformerLayer(4, 2, 1, weights=w, quantize={"mha": spec}, dtype=np.float64)
+    assert isinstance(lay.qkv["q"], list) and len(lay.qkv["q"]) == 2
+    own = quantize(w["q"][0], **spec).dequantize(np.float64)
+    np.testing.assert_array_equal(lay.frozen_weight("heads.0.q"), own)
+    assert lay.frozen_bytes("mha") * 8 == complexity.frozen_weight_bits(4, 2, stage="mha",
+                                                                        quant=spec)
+    blockwise = TransformerLayer(4, 2, 1, weights=w, quantize={"mha": "int8"})
+    assert not isinstance(blockwise.qkv["q"], list) and blockwise.qkv["q"].shape == (4, 8)
