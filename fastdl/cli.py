@@ -246,6 +246,12 @@ def cmd_bench(args, console: Console) -> int:
         rows = run_cases(cases, backends=args.backend, full=args.full,
                          with_torch=not args.no_torch, rounds=args.rounds, progress=started,
                          on_result=finished)
+    decision = None
+    if any(c.name.startswith("lora/") for c in cases):
+        # the course's LoRA-or-QLoRA table at the benchmark's transformer layer, measured
+        # now; before the summary, so the last line stays the targets and the total time
+        from fastdl import demo_lora
+        decision = demo_lora.decision_table(console, demo_lora.BENCH_SHAPE)
     elapsed = time.perf_counter() - t0
     if not any(r.backend == "torch" for r in rows):
         _say(console, "PyTorch not installed (or --no-torch): the ×torch column is empty.",
@@ -253,11 +259,6 @@ def cmd_bench(args, console: Console) -> int:
     plural = "s" if len(cases) != 1 else ""
     _say(console, f"targets: {met} met, {missed} missed · {len(cases)} case{plural} in "
          f"{elapsed:.1f} s", width)
-    decision = None
-    if any(c.name.startswith("lora/") for c in cases):
-        # the course's LoRA-or-QLoRA table at the benchmark's transformer layer, measured now
-        from fastdl import demo_lora
-        decision = demo_lora.decision_table(console, demo_lora.BENCH_SHAPE)
     if args.plot:
         from fastdl import _plot
         for path in (_plot.ratio_bars(rows, os.path.join(args.plot, "speedups.png"), first),

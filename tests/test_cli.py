@@ -42,6 +42,21 @@ def test_bench_quick_case_with_json(tmp_path, capsys):
     assert rows["numpy"]["vs_numpy"] is None
 
 
+def test_bench_of_lora_cases_prints_the_decision_table_before_the_summary(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    rc = main(["bench", "--only", "lora/lora/linear/d1024xn128xr8/float32", "--rounds", "1",
+               "--no-torch", "--json", str(path)])
+    assert rc == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    summary = max(i for i, ln in enumerate(lines) if ln.startswith("targets:"))
+    assert " in " in lines[summary]
+    assert any("│ memory limit │ QLoRA" in ln for ln in lines[:summary])
+    # after the summary only the --json file's line (wrapped or not)
+    assert lines[summary + 1].startswith("wrote ") and not any("│" in ln for ln in lines[summary:])
+    decision = json.loads(path.read_text())["lora_decision"]
+    assert decision["mha"]["memory limit"] == "QLoRA" and decision["ffn"]["memory limit"] == "LoRA"
+
+
 def test_bench_rejects_unknown_pattern_and_backend(capsys):
     assert main(["bench", "--only", "no-such-case"]) == 2
     assert main(["bench", "--backend", "nope"]) == 2
