@@ -26,12 +26,11 @@ the sum).
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
-from libc.string cimport memset
-from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 import numpy as np
 
 from fastdl._backends.cython._cpu cimport simd_level, team
+from fastdl._backends.cython._gemm cimport real, rm_gemm as _mm
 from fastdl._backends.cython import _cpu
 
 cdef extern from "lorak.h" nogil:
@@ -50,9 +49,6 @@ cdef extern from "lorak.h" nogil:
     const fdl_lorak_f32 *fdl_lorak_f32_table(int level)
     const fdl_lorak_f64 *fdl_lorak_f64_table(int level)
 
-ctypedef fused real:
-    float
-    double
 
 # Rows of x * mask built at once: about this many bytes, so the block stays in cache.
 cdef int64_t _BLOCK_BYTES = 512 * 1024
@@ -132,28 +128,6 @@ cdef inline void k_add_rows(const Kern *K, real *a, int64_t m, int64_t n,
         K.f.add_rows(a, m, n, c)
     else:
         K.d.add_rows(a, m, n, c)
-
-
-# Row-major C (m x n) = alpha op(A) op(B) + beta C through the column-major BLAS
-# (Cᵀ = op(B)ᵀ op(A)ᵀ).  An empty sum (k = 0) is 0, as BLAS defines it, without
-# calling BLAS (some reject k = 0 with lda = 0).
-cdef inline void _mm(char *ta, char *tb, int64_t m, int64_t n, int64_t k, real alpha,
-                     const real *a, int64_t lda, const real *b, int64_t ldb, real beta,
-                     real *c, int64_t ldc) noexcept nogil:
-    cdef int mi = <int>m, ni = <int>n, ki = <int>k
-    cdef int la = <int>lda, lb = <int>ldb, lc = <int>ldc
-    cdef int64_t i
-    if m <= 0 or n <= 0:
-        return
-    if k <= 0:
-        if beta == 0:
-            for i in range(m):
-                memset(c + i * ldc, 0, n * sizeof(real))
-        return
-    if real is float:
-        sgemm(tb, ta, &ni, &mi, &ki, &alpha, <float *>b, &lb, <float *>a, &la, &beta, c, &lc)
-    else:
-        dgemm(tb, ta, &ni, &mi, &ki, &alpha, <double *>b, &lb, <double *>a, &la, &beta, c, &lc)
 
 
 cdef char *NN = b"N"

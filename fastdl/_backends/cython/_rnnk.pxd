@@ -2,8 +2,8 @@
 # one per kernel over the fused type, and row-major GEMM helpers over
 # scipy.linalg.cython_blas that add the multiply-adds of every call to a counter.
 from libc.stdint cimport int64_t
-from libc.string cimport memset
-from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+from fastdl._backends.cython._gemm cimport real, rm_gemm
 
 cdef extern from "rnnk.h" nogil:
     ctypedef struct fdl_rnnk_f32:
@@ -23,9 +23,6 @@ cdef extern from "rnnk.h" nogil:
     const fdl_rnnk_f32 *fdl_rnnk_f32_table(int level)
     const fdl_rnnk_f64 *fdl_rnnk_f64_table(int level)
 
-ctypedef fused real:
-    float
-    double
 
 # the SIMD level's tables, fetched once per call
 cdef struct Kern:
@@ -64,28 +61,14 @@ cdef inline void k_colsum(const Kern *K, const real *a, int64_t m, int64_t n, re
         K.d.colsum(a, m, n, out, acc)
 
 
-# Row-major C (m x n) = op(A) op(B) + beta C through the column-major BLAS
-# (C^T = op(B)^T op(A)^T); macs[0] += m n k.  An empty sum (k = 0) is 0 (C = 0 when
-# beta = 0, unchanged when beta = 1), as BLAS defines it, without calling BLAS.
+# Row-major C (m x n) = op(A) op(B) + beta C (_gemm.rm_gemm); macs[0] += m n k for
+# every call that multiplies (none for an empty product).
 cdef inline void _gemm(char *ta, char *tb, int64_t m, int64_t n, int64_t k, const real *a,
                        int64_t lda, const real *b, int64_t ldb, real beta, real *c,
                        int64_t ldc, int64_t *macs) noexcept nogil:
-    cdef int mi = <int>m, ni = <int>n, ki = <int>k
-    cdef int la = <int>lda, lb = <int>ldb, lc = <int>ldc
-    cdef real one = 1
-    cdef int64_t i
-    if m <= 0 or n <= 0:
-        return
-    if k <= 0:
-        if beta == 0:
-            for i in range(m):
-                memset(c + i * ldc, 0, n * sizeof(real))
-        return
-    macs[0] += m * n * k
-    if real is float:
-        sgemm(tb, ta, &ni, &mi, &ki, &one, <float *>b, &lb, <float *>a, &la, &beta, c, &lc)
-    else:
-        dgemm(tb, ta, &ni, &mi, &ki, &one, <double *>b, &lb, <double *>a, &la, &beta, c, &lc)
+    if m > 0 and n > 0 and k > 0:
+        macs[0] += m * n * k
+    rm_gemm(ta, tb, m, n, k, <real>1, a, lda, b, ldb, beta, c, ldc)
 
 
 cdef inline void mm_nt(int64_t m, int64_t n, int64_t k, const real *a, int64_t lda,
