@@ -47,6 +47,25 @@ def _limit(m, k, n, seed):
     return make
 
 
+def _autograd_step(module, x, dy):
+    """A thunk: forward of ``module`` on x (NumPy, made to require a gradient), then the
+    backward of dy, with the gradients of x and of the trainable parameters cleared
+    first (so each call does the same work)."""
+    import torch
+    xt = torch.from_numpy(x).requires_grad_(True)
+    dyt = torch.from_numpy(dy)
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def run():
+        xt.grad = None
+        for p in params:
+            p.grad = None
+        y = module(xt)
+        y.backward(dyt)
+        return y
+    return run
+
+
 def _peft_peer(inp, quantized):
     import torch
     from peft import LoraConfig, get_peft_model
@@ -77,18 +96,7 @@ def _peft_peer(inp, quantized):
     with torch.no_grad():
         mod.lora_A["default"].weight.copy_(torch.from_numpy(lay.A.T.copy()))
         mod.lora_B["default"].weight.copy_(torch.from_numpy(lay.B.copy()))
-    x = torch.from_numpy(inp["x"]).requires_grad_(True)
-    dy = torch.from_numpy(inp["dy"])
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def run():
-        x.grad = None
-        for p in params:
-            p.grad = None
-        y = model.base_model.model.proj(x)
-        y.backward(dy)
-        return y
-    return run
+    return _autograd_step(mod, inp["x"], inp["dy"])
 
 
 def linear_case(d, n, r, *, quantized=False, quick=False, targets=None, seed=0) -> Case:
@@ -141,21 +149,8 @@ def linear_case(d, n, r, *, quantized=False, quick=False, targets=None, seed=0) 
 
 
 def _torch_layer_peer(inp):
-    import torch
     from fastdl.testing.torch_lora import torch_transformer
-    mod = torch_transformer(inp["layer"])
-    H = torch.from_numpy(inp["H"]).requires_grad_(True)
-    dH = torch.from_numpy(inp["dH"])
-    params = [p for p in mod.parameters() if p.requires_grad]
-
-    def run():
-        H.grad = None
-        for p in params:
-            p.grad = None
-        y = mod(H)
-        y.backward(dH)
-        return y
-    return run
+    return _autograd_step(torch_transformer(inp["layer"]), inp["H"], inp["dH"])
 
 
 def transformer_case(d, h, n, r, *, quantize=None, quick=False, targets=None, seed=0) -> Case:
