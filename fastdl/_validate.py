@@ -65,6 +65,20 @@ def as_float_array(x, name: str = "x", *, keep_half: bool = False) -> np.ndarray
                     f"bool), got dtype {arr.dtype}")
 
 
+def check_finite(a: np.ndarray, name: str) -> None:
+    """ValueError naming the first non-finite entry of ``a`` and its index."""
+    # a NaN or an infinity makes the sum non-finite, so a finite sum clears the array
+    # without a mask as large as it (only a sum that overflows looks further)
+    if a.dtype.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(np.add.reduce(a, axis=None)):
+                return
+    if not np.isfinite(a).all():
+        bad = np.argwhere(~np.isfinite(a))[0]
+        idx = tuple(int(i) for i in bad)
+        raise ValueError(f"{name} must be finite, got {a[idx]} at index {idx}")
+
+
 def check_int(value, name: str, *, minimum: int | None = None, maximum: int | None = None,
               maximum_text: str | None = None) -> int:
     """An int (not bool) within [minimum, maximum]; ``maximum_text`` says the bound in

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from fastdl import ops as _ops
-from fastdl._validate import as_float_array, check_choice, check_int, check_real
+from fastdl._validate import as_float_array, check_choice, check_finite, check_int, check_real
 from fastdl.quant import QuantizedTensor, dequantize, qmatmul, quantize
 
 __all__ = ["LoRALinear", "QLoRALinear", "LoRAAdapter", "lora_scale", "count_ops",
@@ -71,17 +71,6 @@ def count(part: str, **terms) -> None:
             d[k] = d.get(k, 0) + int(v)
 
 
-def finite(a: np.ndarray, name: str) -> None:
-    """ValueError naming the first non-finite entry (a finite sum clears the array)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(np.add.reduce(a, axis=None)):
-            return
-    bad = ~np.isfinite(a)
-    if bad.any():
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{name} must be finite, got {a[idx]} at index {idx}")
-
-
 def _dtype_of(w: np.ndarray) -> np.dtype:
     return np.dtype(np.float64 if w.dtype == np.float64 else np.float32)
 
@@ -90,7 +79,7 @@ def _frozen(a, name, dtype, shape=None) -> np.ndarray:
     arr = as_float_array(a, name)
     if shape is not None and arr.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
-    finite(arr, name)
+    check_finite(arr, name)
     out = np.array(arr, dtype=dtype, order="C", copy=True)
     out.setflags(write=False)
     return out
@@ -226,7 +215,7 @@ class _Adapter:
     def forward(self, x, *, backend: str | None = None) -> np.ndarray:
         """y (*, d_out) for x (*, d_in); keeps what ``backward`` needs."""
         x2, lead = self._rows(x, "x", self.d_in)
-        finite(x2, "x")
+        check_finite(x2, "x")
         self._lead = lead
         if x2.shape[0] == 0:
             self._checked_params()
@@ -343,7 +332,7 @@ class QLoRALinear(_Adapter):
             if w.ndim != 2 or 0 in w.shape:
                 raise ValueError(f"weight must be a non-empty 2-D (d_in, d_out) array or a "
                                  f"QuantizedTensor, got shape {w.shape}")
-            finite(w, "weight")
+            check_finite(w, "weight")
             q = quantize(w, bits, scheme=scheme, block_size=block_size,
                          double_quant=double_quant)
         self.qweight = q

@@ -18,8 +18,8 @@ import math
 import numpy as np
 
 from fastdl import ops as _ops
-from fastdl._validate import as_float_array, check_flag, check_int
-from fastdl.lora import LoRAAdapter, LoRALinear, QLoRALinear, count, finite
+from fastdl._validate import as_float_array, check_finite, check_flag, check_int
+from fastdl.lora import LoRAAdapter, LoRALinear, QLoRALinear, count
 from fastdl.quant import QuantizedTensor, qmatmul, quantize as _quantize
 
 __all__ = ["TransformerLayer", "QUANT_PRESETS"]
@@ -206,7 +206,7 @@ class TransformerLayer:
             a = as_float_array(weights[k], f"weights[{k!r}]")
             if a.shape != s:
                 raise ValueError(f"weights[{k!r}] must have shape {s}, got {a.shape}")
-            finite(a, f"weights[{k!r}]")
+            check_finite(a, f"weights[{k!r}]")
             out[k] = a
         return out
 
@@ -298,7 +298,7 @@ class TransformerLayer:
         if x.ndim not in (2, 3) or x.shape[-1] != self.d or 0 in x.shape:
             raise ValueError(f"H must have shape (n, {self.d}) or (batch, n, {self.d}) with "
                              f"n >= 1, got {x.shape}")
-        finite(x, "H")
+        check_finite(x, "H")
         Bt, n = (1,) + x.shape[:1] if x.ndim == 2 else x.shape[:2]
         d, h = self.d, self.h
         y = np.array(x.reshape(Bt * n, d), self.dtype, order="C", copy=True)

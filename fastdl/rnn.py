@@ -33,7 +33,7 @@ import numpy as np
 
 from fastdl import ops as _ops
 from fastdl import registry
-from fastdl._validate import FLOAT_DTYPES, plain_array
+from fastdl._validate import FLOAT_DTYPES, check_finite, plain_array
 from fastdl.ops.rnn import check_lengths, valid_steps
 
 __all__ = ["BiRNNParams", "BiRNNCache", "BiRNNGrads", "birnn_forward", "birnn_backward",
@@ -41,19 +41,6 @@ __all__ = ["BiRNNParams", "BiRNNCache", "BiRNNGrads", "birnn_forward", "birnn_ba
 
 PARAM_NAMES = ("W_f", "U_f", "V_f", "W_b", "U_b", "V_b", "b_f", "b_b", "c")
 _BIASES = ("b_f", "b_b", "c")
-
-
-def _finite(a: np.ndarray, name: str) -> None:
-    # a NaN or an infinity makes the sum non-finite, so a finite sum clears the array
-    # without a mask as large as it (only a sum that overflows looks further)
-    if a.dtype.kind == "f":
-        with np.errstate(over="ignore", invalid="ignore"):
-            if np.isfinite(np.add.reduce(a, axis=None)):
-                return
-    if not np.isfinite(a).all():
-        bad = np.argwhere(~np.isfinite(a))[0]
-        idx = tuple(int(i) for i in bad)
-        raise ValueError(f"{name} must be finite, got {a[idx]} at index {idx}")
 
 
 def _own_copy(a: np.ndarray, caller) -> np.ndarray:
@@ -67,7 +54,7 @@ def _converted(a: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
     overflows (float64 to float32) is an error rather than inf."""
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a real array, got dtype {a.dtype}")
-    _finite(a, name)
+    check_finite(a, name)
     with np.errstate(over="ignore"):         # an overflow is the error raised below
         out = np.ascontiguousarray(a, dtype=dtype)
     if out.dtype != a.dtype and not np.isfinite(out).all():
@@ -348,7 +335,7 @@ def _input(x, params, batch_first, own=True):
     tm = np.ascontiguousarray(tm)
     if own:
         tm = _own_copy(tm, given)
-    _finite(tm, "x")
+    check_finite(tm, "x")
     return tm, unbatched
 
 
@@ -381,7 +368,7 @@ def _forward(x, params, h0_f, h0_b, lengths, batch_first, backend, own):
     if not isinstance(batch_first, (bool, np.bool_)):
         raise TypeError(f"batch_first must be a bool, got {batch_first!r}")
     for n, a in params.arrays().items():
-        _finite(a, f"params.{n}")
+        check_finite(a, f"params.{n}")
     xt, unbatched = _input(x, params, bool(batch_first), own)
     T, B, _ = xt.shape
     H, dt = params.hidden, xt.dtype
@@ -427,7 +414,7 @@ def birnn_backward(cache: BiRNNCache, dy, *, need_dx: bool = True,
                          f"{cache.x.dtype}, d_in={I}, hidden={H}, d_out={O}; they now have "
                          f"dtype {p.dtype}, d_in={p.d_in}, hidden={p.hidden}, d_out={p.d_out}")
     for n, a in p.arrays().items():
-        _finite(a, f"cache.params.{n}")
+        check_finite(a, f"cache.params.{n}")
     dyt = cache.from_caller(dy, "dy", p.d_out)
     res = _ops.birnn_bwd(dyt, cache.x, cache.h_f, cache.h_b, p.W_f, p.U_f, p.V_f, p.W_b, p.U_b,
                          p.V_b, cache.h0_f, cache.h0_b, cache.lengths, bool(need_dx),
