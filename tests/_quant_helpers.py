@@ -3,6 +3,8 @@ packed nibble format, the expected scales and dequantized weights, seeded weight
 list of quantization formats every module runs.
 """
 
+import contextlib
+
 import numpy as np
 
 from fastdl.testing import rng_for
@@ -93,3 +95,14 @@ def assert_same(a, b):
 
 
 W = np.ones((8, 3), np.float32)
+
+
+@contextlib.contextmanager
+def quant_params(**kw):
+    """The Cython quantization kernels' tuning constants set to ``kw`` inside the block."""
+    from fastdl._backends.cython import _quant
+    old = _quant.set_params(**kw)
+    try:
+        yield
+    finally:
+        _quant.set_params(**old)

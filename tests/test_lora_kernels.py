@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from fastdl import ops
 from fastdl._backends.numpy import lora as ref
-from fastdl.testing import simd, simd_levels, threads
+from fastdl.testing import fixed_teams, simd, simd_levels, threads
 
 _lora = pytest.importorskip("fastdl._backends.cython._lora")
 from fastdl._backends.cython import _cpu  # noqa: E402
@@ -215,12 +215,10 @@ def _bitwise(a, b):
 def parallel_small():
     """Regions of any size get their threads (the grain would keep these on one), the
     softmax rows too (one thread by default)."""
-    g, a = _cpu.set_grain(0), _cpu.set_load_adaptive(False)
     old = _lora.set_params(row_threads=0)
-    yield
+    with fixed_teams():
+        yield
     _lora.set_params(**old)
-    _cpu.set_grain(g)
-    _cpu.set_load_adaptive(a)
 
 
 class _Dispatch:

@@ -16,17 +16,17 @@ src/quantk*.{c,h}) against the NumPy backend (fastdl/_backends/numpy/quant.py).
   1 and 2 threads) and 1 vs 2 vs 3 threads: bitwise;
 * bad input to the raw backend ops: TypeError / ValueError, never a crash.
 """
-import contextlib
-
 import numpy as np
 import pytest
 
 from fastdl import quant
 
 cy = pytest.importorskip("fastdl._backends.cython")
-from fastdl._backends.cython import _cpu, _quant  # noqa: E402
+from fastdl._backends.cython import _quant  # noqa: E402
 
-from fastdl.testing import has_simd, rng_for, simd, simd_levels, threads  # noqa: E402
+from fastdl.testing import (bitwise_equal as same, fixed_teams, has_simd, rng_for,  # noqa: E402
+                            simd, simd_levels, threads)
+from _quant_helpers import quant_params as params  # noqa: E402
 
 # (bits, scheme, block_size, rounding)
 FORMATS = ([(b, "absmax", bs, r) for b in range(2, 9) for r in ("nearest", "floor")
@@ -43,39 +43,6 @@ MM_FORMATS = [(8, "absmax", 64, "nearest"), (5, "absmax", None, "floor"), (6, "a
 def fmt_id(f):
     b, s, bs, r = f
     return f"{'nf4' if s == 'nf4' else f'int{b}'}-{bs}-{r}"
-
-
-def bits_of(a):
-    a = np.ascontiguousarray(a)
-    return a.view({4: np.uint32, 8: np.uint64, 1: np.uint8}[a.dtype.itemsize])
-
-
-def same(a, b):
-    """bitwise equal (so -0.0 != +0.0)"""
-    a, b = np.asarray(a), np.asarray(b)
-    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(bits_of(a), bits_of(b))
-
-
-@contextlib.contextmanager
-def params(**kw):
-    old = _quant.set_params(**kw)
-    try:
-        yield
-    finally:
-        _quant.set_params(**old)
-
-
-@contextlib.contextmanager
-def fixed_teams():
-    """Team sizes from the thread count alone: no grain (small inputs run in parallel
-    too) and no load adaptation (the BLAS path's OpenBLAS thread count, which groups
-    its sums, must not change between two runs compared bitwise)."""
-    g, a = _cpu.set_grain(0), _cpu.set_load_adaptive(False)
-    try:
-        yield
-    finally:
-        _cpu.set_grain(g)
-        _cpu.set_load_adaptive(a)
 
 
 def weights(d_in, d_out, key, bits=8, scheme="absmax"):

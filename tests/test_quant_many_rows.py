@@ -15,17 +15,17 @@ src/quantk_avx2.c / quantk_avx512.c).
   a full team and give the same results;
 * bad arguments to decode_rows: ValueError / TypeError.
 """
-import contextlib
-
 import numpy as np
 import pytest
 
 from fastdl import quant
 
 cy = pytest.importorskip("fastdl._backends.cython")
-from fastdl._backends.cython import _cpu, _quant  # noqa: E402
+from fastdl._backends.cython import _quant  # noqa: E402
 
-from fastdl.testing import has_simd, rng_for, simd, simd_levels, threads  # noqa: E402
+from fastdl.testing import (bitwise_equal as same, fixed_teams, has_simd, rng_for,  # noqa: E402
+                            simd, simd_levels, threads)
+from _quant_helpers import quant_params as params  # noqa: E402
 
 # (bits, scheme, block_size, double_quant)
 FORMATS = [(4, "absmax", 64, False), (4, "nf4", 64, True), (8, "absmax", 64, False),
@@ -37,36 +37,6 @@ SHAPES = [(256, 40), (200, 37), (4095, 5), (65, 130), (1, 3)]
 def fid(f):
     b, s, bs, dq = f
     return f"{'nf4' if s == 'nf4' else f'int{b}'}-{bs}{'-dq' if dq else ''}"
-
-
-def bits_of(a):
-    a = np.ascontiguousarray(a)
-    return a.view({4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
-
-
-def same(a, b):
-    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(bits_of(a), bits_of(b))
-
-
-@contextlib.contextmanager
-def params(**kw):
-    old = _quant.set_params(**kw)
-    try:
-        yield
-    finally:
-        _quant.set_params(**old)
-
-
-@contextlib.contextmanager
-def fixed_teams():
-    """Team sizes from the thread count alone (no grain, no load adaptation): the
-    parallel decode runs on small inputs too, and the BLAS thread count is fixed."""
-    g, a = _cpu.set_grain(0), _cpu.set_load_adaptive(False)
-    try:
-        yield
-    finally:
-        _cpu.set_grain(g)
-        _cpu.set_load_adaptive(a)
 
 
 def qtensor(fmt, d_in, d_out):

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from fastdl import complexity, ops
 from fastdl._backends.numpy import rnn as ref
-from fastdl.testing import simd, simd_levels, threads
+from fastdl.testing import fixed_teams, simd, simd_levels, threads
 
 _rnn = pytest.importorskip("fastdl._backends.cython._rnn")
 from fastdl._backends.cython import _cpu  # noqa: E402
@@ -144,10 +144,8 @@ def _bitwise(a, b):
 @pytest.fixture
 def parallel_small():
     """Regions of any size get their threads (the grain would keep these on one)."""
-    g, a = _cpu.set_grain(0), _cpu.set_load_adaptive(False)
-    yield
-    _cpu.set_grain(g)
-    _cpu.set_load_adaptive(a)
+    with fixed_teams():
+        yield
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

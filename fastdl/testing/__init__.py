@@ -5,9 +5,9 @@ NumPy reference; the helpers here give seeded generators, run code at a
 chosen SIMD level or thread count, and ``RandomLM`` is a deterministic random
 language model for tests of decoding code.
 """
-from fastdl.testing._helpers import (BUILTIN_BACKENDS, has_simd, requires_simd, rng_for, simd,
-                                     simd_levels, threads)
+from fastdl.testing._helpers import (BUILTIN_BACKENDS, bitwise_equal, fixed_teams, has_simd,
+                                     requires_simd, rng_for, simd, simd_levels, threads)
 from fastdl.testing._lm import RandomLM, log_softmax_row
 
-__all__ = ["BUILTIN_BACKENDS", "RandomLM", "has_simd", "log_softmax_row", "requires_simd",
-           "rng_for", "simd", "simd_levels", "threads"]
+__all__ = ["BUILTIN_BACKENDS", "RandomLM", "bitwise_equal", "fixed_teams", "has_simd",
+           "log_softmax_row", "requires_simd", "rng_for", "simd", "simd_levels", "threads"]

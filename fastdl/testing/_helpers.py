@@ -1,4 +1,5 @@
-"""Test helpers: seeded generators, SIMD-level and thread-count contexts."""
+"""Test helpers: seeded generators, SIMD-level and thread-count contexts, bitwise
+comparison."""
 import contextlib
 import zlib
 
@@ -52,6 +53,29 @@ def threads(n):
         yield
     finally:
         fastdl.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def fixed_teams():
+    """Team sizes from the thread count alone inside the block: no grain (small regions
+    run on every thread too) and no load adaptation (a BLAS call's thread count, which
+    groups its sums, stays the same between two runs compared bitwise)."""
+    from fastdl._backends.cython import _cpu
+    grain, adaptive = _cpu.set_grain(0), _cpu.set_load_adaptive(False)
+    try:
+        yield
+    finally:
+        _cpu.set_grain(grain)
+        _cpu.set_load_adaptive(adaptive)
+
+
+def bitwise_equal(a, b) -> bool:
+    """Same shape, dtype and bits (so -0.0 != +0.0, and NaNs compare by payload)."""
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    view = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize]
+    return bool(np.array_equal(a.view(view), b.view(view)))
 
 
 def requires_simd(level):
