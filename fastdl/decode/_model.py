@@ -28,7 +28,8 @@ def _takes_mask(fn) -> bool:
 
 class Model:
     """What the searches drive: one protocol behind ``step``/``advance``, each
-    output checked, LM time measured (``stats.lm_time_s``, ``stats.lm_calls``).
+    output checked, LM time measured (``stats.lm_time_s``, ``stats.lm_calls``;
+    ``reorder`` calls in ``stats.reorder_time_s``).
 
     ``start(prompts)`` sets the rows to the prompts; the first ``step`` runs the
     prompt through the model (``prefill``, or ``initial_state`` and one ``step``
@@ -67,9 +68,11 @@ class Model:
                                  "attention_mask=mask), mask 0 at padding), or decode prompts "
                                  "of equal length")
 
-    def step(self):
+    def step(self, fast: bool = False):
         """Log-probs (or logits) of the next token for every row, checked:
-        returns ``(values (rows, N), row max (rows,))``."""
+        returns ``(values (rows, N), row max (rows,))``.  ``fast`` (a model of
+        logits): the row max and its NaN/+inf check are left to the caller, whose
+        fused kernel finds them (``row_max``, ``check_rows``)."""
         if self._pending:
             out = self._prefill()
             self._pending = False
@@ -79,7 +82,7 @@ class Model:
             out = self._timed(self.lm, self.hist.copy())
         else:
             out = self._timed(self.lm, self.hist.copy(), attention_mask=self.mask.copy())
-        return self._check(out)
+        return self._check(out, fast and not self.normalized)
 
     def _prefill(self):
         p = self.prompts
@@ -94,7 +97,7 @@ class Model:
             raise ValueError("the prompts have different lengths (left padding), and the model has "
                              "no prefill(input_ids, attention_mask) method to read padded prompts; "
                              "add one, or decode prompts of equal length")
-        self.state = self._timed(self.lm.initial_state, p.batch, call=False)
+        self.state = self._timed(self.lm.initial_state, p.batch, kind="init")
         out = None
         for j in range(p.width):
             out, self.state = self._timed(self.lm.step, p.ids[:, j].copy(), self.state)
@@ -108,7 +111,7 @@ class Model:
         self.last = tokens
         if self.stateful:
             if not same:                        # the rows stay where they are: no reorder
-                self.state = self._timed(self.lm.reorder, self.state, parents, call=False)
+                self.state = self._timed(self.lm.reorder, self.state, parents, kind="reorder")
         else:
             self.hist = np.concatenate([self.hist[parents], tokens[:, None]], axis=1)
             if self.mask is not None:
@@ -120,7 +123,7 @@ class Model:
         rows = np.asarray(rows, np.int64)
         self.last = self.last[rows]
         if self.stateful:
-            self.state = self._timed(self.lm.reorder, self.state, rows, call=False)
+            self.state = self._timed(self.lm.reorder, self.state, rows, kind="reorder")
         else:
             self.hist = self.hist[rows]
             if self.mask is not None:
@@ -129,18 +132,33 @@ class Model:
     def branch(self, state):
         """Stateful only: a private copy of a one-row ``state`` (so that siblings
         sharing it are not disturbed)."""
-        return self._timed(self.lm.reorder, state, np.zeros(1, np.int64), call=False)
+        return self._timed(self.lm.reorder, state, np.zeros(1, np.int64), kind="reorder")
 
-    def _timed(self, fn, *args, call=True, **kwargs):
-        """Run a model method; its time is LM time; ``call``: it is a forward pass."""
+    def _timed(self, fn, *args, kind="call", **kwargs):
+        """Run a model method, timed: a forward pass (``call``) or ``init`` is LM
+        time; a ``reorder`` is the search's cache bookkeeping (Hugging Face's
+        non-model time has its cache reordering too)."""
         t0 = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            self.stats.lm_time_s += time.perf_counter() - t0
-            self.stats.lm_calls += call
+            dt = time.perf_counter() - t0
+            if kind == "reorder":
+                self.stats.reorder_time_s += dt
+            else:
+                self.stats.lm_time_s += dt
+                self.stats.lm_calls += kind == "call"
 
-    def _check(self, out):
+    def row_max(self, lp):
+        """The row maxima, after ``_check``'s NaN/+inf check (for a fast step)."""
+        return self._values(lp)[1]
+
+    def check_rows(self, lp):
+        """Raise the error a full check of ``lp`` gives (a fused kernel saw NaN)."""
+        self._values(lp)
+        raise ValueError(f"step {self.t + 1}: the language model returned NaN or +inf")
+
+    def _check(self, out, fast=False):
         where = f"step {self.t + 1}: the language model"
         rows = len(self.last)
         try:
@@ -164,6 +182,10 @@ class Model:
             for i in self.eos:
                 token_id(i, self.names[1], self.N)
             check_ids(self.prompts, self.N)
+        return (lp, None) if fast else self._values(lp)
+
+    def _values(self, lp):
+        where = f"step {self.t + 1}: the language model"
         m = lp.max(axis=1)                 # one read finds NaN, +inf and positive log-probs
         if np.isnan(m).any():
             raise ValueError(f"{where} returned NaN (row {int(np.flatnonzero(np.isnan(m))[0])})")

@@ -131,6 +131,8 @@ def process(lp, m, t, cfg, eos, normalize, model, groups, width, bp, backend):
     if not (ban_eos or cfg.ngram or cfg.repetition_penalty != 1.0 or cfg.sample
             or cfg.scores):
         return lp, normalize
+    if m is None:
+        m = model.row_max(lp)
     lp = log_softmax(lp, backend=backend) if normalize else lp.copy()
     lp[m == -np.inf] = -np.inf                 # log_softmax made a dead row NaN
     if cfg.repetition_penalty != 1.0 or cfg.ngram:
@@ -204,7 +206,7 @@ def run_beams(model, prompts, cfg: BeamConfig, stats, backend=None, trace_step=N
     model.start(prompts)
     for t in range(1, cfg.max_new + 1):
         last = t == cfg.max_new
-        lp, m = model.step()
+        lp, m = model.step(fast=True)       # logits: the fused top-k finds NaN/+inf rows
         rows, N = lp.shape
         live_rows = int(np.count_nonzero(scores > -np.inf))
         if t == 1 and not _pow_exceeds(N, cfg.max_new, B - 1):
@@ -227,6 +229,8 @@ def run_beams(model, prompts, cfg: BeamConfig, stats, backend=None, trace_step=N
             k = min(B if last else k_factor * B, width * N)
             cs, cb, cj = group_topk(lp, scores, Ga, width, k, normalize, backend)
         stats.kernel_time_s += time.perf_counter() - t0
+        if m is None and np.isnan(cs[:, 0]).any():       # NaN ranks first
+            model.check_rows(lp)
         if trace_step is not None:
             trace_step(t, lp, normalize, scores, bp, cs[0], cb[0], cj[0])
         k = cs.shape[1]

@@ -10,7 +10,7 @@ import numpy as np
 from fastdl._validate import check_int, check_real
 from fastdl.decode import processors as P
 from fastdl.decode._model import Model, eos_ids, token_id
-from fastdl.decode.beams import BeamConfig, run_beams
+from fastdl.decode.beams import BeamConfig, group_topk, run_beams
 from fastdl.decode.ops import log_softmax
 from fastdl.decode.prompts import Prompts, prompts as _prompts
 from fastdl.decode.search import SearchStats, _check_beam_args, _common, _load_backends
@@ -246,22 +246,29 @@ def _step_output(model, p, max_new, min_new, ngram, penalty, warp, rng, want_sco
     model.start(p)
     t = 0
     for t in range(1, max_new + 1):
-        x, m = model.step()
+        x, m = model.step(fast=warp is None)
         n, N = x.shape
         stats.steps += 1
         stats.candidates_scored += n * N
         stats.hypothesis_tokens += n
-        if (m == -np.inf).any():
-            raise ValueError(f"step {t}: the language model gives prompt row "
-                             f"{int(live[np.argmax(m == -np.inf)])} no finite score")
         t0 = time.perf_counter()
         x = _processed(x, model, live, p, gen, t, min_new, ngram, penalty, eos)
         if warp is not None:
+            if (m == -np.inf).any():
+                _dead(t, live[np.argmax(m == -np.inf)])
             x = P.warp(x, backend=backend, **warp)
             tok = P.draw(x, rng)
+            seq_scores[live] += log_softmax(x, backend=backend)[np.arange(n), tok]
         else:
-            tok = np.argmax(x, axis=1)
-        seq_scores[live] += log_softmax(x, backend=backend)[np.arange(n), tok]
+            # the fused top-1 of each row: Hugging Face's argmax and the token's
+            # log-softmax in one pass
+            cs, _, tok = group_topk(x, np.zeros(n, x.dtype), n, 1, 1, True, backend)
+            cs, tok = cs[:, 0], tok[:, 0]
+            if np.isnan(cs).any():
+                model.check_rows(x)
+            if (cs == -np.inf).any():
+                _dead(t, live[np.argmax(cs == -np.inf)])
+            seq_scores[live] += cs
         stats.kernel_time_s += time.perf_counter() - t0
         if per_step is not None:
             full = np.full((rows, N), -np.inf, x.dtype)
@@ -288,6 +295,11 @@ def _step_output(model, p, max_new, min_new, ngram, penalty, warp, rng, want_sco
     seqs = np.concatenate([p.ids, gen[:, :L]], axis=1)
     return GenerateOutput(seqs, seq_scores, None if per_step is None else tuple(per_step), None,
                           stats)
+
+
+def _dead(t, row):
+    raise ValueError(f"step {t}: the language model (after the processors) gives prompt row "
+                     f"{int(row)} no token of finite score")
 
 
 def _processed(x, model, live, p, gen, t, min_new, ngram, penalty, eos):

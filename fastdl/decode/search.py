@@ -41,8 +41,11 @@ class SearchStats:
     search stores for its hypotheses (backpointers: one token per live
     hypothesis per step, O(B·T)); ``prefix_copy_tokens`` is what copying each
     beam's whole prefix at every step, as textbook beam search does, would move
-    (Σ_t B_t·t, O(B·T²)).  Times are wall seconds; ``search_time_s`` is
-    everything but the LM calls; ``kernel_time_s`` is the ``beam_topk`` calls.
+    (Σ_t B_t·t, O(B·T²)).  Times are wall seconds: ``lm_time_s`` the model's
+    forward passes (and its ``initial_state``/``prefill``); ``search_time_s``
+    everything else, including ``reorder_time_s``, the model's ``reorder`` calls
+    (cache bookkeeping the search asks for, as Hugging Face counts its cache
+    reordering outside the model); ``kernel_time_s`` is the ``beam_topk`` calls.
     The one-time import of the compiled backend on a process's first search
     happens before the clock starts.
     """
@@ -57,6 +60,7 @@ class SearchStats:
     hypothesis_tokens: int = 0
     prefix_copy_tokens: int = 0
     lm_time_s: float = 0.0
+    reorder_time_s: float = 0.0
     kernel_time_s: float = 0.0
     dead_ends: int = 0
     padded_rows: int = 0
