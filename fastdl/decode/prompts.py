@@ -6,7 +6,6 @@ decoder-only models; ``mask`` is None when no row is padded.
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +24,7 @@ class Prompts:
     mask: np.ndarray | None
     lengths: np.ndarray
     single: bool = False
+    name: str = "input_ids"             # the argument they came from, for messages
 
     @property
     def batch(self) -> int:
@@ -46,7 +46,8 @@ class Prompts:
         if n == 1:
             return self
         mask = None if self.mask is None else np.repeat(self.mask, n, axis=0)
-        return Prompts(np.repeat(self.ids, n, axis=0), mask, np.repeat(self.lengths, n), False)
+        return Prompts(np.repeat(self.ids, n, axis=0), mask, np.repeat(self.lengths, n), False,
+                       self.name)
 
 
 def _int_ids(arr: np.ndarray, name: str) -> np.ndarray:
@@ -123,6 +124,11 @@ def prompts(input_ids=None, attention_mask=None, *, bos=None, pad=None, name: st
     array or list of ids (one prompt: ``single``), a list of token lists of any
     lengths (left-padded with ``pad``), or None: the one-token prompt ``[bos]``.
     """
+    p = _prompts(input_ids, attention_mask, bos, pad, name, mask_name)
+    return Prompts(p.ids, p.mask, p.lengths, p.single, name)
+
+
+def _prompts(input_ids, attention_mask, bos, pad, name, mask_name) -> Prompts:
     if input_ids is None:
         if attention_mask is not None:
             raise ValueError(f"{mask_name} was given without {name}")
@@ -166,13 +172,9 @@ def prompts(input_ids=None, attention_mask=None, *, bos=None, pad=None, name: st
     return Prompts(ids, m, lengths, single)
 
 
-def check_ids(p: Prompts, N: int, name: str = "input_ids") -> None:
+def check_ids(p: Prompts, N: int) -> None:
     """Every unpadded token id within the vocabulary [0, N)."""
     real = p.ids if p.mask is None else p.ids[p.mask == 1]
     if real.size and int(real.max()) >= N:
-        raise ValueError(f"{name} must hold token ids in [0, {N}) (the vocabulary size), got "
+        raise ValueError(f"{p.name} must hold token ids in [0, {N}) (the vocabulary size), got "
                          f"{int(real.max())}")
-
-
-def is_count(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)

@@ -147,7 +147,9 @@ def _start(bos, prompt, attention_mask) -> Prompts:
         raise ValueError("give bos or prompt=, not both: a prompt includes its start token")
     if bos is not None:
         token_id(bos, "bos", None)              # the id must fit the int64 prompt array
-    return _prompts(prompt, attention_mask, bos=bos, name="prompt")
+    # lists of different lengths are left-padded with 0 under a mask: the model never
+    # reads the padding, and n-gram bans skip it
+    return _prompts(prompt, attention_mask, bos=bos, pad=0, name="prompt")
 
 
 def _shape(p: Prompts, per_prompt):
