@@ -9,7 +9,7 @@ bit for bit, and a full forward pass on the whole sequence to float32 rounding.
 import numpy as np
 import pytest
 
-from fastdl.decode import Logits, beam_search, exact_search, greedy
+from fastdl.decode import Logits, beam_search, exact_search, greedy, sample
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -214,14 +214,17 @@ class _FullPrefixes:
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
-@pytest.mark.parametrize("search", ["greedy", "beam", "exact"])
+@pytest.mark.parametrize("search", ["greedy", "beam", "exact", "sample"])
 def test_searches_equal_the_same_search_on_full_prefixes(models, name, search):
     model = models[name]
     run = {"greedy": lambda lm: greedy(lm, 8, bos=BOS, eos=EOS),
            "beam": lambda lm: beam_search(lm, 3, 6, bos=BOS, eos=EOS, length_penalty=1.0,
                                           early_stopping=False),
            # without eos: the optimum is a long sequence, found after ~60 expansions
-           "exact": lambda lm: exact_search(lm, 3, bos=BOS)}[search]
+           "exact": lambda lm: exact_search(lm, 3, bos=BOS),
+           # rows drawn together, each with its own cache row
+           "sample": lambda lm: sample(lm, 6, bos=BOS, eos=EOS, top_k=20, top_p=0.9, seed=3,
+                                       num_samples=5)}[search]
     got, want = run(CausalLM(model)), run(_FullPrefixes(model))
     assert [h.tokens for h in got] == [h.tokens for h in want]
     assert [h.log_prob for h in got] == pytest.approx([h.log_prob for h in want], abs=2e-5)
@@ -348,6 +351,10 @@ def test_bad_arguments(models):
         lm.reorder(state, np.array([], np.int64))
     with pytest.raises(TypeError, match="state must come from this model"):
         lm.step(np.array([1, 2, 3]), None)
+    with pytest.raises(ValueError, match="state belongs to another model"):
+        CausalLM(models["llama"]).step(np.array([1, 2, 3]), state)
+    # a second wrapper of the same model may continue the state
+    CausalLM(models["gpt2"]).step(np.array([1, 2, 3]), state)
     with pytest.raises(ValueError, match="batch must be >= 1"):
         lm.initial_state(0)
     np.testing.assert_array_equal(mask, _padded(PROMPTS)[1])   # inputs untouched

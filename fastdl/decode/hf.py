@@ -57,9 +57,11 @@ def _supported_layers(transformers) -> tuple:
 
 @contextlib.contextmanager
 def _eval_mode(model):
-    """Eval mode (no dropout) for one forward pass; the modules that were training are
-    put back, so the caller's model keeps its modes."""
-    training = [m for m in model.modules() if m.training]
+    """Eval mode (no dropout) for one forward pass of a model in training mode; the
+    modules that were training are put back, so the caller's model keeps its modes.
+    A model in eval mode (``model.training`` False) is run as it is: walking every
+    module at each step would cost as much as a tiny model's forward pass."""
+    training = [m for m in model.modules() if m.training] if model.training else ()
     if training:
         model.eval()
     try:
@@ -75,10 +77,11 @@ class CausalLMState:
     ids and length (padding included).  Opaque: ``step`` and ``reorder`` return new
     states and never change the ones they are given."""
 
-    __slots__ = ("cache", "mask", "next_pos", "length")
+    __slots__ = ("model", "cache", "mask", "next_pos", "length")
 
-    def __init__(self, cache, mask, next_pos, length: int):
-        self.cache, self.mask, self.next_pos, self.length = cache, mask, next_pos, length
+    def __init__(self, model, cache, mask, next_pos, length: int):
+        self.model, self.cache, self.mask = model, cache, mask
+        self.next_pos, self.length = next_pos, length
 
     @property
     def rows(self) -> int:
@@ -114,10 +117,10 @@ class CausalLM:
     width), ``eos_token_id`` (an id, a list of ids or None), ``pad_token_id``,
     ``bos_token_id`` (from ``model.generation_config``), ``max_length`` (the model's
     positions, or None when its config does not say), ``model``.  Forward passes run
-    under ``torch.no_grad()`` in eval mode; a model in training mode is switched to
-    eval for each pass and put back after.  The model's device is used for every
-    tensor; scores come back to the CPU.  Models whose cache is recurrent
-    (linear-attention / state-space layers) are not supported.
+    under ``torch.no_grad()`` in eval mode: a model in training mode
+    (``model.training``) is switched to eval for each pass and put back after.  The
+    model's device is used for every tensor; scores come back to the CPU.  Models
+    whose cache is recurrent (linear-attention / state-space layers) are not supported.
     """
 
     normalized = False
@@ -246,6 +249,9 @@ class CausalLM:
         if not isinstance(state, CausalLMState):
             raise TypeError("state must come from this model's prefill, initial_state, step or "
                             f"reorder (a CausalLMState), got {type(state).__name__}")
+        if state.model is not self.model:
+            raise ValueError(f"state belongs to another model ({type(state.model).__name__} at "
+                             f"{id(state.model):#x}), not to this CausalLM's")
         return state
 
     # ------------------------------------------------------------ the protocol
@@ -255,7 +261,7 @@ class CausalLM:
         token per row, as ``generate`` on a one-token prompt."""
         batch = check_int(batch, "batch", minimum=1)
         pos = self._torch.zeros((batch, 1), dtype=self._torch.long, device=self._device())
-        return CausalLMState(None, None, pos, 0)
+        return CausalLMState(self.model, None, None, pos, 0)
 
     def prefill(self, input_ids, attention_mask=None):
         """Run the prompts: ``input_ids`` int ``(rows, P)``, left-padded;
@@ -295,7 +301,7 @@ class CausalLM:
         # generate drops a mask without padding (and keeps it dropped while decoding)
         mask_arg = None if bool(mask.all()) else mask_t
         scores, cache = self._forward(ids_t, pos, mask_arg, self._new_cache())
-        return scores, CausalLMState(cache, mask_arg, pos[:, -1:] + 1, P)
+        return scores, CausalLMState(self.model, cache, mask_arg, pos[:, -1:] + 1, P)
 
     def step(self, tokens, state):
         """Feed one token per row: ``tokens`` int ``(rows,)``.  Returns the float32
@@ -314,7 +320,8 @@ class CausalLM:
             mask = torch.cat([mask, mask.new_ones((state.rows, 1))], dim=-1)
         cache = self._new_cache() if state.cache is None else self._clone(state.cache)
         scores, cache = self._forward(self._tensor(toks)[:, None], state.next_pos, mask, cache)
-        return scores, CausalLMState(cache, mask, state.next_pos + 1, state.length + 1)
+        return scores, CausalLMState(self.model, cache, mask, state.next_pos + 1,
+                                     state.length + 1)
 
     def reorder(self, state, indices):
         """The state of rows ``indices`` of ``state`` (int, 1-D, non-empty; repeats,
@@ -336,4 +343,5 @@ class CausalLM:
                     layer.keys = keys.index_select(0, t)
                     layer.values = layer.values.index_select(0, t)
         mask = None if state.mask is None else state.mask.index_select(0, t)
-        return CausalLMState(cache, mask, state.next_pos.index_select(0, t), state.length)
+        return CausalLMState(self.model, cache, mask, state.next_pos.index_select(0, t),
+                             state.length)
