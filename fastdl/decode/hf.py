@@ -14,7 +14,9 @@ The model is fed exactly what ``model.generate`` feeds it: left-padded prompts
 with their attention mask, position ids counted from each row's first real
 token, the mask grown by one column per step, a fresh ``DynamicCache``, and the
 logits of the last position cast to float32.  So the scores equal
-``generate``'s, bit for bit, on the same rows.
+``generate``'s bit for bit when the model runs the same batch of rows (another
+batch size may round differently in the model's matrix products).  ``max_length``
+bounds the padded length, as ``generate``'s ``max_length`` does.
 
 torch and transformers are imported on first use: ``pip install 'fastdl[peers]'``
 (or torch and transformers) to use this module.
@@ -293,7 +295,6 @@ class CausalLM:
                 raise ValueError(f"attention_mask must pad on the left only and leave every "
                                  f"row at least one token (0s then 1s); row {int(bad[0])} is "
                                  f"{mask[bad[0]].tolist()}")
-        torch = self._torch
         ids_t, mask_t = self._tensor(ids), self._tensor(mask)
         # generate: position ids count each row's real tokens from 0; padding gets 0,
         # which no real token attends to, so its value cannot change a score
