@@ -1,4 +1,5 @@
-"""fastdl.decode.hf without torch or transformers: the module imports, using it says what to install."""
+"""fastdl.decode.hf without torch or transformers: the module imports; using it says what
+to install."""
 import importlib
 import sys
 

@@ -132,7 +132,8 @@ class CausalLM:
         self._torch = torch
         if not isinstance(model, torch.nn.Module) or getattr(model, "config", None) is None:
             raise TypeError("model must be a transformers causal language model (a torch "
-                            "module with a config, e.g. AutoModelForCausalLM.from_pretrained(...)), "
+                            "module with a config, e.g. "
+                            "AutoModelForCausalLM.from_pretrained(...)), "
                             f"got {type(model).__name__}")
         config = model.config
         if getattr(config, "is_encoder_decoder", False):
