@@ -27,8 +27,8 @@ MIN_PART = _decode.PARAMS["beam_min_part"]
 # (G, B, N, k) and the kernel's split at 2 threads: whole groups per thread; one group
 # cut into row ranges (the 2-D path); several groups cut into row ranges; several
 # groups cut into flat pieces (B not a multiple of the parts); single-row groups cut
-# into flat pieces; groups too small to cut, fewer groups than threads; (4 threads)
-# groups of two rows cut into four flat pieces
+# into flat pieces; groups too small to cut, fewer groups than threads; two groups
+# (at 4 threads: each cut into two row ranges)
 SHAPES = [(8, 4, 50_257, 8), (1, 4, 50_257, 8), (3, 4, 20_000, 8), (3, 3, 40_000, 6),
           (3, 1, 70_000, 3), (3, 4, 3000, 8), (2, 2, 2 * MIN_PART + 5, 40)]
 SPLITS = [(2, 1, "groups"), (2, 2, "rows"), (2, 2, "rows"), (2, 2, "flat"), (2, 2, "flat"),
@@ -88,7 +88,9 @@ def _assert_matches_reference(lp, s, k, normalize, got):
 def test_shapes_cover_every_split():
     with fixed_teams():
         assert [_decode._beam_split(G, B, N, 2) for G, B, N, _ in SHAPES] == SPLITS
-        assert _decode._beam_split(*SHAPES[-1][:3], 4) == (4, 4, "flat")
+        assert _decode._beam_split(*SHAPES[-1][:3], 4) == (4, 2, "rows")
+        assert _decode._beam_split(*SHAPES[3][:3], 4) == (4, 4, "flat")
+        assert _decode._beam_split(*SHAPES[0][:3], 3) == (3, 2, "rows")
         # the 2-D call is G = 1: its team and split are the ones it had alone
         assert _decode._beam_split(1, 3, 40_000, 2)[1:] == (2, "flat")
         assert _decode._beam_split(1, 64, 50_257, 2)[1:] == (2, "rows")

@@ -26,6 +26,9 @@ in the dtype (float32 for float16 log-probs), where ``add[b] = beam_scores[b] - 
 rounded once) when normalizing; without normalizing ``m[b] = 0`` and ``add[b]
 = beam_scores[b]``.  A row whose log-probs are all -inf has no candidates worth
 anything: its scores are -inf (not NaN).  The B×N score matrix is never stored.
+A 3-D ``log_probs`` (G, B, N) with ``beam_scores`` (G, B) is G such steps in one
+call (the op always takes groups; a 2-D call is G = 1): each group's top-k is
+its own, beam indices local to the group, bitwise the group's 2-D call.
 """
 from __future__ import annotations
 

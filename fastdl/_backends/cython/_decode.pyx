@@ -18,7 +18,8 @@
   over ``(dtype)(x + add[b])`` with the group-local flat index ``b*N + j``.
   Many groups (at least 4 per thread, or a multiple of the thread count): a
   thread does whole groups, each group's rows back to back into the group's
-  own heap.  Few groups: each group is cut into parts, contiguous row ranges
+  own heap.  Few groups: each group is cut into the fewest parts that share
+  out evenly over the threads (one group: a part per thread), contiguous row ranges
   (each row's offset and scan done back to back, the row still in L2) or, for
   few rows, contiguous pieces of the group's flat candidate range after
   parallel chunk statistics; a group's part heaps are merged in part order.
@@ -395,15 +396,15 @@ cdef inline void _finish(Kern K, const elem *x, int64_t N, const double *SUB,
 cdef int _beam_plan(int64_t G, int64_t B, int64_t N, int nthreads, int64_t *pp,
                     bint *rows_mode) noexcept nogil:
     """the team size, the parts *pp each group is cut into and how (*rows_mode: row
-    ranges, else pieces of the flat candidate range).  Many groups (at least 4 per
-    thread, or a multiple of the thread count): whole groups per thread, pp = 1; few:
-    up to one part per thread in every group, no part under BEAM_MIN_PART
-    candidates."""
+    ranges, else pieces of the flat candidate range).  The fewest parts that share out
+    evenly: G*pp at least 4 per thread or a multiple of the thread count (many groups:
+    whole groups per thread, pp = 1; one group: pp = the thread count), no part under
+    BEAM_MIN_PART candidates."""
     cdef int64_t per = max(1, B * N // BEAM_MIN_PART)
     nthreads = _threads(nthreads, G * B * N, G * per)
     pp[0] = 1
-    if nthreads > 1 and not (G >= 4 * nthreads or G % nthreads == 0):
-        pp[0] = min(<int64_t>nthreads, per)
+    while pp[0] < per and not (G * pp[0] >= 4 * nthreads or (G * pp[0]) % nthreads == 0):
+        pp[0] += 1
     rows_mode[0] = B >= 4 * pp[0] or (B >= pp[0] and B % pp[0] == 0)
     return nthreads
 
