@@ -167,6 +167,25 @@ def test_batched_non_contiguous_and_converted_inputs(backend):
                  beam_topk(np.asarray(lp.tolist()), s, 9, backend=backend))
 
 
+def _misaligned(a):
+    buf = np.zeros(a.nbytes + 1, np.uint8)
+    out = np.frombuffer(buf[1:].data, dtype=a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_misaligned_inputs_are_packed(dtype, backend):
+    # the op refuses misaligned arrays; the public function must hand it aligned copies
+    lp, s = _inputs(2, 3, 50, dtype, seed=3)
+    want = beam_topk(lp, s, 5, backend=backend)
+    assert _same(beam_topk(_misaligned(lp), _misaligned(s), 5, backend=backend), want)
+    assert _same(beam_topk(_misaligned(lp[1]), _misaligned(s[1]), 5, backend=backend),
+                 [r[1] for r in want])
+
+
 def test_no_groups():
     v, b, t = beam_topk(np.zeros((0, 2, 3), np.float16), np.zeros((0, 2)), 4)
     assert v.shape == b.shape == t.shape == (0, 4)

@@ -156,8 +156,9 @@ def beam_topk(log_probs, beam_scores, k, *, normalize: bool = True, backend: str
                 else "one score per row of log_probs")
         raise ValueError(f"beam_scores must have shape {want} ({what}), got {s.shape}")
     sdt = compute_dtype(lp.dtype)
-    with np.errstate(over="ignore"):
-        s = np.ascontiguousarray(s, dtype=sdt)
+    if s.dtype != sdt or not (s.flags.c_contiguous and s.flags.aligned):
+        with np.errstate(over="ignore"):         # an overflowing cast is the +inf refused below
+            s = np.require(s, sdt, ("C", "A"))
     if not (s < np.inf).all():              # NaN and +inf (also after the cast) fail this
         raise ValueError(f"beam_scores must be finite or -inf in {np.dtype(sdt)}, "
                          "got NaN or +inf")
@@ -168,6 +169,6 @@ def beam_topk(log_probs, beam_scores, k, *, normalize: bool = True, backend: str
     normalize = check_flag(normalize, "normalize")
     if G == 0:                 # no groups: nothing to select from, nothing to return
         return np.empty((0, k), sdt), np.empty((0, k), np.int64), np.empty((0, k), np.int64)
-    lp = np.ascontiguousarray(lp).reshape(G, B, N)
+    lp = np.require(lp, None, ("C", "A")).reshape(G, B, N)    # the kernels read it packed
     res = _ops.beam_topk(lp, s.reshape(G, B), k, normalize, backend=backend)
     return res if batched else tuple(r[0] for r in res)
