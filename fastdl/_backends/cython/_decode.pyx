@@ -439,7 +439,9 @@ cdef object _beam_topk(const elem[:, :, ::1] lp, const double[:, ::1] s, int64_t
             ADD[r] = _round(tag, s[r // B, r % B])
     if pp == 1:
         nt = <int>min(<int64_t>nthreads, G)
-        for g in prange(G, nogil=True, num_threads=nt, schedule="static"):
+        # a group's result is its own whichever thread takes it: dynamic, so a thread
+        # the OS holds back does not hold the rest of the call
+        for g in prange(G, nogil=True, num_threads=nt, schedule="dynamic"):
             size = _rows_heap(K, &lp[g, 0, 0], &s[g, 0], 0, B, N, normalize, &SUB[g * B],
                               &ADD[g * B], &KY[g, 0], &I[g, 0], k)
             _finish(K, &lp[g, 0, 0], N, &SUB[g * B], &ADD[g * B], &KY[g, 0], &I[g, 0], size,
