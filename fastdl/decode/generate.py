@@ -293,10 +293,11 @@ def _step_output(model, p, max_new, min_new, ngram, penalty, warp, rng, want_sco
     if stream is not None:
         stream.end()
     L = int(length.max())
+    gen = gen[:, :L]
     if (length < L).any():
         fill = _pad_needed(pad, "sequences that end early")
         gen[np.arange(L)[None, :] >= length[:, None]] = fill
-    seqs = np.concatenate([p.ids, gen[:, :L]], axis=1)
+    seqs = np.concatenate([p.ids, gen], axis=1)
     return GenerateOutput(seqs, seq_scores, None if per_step is None else tuple(per_step), None,
                           stats)
 
