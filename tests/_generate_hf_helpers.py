@@ -102,9 +102,9 @@ def left_pad(prompts, pad=PAD):
 def hf_generate(model, ids, mask, *, use_cache=False, **kw):
     """``model.generate`` on the numpy prompt batch, dict output with the scores."""
     with torch.no_grad():
-        return model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                              use_cache=use_cache, return_dict_in_generate=True,
-                              output_scores=True, **kw)
+        return model.generate(input_ids=torch.from_numpy(ids),
+                              attention_mask=torch.from_numpy(mask), use_cache=use_cache,
+                              return_dict_in_generate=True, output_scores=True, **kw)
 
 
 def grow(mask, t):

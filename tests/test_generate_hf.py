@@ -82,7 +82,8 @@ def _compare(got, want, *, P, beam, eos, pad, scores=True):
             assert defined.all()
         if live is not None:
             assert defined[live[t]].all(), t
-        np.testing.assert_allclose(g[defined], w[defined], rtol=1e-5, atol=1e-5, err_msg=f"step {t}")
+        np.testing.assert_allclose(g[defined], w[defined], rtol=1e-5, atol=1e-5,
+                                   err_msg=f"step {t}")
     if beam:
         np.testing.assert_allclose(got.sequences_scores, want.sequences_scores.numpy(),
                                    rtol=2e-6, atol=2e-6)

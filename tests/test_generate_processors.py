@@ -18,8 +18,8 @@ from transformers.generation import logits_process as lp  # noqa: E402
 
 from fastdl.decode import generate  # noqa: E402
 
-from _generate_hf_helpers import (EOS_A, EOS_B, PAD, PROMPTS, PaddedGPT2LM, gpt2, grow,  # noqa: E402
-                                  hf_generate, left_pad, set_torch_threads)
+from _generate_hf_helpers import (EOS_A, EOS_B, PAD, PROMPTS, PaddedGPT2LM,  # noqa: E402
+                                  gpt2, grow, hf_generate, left_pad, set_torch_threads)
 
 
 @pytest.fixture(scope="module", autouse=True)
