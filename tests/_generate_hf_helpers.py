@@ -119,6 +119,8 @@ class Recorder(transformers.generation.BaseStreamer):
         self.puts, self.ends = [], 0
 
     def put(self, value):
+        if torch.is_tensor(value):                  # HF puts torch tensors
+            value = value.numpy()
         self.puts.append(np.array(value, dtype=np.int64))
 
     def end(self):

@@ -46,6 +46,12 @@ def _wrappers():
 WRAPPERS = list(_wrappers())
 
 
+def _cached(wrap):
+    # the callable computes full prefixes, as HF without its cache; a cache-driving
+    # wrapper is compared with HF over its cache (the nearest float32 rounding)
+    return wrap is not PaddedGPT2LM
+
+
 def _eos_set(eos):
     return set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
 
@@ -151,7 +157,8 @@ def test_greedy_equals_hf(models, wrap, c):
     model = models[c["seed"], c["boost"]]
     ids, mask = left_pad(PROMPTS[c["batch"]])
     ids0, mask0 = ids.copy(), mask.copy()
-    want = hf_generate(model, ids, mask, do_sample=False, num_beams=1, **_kw(c))
+    want = hf_generate(model, ids, mask, do_sample=False, num_beams=1, use_cache=_cached(wrap),
+                       **_kw(c))
     got = generate(wrap(model), ids, attention_mask=mask, output_scores=True, **_kw(c))
     _compare(got, want, P=ids.shape[1], beam=False, eos=c["eos"], pad=PAD)
     np.testing.assert_array_equal(ids, ids0)          # the caller's arrays are not changed
@@ -190,7 +197,7 @@ BEAM = list(_beam_cases())
 def test_beam_search_equals_hf(models, wrap, c):
     model = models[c["seed"], c["boost"]]
     ids, mask = left_pad(PROMPTS[c["batch"]])
-    want = hf_generate(model, ids, mask, do_sample=False, **_kw(c))
+    want = hf_generate(model, ids, mask, do_sample=False, use_cache=_cached(wrap), **_kw(c))
     got = generate(wrap(model), ids, attention_mask=mask, output_scores=True, **_kw(c))
     _compare(got, want, P=ids.shape[1], beam=c["num_beams"] > 1, eos=c["eos"], pad=PAD)
 
@@ -347,6 +354,18 @@ def test_eos_outside_the_vocabulary(models):
     for eos in (V, -1, [EOS_A, V + 3]):
         _bad(models, "eos_token_id", eos_token_id=eos, pad_token_id=PAD)
     _bad(models, "pad_token_id", eos_token_id=EOS_A, pad_token_id=V)
+
+
+def test_bos_missing_or_outside_the_vocabulary(models):
+    lm = PaddedGPT2LM(models[0, 0.0])
+    with pytest.raises(ValueError, match="bos_token_id"):   # no prompt and no bos
+        generate(lm, max_new_tokens=2)
+    with pytest.raises(ValueError, match="bos_token_id"):
+        generate(lm, max_new_tokens=2, bos_token_id=V)
+
+
+def test_early_stopping_value(models):
+    _bad(models, "early_stopping", num_beams=2, early_stopping="sometimes", pad_token_id=PAD)
 
 
 def test_return_count_not_possible(models):
