@@ -70,13 +70,11 @@ def _log_softmax(x):
     return x - m - np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
 
 
-def _compare(got, want, *, P, beam, eos, pad, scores=True):
+def _compare(got, want, *, P, beam, eos):
     """fastdl's GenerateOutput against HF's dict output for the same call."""
     want_seq = want.sequences.numpy()
     assert isinstance(got.sequences, np.ndarray) and got.sequences.dtype == np.int64
     np.testing.assert_array_equal(got.sequences, want_seq)
-    if not scores:
-        return
     assert got.scores is not None and len(got.scores) == len(want.scores)
     live = None if beam else _unfinished(want_seq, P, eos)
     for t, (g, w) in enumerate(zip(got.scores, want.scores)):
@@ -151,16 +149,22 @@ def _kw(c):
     return dict(kw, eos_token_id=c["eos"], pad_token_id=c.get("pad", PAD))
 
 
+def _prompts(c):
+    # "pad": the padding token of the prompts and of finished rows (None: padded with
+    # PAD but pad_token_id not given)
+    return left_pad(PROMPTS[c["batch"]], pad=c.get("pad") or PAD)
+
+
 @pytest.mark.parametrize("wrap", WRAPPERS)
 @pytest.mark.parametrize("c", GREEDY, ids=_ids)
 def test_greedy_equals_hf(models, wrap, c):
     model = models[c["seed"], c["boost"]]
-    ids, mask = left_pad(PROMPTS[c["batch"]])
+    ids, mask = _prompts(c)
     ids0, mask0 = ids.copy(), mask.copy()
     want = hf_generate(model, ids, mask, do_sample=False, num_beams=1, use_cache=_cached(wrap),
                        **_kw(c))
     got = generate(wrap(model), ids, attention_mask=mask, output_scores=True, **_kw(c))
-    _compare(got, want, P=ids.shape[1], beam=False, eos=c["eos"], pad=PAD)
+    _compare(got, want, P=ids.shape[1], beam=False, eos=c["eos"])
     np.testing.assert_array_equal(ids, ids0)          # the caller's arrays are not changed
     np.testing.assert_array_equal(mask, mask0)
 
@@ -170,8 +174,9 @@ def test_greedy_equals_hf(models, wrap, c):
 def _beam_cases():
     # every early_stopping x length_penalty x eos combination, with the beam widths,
     # prompt batches, lengths, return counts and logits processors spread over them
+    # five extras against the two batches' alternation: each extra meets both batches
     extras = [{}, {"no_repeat_ngram_size": 2}, {"min_new_tokens": 2}, {"repetition_penalty": 1.3},
-              {}, {"repetition_penalty": 0.8, "no_repeat_ngram_size": 3}]
+              {"repetition_penalty": 0.8, "no_repeat_ngram_size": 3}]
     combos = itertools.product([False, True, "never"], [1.0, 0.0, -0.5, 2.0],
                                [EOS_A, [EOS_A, EOS_B]])
     for i, (early, alpha, eos) in enumerate(combos):
@@ -184,6 +189,20 @@ def _beam_cases():
     for nb, early in ((2, False), (4, True)):
         yield dict(seed=1, boost=0.0, batch=4, num_beams=nb, max_new_tokens=4,
                    early_stopping=early, length_penalty=1.0, num_return_sequences=nb, eos=None)
+    # settings where "never" (the best live score at max_new_tokens' length), False (at
+    # the current length) and True (stop when the finished list is full) give other results
+    for (seed, boost, batch, nb, T, alpha, eos), early in itertools.product(
+            [(0, 0.3, 1, 3, 6, 1.0, EOS_A), (0, 0.3, 4, 4, 6, 1.0, [EOS_A, EOS_B]),
+             (0, 0.5, 1, 2, 4, 2.0, EOS_A)], ["never", False, True]):
+        yield dict(seed=seed, boost=boost, batch=batch, num_beams=nb, max_new_tokens=T,
+                   early_stopping=early, length_penalty=alpha, num_return_sequences=nb, eos=eos)
+    # padding with a token the model generates (15): HF's n-grams run over the padded
+    # row (a generated 15 bans what followed the padding), its repetition penalty skips it
+    for nb, extra in itertools.product((1, 3), [{"no_repeat_ngram_size": 2},
+                                               {"repetition_penalty": 1.3}]):
+        yield dict(seed=0, boost=0.3, batch=4, num_beams=nb, max_new_tokens=5,
+                   early_stopping=False, length_penalty=1.0, num_return_sequences=1, eos=EOS_A,
+                   pad=15, **extra)
     # pad not given: HF pads with the first eos
     yield dict(seed=0, boost=0.5, batch=4, num_beams=3, max_new_tokens=5, early_stopping=False,
                length_penalty=1.0, num_return_sequences=2, eos=[EOS_B, EOS_A], pad=None)
@@ -196,10 +215,10 @@ BEAM = list(_beam_cases())
 @pytest.mark.parametrize("c", BEAM, ids=_ids)
 def test_beam_search_equals_hf(models, wrap, c):
     model = models[c["seed"], c["boost"]]
-    ids, mask = left_pad(PROMPTS[c["batch"]])
+    ids, mask = _prompts(c)
     want = hf_generate(model, ids, mask, do_sample=False, use_cache=_cached(wrap), **_kw(c))
     got = generate(wrap(model), ids, attention_mask=mask, output_scores=True, **_kw(c))
-    _compare(got, want, P=ids.shape[1], beam=c["num_beams"] > 1, eos=c["eos"], pad=PAD)
+    _compare(got, want, P=ids.shape[1], beam=c["num_beams"] > 1, eos=c["eos"])
 
 
 def test_grid_has_early_eos(models):
@@ -209,7 +228,7 @@ def test_grid_has_early_eos(models):
     for c in BEAM + GREEDY:
         if c["eos"] is None:
             continue
-        ids, mask = left_pad(PROMPTS[c["batch"]])
+        ids, mask = _prompts(c)
         seq = hf_generate(models[c["seed"], c["boost"]], ids, mask, do_sample=False,
                           **_kw(c)).sequences.numpy()[:, ids.shape[1]:]
         hit = np.isin(seq[:, :c["max_new_tokens"] - 1], sorted(_eos_set(c["eos"]))).any(axis=1)
@@ -239,25 +258,33 @@ def _configured(seed):
     return model, attrs
 
 
+def _default_lm(wrap, model, attrs):
+    # the wrapper reads them from model.generation_config itself
+    return PaddedGPT2LM(model, **attrs) if wrap is PaddedGPT2LM else wrap(model)
+
+
+@pytest.mark.parametrize("wrap", WRAPPERS)
 @pytest.mark.parametrize("num_beams", [None, 2, 4])
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_default_arguments_give_hf_default_result(num_beams, batch, seed):
+def test_default_arguments_give_hf_default_result(wrap, num_beams, batch, seed):
     model, attrs = _configured(seed)
     ids, mask = left_pad(PROMPTS[batch])
     kw = {} if num_beams is None else {"num_beams": num_beams}
     with torch.no_grad():   # HF exactly as a user calls it: its cache, its defaults
         want = model.generate(input_ids=torch.from_numpy(ids),
                               attention_mask=torch.from_numpy(mask), max_new_tokens=6, **kw)
-    got = generate(PaddedGPT2LM(model, **attrs), ids, attention_mask=mask, max_new_tokens=6, **kw)
+    got = generate(_default_lm(wrap, model, attrs), ids, attention_mask=mask, max_new_tokens=6,
+                   **kw)
     np.testing.assert_array_equal(got.sequences, want.numpy())
 
 
-def test_no_prompt_starts_from_bos():
+@pytest.mark.parametrize("wrap", WRAPPERS)
+def test_no_prompt_starts_from_bos(wrap):
     model, attrs = _configured(0)
     with torch.no_grad():
         want = model.generate(max_new_tokens=6)
-    got = generate(PaddedGPT2LM(model, **attrs), max_new_tokens=6)
+    got = generate(_default_lm(wrap, model, attrs), max_new_tokens=6)
     np.testing.assert_array_equal(got.sequences, want.numpy())
     assert got.sequences[0, 0] == BOS
 
@@ -312,13 +339,13 @@ def test_streamer_with_beam_search_is_refused(models):
 
 # -- bad input ------------------------------------------------------------------------
 
-def _bad(models, match, ids=None, **kw):
+def _bad(models, match, ids=None, wrap=PaddedGPT2LM, **kw):
     if ids is None:
         ids, mask = left_pad(PROMPTS[4])
         kw.setdefault("attention_mask", mask)
     kw.setdefault("max_new_tokens", 3)
     with pytest.raises(ValueError, match=match):
-        generate(PaddedGPT2LM(models[0, 0.0]), ids, **kw)
+        generate(wrap(models[0, 0.0]), ids, **kw)
 
 
 def test_mask_shape_not_matching(models):
@@ -340,20 +367,23 @@ def test_mask_values_and_padding_side(models):
     _bad(models, "attention_mask", ids, attention_mask=empty, pad_token_id=PAD)
 
 
-def test_prompt_longer_than_the_model_allows(models):
+@pytest.mark.parametrize("wrap", WRAPPERS)
+def test_prompt_longer_than_the_model_allows(models, wrap):
     ids = np.full((2, N_POSITIONS + 1), 5, np.int64)
-    _bad(models, "input_ids", ids, attention_mask=np.ones_like(ids), pad_token_id=PAD)
+    _bad(models, "input_ids", ids, wrap, attention_mask=np.ones_like(ids), pad_token_id=PAD)
 
 
-def test_pad_missing_when_needed(models):
+@pytest.mark.parametrize("wrap", WRAPPERS)
+def test_pad_missing_when_needed(models, wrap):
     # prompts of different lengths must be padded: no pad and no eos to fall back on
-    _bad(models, "pad_token_id", [list(p) for p in PROMPTS[4]])
+    _bad(models, "pad_token_id", [list(p) for p in PROMPTS[4]], wrap)
 
 
-def test_eos_outside_the_vocabulary(models):
+@pytest.mark.parametrize("wrap", WRAPPERS)
+def test_eos_outside_the_vocabulary(models, wrap):
     for eos in (V, -1, [EOS_A, V + 3]):
-        _bad(models, "eos_token_id", eos_token_id=eos, pad_token_id=PAD)
-    _bad(models, "pad_token_id", eos_token_id=EOS_A, pad_token_id=V)
+        _bad(models, "eos_token_id", wrap=wrap, eos_token_id=eos, pad_token_id=PAD)
+    _bad(models, "pad_token_id", wrap=wrap, eos_token_id=EOS_A, pad_token_id=V)
 
 
 def test_bos_missing_or_outside_the_vocabulary(models):
