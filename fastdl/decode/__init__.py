@@ -8,6 +8,7 @@
     [('a blue square', -9.9), ('a red circle', -10.0)]
 """
 from fastdl.decode import examples
+from fastdl.decode.generate import GenerateOutput, generate
 from fastdl.decode.lm import Logits, TreeLM
 from fastdl.decode.ops import DECODE_OPS, beam_topk, log_softmax, topk
 from fastdl.decode.sampling import sample
@@ -16,4 +17,4 @@ from fastdl.decode.search import (Hypothesis, SearchStats, beam_search, exact_se
 
 __all__ = ["topk", "log_softmax", "beam_topk", "DECODE_OPS", "Logits", "TreeLM", "Hypothesis",
            "SearchStats", "greedy", "beam_search", "exhaustive_search", "exact_search", "sample",
-           "examples"]
+           "examples", "generate", "GenerateOutput"]

@@ -28,7 +28,8 @@ class SyntheticLM:
     ``h`` a rolling hash of the whole prefix, so every prefix has its own
     (repeating) distribution and the LM call costs one row gather.  Returns
     logits (``normalized = False``): the search normalizes them.  Both
-    protocols; the state is each row's hash.
+    protocols (with ``prefill`` and ``attention_mask`` for left-padded prompts); the state
+    is each row's hash.
     """
 
     normalized = False
@@ -58,9 +59,18 @@ class SyntheticLM:
     def reorder(self, state, indices):
         return state[np.asarray(indices, np.int64)]
 
-    def __call__(self, prefixes):
+    def prefill(self, input_ids, attention_mask):
+        h = self._hash(input_ids, attention_mask)
+        return self._rows(h), h
+
+    def __call__(self, prefixes, attention_mask=None):
+        return self._rows(self._hash(prefixes, attention_mask))
+
+    def _hash(self, prefixes, mask):
+        """The rolling hash of each row's tokens, padding (mask 0) skipped."""
         prefixes = np.asarray(prefixes, np.int64)
         h = np.zeros(len(prefixes), np.int64)
         for j in range(prefixes.shape[1]):
-            h = self._next(h, prefixes[:, j])
-        return self._rows(h)
+            nxt = self._next(h, prefixes[:, j])
+            h = nxt if mask is None else np.where(np.asarray(mask)[:, j] != 0, nxt, h)
+        return h

@@ -1,14 +1,21 @@
-"""Language-model protocols, the validating adapter the searches use, and ``TreeLM``.
+"""Language-model protocols, and ``TreeLM``.
 
 Two protocols; every search accepts either:
 
-* **callable**: ``lm(prefixes) -> log_probs`` with ``prefixes`` int64 ``(B, t)``
-  whose column 0 is ⟨BOS⟩ (the whole history w_{0:t-1}), result ``(B, N)``;
+* **callable**: ``lm(prefixes) -> log_probs`` with ``prefixes`` int64 ``(B, t)``:
+  each row's whole history (the prompt, or ⟨BOS⟩, then the tokens so far), result
+  ``(B, N)``.  When the prompts are left-padded to one width (prompts of
+  different lengths), the call is ``lm(prefixes, attention_mask=mask)`` with
+  ``mask`` int64 ``(B, t)``, 0 at the padding (always on the left);
 * **stateful**: ``lm.initial_state(batch)``, ``lm.step(tokens, state) ->
-  (log_probs, state)`` (``tokens`` int64 ``(B,)``: the last token of each row;
-  the first call gets ⟨BOS⟩) and ``lm.reorder(state, indices)`` -> the state
-  of rows ``indices`` (int64, may repeat or drop rows), so caches follow the
-  surviving beams.  An object with all three methods is used statefully.
+  (log_probs, state)`` (``tokens`` int64 ``(B,)``: the last token of each row)
+  and ``lm.reorder(state, indices)`` -> the state of rows ``indices`` (int64,
+  may repeat or drop rows; it must leave ``state`` itself usable), so caches
+  follow the surviving beams.  The prompt goes in through an optional
+  ``lm.prefill(input_ids, attention_mask) -> (log_probs, state)`` (both int64
+  ``(B, P)``, left-padded); without it, ``initial_state`` and one ``step`` per
+  prompt column (prompts of equal length only).  An object with
+  ``initial_state``, ``step`` and ``reorder`` is used statefully.
 
 A model returns log-probabilities (every entry <= 0; rows need not sum to 1,
 e.g. a pruned tree) unless it has ``normalized = False``, or is wrapped in
@@ -17,19 +24,13 @@ e.g. a pruned tree) unless it has ``normalized = False``, or is wrapped in
 from __future__ import annotations
 
 import numbers
-import time
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from fastdl._validate import as_float_array
-
 __all__ = ["Logits", "TreeLM", "vocab_size"]
 
 INT64_MAX = 2 ** 63 - 1
-
-# float32 log-sum-exp rounding can leave a normalized log-prob a few ulp above 0
-_POSITIVE_TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 
 
 class Logits:
@@ -43,13 +44,16 @@ class Logits:
 
     def __init__(self, lm):
         self.lm = lm
-        for name in ("initial_state", "step", "reorder", "vocab", "vocab_size", "bos",
-                     "decode"):
+        for name in ("initial_state", "step", "reorder", "prefill", "vocab", "vocab_size", "bos",
+                     "decode", "encode", "max_length", "eos_token_id", "pad_token_id",
+                     "bos_token_id"):
             if hasattr(lm, name):
                 setattr(self, name, getattr(lm, name))
 
-    def __call__(self, prefixes):
-        return self.lm(prefixes)
+    def __call__(self, prefixes, attention_mask=None):
+        if attention_mask is None:
+            return self.lm(prefixes)
+        return self.lm(prefixes, attention_mask=attention_mask)
 
 
 def vocab_size(lm) -> int | None:
@@ -68,140 +72,6 @@ def vocab_size(lm) -> int | None:
 
 def is_stateful(lm) -> bool:
     return all(callable(getattr(lm, a, None)) for a in ("initial_state", "step", "reorder"))
-
-
-class Model:
-    """What the searches drive: one protocol behind ``step``/``advance``, each
-    output checked, LM time measured (``stats.lm_time_s``, ``stats.lm_calls``).
-
-    Rows are the live hypotheses; ``advance(parents, tokens)`` makes row i the
-    child of old row ``parents[i]`` extended by ``tokens[i]``.
-    """
-
-    def __init__(self, lm, bos, eos, stats):
-        self.stateful = is_stateful(lm)
-        if not self.stateful and not callable(lm):
-            raise TypeError("lm must be callable (lm(prefixes) -> log_probs) or have "
-                            f"initial_state/step/reorder methods, got {type(lm).__name__}")
-        self.lm, self.stats = lm, stats
-        self.normalized = bool(getattr(lm, "normalized", True))
-        self.N = vocab_size(lm)
-        self.bos = _token(bos, "bos", self.N)
-        self.eos = _eos(eos, self.N)
-        self.t = 0           # tokens after ⟨BOS⟩ in each row
-        self.state = self.hist = self.last = None
-
-    def start(self, rows: int = 1):
-        """``rows`` copies of the empty sequence ⟨BOS⟩."""
-        self.t = 0
-        self.last = np.full(rows, self.bos, np.int64)
-        if self.stateful:
-            self.state = self._timed(self.lm.initial_state, rows, call=False)
-        else:
-            self.hist = self.last[:, None].copy()
-
-    def step(self):
-        """Log-probs (or logits) of the next token for every row, checked:
-        returns ``(values (rows, N), row max (rows,))``."""
-        if self.stateful:
-            out, self.state = self._timed(self.lm.step, self.last.copy(), self.state)
-        else:
-            out = self._timed(self.lm, self.hist.copy())
-        return self._check(out)
-
-    def advance(self, parents: np.ndarray, tokens: np.ndarray):
-        parents = np.asarray(parents, np.int64)
-        tokens = np.asarray(tokens, np.int64)
-        self.t += 1
-        self.last = tokens
-        if self.stateful:
-            self.state = self._timed(self.lm.reorder, self.state, parents, call=False)
-        else:
-            self.hist = np.concatenate([self.hist[parents], tokens[:, None]], axis=1)
-
-    def keep(self, rows: np.ndarray):
-        """Keep only ``rows`` (same tokens, no step)."""
-        rows = np.asarray(rows, np.int64)
-        self.last = self.last[rows]
-        if self.stateful:
-            self.state = self._timed(self.lm.reorder, self.state, rows, call=False)
-        else:
-            self.hist = self.hist[rows]
-
-    def branch(self, state):
-        """Stateful only: a private copy of a one-row ``state`` (so that siblings
-        sharing it are not disturbed)."""
-        return self._timed(self.lm.reorder, state, np.zeros(1, np.int64), call=False)
-
-    def _timed(self, fn, *args, call=True):
-        """Run a model method; its time is LM time; ``call``: it is a forward pass."""
-        t0 = time.perf_counter()
-        try:
-            return fn(*args)
-        finally:
-            self.stats.lm_time_s += time.perf_counter() - t0
-            self.stats.lm_calls += call
-
-    def _check(self, out):
-        where = f"step {self.t + 1}: the language model"
-        rows = len(self.last)
-        try:
-            lp = np.asarray(out)
-        except Exception as exc:  # noqa: BLE001 - report what came back
-            raise ValueError(f"{where} returned {type(out).__name__}, not an array: {exc}") from None
-        if lp.dtype.kind not in "biuf":
-            raise ValueError(f"{where} returned dtype {lp.dtype}; expected real numbers "
-                             "(float32/float64)")
-        lp = as_float_array(lp, "log_probs")
-        if lp.ndim != 2 or lp.shape[0] != rows or (self.N is not None and lp.shape[1] != self.N):
-            want = f"({rows}, {self.N if self.N is not None else 'N'})"
-            raise ValueError(f"{where} returned shape {lp.shape}; expected {want} "
-                             "(one row of vocabulary scores per prefix)")
-        if lp.shape[1] == 0:
-            raise ValueError(f"{where} returned an empty vocabulary (shape {lp.shape})")
-        if self.N is None:
-            self.N = lp.shape[1]
-            _token(self.bos, "bos", self.N)
-            for i in self.eos:
-                _token(i, "eos", self.N)
-        m = lp.max(axis=1)                 # one read finds NaN, +inf and positive log-probs
-        if np.isnan(m).any():
-            raise ValueError(f"{where} returned NaN (row {int(np.flatnonzero(np.isnan(m))[0])})")
-        if (m == np.inf).any():
-            raise ValueError(f"{where} returned +inf (row {int(np.flatnonzero(m == np.inf)[0])})")
-        if self.normalized and m.max() > 0:
-            if m.max() > _POSITIVE_TOL[lp.dtype]:
-                raise ValueError(f"{where} returned log-probabilities above 0 (max "
-                                 f"{float(m.max()):g}) while it says it is normalized; give it "
-                                 "normalized = False or wrap it in fastdl.decode.Logits if it "
-                                 "returns logits")
-            # rounding noise above 0: clip, so a prefix still bounds its extensions
-            lp, m = np.minimum(lp, 0), np.minimum(m, 0)
-        return lp, m
-
-
-def _token(value, name: str, N: int | None) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a token id (int), got {value!r} ({type(value).__name__})")
-    value = int(value)
-    # before the vocabulary size is known, ids must at least fit the int64 token arrays
-    if value < 0 or value >= (N if N is not None else INT64_MAX + 1):
-        bound = N if N is not None else "N (the vocabulary size; at most 2**63 - 1)"
-        raise ValueError(f"{name} must be a token id in [0, {bound}), got {value}")
-    return value
-
-
-def _eos(eos, N: int | None) -> tuple[int, ...]:
-    if eos is None:
-        return ()
-    ids = [eos] if isinstance(eos, (int, np.integer)) and not isinstance(eos, bool) else eos
-    try:
-        ids = list(ids)
-    except TypeError:
-        raise TypeError(f"eos must be a token id, a list of ids or None, got {eos!r}") from None
-    if not ids:
-        raise ValueError("eos must not be an empty list (use None for no end token)")
-    return tuple(sorted({_token(i, "eos", N) for i in ids}))
 
 
 # ---------------------------------------------------------------- TreeLM
@@ -370,12 +240,25 @@ class TreeLM:
     def reorder(self, state, indices):
         return state[np.asarray(indices, np.int64)]
 
+    def prefill(self, input_ids, attention_mask):
+        """The node after each (left-padded) prompt; a prompt must start with ⟨BOS⟩."""
+        node = self._walk(input_ids, attention_mask)
+        return self._rows[node], node
+
     # callable protocol
-    def __call__(self, prefixes):
+    def __call__(self, prefixes, attention_mask=None):
+        return self._rows[self._walk(prefixes, attention_mask)]
+
+    def _walk(self, prefixes, mask):
         prefixes = np.asarray(prefixes, np.int64)
         if prefixes.ndim != 2 or prefixes.shape[1] < 1:
             raise ValueError(f"prefixes must be (B, t) with t >= 1, got shape {prefixes.shape}")
-        node = np.where(prefixes[:, 0] == self.bos, 0, self._dead)
-        for j in range(1, prefixes.shape[1]):
-            node = self._child[node, prefixes[:, j]]
-        return self._rows[node]
+        if mask is None:
+            mask = np.ones(prefixes.shape, np.int64)
+        node = np.full(len(prefixes), -1, np.int64)        # -1: before ⟨BOS⟩
+        for j in range(prefixes.shape[1]):
+            tok, on = prefixes[:, j], np.asarray(mask)[:, j] != 0
+            nxt = np.where(node < 0, np.where(tok == self.bos, 0, self._dead),
+                           self._child[np.maximum(node, 0), tok])
+            node = np.where(on, nxt, node)
+        return np.where(node < 0, self._dead, node)

@@ -1,8 +1,11 @@
 """Searches over a language model: greedy, beam search, exhaustive and exact search.
 
-Every search returns a list of ``Hypothesis`` (best first) sharing one
-``SearchStats`` record.  A hypothesis has ``max_len`` tokens or ends at an
-``eos`` token (kept in ``tokens``).  Candidates of log-probability -inf (a
+Every search starts from ⟨BOS⟩ (``bos=``) or from prompts (``prompt=``: one
+list of ids, or a batch: a 2-D array with ``attention_mask`` for left padding,
+or a list of token lists) and returns a list of ``Hypothesis`` (best first)
+sharing one ``SearchStats`` record; for a batch of prompts, one such list per
+prompt.  A hypothesis has ``max_len`` new tokens or ends at an ``eos`` token
+(kept in ``tokens``; the prompt is not).  Candidates of log-probability -inf (a
 pruned ``TreeLM`` path) are never kept; a search that finds no sequence of
 finite log-probability raises ``ValueError``.
 """
@@ -18,8 +21,11 @@ import numpy as np
 
 from fastdl import registry
 from fastdl._validate import check_int, check_real
-from fastdl.decode.lm import INT64_MAX, Model
-from fastdl.decode.ops import beam_topk, log_softmax
+from fastdl.decode._model import Model, token_id
+from fastdl.decode.beams import Backpointers, BeamConfig, _pow_exceeds, no_sequence, run_beams
+from fastdl.decode.lm import INT64_MAX
+from fastdl.decode.ops import log_softmax
+from fastdl.decode.prompts import Prompts, prompts as _prompts
 
 __all__ = ["Hypothesis", "SearchStats", "greedy", "beam_search", "exhaustive_search",
            "exact_search"]
@@ -29,17 +35,23 @@ __all__ = ["Hypothesis", "SearchStats", "greedy", "beam_search", "exhaustive_sea
 class SearchStats:
     """What a search did, for a complexity report.
 
-    ``candidates_scored`` is Σ_t B_t·N.  ``hypothesis_tokens`` is what the
+    ``prompts`` is the batch size; ``candidates_scored`` is Σ_t B_t·N summed
+    over the prompts (B_t the live hypotheses; ``padded_rows`` counts the rows a
+    batch carried only to keep every prompt's beams the same width).  ``hypothesis_tokens`` is what the
     search stores for its hypotheses (backpointers: one token per live
     hypothesis per step, O(B·T)); ``prefix_copy_tokens`` is what copying each
     beam's whole prefix at every step, as textbook beam search does, would move
-    (Σ_t B_t·t, O(B·T²)).  Times are wall seconds; ``search_time_s`` is
-    everything but the LM calls; ``kernel_time_s`` is the ``beam_topk`` calls.
+    (Σ_t B_t·t, O(B·T²)).  Times are wall seconds: ``lm_time_s`` the model's
+    forward passes (and its ``initial_state``/``prefill``); ``search_time_s``
+    everything else, including ``reorder_time_s``, the model's ``reorder`` calls
+    (cache bookkeeping the search asks for, as Hugging Face counts its cache
+    reordering outside the model); ``kernel_time_s`` is the ``beam_topk`` calls.
     The one-time import of the compiled backend on a process's first search
     happens before the clock starts.
     """
 
     algorithm: str
+    prompts: int = 1
     lm_calls: int = 0
     steps: int = 0
     candidates_scored: int = 0
@@ -48,8 +60,10 @@ class SearchStats:
     hypothesis_tokens: int = 0
     prefix_copy_tokens: int = 0
     lm_time_s: float = 0.0
+    reorder_time_s: float = 0.0
     kernel_time_s: float = 0.0
     dead_ends: int = 0
+    padded_rows: int = 0
     total_time_s: float = 0.0
     trace: list | None = None
 
@@ -72,15 +86,6 @@ class Hypothesis:
     log_prob: float
     score: float
     stats: SearchStats = field(compare=False, repr=False)
-
-
-def _pow_exceeds(N: int, T: int, bound: int) -> bool:
-    """N**T > bound, without building N**T when it is astronomically large."""
-    if N <= 1:
-        return 1 > bound
-    if T * math.log2(N) > math.log2(max(bound, 1)) + 2:
-        return True
-    return N ** T > bound
 
 
 def _count(value, name: str, minimum: int = 0) -> int:
@@ -110,97 +115,18 @@ def _common(max_len, length_penalty=0.0):
     return max_len, alpha
 
 
-class _Backpointers:
-    """Per step: each live row's parent row and token; O(Σ B_t) memory."""
-
-    def __init__(self):
-        self.parents: list[np.ndarray] = []
-        self.tokens: list[np.ndarray] = []
-
-    def push(self, parents, tokens, stats):
-        self.parents.append(parents)
-        self.tokens.append(tokens)
-        stats.hypothesis_tokens += len(tokens)
-        stats.prefix_copy_tokens += len(tokens) * len(self.tokens)
-
-    def tokens_of(self, depth: int, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), depth) tokens of the hypotheses ``rows`` at ``depth``."""
-        rows = np.asarray(rows, np.int64)
-        out = np.empty((len(rows), depth), np.int64)
-        for d in range(depth, 0, -1):
-            out[:, d - 1] = self.tokens[d - 1][rows]
-            rows = self.parents[d - 1][rows]
-        return out
-
-
-class _Finished:
-    """The best ``capacity`` finished hypotheses (Hugging Face's BeamHypotheses):
-    a min-heap on score; a newcomer enters when there is room or it beats the worst."""
-
-    def __init__(self, capacity: int, alpha: float, stats: SearchStats):
-        self.capacity, self.alpha, self.stats = capacity, alpha, stats
-        self.heap: list = []
-        self.order = itertools.count()
-
-    def score(self, log_prob: float, length: int) -> float:
-        return log_prob / length ** self.alpha if self.alpha else log_prob
-
-    def worst(self) -> float:
-        return self.heap[0][0]
-
-    def add(self, log_prob: float, tokens: tuple):
-        s = self.score(log_prob, len(tokens))
-        if len(self.heap) < self.capacity or s > self.worst():
-            # among equal scores the later one is the worse (it leaves first)
-            heapq.heappush(self.heap, (s, -next(self.order), log_prob, tokens))
-            self.stats.heap_pushes += 1
-            if len(self.heap) > self.capacity:
-                heapq.heappop(self.heap)
-                self.stats.heap_pops += 1
-
-    def done(self, best_live: float, cur_len: int, max_len: int, early_stopping) -> bool:
-        if len(self.heap) < self.capacity:
-            return False
-        if early_stopping is True:
-            return True
-        length = max_len if (early_stopping == "never" and self.alpha > 0) else cur_len
-        return self.worst() >= self.score(best_live, length)
-
-    def best(self, n: int):
-        items = sorted(self.heap, key=lambda e: (-e[0], -e[1]))[:n]
-        return [(tokens, log_prob, s) for s, _, log_prob, tokens in items]
-
-
-def _no_sequence(where: str) -> ValueError:
-    return ValueError(f"{where}: every continuation of the live prefixes has log-probability "
-                      "-inf, so no sequence of max_len tokens (or ending in eos) has a finite "
-                      "log-probability; lower max_len or give the model an eos token")
-
-
-def _check_beam_args(beam_width, num_return, early_stopping, min_len, no_repeat_ngram_size):
-    B = _count(beam_width, "beam_width", minimum=1)
-    num_return = B if num_return is None else _count(num_return, "num_return", minimum=1)
+def _check_beam_args(beam_width, num_return, early_stopping, min_len, no_repeat_ngram_size,
+                     names=("beam_width", "num_return")):
+    B = _count(beam_width, names[0], minimum=1)
+    num_return = B if num_return is None else _count(num_return, names[1], minimum=1)
     if num_return > B:
-        raise ValueError(f"num_return must be <= beam_width ({B}), got {num_return}")
+        raise ValueError(f"{names[1]} must be <= {names[0]} ({B}), got {num_return}")
     if isinstance(early_stopping, (bool, np.bool_)):
         early_stopping = bool(early_stopping)
     elif not (isinstance(early_stopping, str) and early_stopping == "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
     return (B, num_return, early_stopping, _count(min_len, "min_len"),
             _count(no_repeat_ngram_size, "no_repeat_ngram_size"))
-
-
-def _banned_ngrams(seqs: np.ndarray, n: int):
-    """Per row, the tokens that would repeat an n-gram of that row (⟨BOS⟩ included)."""
-    out = []
-    for seq in seqs.tolist():
-        if len(seq) < n:
-            out.append(())
-            continue
-        tail = tuple(seq[len(seq) - n + 1:])
-        out.append(tuple({seq[i + n - 1] for i in range(len(seq) - n + 1)
-                          if tuple(seq[i:i + n - 1]) == tail}))
-    return out
 
 
 def _trace_step(t, lp, normalize, scores, bp, cs, cb, cj):
@@ -214,103 +140,59 @@ def _trace_step(t, lp, normalize, scores, bp, cs, cb, cj):
     return {"step": t, "candidates": cands, "selected": chosen}
 
 
-def _beam(lm, B, max_len, *, bos, eos, length_penalty, num_return, early_stopping, min_len,
-          no_repeat_ngram_size, trace, backend, algorithm):
+def _start(bos, prompt, attention_mask) -> Prompts:
+    if prompt is None and bos is None:
+        raise ValueError("give bos (a start token id) or prompt= (the prompts' token ids)")
+    if prompt is not None and bos is not None:
+        raise ValueError("give bos or prompt=, not both: a prompt includes its start token")
+    if bos is not None:
+        token_id(bos, "bos", None)              # the id must fit the int64 prompt array
+    # lists of different lengths are left-padded with 0 under a mask: the model never
+    # reads the padding, and n-gram bans skip it
+    return _prompts(prompt, attention_mask, bos=bos, pad=0, name="prompt")
+
+
+def _shape(p: Prompts, per_prompt):
+    return per_prompt[0] if p.single else per_prompt
+
+
+def _beam(lm, B, max_len, *, bos, eos, prompt, attention_mask, length_penalty, num_return,
+          early_stopping, min_len, no_repeat_ngram_size, trace, backend, algorithm):
     _load_backends(("beam_topk", "log_softmax"), backend)
+    p = _start(bos, prompt, attention_mask)
+    if trace and p.batch > 1:
+        raise ValueError(f"trace=True records the candidates of one prompt; got {p.batch}")
     start = time.perf_counter()
-    stats = SearchStats(algorithm, trace=[] if trace else None)
+    stats = SearchStats(algorithm, prompts=p.batch, trace=[] if trace else None)
     model = Model(lm, bos, eos, stats)
-    eos_set = frozenset(model.eos)
-    finished = _Finished(B, length_penalty, stats)
-    bp = _Backpointers()
-    # room for eos candidates: Hugging Face takes max(2, 1 + n_eos)·B; without eos the
-    # extra B could only ever be the next beams' runners-up, so they are not fetched
-    k_factor = 1 + len(eos_set)
-    model.start(1)                  # one copy of ⟨BOS⟩: no duplicate beams
-    scores = np.zeros(1)
-    for t in range(1, max_len + 1):
-        last = t == max_len
-        lp, m = model.step()
-        rows, N = lp.shape
-        if t == 1 and not _pow_exceeds(N, max_len, B - 1):
-            raise ValueError(f"beam_width must be <= the number of sequences N^max_len = "
-                             f"{N}^{max_len}, got {B}")
-        stats.steps += 1
-        stats.candidates_scored += rows * N
-        ban_eos = eos_set and t - 1 < min_len
-        normalize = not model.normalized
-        if ban_eos or no_repeat_ngram_size:
-            # bans remove tokens from the model's distribution, not from its logits
-            lp = log_softmax(lp, backend=backend) if normalize else lp.copy()
-            lp[m == -np.inf] = -np.inf             # log_softmax made a dead row NaN
-            normalize = False
-            if ban_eos:
-                lp[:, list(eos_set)] = -np.inf
-            if no_repeat_ngram_size:
-                seqs = np.concatenate([np.full((rows, 1), model.bos),
-                                       bp.tokens_of(t - 1, np.arange(rows))], axis=1)
-                for r, toks in enumerate(_banned_ngrams(seqs, no_repeat_ngram_size)):
-                    lp[r, list(toks)] = -np.inf
-        scores = scores.astype(lp.dtype, copy=False)
-        # at max_len every candidate ends, and only the best B may finish
-        k = min(B if last else k_factor * B, rows * N)
-        t0 = time.perf_counter()
-        cs, cb, cj = beam_topk(lp, scores, k, normalize=normalize, backend=backend)
-        stats.kernel_time_s += time.perf_counter() - t0
-        if trace:
+    cfg = BeamConfig(B, max_len, alpha=length_penalty, num_return=num_return,
+                     early_stopping=early_stopping, min_new=min_len, ngram=no_repeat_ngram_size)
+    hook = None
+    if trace:
+        def hook(t, lp, normalize, scores, bp, cs, cb, cj):
             stats.trace.append(_trace_step(t, lp, normalize, scores, bp, cs, cb, cj))
-        par, tok, sc, ends = [], [], [], []
-        for rank, (s, b, j) in enumerate(zip(cs.tolist(), cb.tolist(), cj.tolist())):
-            if s == -math.inf:
-                break
-            if last or j in eos_set:
-                # an ending candidate competes for the finished list only from the best
-                # B ranks; the others were fetched to keep B beams alive
-                if rank < B:
-                    ends.append((s, b, j))
-                continue
-            par.append(b)
-            tok.append(j)
-            sc.append(s)
-            if len(par) == B:
-                break
-        if last and ends:                          # the finished tokens are kept hypotheses too
-            bp.push(np.array([b for _, b, _ in ends], np.int64),
-                    np.array([j for _, _, j in ends], np.int64), stats)
-            seqs = bp.tokens_of(t, np.arange(len(ends)))
-            for (s, _, _), seq in zip(ends, seqs.tolist()):
-                finished.add(s, tuple(seq))
-        else:
-            for s, b, j in ends:
-                finished.add(s, tuple(bp.tokens_of(t - 1, [b])[0].tolist()) + (j,))
-        if not par:                 # max_len reached, or every live continuation ended or is -inf
-            if not finished.heap:
-                raise _no_sequence(f"step {t}")
-            break
-        par_a, tok_a = np.array(par, np.int64), np.array(tok, np.int64)
-        bp.push(par_a, tok_a, stats)
-        scores = np.array(sc, lp.dtype)
-        # stop only after this step's hypotheses joined the finished list
-        if finished.done(sc[0], t, max_len, early_stopping):
-            break
-        model.advance(par_a, tok_a)
+    results, _ = run_beams(model, p, cfg, stats, backend, trace_step=hook)
     stats.total_time_s = time.perf_counter() - start
-    return [Hypothesis(tokens, float(lp_), float(s), stats)
-            for tokens, lp_, s in finished.best(num_return)]
+    return _shape(p, [[Hypothesis(tokens, float(lp_), float(s), stats)
+                       for tokens, lp_, s, _ in best] for best in results])
 
 
-def greedy(lm, max_len, *, bos, eos=None, backend: str | None = None):
+def greedy(lm, max_len, *, bos=None, eos=None, prompt=None, attention_mask=None,
+           backend: str | None = None):
     """Greedy decoding: the most likely next token at every step (lowest id on ties).
 
-    Identical to ``beam_search`` with ``beam_width=1``.  Returns ``[Hypothesis]``.
+    Identical to ``beam_search`` with ``beam_width=1``.  Starts from ``bos`` or
+    from ``prompt`` (see the module docstring).  Returns ``[Hypothesis]``, or
+    one such list per prompt for a batch.
     """
     max_len, _ = _common(max_len)
-    return _beam(lm, 1, max_len, bos=bos, eos=eos, length_penalty=0.0, num_return=1,
-                 early_stopping=True, min_len=0, no_repeat_ngram_size=0, trace=False,
-                 backend=backend, algorithm="greedy")
+    return _beam(lm, 1, max_len, bos=bos, eos=eos, prompt=prompt, attention_mask=attention_mask,
+                 length_penalty=0.0, num_return=1, early_stopping=True, min_len=0,
+                 no_repeat_ngram_size=0, trace=False, backend=backend, algorithm="greedy")
 
 
-def beam_search(lm, beam_width, max_len, *, bos, eos=None, length_penalty=0.0, num_return=None,
+def beam_search(lm, beam_width, max_len, *, bos=None, eos=None, prompt=None, attention_mask=None,
+                length_penalty=0.0, num_return=None,
                 early_stopping=True, min_len=0, no_repeat_ngram_size=0, trace=False,
                 backend: str | None = None):
     """Beam search with backpointers, following Hugging Face ``generate(num_beams=...)``.
@@ -329,7 +211,7 @@ def beam_search(lm, beam_width, max_len, *, bos, eos=None, length_penalty=0.0, n
     live beam most (``max_len`` when α > 0).  ``length_penalty`` α: score =
     log_prob / len^α, len counting eos (0: the raw log-likelihood).
     ``min_len`` forbids eos before that many tokens; ``no_repeat_ngram_size`` n
-    forbids repeating an n-gram (⟨BOS⟩ included).  ``trace=True`` records every
+    forbids repeating an n-gram (⟨BOS⟩ or the prompt included).  ``trace=True`` records every
     step's candidates in ``stats.trace`` (small vocabularies).  Returns the
     best ``num_return`` (default ``beam_width``) hypotheses by score; fewer
     when fewer sequences have a finite log-probability (Hugging Face would
@@ -339,32 +221,46 @@ def beam_search(lm, beam_width, max_len, *, bos, eos=None, length_penalty=0.0, n
     max_len, length_penalty = _common(max_len, length_penalty)
     B, num_return, early_stopping, min_len, ngram = _check_beam_args(
         beam_width, num_return, early_stopping, min_len, no_repeat_ngram_size)
-    return _beam(lm, B, max_len, bos=bos, eos=eos, length_penalty=length_penalty,
-                 num_return=num_return, early_stopping=early_stopping, min_len=min_len,
+    return _beam(lm, B, max_len, bos=bos, eos=eos, prompt=prompt, attention_mask=attention_mask,
+                 length_penalty=length_penalty, num_return=num_return, early_stopping=early_stopping, min_len=min_len,
                  no_repeat_ngram_size=ngram, trace=bool(trace), backend=backend,
                  algorithm="beam_search")
 
 
-def exhaustive_search(lm, max_len, *, bos, eos=None, top=1, limit=1_000_000,
-                      backend: str | None = None):
+def _each(p: Prompts):
+    """The prompts one by one, unpadded (the searches below are per sequence)."""
+    for i in range(p.batch):
+        row = p.row(i)
+        yield Prompts(row[None, :].copy(), None, np.array([row.size], np.int64), True)
+
+
+def exhaustive_search(lm, max_len, *, bos=None, eos=None, prompt=None, attention_mask=None,
+                      top=1, limit=1_000_000, backend: str | None = None):
     """Score every sequence by brute force: N^max_len of them, level by
     level, O(T·N^T) time.  Refuses (``ValueError``) when N^max_len > ``limit``.
-    Returns the best ``top`` hypotheses; equal scores in token order."""
+    Returns the best ``top`` hypotheses; equal scores in token order.  A batch
+    of prompts is searched one prompt after the other."""
     _load_backends(("log_softmax",), backend)
-    start = time.perf_counter()
     max_len, _ = _common(max_len)
     top = _count(top, "top", minimum=1)
     limit = _count(limit, "limit", minimum=1)
+    p = _start(bos, prompt, attention_mask)
+    return _shape(p, [_exhaustive(lm, max_len, bos, eos, one, top, limit, backend)
+                      for one in _each(p)])
+
+
+def _exhaustive(lm, max_len, bos, eos, prompt, top, limit, backend):
+    start = time.perf_counter()
     stats = SearchStats("exhaustive_search")
     model = Model(lm, bos, eos, stats)
     eos_set = np.array(model.eos, np.int64)
-    bp = _Backpointers()
+    bp = Backpointers()
     done = []        # complete sequences, by batch: (depth, rows, scores, eos token or None)
 
     def finish(depth, rows, scores, extra=None):
         done.append((depth, rows, scores, extra))
 
-    model.start(1)
+    model.start(prompt)
     scores = np.zeros(1)
     for t in range(1, max_len + 1):
         lp, _ = model.step()
@@ -396,7 +292,7 @@ def exhaustive_search(lm, max_len, *, bos, eos=None, top=1, limit=1_000_000,
     every = np.concatenate([sc for _, _, sc, _ in done])
     finite = every[every > -np.inf]                    # probability-0 sequences are not results
     if finite.size == 0:
-        raise _no_sequence("exhaustive_search")
+        raise no_sequence("exhaustive_search")
     m = min(top, finite.size)
     bar = np.partition(finite, finite.size - m)[finite.size - m]
     cands = []
@@ -411,7 +307,8 @@ def exhaustive_search(lm, max_len, *, bos, eos=None, top=1, limit=1_000_000,
     return [Hypothesis(seq, float(score), float(score), stats) for score, seq in best]
 
 
-def exact_search(lm, max_len, *, bos, eos=None, max_expansions=None, backend: str | None = None):
+def exact_search(lm, max_len, *, bos=None, eos=None, prompt=None, attention_mask=None,
+                 max_expansions=None, backend: str | None = None):
     """The most likely sequence (the true argmax of Σ log p) by best-first
     (uniform-cost) search.
 
@@ -421,12 +318,19 @@ def exact_search(lm, max_len, *, bos, eos=None, max_expansions=None, backend: st
     ``exhaustive_search(top=1)`` wherever both run.  ``max_expansions``: LM
     calls allowed before giving up with ``ValueError``.  For a stateful model
     each expansion branches its node's state with ``reorder(state, [0])``.
+    A batch of prompts is searched one prompt after the other.
     """
     _load_backends(("log_softmax",), backend)
-    start = time.perf_counter()
     max_len, _ = _common(max_len)
     if max_expansions is not None:
         max_expansions = _count(max_expansions, "max_expansions", minimum=1)
+    p = _start(bos, prompt, attention_mask)
+    return _shape(p, [_exact(lm, max_len, bos, eos, one, max_expansions, backend)
+                      for one in _each(p)])
+
+
+def _exact(lm, max_len, bos, eos, prompt, max_expansions, backend):
+    start = time.perf_counter()
     stats = SearchStats("exact_search")
     model = Model(lm, bos, eos, stats)
     eos_set = frozenset(model.eos)
@@ -436,9 +340,8 @@ def exact_search(lm, max_len, *, bos, eos=None, max_expansions=None, backend: st
     frontier = [(-0.0, (), False, next(order))]
     stats.heap_pushes += 1
     held = 0                     # tokens held by the frontier's prefixes
-    model.start(1)
-    if model.stateful:
-        states[frontier[0][3]] = model.state
+    model.start(prompt)          # the root's expansion runs the prompt through the model
+    head = tuple(prompt.ids[0].tolist())
     while frontier:
         neg, tokens, complete, nid = heapq.heappop(frontier)
         stats.heap_pops += 1
@@ -449,14 +352,13 @@ def exact_search(lm, max_len, *, bos, eos=None, max_expansions=None, backend: st
         if max_expansions is not None and stats.lm_calls >= max_expansions:
             raise ValueError(f"exact_search expanded max_expansions={max_expansions} prefixes "
                              "without proving an optimum; raise max_expansions")
-        model.t = len(tokens)
-        model.last = np.array([tokens[-1] if tokens else model.bos], np.int64)
-        if model.stateful:
-            model.state = states.pop(nid)
-            if tokens:
-                model.state = model.branch(model.state)
-        else:
-            model.hist = np.array([(model.bos,) + tokens], np.int64)
+        if tokens:
+            model.t = len(tokens)
+            model.last = np.array([tokens[-1]], np.int64)
+            if model.stateful:
+                model.state = model.branch(states.pop(nid))
+            else:
+                model.hist = np.array([head + tokens], np.int64)
         lp, _ = model.step()
         stats.steps += 1
         stats.candidates_scored += lp.shape[1]
@@ -473,4 +375,4 @@ def exact_search(lm, max_len, *, bos, eos=None, max_expansions=None, backend: st
             if not done and model.stateful:
                 states[cid] = model.state
         stats.hypothesis_tokens = max(stats.hypothesis_tokens, held)
-    raise _no_sequence(f"exact_search, after {stats.steps} expansions")
+    raise no_sequence(f"exact_search, after {stats.steps} expansions")
