@@ -104,6 +104,14 @@ def _compare(got, want, *, P, beam, eos):
         np.testing.assert_allclose(got.sequences_scores, expect, rtol=1e-5, atol=1e-5)
 
 
+def _same_without_scores(got, plain):
+    # without output_scores the search may take other paths (no processed copy of the
+    # scores): the same result all the same
+    assert plain.scores is None
+    np.testing.assert_array_equal(plain.sequences, got.sequences)
+    np.testing.assert_allclose(plain.sequences_scores, got.sequences_scores, rtol=2e-6, atol=2e-6)
+
+
 # -- the harness itself ---------------------------------------------------------------
 
 @pytest.mark.parametrize("batch", [1, 4])
@@ -165,6 +173,7 @@ def test_greedy_equals_hf(models, wrap, c):
                        **_kw(c))
     got = generate(wrap(model), ids, attention_mask=mask, output_scores=True, **_kw(c))
     _compare(got, want, P=ids.shape[1], beam=False, eos=c["eos"])
+    _same_without_scores(got, generate(wrap(model), ids, attention_mask=mask, **_kw(c)))
     np.testing.assert_array_equal(ids, ids0)          # the caller's arrays are not changed
     np.testing.assert_array_equal(mask, mask0)
 
@@ -219,6 +228,7 @@ def test_beam_search_equals_hf(models, wrap, c):
     want = hf_generate(model, ids, mask, do_sample=False, use_cache=_cached(wrap), **_kw(c))
     got = generate(wrap(model), ids, attention_mask=mask, output_scores=True, **_kw(c))
     _compare(got, want, P=ids.shape[1], beam=c["num_beams"] > 1, eos=c["eos"])
+    _same_without_scores(got, generate(wrap(model), ids, attention_mask=mask, **_kw(c)))
 
 
 def test_grid_has_early_eos(models):

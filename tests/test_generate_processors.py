@@ -227,3 +227,18 @@ def test_same_seed_same_samples(models):
     b = generate(PaddedGPT2LM(models[0]), ids, seed=4, **kw)
     np.testing.assert_array_equal(a.sequences, b.sequences)
     np.testing.assert_array_equal(a.sequences_scores, b.sequences_scores)
+
+
+def test_sampling_num_return_sequences_rows(models):
+    # HF's layout: the samples of each prompt are adjacent rows
+    ids, mask = left_pad(PROMPTS[4])
+    kw = dict(do_sample=True, num_return_sequences=3, top_k=10, eos_token_id=[EOS_A, EOS_B],
+              pad_token_id=PAD)
+    lm = PaddedGPT2LM(models[0])
+    got = generate(lm, ids, attention_mask=mask, max_new_tokens=4, seed=9, output_scores=True,
+                   **kw)
+    torch.manual_seed(0)
+    want = hf_generate(models[0], ids, mask, max_new_tokens=1, **kw)
+    _assert_scores(got.scores[0], want.scores[0].numpy(), "step 0")
+    rids, rmask = np.repeat(ids, 3, axis=0), np.repeat(mask, 3, axis=0)
+    _check_all_steps(lm, rids, rmask, got, hf_processors(rmask, top_k=10), [EOS_A, EOS_B])
