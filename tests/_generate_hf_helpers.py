@@ -5,6 +5,7 @@ left-padded prompts, left padding, and Hugging Face ``generate`` called the same
 Only imported by modules that have already skipped without torch/transformers.
 """
 import numpy as np
+import pytest
 import torch
 import transformers
 
@@ -136,3 +137,25 @@ def set_torch_threads():
         yield
     finally:
         torch.set_num_threads(n)
+
+
+def _wrappers():
+    """The ways fastdl drives the GPT-2: the callable over padded prefixes, and the
+    Hugging Face wrapper (a stateful LM over the model's own cache) where it exists."""
+    yield pytest.param(PaddedGPT2LM, id="callable")
+    try:
+        from fastdl.decode.hf import CausalLM
+    except ImportError:
+        CausalLM = None
+    yield pytest.param(CausalLM, id="CausalLM", marks=pytest.mark.skipif(
+        CausalLM is None, reason="fastdl.decode.hf.CausalLM is not available"))
+
+
+WRAPPERS = list(_wrappers())
+
+
+def cached(wrap):
+    """Whether HF should run over its cache to be compared with ``wrap``: the callable
+    computes full prefixes, as HF without its cache; a cache-driving wrapper is compared
+    with HF over its cache (the nearest float32 rounding)."""
+    return wrap is not PaddedGPT2LM

@@ -17,8 +17,8 @@ transformers = pytest.importorskip("transformers")
 from fastdl.decode import generate  # noqa: E402
 
 from _generate_hf_helpers import (BOS, EOS_A, EOS_B, N_POSITIONS, PAD, PROMPTS, V,  # noqa: E402
-                                  PaddedGPT2LM, Recorder, gpt2, grow, hf_generate, left_pad,
-                                  set_torch_threads)
+                                  WRAPPERS, PaddedGPT2LM, Recorder, cached, gpt2, grow,
+                                  hf_generate, left_pad, set_torch_threads)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -29,27 +29,6 @@ def _one_torch_thread():
 @pytest.fixture(scope="module")
 def models():
     return {(seed, boost): gpt2(seed, boost) for seed in (0, 1) for boost in (0.0, 0.3, 0.5, 0.7)}
-
-
-def _wrappers():
-    """The ways fastdl drives the GPT-2: the callable over padded prefixes, and the
-    Hugging Face wrapper (a stateful LM over the model's own cache) where it exists."""
-    yield pytest.param(PaddedGPT2LM, id="callable")
-    try:
-        from fastdl.decode.hf import CausalLM
-    except ImportError:
-        CausalLM = None
-    yield pytest.param(CausalLM, id="CausalLM", marks=pytest.mark.skipif(
-        CausalLM is None, reason="fastdl.decode.hf.CausalLM is not available"))
-
-
-WRAPPERS = list(_wrappers())
-
-
-def _cached(wrap):
-    # the callable computes full prefixes, as HF without its cache; a cache-driving
-    # wrapper is compared with HF over its cache (the nearest float32 rounding)
-    return wrap is not PaddedGPT2LM
 
 
 def _eos_set(eos):
@@ -169,7 +148,7 @@ def test_greedy_equals_hf(models, wrap, c):
     model = models[c["seed"], c["boost"]]
     ids, mask = _prompts(c)
     ids0, mask0 = ids.copy(), mask.copy()
-    want = hf_generate(model, ids, mask, do_sample=False, num_beams=1, use_cache=_cached(wrap),
+    want = hf_generate(model, ids, mask, do_sample=False, num_beams=1, use_cache=cached(wrap),
                        **_kw(c))
     got = generate(wrap(model), ids, attention_mask=mask, output_scores=True, **_kw(c))
     _compare(got, want, P=ids.shape[1], beam=False, eos=c["eos"])
@@ -219,13 +198,25 @@ def _beam_cases():
 
 BEAM = list(_beam_cases())
 
+# a fastdl bug, reported; strict: the test fails as soon as the bug is fixed (drop the mark)
+PAD_IS_SMALLEST_EOS = pytest.mark.xfail(strict=True, reason=(
+    "fastdl bug: without pad_token_id, generate pads with the smallest eos id (eos_ids sorts "
+    "the list) where HF pads with the first eos as given"))
+
+
+def _beam_params():
+    for c in BEAM:
+        eos = c["eos"]
+        bug = c.get("pad", PAD) is None and isinstance(eos, list) and eos != sorted(eos)
+        yield pytest.param(c, marks=[PAD_IS_SMALLEST_EOS] if bug else [])
+
 
 @pytest.mark.parametrize("wrap", WRAPPERS)
-@pytest.mark.parametrize("c", BEAM, ids=_ids)
+@pytest.mark.parametrize("c", list(_beam_params()), ids=_ids)
 def test_beam_search_equals_hf(models, wrap, c):
     model = models[c["seed"], c["boost"]]
     ids, mask = _prompts(c)
-    want = hf_generate(model, ids, mask, do_sample=False, use_cache=_cached(wrap), **_kw(c))
+    want = hf_generate(model, ids, mask, do_sample=False, use_cache=cached(wrap), **_kw(c))
     got = generate(wrap(model), ids, attention_mask=mask, output_scores=True, **_kw(c))
     _compare(got, want, P=ids.shape[1], beam=c["num_beams"] > 1, eos=c["eos"])
     _same_without_scores(got, generate(wrap(model), ids, attention_mask=mask, **_kw(c)))
@@ -301,14 +292,16 @@ def test_no_prompt_starts_from_bos(wrap):
 
 # -- streamer -------------------------------------------------------------------------
 
+@pytest.mark.parametrize("wrap", WRAPPERS)
 @pytest.mark.parametrize("batch", [1, 4])
-def test_streamer_receives_what_hf_streams(models, batch):
+def test_streamer_receives_what_hf_streams(models, wrap, batch):
     model = models[0, 0.5]
     ids, mask = left_pad(PROMPTS[batch])
     kw = dict(max_new_tokens=6, eos_token_id=EOS_A, pad_token_id=PAD)
     hf_rec, rec = Recorder(), Recorder()
-    out = hf_generate(model, ids, mask, do_sample=False, streamer=hf_rec, **kw)
-    got = generate(PaddedGPT2LM(model), ids, attention_mask=mask, streamer=rec, **kw)
+    out = hf_generate(model, ids, mask, do_sample=False, streamer=hf_rec, use_cache=cached(wrap),
+                      **kw)
+    got = generate(wrap(model), ids, attention_mask=mask, streamer=rec, **kw)
     np.testing.assert_array_equal(got.sequences, out.sequences.numpy())
     assert rec.ends == hf_rec.ends == 1
     assert len(rec.puts) == len(hf_rec.puts) == 1 + got.sequences.shape[1] - ids.shape[1]
@@ -396,12 +389,17 @@ def test_eos_outside_the_vocabulary(models, wrap):
     _bad(models, "pad_token_id", wrap=wrap, eos_token_id=EOS_A, pad_token_id=V)
 
 
-def test_bos_missing_or_outside_the_vocabulary(models):
-    lm = PaddedGPT2LM(models[0, 0.0])
+def test_bos_missing(models):
     with pytest.raises(ValueError, match="bos_token_id"):   # no prompt and no bos
-        generate(lm, max_new_tokens=2)
+        generate(PaddedGPT2LM(models[0, 0.0]), max_new_tokens=2)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "fastdl bug: a bos_token_id outside the vocabulary is checked only as the prompt it "
+    "makes: the ValueError names input_ids, not bos_token_id"))
+def test_bos_outside_the_vocabulary(models):
     with pytest.raises(ValueError, match="bos_token_id"):
-        generate(lm, max_new_tokens=2, bos_token_id=V)
+        generate(PaddedGPT2LM(models[0, 0.0]), max_new_tokens=2, bos_token_id=V)
 
 
 def test_early_stopping_value(models):

@@ -18,8 +18,9 @@ from transformers.generation import logits_process as lp  # noqa: E402
 
 from fastdl.decode import generate  # noqa: E402
 
-from _generate_hf_helpers import (EOS_A, EOS_B, PAD, PROMPTS, PaddedGPT2LM,  # noqa: E402
-                                  gpt2, grow, hf_generate, left_pad, set_torch_threads)
+from _generate_hf_helpers import (EOS_A, EOS_B, PAD, PROMPTS, WRAPPERS,  # noqa: E402
+                                  PaddedGPT2LM, cached, gpt2, grow, hf_generate, left_pad,
+                                  set_torch_threads)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -95,14 +96,16 @@ def _assert_scores(got, want, msg):
 
 
 @pytest.mark.filterwarnings("ignore:Unfeasible length constraints")   # min_new_tokens > 1 step
+@pytest.mark.parametrize("wrap", WRAPPERS)
 @pytest.mark.parametrize("c", FILTERS, ids=_ids)
-def test_first_step_scores_equal_hf_sampling_scores(models, c):
+def test_first_step_scores_equal_hf_sampling_scores(models, wrap, c):
     # HF's sampling scores are the processed and warped logits
     ids, mask = left_pad(PROMPTS[4])
     kw = dict(c, eos_token_id=[EOS_A, EOS_B], pad_token_id=PAD)
     torch.manual_seed(0)
-    want = hf_generate(models[0], ids, mask, do_sample=True, max_new_tokens=1, **kw)
-    got = generate(PaddedGPT2LM(models[0]), ids, attention_mask=mask, do_sample=True,
+    want = hf_generate(models[0], ids, mask, do_sample=True, max_new_tokens=1,
+                       use_cache=cached(wrap), **kw)
+    got = generate(wrap(models[0]), ids, attention_mask=mask, do_sample=True,
                    max_new_tokens=1, seed=0, output_scores=True, **kw)
     _assert_scores(got.scores[0], want.scores[0].numpy(), "step 0")
 
