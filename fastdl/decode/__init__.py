@@ -18,3 +18,12 @@ from fastdl.decode.search import (Hypothesis, SearchStats, beam_search, exact_se
 __all__ = ["topk", "log_softmax", "beam_topk", "DECODE_OPS", "Logits", "TreeLM", "Hypothesis",
            "SearchStats", "greedy", "beam_search", "exhaustive_search", "exact_search", "sample",
            "examples", "generate", "GenerateOutput"]
+
+
+def __getattr__(name):
+    # fastdl.decode.hf imports torch and transformers only when a model is wrapped, but
+    # the module itself is loaded on first use of the name
+    if name == "hf":
+        import importlib
+        return importlib.import_module("fastdl.decode.hf")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

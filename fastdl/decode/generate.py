@@ -130,15 +130,19 @@ def generate(lm, input_ids=None, *, attention_mask=None, max_new_tokens, min_new
     eos = eos_token_id if eos_token_id is not None else _attr(lm, "eos_token_id")
     pad = pad_token_id if pad_token_id is not None else _attr(lm, "pad_token_id")
     bos = bos_token_id if bos_token_id is not None else _attr(lm, "bos_token_id")
+    first_eos = eos if isinstance(eos, (numbers.Integral, type(None))) else \
+        next(iter(eos), None)
     eos = eos_ids(eos, None, "eos_token_id")
     if pad is None and eos:
-        pad = eos[0]
+        pad = first_eos                     # Hugging Face pads with the first eos given
     if pad is not None:
         pad = token_id(pad, "pad_token_id", None)
     if input_ids is None and bos is None:
         raise ValueError("give input_ids (the prompts) or bos_token_id (the model has none)")
-    p = _prompts(input_ids, attention_mask, bos=None if input_ids is not None else
-                 token_id(bos, "bos_token_id", None), pad=pad)
+    if input_ids is None:
+        p = _prompts(None, bos=token_id(bos, "bos_token_id", None), name="bos_token_id")
+    else:
+        p = _prompts(input_ids, attention_mask, pad=pad)
     _check_length(lm, p, max_new)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     stats = SearchStats("beam_search" if B > 1 else "sample" if do_sample else "greedy",

@@ -176,5 +176,7 @@ def check_ids(p: Prompts, N: int) -> None:
     """Every unpadded token id within the vocabulary [0, N)."""
     real = p.ids if p.mask is None else p.ids[p.mask == 1]
     if real.size and int(real.max()) >= N:
+        if p.name.endswith("_id"):               # a prompt made of one given token
+            raise ValueError(f"{p.name} must be a token id in [0, {N}), got {int(real.max())}")
         raise ValueError(f"{p.name} must hold token ids in [0, {N}) (the vocabulary size), got "
                          f"{int(real.max())}")
