@@ -198,21 +198,9 @@ def _beam_cases():
 
 BEAM = list(_beam_cases())
 
-# a fastdl bug, reported; strict: the test fails as soon as the bug is fixed (drop the mark)
-PAD_IS_SMALLEST_EOS = pytest.mark.xfail(strict=True, reason=(
-    "fastdl bug: without pad_token_id, generate pads with the smallest eos id (eos_ids sorts "
-    "the list) where HF pads with the first eos as given"))
-
-
-def _beam_params():
-    for c in BEAM:
-        eos = c["eos"]
-        bug = c.get("pad", PAD) is None and isinstance(eos, list) and eos != sorted(eos)
-        yield pytest.param(c, marks=[PAD_IS_SMALLEST_EOS] if bug else [])
-
 
 @pytest.mark.parametrize("wrap", WRAPPERS)
-@pytest.mark.parametrize("c", list(_beam_params()), ids=_ids)
+@pytest.mark.parametrize("c", BEAM, ids=_ids)
 def test_beam_search_equals_hf(models, wrap, c):
     model = models[c["seed"], c["boost"]]
     ids, mask = _prompts(c)
@@ -394,9 +382,6 @@ def test_bos_missing(models):
         generate(PaddedGPT2LM(models[0, 0.0]), max_new_tokens=2)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fastdl bug: a bos_token_id outside the vocabulary is checked only as the prompt it "
-    "makes: the ValueError names input_ids, not bos_token_id"))
 def test_bos_outside_the_vocabulary(models):
     with pytest.raises(ValueError, match="bos_token_id"):
         generate(PaddedGPT2LM(models[0, 0.0]), max_new_tokens=2, bos_token_id=V)
