@@ -122,9 +122,23 @@ def _greedy_cases():
             yield dict(seed=(i + j) % 2, boost=0.0 if eos is None else (0.3, 0.5)[j], batch=batch,
                        eos=eos,
                        max_new_tokens=4 + (i + j) % 3, **extras[(2 * i + j) % len(extras)])
+    # every row ends before max_new_tokens, at different steps (the output is narrower
+    # than max_new_tokens and still padded)
+    yield dict(seed=0, boost=0.7, batch=4, eos=[EOS_A, EOS_B], max_new_tokens=8)
 
 
 GREEDY = list(_greedy_cases())
+
+# a fastdl bug, reported; strict: the test fails as soon as the bug is fixed (drop the mark)
+NARROW_OUTPUT_BUG = pytest.mark.xfail(strict=True, raises=IndexError, reason=(
+    "fastdl bug: greedy/sampling generate raises IndexError when every row ends before "
+    "max_new_tokens, at different steps (_step_output masks gen's max_new_tokens columns "
+    "with an L-column mask)"))
+
+
+def _greedy_params():
+    for c in GREEDY:
+        yield pytest.param(c, marks=[NARROW_OUTPUT_BUG] if c["max_new_tokens"] == 8 else [])
 
 
 def _ids(c):
@@ -143,7 +157,7 @@ def _prompts(c):
 
 
 @pytest.mark.parametrize("wrap", WRAPPERS)
-@pytest.mark.parametrize("c", GREEDY, ids=_ids)
+@pytest.mark.parametrize("c", list(_greedy_params()), ids=_ids)
 def test_greedy_equals_hf(models, wrap, c):
     model = models[c["seed"], c["boost"]]
     ids, mask = _prompts(c)

@@ -245,3 +245,22 @@ def test_sampling_num_return_sequences_rows(models):
     _assert_scores(got.scores[0], want.scores[0].numpy(), "step 0")
     rids, rmask = np.repeat(ids, 3, axis=0), np.repeat(mask, 3, axis=0)
     _check_all_steps(lm, rids, rmask, got, hf_processors(rmask, top_k=10), [EOS_A, EOS_B])
+
+
+@pytest.mark.xfail(strict=True, raises=IndexError, reason=(
+    "fastdl bug: greedy/sampling generate raises IndexError when every row ends before "
+    "max_new_tokens, at different steps (_step_output masks gen's max_new_tokens columns "
+    "with an L-column mask)"))
+def test_sampling_rows_all_ending_early():
+    # top_k=1 makes sampling greedy; on this model every row ends before max_new_tokens,
+    # each at another step, so the output is narrower than max_new_tokens and padded
+    model = gpt2(0, 0.7)
+    ids, mask = left_pad(PROMPTS[4])
+    kw = dict(eos_token_id=[EOS_A, EOS_B], pad_token_id=PAD, max_new_tokens=8)
+    want = hf_generate(model, ids, mask, do_sample=False, **kw)
+    assert want.sequences.shape[1] < ids.shape[1] + 8
+    lm = PaddedGPT2LM(model)
+    got = generate(lm, ids, attention_mask=mask, do_sample=True, top_k=1, seed=0,
+                   output_scores=True, **kw)
+    np.testing.assert_array_equal(got.sequences, want.sequences.numpy())
+    _check_all_steps(lm, ids, mask, got, hf_processors(mask, top_k=1), [EOS_A, EOS_B])
