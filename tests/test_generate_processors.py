@@ -264,3 +264,19 @@ def test_sampling_rows_all_ending_early():
                    output_scores=True, **kw)
     np.testing.assert_array_equal(got.sequences, want.sequences.numpy())
     _check_all_steps(lm, ids, mask, got, hf_processors(mask, top_k=1), [EOS_A, EOS_B])
+
+
+@pytest.mark.parametrize("c", [dict(top_k=1), dict(top_p=0.2), dict(min_p=0.6),
+                               dict(temperature=0.7, top_k=5),
+                               dict(repetition_penalty=1.3, top_k=4)], ids=_ids)
+def test_beam_sampling_first_step_scores_equal_hf(models, c):
+    # beam search with do_sample: HF's warpers on the log-probs, keeping at least
+    # len(eos) + 1 tokens so a beam can continue past eos
+    ids, mask = left_pad(PROMPTS[4])
+    kw = dict(num_beams=3, do_sample=True, max_new_tokens=1, eos_token_id=[EOS_A, EOS_B],
+              pad_token_id=PAD, **c)
+    torch.manual_seed(0)
+    want = hf_generate(models[0], ids, mask, **kw)
+    got = generate(PaddedGPT2LM(models[0]), ids, attention_mask=mask, output_scores=True,
+                   seed=0, **kw)
+    _assert_scores(got.scores[0], want.scores[0].numpy(), "step 0")
