@@ -253,17 +253,20 @@ def test_raw_ops_refuse_bad_arguments():
         (ValueError, "out must be", lambda: cy.log_softmax(x, np.empty((3, 8), H16)[:, ::2])),
         (ValueError, "out must be", lambda: cy.log_softmax(x, _misaligned((3, 4), H16))),
         (TypeError, "out must be", lambda: cy.log_softmax(x, [[0.0] * 4] * 3)),
-        (TypeError, "beam_scores", lambda: cy.beam_topk(x, s.astype(H16), 2, True)),
-        (TypeError, "beam_scores", lambda: cy.beam_topk(x, s.astype(np.float64), 2, True)),
-        (TypeError, "beam_scores", lambda: cy.beam_topk(x.astype(np.float32), s.astype(H16),
+        (TypeError, "beam_scores", lambda: cy.beam_topk(x[None], s[None].astype(H16), 2, True)),
+        (TypeError, "beam_scores", lambda: cy.beam_topk(x[None], s[None].astype(np.float64), 2,
+                                                         True)),
+        (TypeError, "beam_scores", lambda: cy.beam_topk(x[None].astype(np.float32),
+                                                         s[None].astype(H16), 2, True)),
+        (ValueError, "beam_scores", lambda: cy.beam_topk(x[None], np.zeros((1, 2), np.float32), 2,
+                                                         True)),
+        (ValueError, "beam_scores", lambda: cy.beam_topk(
+            x[None], np.zeros((1, 6), np.float32)[:, ::2], 2, True)),
+        (ValueError, "beam_scores", lambda: cy.beam_topk(x[None], _misaligned((1, 3), np.float32),
                                                          2, True)),
-        (ValueError, "beam_scores", lambda: cy.beam_topk(x, np.zeros(2, np.float32), 2, True)),
-        (ValueError, "beam_scores", lambda: cy.beam_topk(x, np.zeros(6, np.float32)[::2], 2,
-                                                         True)),
-        (ValueError, "beam_scores", lambda: cy.beam_topk(x, _misaligned((3,), np.float32), 2,
-                                                         True)),
-        (ValueError, "k must be", lambda: cy.beam_topk(x, s, 13, True)),
-        (TypeError, "normalize", lambda: cy.beam_topk(x, s, 2, 1)),
+        (ValueError, "k must be", lambda: cy.beam_topk(x[None], s[None], 13, True)),
+        (TypeError, "normalize", lambda: cy.beam_topk(x[None], s[None], 2, 1)),
+        (ValueError, "log_probs must be 3-D", lambda: cy.beam_topk(x, s, 2, True)),
     ]
     for exc, match, call in cases:
         with pytest.raises(exc, match=match):
@@ -277,6 +280,6 @@ def test_raw_ops_refuse_bad_arguments():
     with pytest.raises(ValueError):
         _decode.topk_f16(xb, 5, 1)
     with pytest.raises(ValueError):
-        _decode.beam_topk_f16(xb, np.zeros(2, np.float32), 2, True, 1)
+        _decode.beam_topk_f16(xb[None], np.zeros((1, 2), np.float32), 2, True, 1)
     with pytest.raises(ValueError):
         _decode.log_softmax_f16(xb, np.zeros((2, 4), np.uint16), 1)

@@ -167,23 +167,26 @@ def test_bad_input_raw_ops():
         cy.log_softmax(x, ro)
     with pytest.raises(TypeError, match="out"):
         cy.log_softmax(x, [[0.0] * 4] * 3)
+    lp, sg = x[None], s[None]           # the op takes groups: (G, B, N) and (G, B)
     with pytest.raises(TypeError, match="beam_scores"):
-        cy.beam_topk(x, s.astype(np.float64), 2, True)
+        cy.beam_topk(lp, sg.astype(np.float64), 2, True)
     with pytest.raises(ValueError, match="beam_scores"):
-        cy.beam_topk(x, np.zeros(4, np.float32), 2, True)
+        cy.beam_topk(lp, np.zeros((1, 4), np.float32), 2, True)
     with pytest.raises(ValueError, match="beam_scores"):
-        cy.beam_topk(x, np.zeros(6, np.float32)[::2], 2, True)
+        cy.beam_topk(lp, np.zeros((1, 6), np.float32)[:, ::2], 2, True)
+    with pytest.raises(ValueError, match="log_probs must be 3-D"):
+        cy.beam_topk(x, s, 2, True)
     with pytest.raises(ValueError, match="k must be"):
-        cy.beam_topk(x, s, 13, True)
+        cy.beam_topk(lp, sg, 13, True)
     with pytest.raises(ValueError, match="k must be"):
-        cy.beam_topk(x, s, 0, True)
+        cy.beam_topk(lp, sg, 0, True)
     with pytest.raises(TypeError, match="normalize"):
-        cy.beam_topk(x, s, 2, 1)
+        cy.beam_topk(lp, sg, 2, 1)
     with pytest.raises(TypeError, match="log_probs"):
-        cy.beam_topk(x.astype(np.int32), s, 2, True)
+        cy.beam_topk(lp.astype(np.int32), sg, 2, True)
     # the raw Cython kernels refuse inconsistent sizes instead of reading out of bounds
     for call in (lambda: _decode.topk(x, 5, 1),
-                 lambda: _decode.beam_topk(x, np.zeros(2, np.float32), 2, True, 1),
+                 lambda: _decode.beam_topk(x[None], np.zeros((1, 2), np.float32), 2, True, 1),
                  lambda: _decode.log_softmax(x, np.zeros((2, 4), np.float32), 1)):
         with pytest.raises(ValueError):
             call()

@@ -214,7 +214,7 @@ def test_kernel_errors_and_empty_inputs():
         topk(np.zeros((3, 0)), 1)
     with pytest.raises(ValueError, match="0-d"):
         topk(np.float64(1.0), 1)
-    for bad in (np.zeros(3), np.zeros((2, 2, 2))):
+    for bad in (np.zeros(3), np.zeros((2, 2, 2, 2))):       # 3-D is a batch of beam sets
         with pytest.raises(ValueError, match="2-D"):
             beam_topk(bad, np.zeros(2), 1)
     with pytest.raises(ValueError, match="beam_scores"):

@@ -1,7 +1,8 @@
 """Benchmark cases for decoding: the fused beam step, top-k and beam search end to end.
 
 Peers: the NumPy backend; PyTorch (``torch.topk`` of ``log_softmax + beam
-scores``, and ``torch.topk``); ``np.argpartition`` + a sort of the k; and, as
+scores``, and ``torch.topk``); for the batched step (G prompts x B beams), a
+Python loop of G 2-D calls; ``np.argpartition`` + a sort of the k; and, as
 the issue defines the limit, a single read of the same array: ``x.max()``.
 """
 import statistics
@@ -16,6 +17,9 @@ from fastdl.decode import beam_search, beam_topk, topk
 from fastdl.decode.examples import SyntheticLM
 
 BEAM_TARGETS = {"cython": {"vs_torch": 3.0, "vs_numpy": 3.0, "vs_limit": 3.0}}
+# one batched call beats G calls (fewer dispatches and thread starts) and stays near
+# the single read
+BATCHED_TARGETS = {"cython": {"vs_torch": 3.0, "vs:loop of 2-D calls": 1.1, "vs_limit": 3.0}}
 TOPK_TARGETS = {"cython": {"vs:np.argpartition+sort": 3.0, "vs_torch": 1.0}}
 
 
@@ -43,6 +47,35 @@ def _beam_topk_case(B, N):
         quick=B in (1, 16) and N == 50257,
         targets=BEAM_TARGETS if B <= 16 else {},
         params={"B": B, "N": N, "k": k, "dtype": "float32"},
+    )
+
+
+def _batched_beam_topk_case(G, B, N):
+    """G prompts x B beams in one call (one beam step of a batched search), against a
+    Python loop of G 2-D calls and torch on the (G, B*N) candidates."""
+    k = 2 * B
+
+    def setup():
+        rng = np.random.default_rng(2)
+        return {"x": _logits((G, B, N)),
+                "s": -rng.random((G, B), dtype=np.float32) * 10}
+
+    def loop(inp):
+        x, s = inp["x"], inp["s"]
+        return lambda: [beam_topk(x[g], s[g], k) for g in range(G)]
+
+    def torch_peer(inp):
+        import torch
+        x, s = torch.from_numpy(inp["x"]), torch.from_numpy(inp["s"])
+        return lambda: torch.topk((torch.log_softmax(x, -1) + s[..., None]).view(G, -1), k)
+
+    return Case(
+        name=f"decode/beam_topk/G{G}xB{B}xN{N}/float32", op="beam_topk", setup=setup,
+        call=lambda inp, backend: beam_topk(inp["x"], inp["s"], k, backend=backend),
+        bytes_read=G * B * N * 4, bytes_written=G * k * 20, flops=6 * G * B * N,
+        torch=torch_peer, limit=_single_read, peers={"loop of 2-D calls": loop},
+        targets=BATCHED_TARGETS,
+        params={"G": G, "B": B, "N": N, "k": k, "dtype": "float32"},
     )
 
 
@@ -125,6 +158,7 @@ def _beam_search_case(B=8, N=50257, T=32):
 for _B in (1, 4, 16, 64):
     for _N in (32000, 50257, 128256):
         register(_beam_topk_case(_B, _N))
+register(_batched_beam_topk_case(8, 4, 50257))
 for _n in (10**6, 10**7):
     for _k in (1, 10, 100, 1000):
         register(_topk_case(_n, _k))

@@ -157,13 +157,11 @@ def process(lp, m, t, cfg, eos, normalize, model, groups, width, bp, backend):
 
 
 def group_topk(lp, scores, G, width, k, normalize, backend):
-    """The best k candidates of each prompt's rows: (scores, beam, token), each (G, k)."""
-    if G == 1:
-        cs, cb, cj = beam_topk(lp, scores, k, normalize=normalize, backend=backend)
-        return cs[None], cb[None], cj[None]
-    out = [beam_topk(lp[g * width:(g + 1) * width], scores[g * width:(g + 1) * width], k,
-                     normalize=normalize, backend=backend) for g in range(G)]
-    return tuple(np.stack(a) for a in zip(*out))
+    """The best k candidates of each prompt's rows: (scores, beam, token), each (G, k),
+    from one batched ``beam_topk``."""
+    N = lp.shape[1]
+    return beam_topk(lp.reshape(G, width, N), scores.reshape(G, width), k,
+                     normalize=normalize, backend=backend)
 
 
 def sample_candidates(lp, scores, G, width, k, rng):

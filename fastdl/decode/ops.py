@@ -26,6 +26,9 @@ in the dtype (float32 for float16 log-probs), where ``add[b] = beam_scores[b] - 
 rounded once) when normalizing; without normalizing ``m[b] = 0`` and ``add[b]
 = beam_scores[b]``.  A row whose log-probs are all -inf has no candidates worth
 anything: its scores are -inf (not NaN).  The B×N score matrix is never stored.
+A 3-D ``log_probs`` (G, B, N) with ``beam_scores`` (G, B) is G such steps in one
+call (the op always takes groups; a 2-D call is G = 1): each group's top-k is
+its own, beam indices local to the group, bitwise the group's 2-D call.
 """
 from __future__ import annotations
 
@@ -134,25 +137,38 @@ def beam_topk(log_probs, beam_scores, k, *, normalize: bool = True, backend: str
     ``log_probs`` are computed in float32: ``beam_scores`` is cast to float32 and
     the scores are float32 (beam scores accumulate over steps; float16 would
     lose them).
+
+    Batched: ``log_probs`` (G, B, N) with ``beam_scores`` (G, B) runs G
+    independent beam steps (G prompts of B beams each) in one call and returns
+    ``(G, k)`` arrays; row g is exactly the 2-D call on ``log_probs[g],
+    beam_scores[g]`` (``beam_idx`` local to the group, 0..B-1).
     """
     lp = _float_input(log_probs, "log_probs")
-    if lp.ndim != 2:
-        raise ValueError(f"log_probs must be 2-D (beams, vocabulary), got shape {lp.shape}")
-    B, N = lp.shape
+    if lp.ndim not in (2, 3):
+        raise ValueError("log_probs must be 2-D (beams, vocabulary) or 3-D (groups, beams, "
+                         f"vocabulary), got shape {lp.shape}")
+    batched = lp.ndim == 3
+    G, B, N = lp.shape if batched else (1,) + lp.shape
     s = as_float_array(beam_scores, "beam_scores")
-    if s.shape != (B,):
-        raise ValueError(f"beam_scores must have shape ({B},) (one score per row of log_probs), "
-                         f"got {s.shape}")
+    want = (G, B) if batched else (B,)
+    if s.shape != want:
+        what = ("one score per (group, beam) row of a 3-D log_probs" if batched
+                else "one score per row of log_probs")
+        raise ValueError(f"beam_scores must have shape {want} ({what}), got {s.shape}")
     sdt = compute_dtype(lp.dtype)
-    with np.errstate(over="ignore"):
-        s = np.ascontiguousarray(s, dtype=sdt)
+    if s.dtype != sdt or not (s.flags.c_contiguous and s.flags.aligned):
+        with np.errstate(over="ignore"):         # an overflowing cast is the +inf refused below
+            s = np.require(s, sdt, ("C", "A"))
     if not (s < np.inf).all():              # NaN and +inf (also after the cast) fail this
         raise ValueError(f"beam_scores must be finite or -inf in {np.dtype(sdt)}, "
                          "got NaN or +inf")
     k = check_int(k, "k", minimum=1)
     if k > B * N:
-        raise ValueError(f"k must be <= the number of candidates B*N = {B * N}, got k={k}")
+        raise ValueError(f"k must be <= the number of candidates per group B*N = {B * N}, "
+                         f"got k={k}")
     normalize = check_flag(normalize, "normalize")
-    lp = np.ascontiguousarray(lp)
-    return _ops.beam_topk(lp, s, k, normalize, backend=backend)
-
+    if G == 0:                 # no groups: nothing to select from, nothing to return
+        return np.empty((0, k), sdt), np.empty((0, k), np.int64), np.empty((0, k), np.int64)
+    lp = np.require(lp, None, ("C", "A")).reshape(G, B, N)    # the kernels read it packed
+    res = _ops.beam_topk(lp, s.reshape(G, B), k, normalize, backend=backend)
+    return res if batched else tuple(r[0] for r in res)

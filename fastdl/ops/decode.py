@@ -4,7 +4,7 @@ Rows are C-contiguous float16/float32/float64 arrays; float16 is computed in
 float32 and every op equals the float32 op on the exactly converted input
 (backends read float16 directly; they may not convert by a copy).  Order
 (``topk``, ``beam_topk``): descending by value; equal values by the lower
-index (``beam_topk``: the lower flat index ``b*N + j``); NaN ranks above every
+index (``beam_topk``: per group, the lower flat index ``b*N + j``); NaN ranks above every
 number, as in ``torch.topk``.
 """
 from __future__ import annotations
@@ -36,11 +36,12 @@ def _s_log_softmax(rng, dtype, tiny=False):
 
 
 def _s_beam_topk(rng, dtype, tiny=False):
-    lp = _logits(rng, dtype, tiny)
+    G = 1 if tiny else int(rng.choice([1, 2, 3]))
+    B, N = _logits(rng, dtype, tiny).shape
+    lp = (rng.standard_normal((G, B, N)) * 3).astype(dtype)
     sd = np.float32 if np.dtype(dtype) == np.float16 else dtype
-    scores = (rng.standard_normal(lp.shape[0]) - 2).astype(sd)
-    return lp, scores, int(rng.integers(1, min(lp.size, 2 * lp.shape[0]) + 1)), \
-        bool(rng.random() < 0.5)
+    scores = (rng.standard_normal((G, B)) - 2).astype(sd)
+    return lp, scores, int(rng.integers(1, min(B * N, 2 * B) + 1)), bool(rng.random() < 0.5)
 
 
 topk = define(OpSpec(
@@ -61,14 +62,15 @@ log_softmax = define(OpSpec(
 
 beam_topk = define(OpSpec(
     "beam_topk", area="decode",
-    args=(Arg("log_probs", dtype="float", shape=("B", "N"), nonempty=True, packed=True),
-          Arg("beam_scores", dtype="compute:log_probs", shape=("B",), packed=True),
+    args=(Arg("log_probs", dtype="float", shape=("G", "B", "N"), nonempty=True, packed=True),
+          Arg("beam_scores", dtype="compute:log_probs", shape=("G", "B"), packed=True),
           Arg("k", kind="int", low=1, high="B*N"), Arg("normalize", kind="flag")),
-    results=(Result("scores", "compute:log_probs", ("k",)),
-             Result("beam", "int64", ("k",), exact=True),
-             Result("token", "int64", ("k",), exact=True)),
-    doc="the k best (beam, token) continuations of B beams by beam score + log-prob "
-        "(normalize: log-softmax the rows first), without storing the B x N scores",
+    results=(Result("scores", "compute:log_probs", ("G", "k")),
+             Result("beam", "int64", ("G", "k"), exact=True),
+             Result("token", "int64", ("G", "k"), exact=True)),
+    doc="per group g, the k best (beam, token) continuations of its B beams by beam score + "
+        "log-prob (normalize: log-softmax the rows first), without storing the B x N scores; "
+        "beam indices are local to the group",
     assume=_ASSUME, sample=_s_beam_topk))
 
 DECODE_OPS = (topk, log_softmax, beam_topk)

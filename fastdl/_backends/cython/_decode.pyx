@@ -13,11 +13,18 @@
   ``out = x - (dtype)off``.  Many rows: one thread does a whole row (statistics,
   then the write while the row is in L2).  Few long rows: chunk statistics in
   parallel, fold, then the writes in parallel over the same chunks.
-* ``beam_topk``: per row the offset as above (normalize), ``add[b]``, then the
-  prefiltered heap over ``(dtype)(x + add[b])`` with flat index ``b*N + j``.
-  Threads get contiguous row ranges (each row's offset and scan done back to
-  back, the row still in L2) or, for few rows, contiguous pieces of the flat
-  candidate range after parallel chunk statistics; part heaps are merged.
+* ``beam_topk``: G independent groups of B rows (a 2-D call is G = 1).  Per
+  row the offset as above (normalize), ``add[b]``, then the prefiltered heap
+  over ``(dtype)(x + add[b])`` with the group-local flat index ``b*N + j``.
+  Many groups (at least 4 per thread, or a multiple of the thread count): a
+  thread does whole groups, each group's rows back to back into the group's
+  own heap.  Few groups: each group is cut into the fewest parts that share
+  out evenly over the threads (one group: a part per thread), contiguous row ranges
+  (each row's offset and scan done back to back, the row still in L2) or, for
+  few rows, contiguous pieces of the group's flat candidate range after
+  parallel chunk statistics; a group's part heaps are merged in part order.
+  The top-k of a group is unique under the total order, so the result is the
+  same for any thread count and split, and equals the group's 2-D call.
 * float16 (``*_f16``): the same drivers over the uint16 bits of the array;
   the C kernels convert L1-sized pieces to float32 as they read and give
   bitwise the float32 results on the converted input.
@@ -265,17 +272,18 @@ def topk_f16(const uint16_t[:, ::1] x, int64_t k, int nthreads):
 
 # ----------------------------------------------------------- log_softmax
 
-cdef void _chunk_stats(Kern K, const elem[:, ::1] x, double[::1] M, double[::1] S,
-                       int[::1] BAD, int64_t nch, int nthreads) noexcept nogil:
-    """statistics of every (row, chunk) unit, in parallel"""
-    cdef int64_t R = x.shape[0], n = x.shape[1], u, r, c, lo, ln
+cdef void _chunk_stats(Kern K, const elem *x, int64_t R, int64_t n, double[::1] M,
+                       double[::1] S, int[::1] BAD, int64_t nch, int nthreads) noexcept nogil:
+    """statistics of every (row, chunk) unit of the C-contiguous (R, n) rows at x, in
+    parallel"""
+    cdef int64_t u, r, c, lo, ln
     cdef int nt = _threads(nthreads, R * n, R * nch)
     for u in prange(R * nch, num_threads=nt, schedule="static"):
         r = u // nch
         c = u % nch
         lo = c * FDL_DK_CHUNK
         ln = min(<int64_t>FDL_DK_CHUNK, n - lo)
-        _stats(K, &x[r, lo], ln, &M[u], &S[u], &BAD[u])
+        _stats(K, x + r * n + lo, ln, &M[u], &S[u], &BAD[u])
 
 
 cdef object _log_softmax(const elem[:, ::1] x, out, int nthreads):
@@ -307,7 +315,7 @@ cdef object _log_softmax(const elem[:, ::1] x, out, int nthreads):
     cdef double[::1] M = m_arr, S = s_arr, RM = rm_arr, RL = rl_arr
     cdef int[::1] BAD = b_arr
     with nogil:
-        _chunk_stats(K, x, M, S, BAD, nch, nthreads)
+        _chunk_stats(K, &x[0, 0], R, n, M, S, BAD, nch, nthreads)
         for r in range(R):
             RL[r] = fdl_dk_fold(&M[r * nch], &S[r * nch], &BAD[r * nch], nch, &RM[r])
     nt = _threads(nthreads, R * n, R * nch)
@@ -345,117 +353,200 @@ cdef inline void _shift(const elem *tag, double score, double lse, double mx, do
         add[0] = _round(tag, score - lse)
 
 
-cdef object _beam_topk(const elem[:, ::1] lp, const double[::1] s, int64_t k, bint normalize,
-                       int nthreads):
-    cdef int64_t B = lp.shape[0], N = lp.shape[1], T
-    if B < 1 or N < 1 or s.shape[0] != B or k < 1 or k > B * N:
-        raise ValueError(f"beam_topk kernel: need log_probs (B, N) non-empty, beam_scores "
-                         f"(B,), 1 <= k <= B*N; got {(B, N)}, {(s.shape[0],)}, k={k}")
-    T = B * N
-    cdef const elem *tag = &lp[0, 0]
-    scores = np.empty(k, np.float64)
-    flat = np.empty(k, np.int64)
-    keys = _keys(tag, 1, k)
-    cdef double[::1] V = scores
-    cdef uint8_t[:, ::1] KY = keys
-    cdef int64_t[::1] I = flat
-    cdef Kern K = _kern()
-    cdef int64_t nparts = _threads(nthreads, T, T // BEAM_MIN_PART)
-    cdef bint rows_mode = nparts == 1 or B >= 4 * nparts or (B >= nparts and B % nparts == 0)
-    cdef int64_t p, b, b0, b1, lo, hi, size, cap, j
-    cdef int nt = <int>nparts
-    if rows_mode:
-        cap = min(k, ((B + nparts - 1) // nparts) * N)
-    else:
-        cap = min(k, (T + nparts - 1) // nparts)
-    if nparts == 1:
-        hk_arr, hi_arr = keys, flat.reshape(1, k)
-    else:
-        hk_arr, hi_arr = _keys(tag, nparts, cap), np.empty((nparts, cap), np.int64)
-    sizes_arr = np.zeros(nparts, np.int64)
-    # candidates (x - SUB[b]) + ADD[b] in the compute dtype (held exactly in
-    # float64); without normalizing SUB = 0 (x - 0 is exact)
-    adds_arr = np.empty(B, np.float64)
-    subs_arr = np.zeros(B, np.float64)
-    cdef uint8_t[:, ::1] HK = hk_arr
-    cdef int64_t[:, ::1] HI = hi_arr
-    cdef int64_t[::1] SZ = sizes_arr
-    cdef double[::1] ADD = adds_arr, SUB = subs_arr
-    cdef double[::1] M, S
-    cdef int[::1] BAD
-    cdef double lse, mx
-    cdef int64_t nch
-    if not normalize:
-        for b in range(B):
-            ADD[b] = _round(tag, s[b])
-    if rows_mode:
-        for p in prange(nparts, nogil=True, num_threads=nt, schedule="static"):
-            b0 = p * B // nparts
-            b1 = (p + 1) * B // nparts
-            size = 0
-            mx = 0.0                # assigned here: private to the thread (written via &mx)
-            for b in range(b0, b1):
-                if normalize:
-                    lse = _row_lse(K, &lp[b, 0], N, &mx)
-                    _shift(tag, s[b], lse, mx, &SUB[b], &ADD[b])
-                size = _scan_add(K, &HK[p, 0], &HI[p, 0], size, k, &lp[b, 0], N, SUB[b],
-                                 ADD[b], b * N)
-            SZ[p] = size
-    else:
+cdef inline int64_t _rows_heap(Kern K, const elem *x, const double *s, int64_t b0, int64_t b1,
+                               int64_t N, bint normalize, double *SUB, double *ADD,
+                               uint8_t *hk, int64_t *hi, int64_t k) noexcept nogil:
+    """rows b0..b1 of one group (x, s, SUB, ADD at the group's first row) into one
+    heap, each row's offset computed just before its scan (the row still in L2);
+    indices b*N + j local to the group; returns the heap size"""
+    cdef int64_t b, size = 0
+    cdef double mx = 0.0, lse
+    for b in range(b0, b1):
         if normalize:
-            nch = (N + FDL_DK_CHUNK - 1) // FDL_DK_CHUNK
-            m_arr = np.empty(B * nch, np.float64)
-            s_arr = np.empty(B * nch, np.float64)
-            b_arr = np.empty(B * nch, np.intc)
-            M = m_arr
-            S = s_arr
-            BAD = b_arr
-            with nogil:
-                _chunk_stats(K, lp, M, S, BAD, nch, nthreads)
-                for b in range(B):
-                    lse = fdl_dk_fold(&M[b * nch], &S[b * nch], &BAD[b * nch], nch, &mx)
-                    _shift(tag, s[b], lse, mx, &SUB[b], &ADD[b])
-        for p in prange(nparts, nogil=True, num_threads=nt, schedule="static"):
-            lo = p * T // nparts
-            hi = (p + 1) * T // nparts
-            size = 0
-            while lo < hi:
-                b = lo // N
-                j = min(hi, (b + 1) * N)
-                size = _scan_add(K, &HK[p, 0], &HI[p, 0], size, k, &lp[b, lo - b * N], j - lo,
-                                 SUB[b], ADD[b], lo)
-                lo = j
-            SZ[p] = size
-    if nparts == 1:
-        size = SZ[0]
+            lse = _row_lse(K, x + b * N, N, &mx)
+            _shift(x, s[b], lse, mx, &SUB[b], &ADD[b])
+        size = _scan_add(K, hk, hi, size, k, x + b * N, N, SUB[b], ADD[b], b * N)
+    return size
+
+
+cdef inline int64_t _flat_heap(Kern K, const elem *x, int64_t lo, int64_t hi, int64_t N,
+                               const double *SUB, const double *ADD, uint8_t *hk,
+                               int64_t *hidx, int64_t k) noexcept nogil:
+    """candidates lo..hi of one group's flat range (offsets already known) into one heap"""
+    cdef int64_t b, j, size = 0
+    while lo < hi:
+        b = lo // N
+        j = min(hi, (b + 1) * N)
+        size = _scan_add(K, hk, hidx, size, k, x + lo, j - lo, SUB[b], ADD[b], lo)
+        lo = j
+    return size
+
+
+cdef inline void _finish(Kern K, const elem *x, int64_t N, const double *SUB,
+                         const double *ADD, uint8_t *hk, int64_t *hi, int64_t size,
+                         int64_t k, double *V) noexcept nogil:
+    """sort one group's heap best first and read its k scores back"""
+    cdef int64_t j, b
+    _sort(K, x, hk, hi, size)
+    for j in range(k):
+        b = hi[j] // N
+        V[j] = _cand(x + hi[j], SUB[b], ADD[b])
+
+
+cdef int _beam_plan(int64_t G, int64_t B, int64_t N, int nthreads, int64_t *pp,
+                    bint *rows_mode) noexcept nogil:
+    """the team size, the parts *pp each group is cut into and how (*rows_mode: row
+    ranges, else pieces of the flat candidate range).  The fewest parts that share out
+    evenly: G*pp at least 4 per thread or a multiple of the thread count (many groups:
+    whole groups per thread, pp = 1; one group: pp = the thread count), no part under
+    BEAM_MIN_PART candidates."""
+    cdef int64_t per = max(1, B * N // BEAM_MIN_PART)
+    nthreads = _threads(nthreads, G * B * N, G * per)
+    pp[0] = 1
+    while pp[0] < per and not (G * pp[0] >= 4 * nthreads or (G * pp[0]) % nthreads == 0):
+        pp[0] += 1
+    rows_mode[0] = B >= 4 * pp[0] or (B >= pp[0] and B % pp[0] == 0)
+    return nthreads
+
+
+cdef object _beam_topk(const elem[:, :, ::1] lp, const double[:, ::1] s, int64_t k,
+                       bint normalize, int nthreads):
+    cdef int64_t G = lp.shape[0], B = lp.shape[1], N = lp.shape[2], T
+    if (G < 1 or B < 1 or N < 1 or s.shape[0] != G or s.shape[1] != B or k < 1
+            or k > B * N):
+        raise ValueError(f"beam_topk kernel: need log_probs (G, B, N) non-empty, beam_scores "
+                         f"(G, B), 1 <= k <= B*N; got {(G, B, N)}, {(s.shape[0], s.shape[1])}, "
+                         f"k={k}")
+    T = B * N
+    cdef const elem *tag = &lp[0, 0, 0]
+    scores = np.empty((G, k), np.float64)
+    flat = np.empty((G, k), np.int64)
+    cdef double[:, ::1] V = scores
+    cdef uint8_t[:, ::1] KY = _keys(tag, G, k)
+    cdef int64_t[:, ::1] I = flat
+    cdef Kern K = _kern()
+    # candidates (x - SUB[r]) + ADD[r] of row r = g*B + b in the compute dtype (held
+    # exactly in float64); without normalizing SUB = 0 (x - 0 is exact)
+    adds_arr = np.empty(G * B, np.float64)
+    subs_arr = np.zeros(G * B, np.float64)
+    cdef double[::1] ADD = adds_arr, SUB = subs_arr
+    cdef int64_t g, r, size, cap, units, pp
+    cdef int nt
+    cdef bint rows_mode
+    nthreads = _beam_plan(G, B, N, nthreads, &pp, &rows_mode)
+    if not normalize:
+        for r in range(G * B):
+            ADD[r] = _round(tag, s[r // B, r % B])
+    if pp == 1:
+        nt = <int>min(<int64_t>nthreads, G)
+        # a group's result is its own whichever thread takes it: dynamic, so a thread
+        # the OS holds back does not hold the rest of the call
+        for g in prange(G, nogil=True, num_threads=nt, schedule="dynamic"):
+            size = _rows_heap(K, &lp[g, 0, 0], &s[g, 0], 0, B, N, normalize, &SUB[g * B],
+                              &ADD[g * B], &KY[g, 0], &I[g, 0], k)
+            _finish(K, &lp[g, 0, 0], N, &SUB[g * B], &ADD[g * B], &KY[g, 0], &I[g, 0], size,
+                    k, &V[g, 0])
     else:
-        with nogil:
-            size = 0
-            for p in range(nparts):
-                size = _merge(K, tag, &KY[0, 0], &I[0], size, k, &HK[p, 0], &HI[p, 0], SZ[p])
-    with nogil:
-        _sort(K, tag, &KY[0, 0], &I[0], size)
-        for j in range(k):
-            b = I[j] // N
-            V[j] = _cand(&lp[b, I[j] - b * N], SUB[b], ADD[b])
+        units = G * pp
+        if rows_mode:
+            cap = min(k, ((B + pp - 1) // pp) * N)
+        else:
+            cap = min(k, (T + pp - 1) // pp)
+        hi_arr = np.empty((units, cap), np.int64)
+        sizes_arr = np.zeros(units, np.int64)
+        HK_arr = _keys(tag, units, cap)
+        _beam_parts(K, lp, s, k, normalize, nthreads, pp, rows_mode, SUB, ADD, HK_arr,
+                    hi_arr, sizes_arr)
+        _beam_merge(K, lp, k, pp, nthreads, SUB, ADD, HK_arr, hi_arr, sizes_arr, KY, I, V)
     # the values are exact in the compute dtype
     if elem is not double:
         scores = scores.astype(np.float32)
     return scores, flat // N, flat % N
 
 
-def beam_topk(const floating[:, ::1] log_probs, const floating[::1] beam_scores, int64_t k,
-              bint normalize, int nthreads):
-    """(scores (k,), beam (k,) int64, token (k,) int64): best k of log_probs[b, j] + add[b]."""
-    cdef const double[::1] sd = np.asarray(beam_scores, np.float64)
+cdef void _beam_parts(Kern K, const elem[:, :, ::1] lp, const double[:, ::1] s, int64_t k,
+                      bint normalize, int nthreads, int64_t pp, bint rows_mode,
+                      double[::1] SUB, double[::1] ADD, hk_arr, hi_arr, sizes_arr):
+    """the part heaps of every (group, part) unit: contiguous row ranges of a group
+    (rows_mode), or contiguous pieces of its flat candidate range after parallel
+    chunk statistics"""
+    cdef int64_t G = lp.shape[0], B = lp.shape[1], N = lp.shape[2], T = B * N
+    cdef int64_t units = G * pp, u, g, p, nch, r
+    cdef uint8_t[:, ::1] HK = hk_arr
+    cdef int64_t[:, ::1] HI = hi_arr
+    cdef int64_t[::1] SZ = sizes_arr
+    cdef const elem *tag = &lp[0, 0, 0]
+    cdef double[::1] M, S
+    cdef int[::1] BAD
+    cdef double mx, lse
+    if rows_mode:
+        for u in prange(units, nogil=True, num_threads=nthreads, schedule="static"):
+            g = u // pp
+            p = u % pp
+            SZ[u] = _rows_heap(K, &lp[g, 0, 0], &s[g, 0], p * B // pp, (p + 1) * B // pp, N,
+                               normalize, &SUB[g * B], &ADD[g * B], &HK[u, 0], &HI[u, 0], k)
+        return
+    if normalize:
+        nch = (N + FDL_DK_CHUNK - 1) // FDL_DK_CHUNK
+        m_arr = np.empty(G * B * nch, np.float64)
+        s_arr = np.empty(G * B * nch, np.float64)
+        b_arr = np.empty(G * B * nch, np.intc)
+        M = m_arr
+        S = s_arr
+        BAD = b_arr
+        with nogil:
+            _chunk_stats(K, tag, G * B, N, M, S, BAD, nch, nthreads)
+            for r in range(G * B):
+                lse = fdl_dk_fold(&M[r * nch], &S[r * nch], &BAD[r * nch], nch, &mx)
+                _shift(tag, s[r // B, r % B], lse, mx, &SUB[r], &ADD[r])
+    for u in prange(units, nogil=True, num_threads=nthreads, schedule="static"):
+        g = u // pp
+        p = u % pp
+        SZ[u] = _flat_heap(K, &lp[g, 0, 0], p * T // pp, (p + 1) * T // pp, N, &SUB[g * B],
+                           &ADD[g * B], &HK[u, 0], &HI[u, 0], k)
+
+
+cdef void _beam_merge(Kern K, const elem[:, :, ::1] lp, int64_t k, int64_t pp, int nthreads,
+                      double[::1] SUB, double[::1] ADD, hk_arr, hi_arr, sizes_arr,
+                      uint8_t[:, ::1] KY, int64_t[:, ::1] I, double[:, ::1] V):
+    """each group's part heaps merged in part order, sorted, its scores read back"""
+    cdef int64_t G = lp.shape[0], B = lp.shape[1], N = lp.shape[2], g, p, u, size
+    cdef uint8_t[:, ::1] HK = hk_arr
+    cdef int64_t[:, ::1] HI = hi_arr
+    cdef int64_t[::1] SZ = sizes_arr
+    cdef const elem *tag = &lp[0, 0, 0]
+    cdef int nt = _threads(nthreads, G * pp * HI.shape[1], G)
+    for g in prange(G, nogil=True, num_threads=nt, schedule="static"):
+        size = 0
+        for p in range(pp):
+            u = g * pp + p
+            size = _merge(K, tag, &KY[g, 0], &I[g, 0], size, k, &HK[u, 0], &HI[u, 0], SZ[u])
+        _finish(K, &lp[g, 0, 0], N, &SUB[g * B], &ADD[g * B], &KY[g, 0], &I[g, 0], size, k,
+                &V[g, 0])
+
+
+def _beam_split(int64_t G, int64_t B, int64_t N, int nthreads):
+    """(threads, parts per group, "groups" | "rows" | "flat") the kernel would use for
+    log_probs (G, B, N) at nthreads (tests)."""
+    cdef int64_t pp
+    cdef bint rows_mode
+    cdef int nt = _beam_plan(G, B, N, nthreads, &pp, &rows_mode)
+    return nt, pp, "groups" if pp == 1 else ("rows" if rows_mode else "flat")
+
+
+def beam_topk(const floating[:, :, ::1] log_probs, const floating[:, ::1] beam_scores,
+              int64_t k, bint normalize, int nthreads):
+    """(scores (G, k), beam (G, k) int64, token (G, k) int64): per group g the best k of
+    log_probs[g, b, j] + add[g, b] (validated input; beam local to the group)."""
+    cdef const double[:, ::1] sd = np.ascontiguousarray(beam_scores, np.float64)
     return _beam_topk(log_probs, sd, k, normalize, nthreads)
 
 
-def beam_topk_f16(const uint16_t[:, ::1] log_probs, const float[::1] beam_scores, int64_t k,
-                  bint normalize, int nthreads):
-    """beam_topk over float16 log_probs (uint16 bits) and float32 beam_scores, computed
-    in float32: (scores (k,) float32, beam (k,) int64, token (k,) int64)."""
-    cdef const double[::1] sd = np.asarray(beam_scores, np.float64)
+def beam_topk_f16(const uint16_t[:, :, ::1] log_probs, const float[:, ::1] beam_scores,
+                  int64_t k, bint normalize, int nthreads):
+    """beam_topk over float16 log_probs (G, B, N) (uint16 bits) and float32 beam_scores
+    (G, B), computed in float32: (scores (G, k) float32, beam, token (G, k) int64)."""
+    cdef const double[:, ::1] sd = np.ascontiguousarray(beam_scores, np.float64)
     return _beam_topk(log_probs, sd, k, normalize, nthreads)
 
 

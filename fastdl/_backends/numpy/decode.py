@@ -1,7 +1,7 @@
 """NumPy reference of the decoding ops (contracts in fastdl/decode/ops.py).
 
 ``topk`` is ``np.argpartition`` + a sort of the k survivors, made exact for
-ties and NaN; ``beam_topk`` materialises the B×N scores (the Cython kernel
+ties and NaN; ``beam_topk`` materialises each group's B×N scores (the Cython kernel
 does not).  float16 is computed in float32 through a converted copy (the
 readable reference; the Cython kernels convert while they read).
 """
@@ -74,22 +74,24 @@ def log_softmax(x, out):
 
 
 def beam_topk(log_probs, beam_scores, k, normalize):
+    """Per group g of (G, B, N) log-probs: the top-k of the B*N candidates,
+    the beam index local to the group."""
     if log_probs.dtype == _HALF:     # computed in float32; beam_scores are float32
         log_probs = log_probs.astype(np.float32)
-    B, N = log_probs.shape
-    sub = np.zeros(B, log_probs.dtype)
+    G, B, N = log_probs.shape
+    rows = log_probs.reshape(G * B, N)
+    sub = np.zeros(G * B, rows.dtype)
     if normalize:
-        m, lse = _lse(log_probs)
+        m, lse = _lse(rows)
         with np.errstate(invalid="ignore"):
-            add = beam_scores.astype(np.float64) - lse
+            add = beam_scores.reshape(-1).astype(np.float64) - lse
         add[np.isnan(lse) & (m == -np.inf)] = -np.inf      # all -inf: no candidate
         ok = ~np.isnan(lse)
         sub[ok] = m[ok]
-        add = add.astype(log_probs.dtype)
+        add = add.astype(rows.dtype)
     else:
-        add = beam_scores
+        add = beam_scores.reshape(-1)
     with np.errstate(invalid="ignore", over="ignore"):
-        scores = (log_probs - sub[:, None]) + add[:, None]
-    vals, flat = topk(scores.reshape(1, -1), k)
-    flat = flat[0]
-    return vals[0], flat // N, flat % N
+        scores = (rows - sub[:, None]) + add[:, None]
+    vals, flat = topk(scores.reshape(G, B * N), k)       # one row of candidates per group
+    return vals, flat // N, flat % N
