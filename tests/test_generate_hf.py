@@ -129,16 +129,10 @@ def _greedy_cases():
 
 GREEDY = list(_greedy_cases())
 
-# a fastdl bug, reported; strict: the test fails as soon as the bug is fixed (drop the mark)
-NARROW_OUTPUT_BUG = pytest.mark.xfail(strict=True, raises=IndexError, reason=(
-    "fastdl bug: greedy/sampling generate raises IndexError when every row ends before "
-    "max_new_tokens, at different steps (_step_output masks gen's max_new_tokens columns "
-    "with an L-column mask)"))
-
 
 def _greedy_params():
     for c in GREEDY:
-        yield pytest.param(c, marks=[NARROW_OUTPUT_BUG] if c["max_new_tokens"] == 8 else [])
+        yield pytest.param(c)
 
 
 def _ids(c):
