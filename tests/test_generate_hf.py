@@ -402,3 +402,19 @@ def test_early_stopping_value(models):
 def test_return_count_not_possible(models):
     _bad(models, "num_return_sequences", num_beams=2, num_return_sequences=3, pad_token_id=PAD)
     _bad(models, "num_return_sequences", num_return_sequences=2, pad_token_id=PAD)
+
+
+def test_pad_zero_in_beam_search_is_a_deliberate_difference(models):
+    # Hugging Face's beam search fills finished sequences with `pad or eos[0]` of a tensor
+    # pad id, so pad_token_id=0 pads with the first eos; fastdl pads with pad_token_id.
+    model = models[(0, 0.7)]
+    ids, mask = left_pad(PROMPTS[4], pad=0)
+    kw = dict(max_new_tokens=8, num_beams=3, num_return_sequences=3, eos_token_id=EOS_A,
+              pad_token_id=0)
+    want = hf_generate(model, ids, mask, do_sample=False, **kw).sequences.numpy()
+    got = generate(PaddedGPT2LM(model), ids, attention_mask=mask, **kw).sequences
+    P = ids.shape[1]
+    ended = np.cumsum(got[:, P:] == EOS_A, axis=1) - (got[:, P:] == EOS_A) > 0
+    assert ended.any()                                   # some sequence ends early
+    assert (want[:, P:][ended] == EOS_A).all() and (got[:, P:][ended] == 0).all()
+    assert (want[:, P:][~ended] == got[:, P:][~ended]).all() and (want[:, :P] == got[:, :P]).all()
