@@ -231,50 +231,13 @@ def run_beams(model, prompts, cfg: BeamConfig, stats, backend=None, trace_step=N
             model.check_rows(lp)
         if trace_step is not None:
             trace_step(t, lp, normalize, scores, bp, cs[0], cb[0], cj[0])
-        k = cs.shape[1]
-        finite = cs > -np.inf
-        ends = finite if last else finite & np.isin(cj, eos_arr)
-        cont = finite & ~ends
-        sel = cont & (np.cumsum(cont, axis=1) <= B)
-        # an ending candidate competes for the finished list only from the best B ranks;
-        # the others were fetched to keep B beams alive
-        ending = ends & (np.arange(k) < B)[None, :]
-        for gi in np.flatnonzero(ending.any(axis=1)).tolist():
-            f = fin[groups[gi]]
-            for pos in np.flatnonzero(ending[gi]).tolist():
-                parent = gi * width + int(cb[gi, pos])
-                toks = tuple(bp.tokens_of(t - 1, [parent])[0].tolist()) + (int(cj[gi, pos]),)
-                f.add(float(cs[gi, pos]), toks, (t, parent))
-        if last:                  # the finished tokens are kept hypotheses too
-            n_end = int(ending.sum())
-            stats.hypothesis_tokens += n_end
-            stats.prefix_copy_tokens += n_end * t
-        n_sel = sel.sum(axis=1)
-        keep = []
-        for gi in range(Ga):
-            g = int(groups[gi])
-            if n_sel[gi] == 0:
-                if not fin[g].heap:
-                    where = f"step {t}" if G == 1 else f"prompt {g}, step {t}"
-                    raise no_sequence(where)
-                continue
-            best_live = float(cs[gi, np.argmax(sel[gi])])
-            # stop only after this step's hypotheses joined the finished list
-            if not fin[g].done(best_live, t, cfg.max_new, cfg.early_stopping):
-                keep.append(gi)
-        if not keep:
+        nxt = _select(cs, cb, cj, t, last, B, eos_arr, groups, width, fin, bp, cfg, stats, G)
+        if nxt is None:
             break
-        kg = np.array(keep, np.int64)
-        new_w = int(n_sel[kg].max())
-        order = np.argsort(~sel[kg], axis=1, kind="stable")[:, :new_w]   # selected first
-        valid = np.arange(new_w)[None, :] < n_sel[kg][:, None]
-        order = np.where(valid, order, order[:, :1])        # padding rows copy the best
-        par = (kg[:, None] * width + np.take_along_axis(cb[kg], order, axis=1)).ravel()
-        tok = np.take_along_axis(cj[kg], order, axis=1).ravel()
-        scores = np.where(valid, np.take_along_axis(cs[kg], order, axis=1), -np.inf).ravel()
-        bp.push(par, tok, stats, live=int(valid.sum()))
+        kg, par, tok, scores, live = nxt
+        bp.push(par, tok, stats, live=live)
         model.advance(par, tok)
-        groups, width = groups[kg], new_w
+        groups, width = groups[kg], len(par) // len(kg)
         widths.append(width)
     results = []
     for g in range(G):
@@ -285,6 +248,65 @@ def run_beams(model, prompts, cfg: BeamConfig, stats, backend=None, trace_step=N
             best.append((tokens, lp_, s, [r % widths[d] for d, r in enumerate(path)]))
         results.append(best)
     return results, step_scores
+
+
+def _select(cs, cb, cj, t, last, B, eos_arr, groups, width, fin, bp, cfg, stats, G):
+    """This step's finished hypotheses into their lists, and the next beams:
+    ``(kept groups, parent rows, tokens, scores, live rows)``, or None to stop."""
+    Ga, k = cs.shape
+    top = cs[:, :B]
+    if not last and k >= B and (top > -np.inf).all() and not (
+            eos_arr.size and np.isin(cj[:, :B], eos_arr).any()):
+        # the common step: every prompt's best B go on, nothing finishes; a prompt can
+        # only be done if its finished list was already full
+        keep = [gi for gi in range(Ga) if not (
+            len(fin[groups[gi]].heap) >= B and
+            fin[groups[gi]].done(float(top[gi, 0]), t, cfg.max_new, cfg.early_stopping))]
+        if not keep:
+            return None
+        kg = np.array(keep, np.int64)
+        par = (kg[:, None] * width + cb[kg, :B]).ravel()
+        return kg, par, cj[kg, :B].ravel(), top[kg].ravel(), len(par)
+    finite = cs > -np.inf
+    ends = finite if last else finite & np.isin(cj, eos_arr)
+    cont = finite & ~ends
+    sel = cont & (np.cumsum(cont, axis=1) <= B)
+    # an ending candidate competes for the finished list only from the best B ranks;
+    # the others were fetched to keep B beams alive
+    ending = ends & (np.arange(k) < B)[None, :]
+    for gi in np.flatnonzero(ending.any(axis=1)).tolist():
+        f = fin[groups[gi]]
+        for pos in np.flatnonzero(ending[gi]).tolist():
+            parent = gi * width + int(cb[gi, pos])
+            toks = tuple(bp.tokens_of(t - 1, [parent])[0].tolist()) + (int(cj[gi, pos]),)
+            f.add(float(cs[gi, pos]), toks, (t, parent))
+    if last:                  # the finished tokens are kept hypotheses too
+        n_end = int(ending.sum())
+        stats.hypothesis_tokens += n_end
+        stats.prefix_copy_tokens += n_end * t
+    n_sel = sel.sum(axis=1)
+    keep = []
+    for gi in range(Ga):
+        g = int(groups[gi])
+        if n_sel[gi] == 0:
+            if not fin[g].heap:
+                raise no_sequence(f"step {t}" if G == 1 else f"prompt {g}, step {t}")
+            continue
+        best_live = float(cs[gi, np.argmax(sel[gi])])
+        # stop only after this step's hypotheses joined the finished list
+        if not fin[g].done(best_live, t, cfg.max_new, cfg.early_stopping):
+            keep.append(gi)
+    if not keep:
+        return None
+    kg = np.array(keep, np.int64)
+    new_w = int(n_sel[kg].max())
+    order = np.argsort(~sel[kg], axis=1, kind="stable")[:, :new_w]   # selected first
+    valid = np.arange(new_w)[None, :] < n_sel[kg][:, None]
+    order = np.where(valid, order, order[:, :1])        # padding rows copy the best
+    par = (kg[:, None] * width + np.take_along_axis(cb[kg], order, axis=1)).ravel()
+    tok = np.take_along_axis(cj[kg], order, axis=1).ravel()
+    scores = np.where(valid, np.take_along_axis(cs[kg], order, axis=1), -np.inf).ravel()
+    return kg, par, tok, scores, int(valid.sum())
 
 
 def _pow_exceeds(N: int, T: int, bound: int) -> bool:
