@@ -48,22 +48,23 @@ def positions(mask):
     return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
 
-class PaddedGPT2LM:
-    """The GPT-2 as a fastdl callable LM: ``lm(prefixes, attention_mask=None)`` runs the
-    model on the full (left-padded) prefixes with the mask and HF's position ids and
-    returns the float32 logits of the next token, ``(rows, V)``.
+class FullPrefixLM:
+    """A transformers causal LM as a fastdl callable LM: ``lm(prefixes,
+    attention_mask=None)`` runs the model on the full (left-padded) prefixes with the
+    mask and HF's position ids and returns the float32 logits of the next token,
+    ``(rows, V)`` (``log_probs=True``: their log-softmax, a normalized model).
 
     Without a cache this is exactly what ``generate(..., use_cache=False)`` computes (for
     the same rows: a call on a subset of a padded batch may drop a mask HF keeps).
     ``calls`` records each call's (prefixes, mask) shapes.
     """
 
-    normalized = False
-    vocab_size = V
-    max_length = N_POSITIONS
-
-    def __init__(self, model, **attrs):
+    def __init__(self, model, *, log_probs=False, **attrs):
         self.model = model
+        self.normalized = log_probs
+        cfg = model.config
+        self.vocab_size = cfg.vocab_size
+        self.max_length = getattr(cfg, "n_positions", None) or cfg.max_position_embeddings
         self.calls = []
         for k, v in attrs.items():      # eos_token_id / pad_token_id / bos_token_id
             setattr(self, k, v)
@@ -86,7 +87,8 @@ class PaddedGPT2LM:
         with torch.no_grad():
             out = self.model(input_ids=x, attention_mask=None if bool((m == 1).all()) else m,
                              position_ids=pos, use_cache=False, logits_to_keep=1)
-        return out.logits[:, -1, :].float().numpy()
+        logits = out.logits[:, -1, :].float()
+        return (torch.log_softmax(logits, dim=-1) if self.normalized else logits).numpy()
 
 
 def left_pad(prompts, pad=PAD):
@@ -142,7 +144,7 @@ def set_torch_threads():
 def _wrappers():
     """The ways fastdl drives the GPT-2: the callable over padded prefixes, and the
     Hugging Face wrapper (a stateful LM over the model's own cache) where it exists."""
-    yield pytest.param(PaddedGPT2LM, id="callable")
+    yield pytest.param(FullPrefixLM, id="callable")
     try:
         from fastdl.decode.hf import CausalLM
     except ImportError:
@@ -158,4 +160,4 @@ def cached(wrap):
     """Whether HF should run over its cache to be compared with ``wrap``: the callable
     computes full prefixes, as HF without its cache; a cache-driving wrapper is compared
     with HF over its cache (the nearest float32 rounding)."""
-    return wrap is not PaddedGPT2LM
+    return wrap is not FullPrefixLM

@@ -16,52 +16,18 @@ from fastdl.decode import beam_search, greedy
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-V, BOS, PAD = 40, 0, 39
-EOS_A, EOS_B = 1, 2
+from _generate_hf_helpers import (BOS, EOS_A, EOS_B, PAD, FullPrefixLM, gpt2,  # noqa: E402
+                                  set_torch_threads)
 
 
-def _gpt2(seed, eos_boost):
-    """A 2-layer GPT-2 over V tokens; ``eos_boost`` raises the logits of tokens 1 and 2."""
-    torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(vocab_size=V, n_positions=16, n_embd=16, n_layer=2, n_head=2,
-                                  bos_token_id=BOS, eos_token_id=None, pad_token_id=PAD,
-                                  initializer_range=0.3, tie_word_embeddings=False)
-    model = transformers.GPT2LMHeadModel(cfg).eval()
-    with torch.no_grad():
-        # hidden unit 0 of the final layer norm is ~3 for every position; only the
-        # eos rows of the head read it
-        model.transformer.ln_f.bias[0] = 3.0
-        model.lm_head.weight[:, 0] = 0.0
-        model.lm_head.weight[EOS_A, 0] = eos_boost
-        model.lm_head.weight[EOS_B, 0] = 0.8 * eos_boost
-    return model
-
-
-class GPT2LM:
-    """The GPT-2 as a fastdl model: full prefixes in, float32 log-probs of the next token out."""
-
-    vocab_size = V
-
-    def __init__(self, model):
-        self.model = model
-
-    def __call__(self, prefixes):
-        x = torch.from_numpy(prefixes)
-        with torch.no_grad():
-            logits = self.model(input_ids=x, attention_mask=torch.ones_like(x),
-                                use_cache=False).logits[:, -1, :].float()
-            return torch.log_softmax(logits, dim=-1).numpy()
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    yield from set_torch_threads()
 
 
 @pytest.fixture(scope="module")
 def models():
-    # these models are tiny: one torch thread is fastest, and far faster on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield {(seed, boost): _gpt2(seed, boost) for seed in (0, 1) for boost in (0.0, 1.6)}
-    finally:
-        torch.set_num_threads(threads)
+    return {(seed, boost): gpt2(seed, boost, pad=PAD) for seed in (0, 1) for boost in (0.0, 1.6)}
 
 
 def _hf(model, eos, **kw):
@@ -112,7 +78,7 @@ def _fastdl(models, c):
 
 
 def _run_fastdl(models, c):
-    lm = GPT2LM(models[c["seed"], c["boost"]])
+    lm = FullPrefixLM(models[c["seed"], c["boost"]], log_probs=True)
     return beam_search(lm, c["B"], c["T"], bos=BOS, eos=c["eos"], length_penalty=c["alpha"],
                        early_stopping=c["early"], num_return=c["num_return"],
                        min_len=c.get("min_len", 0),
@@ -144,7 +110,7 @@ def test_greedy_equals_generate(models, boost, eos):
     for seed in (0, 1):
         model = models[seed, boost]
         out = _hf(model, eos, num_beams=1, max_new_tokens=6)
-        (h,) = greedy(GPT2LM(model), 6, bos=BOS, eos=eos)
+        (h,) = greedy(FullPrefixLM(model, log_probs=True), 6, bos=BOS, eos=eos)
         assert h.tokens == _strip(out[0], set(eos or ()), 6)
 
 

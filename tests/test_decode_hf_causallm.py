@@ -15,6 +15,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from fastdl.decode.hf import CausalLM, CausalLMState  # noqa: E402
 
+from _generate_hf_helpers import FullPrefixLM, left_pad, set_torch_threads  # noqa: E402
+
 V, BOS, EOS, PAD, POS = 50, 0, 1, 49, 32
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -56,15 +58,14 @@ def _mistral(seed=0):
 BUILDERS = {"gpt2": _gpt2, "llama": _llama, "mistral": _mistral}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    yield from set_torch_threads()
+
+
 @pytest.fixture(scope="module")
 def models():
-    # these models are tiny: one torch thread is fastest, and far faster on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield {name: build() for name, build in BUILDERS.items()}
-    finally:
-        torch.set_num_threads(threads)
+    return {name: build() for name, build in BUILDERS.items()}
 
 
 # three prompts of lengths 5, 2 and 7, left-padded to 7
@@ -72,13 +73,7 @@ PROMPTS = [[5, 6, 7, 8, 9], [3, 4], [10, 11, 12, 13, 14, 15, 16]]
 
 
 def _padded(prompts):
-    width = max(map(len, prompts))
-    ids = np.full((len(prompts), width), PAD, np.int64)
-    mask = np.zeros((len(prompts), width), np.int64)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = p
-        mask[r, width - len(p):] = 1
-    return ids, mask
+    return left_pad(prompts, pad=PAD)
 
 
 def _full_forward(model, ids, mask):
@@ -197,22 +192,6 @@ def test_reorder_and_step_leave_their_state_as_it_was(models, name):
     np.testing.assert_array_equal(again, first)
 
 
-class _FullPrefixes:
-    """The callable protocol on the same model: whole prefixes, no cache, float32 logits."""
-
-    normalized = False
-    vocab_size = V
-
-    def __init__(self, model):
-        self.model = model
-
-    def __call__(self, prefixes):
-        x = torch.from_numpy(prefixes)
-        with torch.no_grad():
-            return self.model(input_ids=x, attention_mask=torch.ones_like(x),
-                              use_cache=False).logits[:, -1, :].float().numpy()
-
-
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
 @pytest.mark.parametrize("search", ["greedy", "beam", "exact", "sample"])
 def test_searches_equal_the_same_search_on_full_prefixes(models, name, search):
@@ -225,7 +204,7 @@ def test_searches_equal_the_same_search_on_full_prefixes(models, name, search):
            # rows drawn together, each with its own cache row
            "sample": lambda lm: sample(lm, 6, bos=BOS, eos=EOS, top_k=20, top_p=0.9, seed=3,
                                        num_samples=5)}[search]
-    got, want = run(CausalLM(model)), run(_FullPrefixes(model))
+    got, want = run(CausalLM(model)), run(FullPrefixLM(model))
     assert [h.tokens for h in got] == [h.tokens for h in want]
     assert [h.log_prob for h in got] == pytest.approx([h.log_prob for h in want], abs=2e-5)
     assert got[0].stats.lm_calls >= 4

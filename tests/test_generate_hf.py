@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 from fastdl.decode import generate  # noqa: E402
 
 from _generate_hf_helpers import (BOS, EOS_A, EOS_B, N_POSITIONS, PAD, PROMPTS, V,  # noqa: E402
-                                  WRAPPERS, PaddedGPT2LM, Recorder, cached, gpt2, grow,
+                                  WRAPPERS, FullPrefixLM, Recorder, cached, gpt2, grow,
                                   hf_generate, left_pad, set_torch_threads)
 
 
@@ -101,7 +101,7 @@ def test_padded_callable_gives_the_logits_hf_generate_sees(models, batch):
     ids, mask = left_pad(PROMPTS[batch])
     out = hf_generate(model, ids, mask, max_new_tokens=5, do_sample=False, eos_token_id=None,
                       pad_token_id=PAD)
-    seq, lm = out.sequences.numpy(), PaddedGPT2LM(model)
+    seq, lm = out.sequences.numpy(), FullPrefixLM(model)
     P = ids.shape[1]
     for t, s in enumerate(out.scores):
         np.testing.assert_array_equal(lm(seq[:, :P + t], grow(mask, t)), s.numpy())
@@ -257,7 +257,7 @@ def _configured(seed):
 
 def _default_lm(wrap, model, attrs):
     # the wrapper reads them from model.generation_config itself
-    return PaddedGPT2LM(model, **attrs) if wrap is PaddedGPT2LM else wrap(model)
+    return FullPrefixLM(model, **attrs) if wrap is FullPrefixLM else wrap(model)
 
 
 @pytest.mark.parametrize("wrap", WRAPPERS)
@@ -310,7 +310,7 @@ def test_streamer_receives_what_hf_streams(models, wrap, batch):
 def test_streamer_with_sampling_streams_the_sampled_tokens(models):
     ids, mask = left_pad(PROMPTS[4])
     rec = Recorder()
-    got = generate(PaddedGPT2LM(models[1, 0.5]), ids, attention_mask=mask, max_new_tokens=5,
+    got = generate(FullPrefixLM(models[1, 0.5]), ids, attention_mask=mask, max_new_tokens=5,
                    do_sample=True, seed=3, eos_token_id=EOS_A, pad_token_id=PAD, streamer=rec)
     assert rec.ends == 1
     np.testing.assert_array_equal(rec.puts[0], ids)
@@ -320,7 +320,7 @@ def test_streamer_with_sampling_streams_the_sampled_tokens(models):
 def test_callable_streamer_gets_each_new_token_batch(models):
     ids, mask = left_pad(PROMPTS[4])
     seen = []
-    got = generate(PaddedGPT2LM(models[0, 0.0]), ids, attention_mask=mask, max_new_tokens=4,
+    got = generate(FullPrefixLM(models[0, 0.0]), ids, attention_mask=mask, max_new_tokens=4,
                    streamer=lambda toks: seen.append(np.array(toks)))
     new = got.sequences[:, ids.shape[1]:]
     assert len(seen) == new.shape[1]
@@ -330,7 +330,7 @@ def test_callable_streamer_gets_each_new_token_batch(models):
 def test_streamer_with_beam_search_is_refused(models):
     ids, mask = left_pad(PROMPTS[1])
     with pytest.raises(ValueError, match="streamer"):
-        generate(PaddedGPT2LM(models[0, 0.0]), ids, attention_mask=mask, max_new_tokens=3,
+        generate(FullPrefixLM(models[0, 0.0]), ids, attention_mask=mask, max_new_tokens=3,
                  num_beams=2, streamer=Recorder())
     with pytest.raises(ValueError):   # HF refuses it too
         hf_generate(models[0, 0.0], ids, mask, max_new_tokens=3, num_beams=2, streamer=Recorder())
@@ -338,7 +338,7 @@ def test_streamer_with_beam_search_is_refused(models):
 
 # -- bad input ------------------------------------------------------------------------
 
-def _bad(models, match, ids=None, wrap=PaddedGPT2LM, **kw):
+def _bad(models, match, ids=None, wrap=FullPrefixLM, **kw):
     if ids is None:
         ids, mask = left_pad(PROMPTS[4])
         kw.setdefault("attention_mask", mask)
@@ -387,12 +387,12 @@ def test_eos_outside_the_vocabulary(models, wrap):
 
 def test_bos_missing(models):
     with pytest.raises(ValueError, match="bos_token_id"):   # no prompt and no bos
-        generate(PaddedGPT2LM(models[0, 0.0]), max_new_tokens=2)
+        generate(FullPrefixLM(models[0, 0.0]), max_new_tokens=2)
 
 
 def test_bos_outside_the_vocabulary(models):
     with pytest.raises(ValueError, match="bos_token_id"):
-        generate(PaddedGPT2LM(models[0, 0.0]), max_new_tokens=2, bos_token_id=V)
+        generate(FullPrefixLM(models[0, 0.0]), max_new_tokens=2, bos_token_id=V)
 
 
 def test_early_stopping_value(models):
@@ -412,7 +412,7 @@ def test_pad_zero_in_beam_search_is_a_deliberate_difference(models):
     kw = dict(max_new_tokens=8, num_beams=3, num_return_sequences=3, eos_token_id=EOS_A,
               pad_token_id=0)
     want = hf_generate(model, ids, mask, do_sample=False, **kw).sequences.numpy()
-    got = generate(PaddedGPT2LM(model), ids, attention_mask=mask, **kw).sequences
+    got = generate(FullPrefixLM(model), ids, attention_mask=mask, **kw).sequences
     P = ids.shape[1]
     ended = np.cumsum(got[:, P:] == EOS_A, axis=1) - (got[:, P:] == EOS_A) > 0
     assert ended.any()                                   # some sequence ends early

@@ -19,7 +19,7 @@ from transformers.generation import logits_process as lp  # noqa: E402
 from fastdl.decode import generate  # noqa: E402
 
 from _generate_hf_helpers import (EOS_A, EOS_B, PAD, PROMPTS, WRAPPERS,  # noqa: E402
-                                  PaddedGPT2LM, cached, gpt2, grow, hf_generate, left_pad,
+                                  FullPrefixLM, cached, gpt2, grow, hf_generate, left_pad,
                                   set_torch_threads)
 
 
@@ -118,7 +118,7 @@ def test_processor_list_is_what_hf_generate_applies(models, c):
     torch.manual_seed(1)
     out = hf_generate(models[1], ids, mask, do_sample=True, max_new_tokens=4, pad_token_id=PAD,
                       **kw)
-    seq, lm, P = out.sequences.numpy(), PaddedGPT2LM(models[1]), ids.shape[1]
+    seq, lm, P = out.sequences.numpy(), FullPrefixLM(models[1]), ids.shape[1]
     procs = hf_processors(mask, **kw)
     for t, s in enumerate(out.scores):
         _assert_scores(_apply(procs, seq[:, :P + t], lm(seq[:, :P + t], grow(mask, t))),
@@ -153,7 +153,7 @@ def _check_all_steps(lm, ids, mask, got, procs, eos, pad=PAD):
 def test_every_step_scores_equal_hf_processors(models, c):
     ids, mask = left_pad(PROMPTS[4])
     kw = dict(c, eos_token_id=[EOS_A, EOS_B])
-    lm = PaddedGPT2LM(models[1])
+    lm = FullPrefixLM(models[1])
     got = generate(lm, ids, attention_mask=mask, do_sample=True, max_new_tokens=5, seed=7,
                    output_scores=True, pad_token_id=PAD, **kw)
     _check_all_steps(lm, ids, mask, got, hf_processors(mask, **kw), [EOS_A, EOS_B])
@@ -210,7 +210,7 @@ def test_default_top_k_is_50():
 def test_samples_follow_the_processed_distribution(models):
     # 4000 rows of one prompt, one step: the token frequencies are softmax(processed scores)
     prompt = np.array([PROMPTS[1][0]] * 4000, np.int64)
-    got = generate(PaddedGPT2LM(models[0]), prompt, attention_mask=np.ones_like(prompt),
+    got = generate(FullPrefixLM(models[0]), prompt, attention_mask=np.ones_like(prompt),
                    do_sample=True, max_new_tokens=1, seed=2, output_scores=True, temperature=1.5,
                    top_k=12, eos_token_id=EOS_A, pad_token_id=PAD)
     s = np.asarray(got.scores[0][0], np.float64)
@@ -226,8 +226,8 @@ def test_same_seed_same_samples(models):
     ids, mask = left_pad(PROMPTS[4])
     kw = dict(attention_mask=mask, do_sample=True, max_new_tokens=5, top_p=0.9,
               eos_token_id=EOS_A, pad_token_id=PAD)
-    a = generate(PaddedGPT2LM(models[0]), ids, seed=4, **kw)
-    b = generate(PaddedGPT2LM(models[0]), ids, seed=4, **kw)
+    a = generate(FullPrefixLM(models[0]), ids, seed=4, **kw)
+    b = generate(FullPrefixLM(models[0]), ids, seed=4, **kw)
     np.testing.assert_array_equal(a.sequences, b.sequences)
     np.testing.assert_array_equal(a.sequences_scores, b.sequences_scores)
 
@@ -237,7 +237,7 @@ def test_sampling_num_return_sequences_rows(models):
     ids, mask = left_pad(PROMPTS[4])
     kw = dict(do_sample=True, num_return_sequences=3, top_k=10, eos_token_id=[EOS_A, EOS_B],
               pad_token_id=PAD)
-    lm = PaddedGPT2LM(models[0])
+    lm = FullPrefixLM(models[0])
     got = generate(lm, ids, attention_mask=mask, max_new_tokens=4, seed=9, output_scores=True,
                    **kw)
     torch.manual_seed(0)
@@ -255,7 +255,7 @@ def test_sampling_rows_all_ending_early():
     kw = dict(eos_token_id=[EOS_A, EOS_B], pad_token_id=PAD, max_new_tokens=8)
     want = hf_generate(model, ids, mask, do_sample=False, **kw)
     assert want.sequences.shape[1] < ids.shape[1] + 8
-    lm = PaddedGPT2LM(model)
+    lm = FullPrefixLM(model)
     got = generate(lm, ids, attention_mask=mask, do_sample=True, top_k=1, seed=0,
                    output_scores=True, **kw)
     np.testing.assert_array_equal(got.sequences, want.sequences.numpy())
@@ -273,6 +273,6 @@ def test_beam_sampling_first_step_scores_equal_hf(models, c):
               pad_token_id=PAD, **c)
     torch.manual_seed(0)
     want = hf_generate(models[0], ids, mask, **kw)
-    got = generate(PaddedGPT2LM(models[0]), ids, attention_mask=mask, output_scores=True,
+    got = generate(FullPrefixLM(models[0]), ids, attention_mask=mask, output_scores=True,
                    seed=0, **kw)
     _assert_scores(got.scores[0], want.scores[0].numpy(), "step 0")
