@@ -1,4 +1,5 @@
-"""``generate``: Hugging Face's ``model.generate`` names, defaults and semantics on any fastdl LM."""
+"""``generate``: Hugging Face's ``model.generate``, its names, defaults and semantics, on any
+fastdl LM."""
 from __future__ import annotations
 
 import numbers
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastdl._validate import check_int, check_real
+from fastdl._validate import check_flag, check_int, check_real
 from fastdl.decode import processors as P
 from fastdl.decode._model import Model, eos_ids, token_id
 from fastdl.decode.beams import BeamConfig, group_topk, run_beams
@@ -46,8 +47,7 @@ class GenerateOutput:
 
 
 def _attr(lm, name):
-    v = getattr(lm, name, None)
-    return v() if callable(v) else v
+    return getattr(lm, name, None)
 
 
 def _count_arg(value, name, minimum=0):
@@ -115,7 +115,8 @@ def generate(lm, input_ids=None, *, attention_mask=None, max_new_tokens, min_new
     penalty = check_real(repetition_penalty, "repetition_penalty")
     if not penalty > 0:
         raise ValueError(f"repetition_penalty must be > 0, got {penalty}")
-    do_sample = bool(do_sample)
+    do_sample = check_flag(do_sample, "do_sample")
+    output_scores = check_flag(output_scores, "output_scores")
     warp = _warp_args(temperature, top_k, top_p, min_p) if do_sample else None
     if B > 1:
         _, n_ret, early_stopping, _, _ = _check_beam_args(B, n_ret, early_stopping, 0, 0,
@@ -130,11 +131,10 @@ def generate(lm, input_ids=None, *, attention_mask=None, max_new_tokens, min_new
     eos = eos_token_id if eos_token_id is not None else _attr(lm, "eos_token_id")
     pad = pad_token_id if pad_token_id is not None else _attr(lm, "pad_token_id")
     bos = bos_token_id if bos_token_id is not None else _attr(lm, "bos_token_id")
-    first_eos = eos if isinstance(eos, (numbers.Integral, type(None))) else \
-        next(iter(eos), None)
+    given = eos
     eos = eos_ids(eos, None, "eos_token_id")
-    if pad is None and eos:
-        pad = first_eos                     # Hugging Face pads with the first eos given
+    if pad is None and eos:                 # Hugging Face pads with the first eos given
+        pad = given if isinstance(given, numbers.Integral) else next(iter(given))
     if pad is not None:
         pad = token_id(pad, "pad_token_id", None)
     if input_ids is None and bos is None:
@@ -153,11 +153,11 @@ def generate(lm, input_ids=None, *, attention_mask=None, max_new_tokens, min_new
                          early_stopping=early_stopping, min_new=min_new, ngram=ngram,
                          ngram_padding=True, repetition_penalty=penalty, sample=do_sample,
                          warp=None if warp is None else dict(warp, keep=max(2, len(eos) + 1)),
-                         rng=rng, scores=bool(output_scores), beams_name="num_beams")
+                         rng=rng, scores=output_scores, beams_name="num_beams")
         out = _beam_output(model, p, cfg, stats, pad, backend)
     else:
         out = _step_output(model, p.repeat(n_ret if do_sample else 1), max_new, min_new, ngram,
-                           penalty, warp, rng, bool(output_scores), pad, stats, streamer, backend)
+                           penalty, warp, rng, output_scores, pad, stats, streamer, backend)
     if pad is not None:
         token_id(pad, "pad_token_id", model.N)
     stats.total_time_s = time.perf_counter() - start
@@ -255,8 +255,8 @@ def _step_output(model, p, max_new, min_new, ngram, penalty, warp, rng, want_sco
         stats.steps += 1
         stats.candidates_scored += n * N
         stats.hypothesis_tokens += n
-        t0 = time.perf_counter()
         x = _processed(x, model, live, p, gen, t, min_new, ngram, penalty, eos)
+        t0 = time.perf_counter()             # the selection: kernel time
         if warp is not None:
             if (m == -np.inf).any():
                 _dead(t, live[np.argmax(m == -np.inf)])

@@ -36,10 +36,10 @@ class SearchStats:
     """What a search did, for a complexity report.
 
     ``prompts`` is the batch size; ``candidates_scored`` is Σ_t B_t·N summed
-    over the prompts (B_t the live hypotheses; ``padded_rows`` counts the rows a
-    batch carried only to keep every prompt's beams the same width).  ``hypothesis_tokens`` is what the
-    search stores for its hypotheses (backpointers: one token per live
-    hypothesis per step, O(B·T)); ``prefix_copy_tokens`` is what copying each
+    over the prompts (B_t the live hypotheses; ``padded_rows`` counts the rows
+    a batch carried only to keep every prompt's beams the same width).
+    ``hypothesis_tokens`` is what the search stores for its hypotheses
+    (backpointers: one token per live hypothesis per step, O(B·T)); ``prefix_copy_tokens`` is what copying each
     beam's whole prefix at every step, as textbook beam search does, would move
     (Σ_t B_t·t, O(B·T²)).  Times are wall seconds: ``lm_time_s`` the model's
     forward passes (and its ``initial_state``/``prefill``); ``search_time_s``
@@ -222,7 +222,8 @@ def beam_search(lm, beam_width, max_len, *, bos=None, eos=None, prompt=None, att
     B, num_return, early_stopping, min_len, ngram = _check_beam_args(
         beam_width, num_return, early_stopping, min_len, no_repeat_ngram_size)
     return _beam(lm, B, max_len, bos=bos, eos=eos, prompt=prompt, attention_mask=attention_mask,
-                 length_penalty=length_penalty, num_return=num_return, early_stopping=early_stopping, min_len=min_len,
+                 length_penalty=length_penalty, num_return=num_return,
+                 early_stopping=early_stopping, min_len=min_len,
                  no_repeat_ngram_size=ngram, trace=bool(trace), backend=backend,
                  algorithm="beam_search")
 
