@@ -11,7 +11,8 @@ synthetic LM, its transformers port in ``_hf_models``).  Metrics, medians of
 repeated runs within the same benchmark run:
 
 * ``overhead/step ms``: fastdl's time per step outside the model
-  (``stats.search_time_s / steps``: the search, the checks, the cache reorder);
+  (``stats.search_time_s / steps``: the search, the checks, the cache reorder;
+  ``reorder/step ms`` is the model's ``reorder`` alone);
 * ``hf overhead/step ms``: Hugging Face's ``generate`` time minus its model's
   forward passes, per forward pass;
 * ``beam_topk in search ms``: the step's fused top-k (``stats.kernel_time_s``
@@ -84,7 +85,8 @@ def _overhead(inp, backend, batch, runs=5):
     """Median per-step time outside the model, and of the fused top-k inside it."""
     stats = [_fastdl(inp, backend, batch).stats for _ in range(runs)]
     return (statistics.median(s.search_time_s / s.steps for s in stats),
-            statistics.median(s.kernel_time_s / s.steps for s in stats))
+            statistics.median(s.kernel_time_s / s.steps for s in stats),
+            statistics.median(s.reorder_time_s / s.steps for s in stats))
 
 
 def _case(model, batch):
@@ -108,13 +110,14 @@ def _case(model, batch):
         return inp
 
     def metrics(inp, backend):
-        over, in_search = _overhead(inp, backend, batch)
+        over, in_search, reorder = _overhead(inp, backend, batch)
         alone = []
         for _ in range(20):
             t0 = time.perf_counter()
             beam_topk(inp["x"], inp["s"], 2 * BEAMS, backend=backend)
             alone.append(time.perf_counter() - t0)
-        out = {"overhead/step ms": over * 1e3, "beam_topk in search ms": in_search * 1e3,
+        out = {"overhead/step ms": over * 1e3, "reorder/step ms": reorder * 1e3,
+               "beam_topk in search ms": in_search * 1e3,
                "beam_topk alone ms": statistics.median(alone) * 1e3,
                "overhead/beam_topk": over / in_search}
         if "hf" in inp:
