@@ -195,6 +195,26 @@ def _progress(console: Console):
                     TimeElapsedColumn(), console=console, transient=True)
 
 
+def _bench_page(out_dir, rows, backend, info, extra=()) -> str:
+    """``out_dir/index.html``: the results and bars per op area, the speed-ups, the
+    BiRNN's gradient flow and ``extra`` sections, with every figure beside it."""
+    from fastdl import _plot
+    from fastdl.bench.report_html import bench_sections, write_index
+    sections = bench_sections(rows, out_dir, backend) if rows else []
+    images = []
+    if rows:
+        images.append(_plot.ratio_bars(rows, os.path.join(out_dir, "speedups.png"), backend))
+    flow = _plot.birnn_gradient_flow(os.path.join(out_dir, "birnn_gradient_flow.png"))
+    sections.extend(extra)
+    sections.append({"title": "Speed-ups and the BiRNN's gradient flow",
+                     "text": "The speed-up of every case over the NumPy backend and PyTorch; "
+                             "the norm of the BiRNN's gradient with respect to the hidden "
+                             "state at each time step, going back from the loss.",
+                     "images": images + [flow], "table": None})
+    return write_index(out_dir, title="fastdl benchmark report", build_info=info,
+                       sections=sections)
+
+
 def cmd_bench(args, console: Console) -> int:
     from fastdl.bench import run_cases
     from fastdl.bench import table as tb
@@ -260,10 +280,7 @@ def cmd_bench(args, console: Console) -> int:
     _say(console, f"targets: {met} met, {missed} missed · {len(cases)} case{plural} in "
          f"{elapsed:.1f} s", width)
     if args.plot:
-        from fastdl import _plot
-        for path in (_plot.ratio_bars(rows, os.path.join(args.plot, "speedups.png"), first),
-                     _plot.birnn_gradient_flow(os.path.join(args.plot, "birnn_gradient_flow.png"))):
-            _say(console, f"wrote {path}", width)
+        _say(console, f"wrote {_bench_page(args.plot, rows, first, info)}", width)
     if args.json:
         return _write_json(console, args.json, {
             "build_info": info, "full": args.full, "elapsed_s": elapsed,
