@@ -31,8 +31,8 @@ from fastdl.complexity_lora import (LORA_TARGETS, LoRABackwardCounts, LoRAForwar
                                     lora_backward_macs, lora_ffn_macs, lora_layer_macs,
                                     lora_linear_backward_macs, lora_linear_macs, lora_mha_macs,
                                     lora_table, lora_trainable_params, qlora_dequant_elements)
-from fastdl.complexity_norm import (NORM_STAT_KINDS, measure_norm_stats, norm_elements_per_statistic,
-                                    norm_elements_read, norm_statistics)
+from fastdl.complexity_norm import (NORM_STAT_KINDS, measure_norm_stats, norm_elements_read,
+                                    norm_elements_per_statistic, norm_statistics)
 
 __all__ = ["exhaustive_sequences", "exhaustive_scores", "beam_candidates",
            "beam_backpointer_tokens", "beam_prefix_copy_tokens", "birnn_steps",
