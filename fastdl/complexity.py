@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numbers
 
-from fastdl.complexity_decode import (beam_heap_comparisons_bound, beam_heap_cost,
+from fastdl.complexity_decode import (PrefixCountingLM, beam_attention_entries,
+                                      beam_heap_comparisons_bound, beam_lm_rows, beam_heap_cost,
                                       beam_sort_comparisons_bound, beam_sort_cost,
                                       beam_space_elements, beam_step_candidates,
                                       counted_heap_topk, counted_merge_sort, exhaustive_terms,
@@ -48,6 +49,7 @@ __all__ = ["exhaustive_sequences", "exhaustive_scores", "beam_candidates",
            "merge_sort_comparisons_bound", "beam_sort_comparisons_bound", "beam_sort_cost",
            "heap_topk_comparisons_bound", "beam_heap_comparisons_bound", "beam_heap_cost",
            "beam_space_elements", "full_table_bytes", "full_table_terabytes",
+           "beam_lm_rows", "beam_attention_entries", "PrefixCountingLM",
            "counted_merge_sort", "counted_heap_topk", "naive_enumeration",
            # normalization (fastdl.complexity_norm)
            "NORM_STAT_KINDS", "norm_elements_per_statistic", "norm_statistics",

@@ -23,7 +23,8 @@ __all__ = ["greedy_candidates", "exhaustive_terms", "beam_step_candidates",
            "merge_sort_comparisons_bound", "beam_sort_comparisons_bound", "beam_sort_cost",
            "heap_topk_comparisons_bound", "beam_heap_comparisons_bound", "beam_heap_cost",
            "beam_space_elements", "full_table_bytes", "full_table_terabytes",
-           "counted_merge_sort", "counted_heap_topk", "naive_enumeration"]
+           "beam_lm_rows", "beam_attention_entries",
+           "counted_merge_sort", "counted_heap_topk", "naive_enumeration", "PrefixCountingLM"]
 
 
 def _pos(**values) -> None:
@@ -109,6 +110,29 @@ def beam_space_elements(B: int, N: int, T: int, *, prompts: int = 1) -> int:
     from fastdl.complexity import beam_backpointer_tokens
     _pos(prompts=prompts)
     return prompts * (beam_backpointer_tokens(B, N, T) + max(beam_step_candidates(B, N, T)))
+
+
+def beam_lm_rows(B: int, N: int, T: int, *, prompts: int = 1) -> int:
+    """Sequences the model is run on: B_t at step t, Σ_t B_t <= T·B (one forward per
+    live beam per step, each scoring all N next tokens at once)."""
+    _pos(prompts=prompts)
+    return prompts * sum(n // N for n in beam_step_candidates(B, N, T))
+
+
+def beam_attention_entries(B: int, N: int, T: int, *, cache: bool = False, causal: bool = False,
+                           prompts: int = 1) -> int:
+    """Attention scores one self-attention layer computes over a beam search's model
+    calls, per head.  At step t each of the B_t beams has a prefix of t tokens
+    (⟨BOS⟩ and t − 1 generated).  Re-running the model on the whole prefix computes
+    t² scores (t(t+1)/2 with ``causal``, keys j <= i only): Σ_t B_t·t², the
+    O(B·T³) term of a transformer without a cache.  With a key/value ``cache`` only
+    the new token attends to the t keys: Σ_t B_t·t, O(B·T²)."""
+    _pos(prompts=prompts)
+    if not isinstance(cache, bool) or not isinstance(causal, bool):
+        raise TypeError(f"cache and causal must be bools, got cache={cache!r}, causal={causal!r}")
+    per = (lambda t: t) if cache else (lambda t: t * (t + 1) // 2) if causal else (lambda t: t * t)
+    return prompts * sum((n // N) * per(t)
+                         for t, n in enumerate(beam_step_candidates(B, N, T), start=1))
 
 
 def full_table_bytes(N: int, T: int, *, itemsize: int = 8) -> int:
@@ -228,3 +252,31 @@ def naive_enumeration(lm, T: int, *, bos: int = 0) -> tuple[np.ndarray, int]:
             prev = tok
         table[i] = total
     return table, terms
+
+
+class PrefixCountingLM:
+    """A callable language model (``lm(prefixes) -> logits``, ``normalized = False``) over
+    ``vocab_size`` tokens that records the shape (rows, prefix length) of every call in
+    ``calls``.  The logits of a prefix are a row of a fixed random table picked by a
+    hash of the whole prefix, so every prefix has its own distribution."""
+
+    normalized = False
+
+    def __init__(self, vocab_size: int, *, seed: int = 0, table_rows: int = 97):
+        _pos(vocab_size=vocab_size, table_rows=table_rows)
+        self.vocab_size = int(vocab_size)
+        self.table = np.random.default_rng(seed).standard_normal((table_rows, self.vocab_size))
+        self.calls: list = []
+
+    def __call__(self, prefixes, attention_mask=None):
+        p = np.asarray(prefixes, np.int64)
+        self.calls.append((int(p.shape[0]), int(p.shape[1])))
+        weights = np.arange(1, p.shape[1] + 1, dtype=np.int64) * 7919
+        return self.table[((p + 1) * weights).sum(axis=1) % len(self.table)]
+
+    def attention_entries(self, *, cache: bool = False, causal: bool = False) -> int:
+        """Σ over the recorded calls of rows × the scores of one prefix (see
+        ``beam_attention_entries``)."""
+        per = (lambda t: t) if cache else (lambda t: t * (t + 1) // 2) if causal else \
+            (lambda t: t * t)
+        return sum(rows * per(t) for rows, t in self.calls)

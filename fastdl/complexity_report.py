@@ -104,6 +104,8 @@ def _decode_rows(s) -> list:
         widest = max(widest, len(scores))
         sort_count += cd.counted_merge_sort(scores)[1]
         heap_count += cd.counted_heap_topk(scores, min(B, len(scores)))[1]
+    plm = cd.PrefixCountingLM(N, seed=1)
+    beam_search(plm, B, T, bos=0)
     big = {"N": 20000, "T": 10}
     tb = cd.full_table_terabytes(20000, 10)
     return [
@@ -131,6 +133,14 @@ def _decode_rows(s) -> list:
         _row("decode", "beam search, heap of size B: comparisons (worst case)",
              "Σ_t 2k + (n_t−k)(1+2⌊log2 k⌋) + 2k⌊log2 k⌋, k = B", p,
              cd.beam_heap_comparisons_bound(B, N, T), heap_count, None, "<="),
+        _row("decode", "beam search: sequences the model runs on", "Σ_t B_t <= T·B", p,
+             cd.beam_lm_rows(B, N, T), sum(rows for rows, _ in plm.calls), "T·B inferences"),
+        _row("decode", "beam search: attention scores, whole prefix every step",
+             "Σ_t B_t·t² <= B·T³", p, cd.beam_attention_entries(B, N, T),
+             plm.attention_entries(), "O(B·T³)"),
+        _row("decode", "beam search: attention scores with a key/value cache",
+             "Σ_t B_t·t <= B·T²", p, cd.beam_attention_entries(B, N, T, cache=True),
+             plm.attention_entries(cache=True)),
         _row("decode", "beam search: tokens held with backpointers", "Σ_t B_(t+1) <= B·T", p,
              cx.beam_backpointer_tokens(B, N, T), st.hypothesis_tokens, "O(B·T)"),
         _row("decode", "beam search: tokens moved copying prefixes", "Σ_t B_(t+1)·t <= B·T²", p,

@@ -149,6 +149,30 @@ def test_choosing_the_beams_by_sort_or_heap_stays_within_the_counts(B, N, T):
     assert st.hypothesis_tokens + widest == cx.beam_space_elements(B, N, T) <= B * (T + N)
 
 
+@pytest.mark.parametrize("B,N,T", [(1, 7, 5), (2, 3, 4), (4, 3, 4), (3, 20, 6), (9, 3, 3)])
+def test_the_model_calls_a_beam_search_makes(B, N, T):
+    lm = cx.PrefixCountingLM(N, seed=B)
+    st = beam_search(lm, B, T, bos=0)[0].stats
+    live = [n // N for n in cx.beam_step_candidates(B, N, T)]
+    assert lm.calls == [(b, t) for t, b in enumerate(live, start=1)]   # B_t rows of t tokens
+    assert sum(r for r, _ in lm.calls) == cx.beam_lm_rows(B, N, T) <= T * B
+    assert st.lm_calls == len(lm.calls) == T
+    for kw in ({}, {"causal": True}, {"cache": True}):
+        assert lm.attention_entries(**kw) == cx.beam_attention_entries(B, N, T, **kw)
+    assert cx.beam_attention_entries(B, N, T) <= B * T ** 3
+    assert cx.beam_attention_entries(B, N, T, cache=True) <= B * T ** 2
+
+
+def test_attention_entries_by_hand():
+    # B_t = 1, 2, 2 (N = 2, B = 2): prefixes of 1, 2, 3 tokens
+    assert cx.beam_attention_entries(2, 2, 3) == 1 + 2 * 4 + 2 * 9
+    assert cx.beam_attention_entries(2, 2, 3, causal=True) == 1 + 2 * 3 + 2 * 6
+    assert cx.beam_attention_entries(2, 2, 3, cache=True) == 1 + 2 * 2 + 2 * 3
+    assert cx.beam_lm_rows(2, 2, 3, prompts=2) == 2 * 5
+    with pytest.raises(TypeError, match="cache and causal must be bools"):
+        cx.beam_attention_entries(2, 2, 3, cache=1)
+
+
 def test_a_heap_beats_a_sort_on_a_wide_vocabulary():
     B, N, T = 4, 2000, 3
     st = beam_search(SyntheticLM(N, seed=0, dtype=np.float64), B, T, bos=0, trace=True)[0].stats
