@@ -131,7 +131,7 @@ def _decode_rows(s) -> list:
         _row("decode", "beam search, sorting every step: the course's cost", "T·B·N·log2(B·N)",
              p, cd.beam_sort_cost(B, N, T), sort_count, "O(T·B·N·log(B·N))", "<="),
         _row("decode", "beam search, heap of size B: comparisons (worst case)",
-             "Σ_t 2k + (n_t−k)(1+2⌊log2 k⌋) + 2k⌊log2 k⌋, k = B", p,
+             "Σ_t 2k + (n_t−k)(1+2⌊log2 k⌋) + 2k⌊log2 k⌋ = O(T·B·N·log k), k = B", p,
              cd.beam_heap_comparisons_bound(B, N, T), heap_count, None, "<="),
         _row("decode", "beam search: sequences the model runs on", "Σ_t B_t <= T·B", p,
              cd.beam_lm_rows(B, N, T), sum(rows for rows, _ in plm.calls), "T·B inferences"),
