@@ -7,16 +7,33 @@ Bidirectional RNN: T steps, B sequences, d_in inputs, hidden units, d_out output
 The byte counts are of what a forward or a backward must produce and keep, at
 ``itemsize`` bytes per number (4: float32); inputs (x, dy, the parameters) are
 not counted.
+
+Also here, from their own modules: the normalization statistics
+(``fastdl.complexity_norm``), greedy / brute-force / beam-selection / memory counts
+of decoding (``fastdl.complexity_decode``), LoRA / QLoRA in the transformer layer
+(``fastdl.complexity_lora``), and ``report``, the table of every formula beside an
+instrumented run (``fastdl.complexity_report``).
 """
 from __future__ import annotations
 
 import numbers
+
+from fastdl.complexity_decode import (PrefixCountingLM, beam_attention_entries,
+                                      beam_heap_comparisons_bound, beam_lm_rows, beam_heap_cost,
+                                      beam_sort_comparisons_bound, beam_sort_cost,
+                                      beam_space_elements, beam_step_candidates,
+                                      counted_heap_topk, counted_merge_sort, exhaustive_terms,
+                                      full_table_bytes, full_table_terabytes, greedy_candidates,
+                                      heap_topk_comparisons_bound, merge_sort_comparisons_bound,
+                                      naive_enumeration)
 
 from fastdl.complexity_lora import (LORA_TARGETS, LoRABackwardCounts, LoRAForwardCounts,
                                     document_terms, frozen_weight_bits, frozen_weight_elements,
                                     lora_backward_macs, lora_ffn_macs, lora_layer_macs,
                                     lora_linear_backward_macs, lora_linear_macs, lora_mha_macs,
                                     lora_table, lora_trainable_params, qlora_dequant_elements)
+from fastdl.complexity_norm import (NORM_STAT_KINDS, measure_norm_stats, norm_elements_read,
+                                    norm_elements_per_statistic, norm_statistics)
 
 __all__ = ["exhaustive_sequences", "exhaustive_scores", "beam_candidates",
            "beam_backpointer_tokens", "beam_prefix_copy_tokens", "birnn_steps",
@@ -26,7 +43,28 @@ __all__ = ["exhaustive_sequences", "exhaustive_scores", "beam_candidates",
            "LORA_TARGETS", "LoRAForwardCounts", "LoRABackwardCounts", "lora_linear_macs",
            "lora_linear_backward_macs", "lora_ffn_macs", "lora_mha_macs", "lora_layer_macs",
            "lora_backward_macs", "lora_trainable_params", "frozen_weight_elements",
-           "qlora_dequant_elements", "frozen_weight_bits", "document_terms", "lora_table"]
+           "qlora_dequant_elements", "frozen_weight_bits", "document_terms", "lora_table",
+           # decoding (fastdl.complexity_decode)
+           "greedy_candidates", "exhaustive_terms", "beam_step_candidates",
+           "merge_sort_comparisons_bound", "beam_sort_comparisons_bound", "beam_sort_cost",
+           "heap_topk_comparisons_bound", "beam_heap_comparisons_bound", "beam_heap_cost",
+           "beam_space_elements", "full_table_bytes", "full_table_terabytes",
+           "beam_lm_rows", "beam_attention_entries", "PrefixCountingLM",
+           "counted_merge_sort", "counted_heap_topk", "naive_enumeration",
+           # normalization (fastdl.complexity_norm)
+           "NORM_STAT_KINDS", "norm_elements_per_statistic", "norm_statistics",
+           "norm_elements_read", "measure_norm_stats",
+           "report"]
+
+
+def report(shapes=None) -> list:
+    """Every formula of this module beside the count of an instrumented run of the
+    library on small shapes: a list of dicts with "area", "quantity", "formula",
+    "params", "analytic", "counted", "relation" ("==", or "<=" for worst-case bounds)
+    and "document" (the course's value or expression, or None).  See
+    ``fastdl.complexity_report.report``."""
+    from fastdl.complexity_report import report as _report    # it imports the library
+    return _report(shapes)
 
 
 def exhaustive_sequences(N: int, T: int) -> int:
