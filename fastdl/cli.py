@@ -166,7 +166,10 @@ def _check_bench_args(args):
         registry._check_names(tuple(args.backend))
         if args.contention:
             raise ValueError("--contention measures the default backends; drop --backend")
-    cases = _select_cases(args)
+    if args.complexity and args.contention:
+        raise ValueError("--complexity and --contention are separate runs; pick one")
+    # with --complexity, --only picks sweeps, not cases
+    cases = [] if args.complexity else _select_cases(args)
     if args.plot:
         from fastdl._plot import pyplot
         try:
@@ -226,6 +229,10 @@ def cmd_bench(args, console: Console) -> int:
         return 0
     if args.contention:
         return _bench_contention(args, console, cases)
+    if args.complexity:
+        from fastdl import cli_complexity
+        return cli_complexity.run(args, console, _header, _say, _emit, _bench_page,
+                                  _write_json)
     t0 = time.perf_counter()
     info = fastdl.build_info()
     width = console.width
@@ -363,8 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="backends to measure (numpy is always measured as the baseline)")
     pb.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
     pb.add_argument("--plot", metavar="DIR",
-                    help="also write PNGs to DIR: the speed-ups per case and the BiRNN's "
-                         "gradient flow (needs matplotlib: pip install 'fastdl[plot]')")
+                    help="also write DIR/index.html and its PNGs: results and bars per op "
+                         "area, speed-ups, the BiRNN's gradient flow, with --complexity the "
+                         "scaling plots (needs matplotlib: pip install 'fastdl[plot]')")
     pb.add_argument("--wide", action="store_true",
                     help="every backend, peer and column (wider than a terminal)")
     pb.add_argument("--threads", type=_int_arg("--threads", 1, _max_threads),
@@ -376,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--contention", action="store_true",
                     help="default threads against 1 thread, idle and with one busy "
                          "process per CPU (a representative set of ops; --only picks others)")
+    pb.add_argument("--complexity", action="store_true",
+                    help="every analytic count beside an instrumented run, then the log-log "
+                         "slope of time against each size (decoding N, B, T; LoRA d, r, n, "
+                         "h; BiRNN T, d; norm elements) beside the analytic exponent; --only "
+                         "picks sweeps, --quick runs fewer points, --plot DIR adds the plots")
     pb.add_argument("--duration", type=_seconds_arg, default=1.0, metavar="S",
                     help="with --contention: seconds of timing per op, library and "
                          "condition (default 1)")
