@@ -52,10 +52,19 @@ def normalization(console: Console) -> list:
                           f"{v:.4f}", f"{c:.{dec}f}", escape(mark))
         t.add_section()
     console.print(t)
-    mean, var = fastdl.norm_stats(C.NORM_X, "group", num_groups=1)
-    console.print(f"  group norm (not worked in the course): with one group it equals layer "
-                  f"norm, means {_fmt(mean[:, 0])}, variances {_fmt(var[:, 0])}; with 2 groups "
-                  "of 1 channel it equals instance norm", markup=False)
+    # elements behind each statistic: the course's 1/(B·F), 1/(C·F) and 1/F factors
+    sizes = {k: C.NORM_X.size // fastdl.norm_stats(C.NORM_X, k)[0].size for k in C.NORM_STATS}
+    console.print("  elements per statistic: " + ", ".join(f"{k} {n}" for k, n in sizes.items())
+                  + " (the course's 1/12, 1/6 and 1/3)", markup=False)
+    same = []
+    for groups, kind in ((1, "layer"), (2, "instance")):
+        g = fastdl.norm_stats(C.NORM_X, "group", num_groups=groups)
+        ref = fastdl.norm_stats(C.NORM_X, kind)
+        same.append("=" if all(np.allclose(a.reshape(b.shape), b) for a, b in zip(g, ref))
+                    else "≠")
+    console.print(f"  group norm (not worked in the course), means and variances: 1 group "
+                  f"{same[0]} layer norm, 2 groups of 1 channel {same[1]} instance norm",
+                  markup=False)
     return rows
 
 
