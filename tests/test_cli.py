@@ -88,7 +88,7 @@ def test_demo_prints_the_documents_results(capsys, tmp_path):
     out = capsys.readouterr().out
     assert '"the red rectangle"  log p = -9.7' in out            # greedy and exact search
     assert '"a blue square"  log p = -9.9' in out and '"a red circle"  log p = -10.0' in out
-    assert "[3.167 2.000 2.500 3.333]" in out                    # layer-norm means of Question 1
+    assert "│ layer    │ mean      │ (1,)   │ 19/6    │ 3.1667 │ 3.167  │ ✓" in out  # layer norm
     assert 'greedy\'s prefix "the red" (-5.0) ranked 3' in out
     # the BiRNN exercise: the recursion's terms, the corrections, the graph written
     assert "∇h_t(f) L_t = -2 V(f)ᵀ(z_t - y_t)" in out and "diag(1 − h_{t−1}(b)²) U(b)" in out
