@@ -35,8 +35,6 @@ BEAM_KEPT = {1: {"the", "a"}, 2: {"a blue", "a red"}, 3: {"a blue square", "a re
 
 # The exhaustive-search example: a 20 000-word vocabulary, 10 steps, 8-byte floats
 TABLE_N, TABLE_T, TABLE_ITEMSIZE = 20_000, 10, 8
-TABLE_COUNT_TEXT = "≈ 10^43 joint probabilities"
-TABLE_TB_TEXT = "≈ 8^21 TB"
 TABLE_TB = 8 ** 21
 # The beam-search space example: 500 000 words, beam 100, 4-byte scores: 200 MB
 SPACE_N, SPACE_B, SPACE_ITEMSIZE, SPACE_MB = 500_000, 100, 4, 200

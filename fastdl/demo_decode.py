@@ -60,7 +60,7 @@ def counts(console: Console) -> list:
          f"{ex.candidates_scored} measured = Σ_t N^t = {complexity.exhaustive_scores(N, T)}"
          f" (T·N^T = {T * seqs})",
          _loose(ex.candidates_scored == complexity.exhaustive_scores(N, T)), "exhaustive_time"),
-        (f"20 000^10 joint probabilities × 8 bytes", "≈ 10^43, ≈ 8^21 TB",
+        ("20 000^10 joint probabilities × 8 bytes", "≈ 10^43, ≈ 8^21 TB",
          f"{complexity.exhaustive_sequences(C.TABLE_N, C.TABLE_T):.4g}, {tb:.4g} TB",
          math.isclose(tb, C.TABLE_TB, rel_tol=0.5), "table_memory"),
         ("greedy: candidates scored", "T·N", f"{g.candidates_scored} measured (T·N = {T * N})",
@@ -119,6 +119,10 @@ def searches(console: Console) -> dict:
         mark = "✓" if got["beam"][i - 1] == want else "✗"
         console.print(f"  beam search B=2 #{i}:      {_show(lm, h)}  [course: \"{want[0]}\" "
                       f"{want[1]}] {mark}", markup=False)
+    b1 = beam_search(lm, 1, T, bos=lm.bos)[0]
+    got["beam1_is_greedy"] = b1.tokens == g.tokens and b1.log_prob == g.log_prob
+    console.print(f"  beam search B=1:           {_show(lm, b1)}  [course: the same as greedy] "
+                  f"{'✓' if got['beam1_is_greedy'] else '✗'}", markup=False)
     console.print(f"  exact search (best-first): {_show(lm, ex)}  [{ex.stats.lm_calls} LM "
                   f"calls, {ex.stats.heap_pops} heap pops; the course has no exact answer]",
                   markup=False)

@@ -153,7 +153,8 @@ def gradients(console: Console) -> None:
                   "(∇h_t L_t checked alone: "
                   f"{local_gradient_check()['error']:.1e} from finite differences)")
     jb = backward_jacobian_check()
-    console.print(f"  ∂h_2(f)/∂h_1(f) = diag(1 - h_2(f)²) U(f) =\n{_fmt(jacobian_forward(cache, 1))}")
+    console.print("  ∂h_2(f)/∂h_1(f) = diag(1 - h_2(f)²) U(f) =\n"
+                  + _fmt(jacobian_forward(cache, 1)))
     console.print(f"  ∂h_1(b)/∂h_2(b) = diag(1 - h_1(b)²) U(b) =\n{_fmt(jb['jacobian'])}\n"
                   f"  (finite differences of the step: {jb['error']:.1e})")
     w = weight_gradient_check()

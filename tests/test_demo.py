@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from fastdl import demo, demo_course, demo_decode, demo_errata, demo_lora, demo_rnn
+from fastdl import demo, demo_course, demo_decode, demo_lora, demo_rnn
 from fastdl.demo_errata import BY_KEY, ERRATA
 
 
@@ -67,6 +67,7 @@ def test_searches_reproduce_every_course_answer_on_the_shapes_tree():
     got = demo_decode.searches(_console())
     assert got["greedy"] == demo_course.GREEDY
     assert got["beam"] == demo_course.BEAM
+    assert got["beam1_is_greedy"]
     steps = got["steps"]
     assert len(steps) == sum(len(c) for c in demo_course.BEAM_CANDIDATES.values())
     assert all(good for *_, good in steps)
