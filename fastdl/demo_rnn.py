@@ -116,6 +116,14 @@ def backward_jacobian_check() -> dict:
             "written_error": float(np.max(np.abs(written - fd)))}
 
 
+def forward_jacobian_error() -> float:
+    """∂h_2(f)/∂h_1(f) against central differences of h_2(f) = tanh(W(f) x_2 + U(f) h_1(f))."""
+    p, x, z = _example()
+    _, cache = rnn.birnn_forward(x, p)
+    fd = _central(lambda h: _step(p, "f", x[1], h), _state(cache, "f", 1))
+    return float(np.max(np.abs(jacobian_forward(cache, 1) - fd)))
+
+
 def weight_gradient_check() -> dict:
     """∇W(b) L and ∇U(f) L summed term by term, against the library's backward and
     central differences of the loss (relative)."""
@@ -154,7 +162,8 @@ def gradients(console: Console) -> None:
                   f"{local_gradient_check()['error']:.1e} from finite differences)")
     jb = backward_jacobian_check()
     console.print("  ∂h_2(f)/∂h_1(f) = diag(1 - h_2(f)²) U(f) =\n"
-                  + _fmt(jacobian_forward(cache, 1)))
+                  + _fmt(jacobian_forward(cache, 1))
+                  + f"\n  (finite differences of the step: {forward_jacobian_error():.1e})")
     console.print(f"  ∂h_1(b)/∂h_2(b) = diag(1 - h_1(b)²) U(b) =\n{_fmt(jb['jacobian'])}\n"
                   f"  (finite differences of the step: {jb['error']:.1e})")
     w = weight_gradient_check()

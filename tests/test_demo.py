@@ -76,6 +76,17 @@ def test_searches_reproduce_every_course_answer_on_the_shapes_tree():
         assert (text in demo_course.BEAM_KEPT[s]) == kept
 
 
+def test_forward_jacobian_matches_finite_differences():
+    assert demo_rnn.forward_jacobian_error() < 1e-8
+
+
+def test_total_hidden_gradients_match_finite_differences():
+    p, x, z = demo_rnn._example()
+    _, cache = demo_rnn.rnn.birnn_forward(x, p)
+    errs = demo_rnn.total_gradient_errors(p, x, z, cache, demo_rnn.bptt_terms(cache, z))
+    assert len(errs) == demo_rnn.T and max(errs) < 1e-6
+
+
 def test_lora_tables_count_the_formula_and_match_the_course_on_memory():
     rows = demo_lora.complexity_table(_console())
     assert all(counted == formula for _, counted, formula, *_ in rows)
