@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fastdl import lora_report
+from fastdl.demo_course import DECISION
 
 # the complexity table's layer: small, so the instrumented run is instant
 COUNT_SHAPE = dict(n=16, d=32, h=2, r=4)
@@ -32,10 +33,12 @@ def complexity_table(console: Console, shape=None) -> None:
         mark = "" if counted == formula else " ✗"
         t.add_row(q, _num(counted) + mark, _num(formula), otext, _num(oval))
     console.print(t)
-    console.print("  Where the O() terms are loose: the adapters are per head, so MHA's LoRA "
-                  "term is 6·h·n·d·r, not n·d·r; QLoRA dequantizes 3·h·d² + h·d·d = 4·h·d² "
-                  "weights per MHA forward (every head's W^Q, W^K, W^V and the h·d × d W^O), "
-                  "not O(d²); frozen memory is m bits per weight plus the block scales.")
+    console.print("  The O() column is the course's answer evaluated without constants; where "
+                  "it falls short of the count (MHA's per-head adapters and projections, "
+                  "QLoRA's dequantization of every head's weights) the corrections at the end "
+                  "say by what (“mha_adapters”, “mha_dequant”); frozen memory is m bits per "
+                  "weight plus the block scales.", markup=False)
+    return rows
 
 
 def decision_table(console: Console, shape=None, memory_limit=None, repeat=3) -> dict:
@@ -45,15 +48,25 @@ def decision_table(console: Console, shape=None, memory_limit=None, repeat=3) ->
     table = lora_report.decide(measures, limit)
     t = Table(title=f"LoRA or QLoRA (NF4) per stage, measured at d = {s['d']}, h = {s['h']}, "
               f"n = {s['n']}, r = {s['r']}; memory limit {limit / 2**20:.2f} MiB of frozen "
-              "weights per stage")
+              "weights per stage; the course's choice in brackets")
     for col in ("", "MHA", "LFFN"):
         t.add_column(col)
     for row in ("memory limit", "faster", "both"):
-        t.add_row(row, table["mha"][row], table["ffn"][row])
+        t.add_row(row, *(_choice(table[st][row], DECISION[st][row]) for st in ("mha", "ffn")))
     console.print(t)
     for stage, name in (("mha", "MHA"), ("ffn", "LFFN")):
         console.print(f"  {name}: {table[stage]['why']}")
+    if any(table[st][row] == "either" for st in table for row in ("faster", "both")):
+        console.print("  “either”: the two measured times are within 10% of each other (the "
+                      "course picks LoRA, since QLoRA dequantizes every weight on each "
+                      "forward; here that costs little next to the matrix products).",
+                      markup=False)
     return table
+
+
+def _choice(measured: str, course: str) -> str:
+    mark = "✓" if measured == course else "≈" if measured == "either" else "✗"
+    return f"{measured} [{course}] {mark}"
 
 
 def finetune(console: Console, out_dir=None) -> None:

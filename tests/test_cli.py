@@ -88,10 +88,10 @@ def test_demo_prints_the_documents_results(capsys, tmp_path):
     out = capsys.readouterr().out
     assert '"the red rectangle"  log p = -9.7' in out            # greedy and exact search
     assert '"a blue square"  log p = -9.9' in out and '"a red circle"  log p = -10.0' in out
-    assert "[3.167 2.000 2.500 3.333]" in out                    # layer-norm means of Question 1
+    assert "│ layer    │ mean      │ (1,)   │ 19/6    │ 3.1667 │ 3.167  │ ✓" in out  # layer norm
     assert 'greedy\'s prefix "the red" (-5.0) ranked 3' in out
     # the BiRNN exercise: the recursion's terms, the corrections, the graph written
-    assert "∇h_t(f) L_t = -2 V(f)ᵀ(z_t - y_t)" in out and "diag(1 - h_{t-1}(b)²) U(b)" in out
+    assert "∇h_t(f) L_t = -2 V(f)ᵀ(z_t - y_t)" in out and "diag(1 − h_{t−1}(b)²) U(b)" in out
     assert "forward 162 = 2·T·3d², backward 324 = 2·T·6d²" in out
     assert "the gradient vanishes" in out
     dot = (tmp_path / "birnn_unrolled_T3.dot").read_text()
@@ -100,8 +100,9 @@ def test_demo_prints_the_documents_results(capsys, tmp_path):
         assert (tmp_path / "birnn_unrolled_T3.svg").read_bytes().startswith(b"<?xml")
     # LoRA / QLoRA: every counted quantity equals its formula, the decision table, training
     assert "│ QLoRA dequantized weights, MHA  │   8,192 │   8,192 │ O(4d²) = O(d²)" in out
-    assert "✗" not in out
-    assert "│ memory limit │ QLoRA" in out and "│ both         │ QLoRA" in out
+    lora = out[out.index("LoRA / QLoRA in the transformer layer"):out.index("LoRA or QLoRA")]
+    assert "✗" not in lora
+    assert "│ memory limit │ QLoRA [QLoRA] ✓" in out and "│ both         │ QLoRA [QLoRA] ✓" in out
     m = re.search(r"\(([0-9]+)× lower\) in 300 AdamW steps", out)
     assert m and int(m.group(1)) >= 10
     assert (tmp_path / "qlora-adapter" / "adapter_model.safetensors").is_file()
@@ -112,6 +113,7 @@ def test_demo_without_files_prints_the_graph(capsys, tmp_path, monkeypatch):
     assert main(["demo", "--no-files", "--no-train"]) == 0
     out = capsys.readouterr().out
     assert "digraph birnn" in out and "AdamW steps" not in out
+    assert 'hf0 [label=<h<sub>0</sub><sup>(f)</sup>>' in out     # not eaten as console markup
     assert list(tmp_path.iterdir()) == []
 
 
