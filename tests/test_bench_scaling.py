@@ -85,12 +85,23 @@ def test_regime_note_names_the_cache_crossed_by_a_jump():
     note = regime_note(xs, secs, xs, nbytes, "stream", CACHES)
     assert "rises ×3.00" in note and "x=262144" in note and "x=524288" in note
     assert "crosses L2 (2 MiB)" in note
+    # the slope on each side of the step is the per-regime exponent, 1
+    assert "slope 1.00 up to x=262144, 1.00 from x=524288" in note
+    assert scaling.jump_index(secs, xs) == 4
+
+
+def test_regime_note_blames_noise_when_the_working_set_is_unchanged():
+    xs = [4, 8, 16, 32, 64, 128]
+    secs = [1e-4 * x * (3 if x >= 32 else 1) for x in xs]
+    note = regime_note(xs, secs, xs, [1 << 20] * len(xs), "search", CACHES)
+    assert "x=16 and x=32" in note and "another process" in note
 
 
 def test_regime_note_one_regime_and_falling_cost():
     xs = [2 ** k for k in range(6)]
     flat = regime_note(xs, [1e-3 * x for x in xs], xs, [8 * x for x in xs], "gemm", CACHES)
     assert flat.startswith("one regime")
+    assert scaling.jump_index([1e-3 * x for x in xs], xs) is None
     # a fixed cost per call: time = 1 ms + x µs, the time per op falls along the range
     fixed = [1e-3 + 1e-6 * x for x in xs]
     falling = regime_note(xs, fixed, xs, [8 * x for x in xs], "search", CACHES)
@@ -179,6 +190,7 @@ def test_figures_written(tmp_path):
     pytest.importorskip("matplotlib")
     from fastdl.bench.scaling_plots import scaling_figures
     results = [_result("beam_search/N"), _result("lora/d", p=1.8, exponent=2.0)]
+    results[1].extra["jump"] = (2, 4)           # the shaded regime change is drawn too
     paths = scaling_figures(results, tmp_path / "figs")
     assert [os.path.basename(p) for p in paths] == ["scaling_beam_search_N.png",
                                                      "scaling_lora_d.png"]

@@ -27,7 +27,7 @@ from fastdl.bench.case import matches
 from fastdl.bench.runner import measure
 
 __all__ = ["Point", "Sweep", "SweepResult", "fit_slope", "verdict", "cache_sizes",
-           "regime_note", "run_sweep", "run_sweeps", "format_table"]
+           "jump_index", "regime_note", "run_sweep", "run_sweeps", "format_table"]
 
 # a time per operation that changes by less than this between neighbouring points
 # (or between the two ends) is one regime: a repeat on this shared machine varies by ~20 %
@@ -190,6 +190,17 @@ def _beyond_l2(nbytes: int, caches: dict) -> str:
     return ""
 
 
+def jump_index(seconds, ops) -> int | None:
+    """i where the time per counted operation changes most between points i and i+1,
+    when that change exceeds JUMP (else None)."""
+    c = np.asarray(seconds, np.float64) / np.asarray(ops, np.float64)
+    if len(c) < 2:
+        return None
+    steps = np.abs(np.log(c[1:] / c[:-1]))
+    i = int(np.argmax(steps))
+    return i if steps[i] >= math.log(JUMP) else None
+
+
 def regime_note(xs, seconds, ops, nbytes, kind: str, caches: dict | None = None) -> str:
     """Where the time per counted operation changes along a sweep, and why.
 
@@ -205,22 +216,30 @@ def regime_note(xs, seconds, ops, nbytes, kind: str, caches: dict | None = None)
     hs = (f"slopes {halves[0]:.2f} (first half) / {halves[1]:.2f} (last half)"
           if halves else "")
     steps = c[1:] / c[:-1]
-    i = int(np.argmax(np.abs(np.log(steps))))
     ends = c[-1] / c[0]
-    if abs(math.log(steps[i])) >= math.log(JUMP):
+    i = jump_index(seconds, ops)
+    if i is not None:
         a, b = nbytes[i], nbytes[i + 1]
         crossed = [name for name, size in caches.items() if a <= size < b]
         up = steps[i] > 1
         text = (f"time/op {'rises' if up else 'falls'} ×{steps[i] if up else 1 / steps[i]:.2f} "
                 f"between x={xs[i]} and x={xs[i + 1]} (working set {_mib(a)} → {_mib(b)})")
-        if up and crossed:
+        if up and b < 1.1 * a:
+            text += (": the working set does not change, so another process's load is the "
+                     "likely cause, not the operation")
+        elif up and crossed:
             size = caches[crossed[-1]]
             text += f": it crosses {crossed[-1]} ({_mib(size)}); {_RISING[kind]}"
         elif up:
             text += f": {_beyond_l2(b, caches)}{_RISING[kind]}"
         else:
             text += f": {_FALLING[kind]}"
-        return f"{text}; {hs}" if hs else text
+        if i >= 1 and len(xs) - i - 1 >= 2:
+            text += (f"; slope {fit_slope(xs[:i + 1], seconds[:i + 1]):.2f} up to x={xs[i]}, "
+                     f"{fit_slope(xs[i + 1:], seconds[i + 1:]):.2f} from x={xs[i + 1]}")
+        elif hs:
+            text += f"; {hs}"
+        return text
     if abs(math.log(ends)) >= math.log(JUMP):
         up = ends > 1
         text = (f"time/op {'rises' if up else 'falls'} ×{ends if up else 1 / ends:.2f} "
@@ -260,6 +279,9 @@ def run_sweep(sweep: Sweep, *, quick: bool = False, caches: dict | None = None) 
         half_slopes=_half_slopes(xs, secs), rounds=rounds)
     if sweep.formula_name:
         res.extra["formula"] = sweep.formula_name
+    j = jump_index(secs, ops)
+    if j is not None:
+        res.extra["jump"] = (xs[j], xs[j + 1])
     return res
 
 

@@ -235,20 +235,26 @@ def _norm_point(kind, rows) -> Point:
 
 
 _NORM_WHY = ("every element is read for the statistics (mean and variance over its group) "
-             "and normalized once: time ∝ elements (groups × elements per statistic)")
+             "and normalized once: time ∝ elements (groups × elements per statistic).  "
+             "Tolerance ±0.4: the range runs from cache-resident (input and output within "
+             "the L2 and this process's share of the L3) to memory-resident; the time per "
+             "element steps up ~3× where the working set passes ~16-32 MiB, which alone "
+             "adds ~0.2 to a fit over a factor 128 (the regime note gives the slope on "
+             "each side of the step, both near 1)")
+NORM_TOL = 0.4
 
 
 def _norm_sweeps():
     rows = tuple(128 << i for i in range(8))
     return [
         Sweep("layer_norm/elements", "norms", "elements", tuple(r * 1024 for r in rows),
-              (128 * 1024, 1024 * 1024, 8192 * 1024), 1.0, TOL,
+              (128 * 1024, 1024 * 1024, 8192 * 1024), 1.0, NORM_TOL,
               lambda n: _norm_point("layer", n // 1024), "elements", _NORM_WHY, "stream",
               fixed="rows × 1024 features",
               formula_name="elements per statistic × statistics (the norm count "
                            "formulas of fastdl.complexity, once added)"),
         Sweep("batch_norm/elements", "norms", "elements", tuple(r * 1024 for r in rows),
-              (128 * 1024, 1024 * 1024, 8192 * 1024), 1.0, TOL,
+              (128 * 1024, 1024 * 1024, 8192 * 1024), 1.0, NORM_TOL,
               lambda n: _norm_point("batch", n // 1024), "elements", _NORM_WHY, "stream",
               fixed="(N, 64 channels, 16) training",
               formula_name="elements per statistic × statistics (the norm count "

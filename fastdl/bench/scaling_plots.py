@@ -27,7 +27,8 @@ def _through_centre(xs, ys, exponent):
 
 def scaling_figure(result, path) -> str:
     """Measured seconds against x (points), the analytic slope through their geometric
-    centre (line), and the counted operations scaled to the same centre (dashed)."""
+    centre (line), the counted operations scaled to the same centre (dotted), and the
+    interval where the time per operation jumps (shaded), if any."""
     plt = pyplot()
     xs = np.asarray(result.xs, np.float64)
     secs = np.asarray(result.seconds, np.float64)
@@ -38,8 +39,12 @@ def scaling_figure(result, path) -> str:
     if result.ops and all(o > 0 for o in result.ops):
         ops = np.asarray(result.ops, np.float64)
         scaled = ops * np.exp(np.log(secs).mean() - np.log(ops).mean())
-        ax.loglog(xs, scaled * 1e3, "--", lw=1.0, color="grey",
+        ax.loglog(xs, scaled * 1e3, ":", lw=1.6, color="black", zorder=3,
                   label=f"{result.ops_label}, scaled (slope {result.ops_slope:.2f})")
+    jump = (result.extra or {}).get("jump")
+    if jump:
+        ax.axvspan(jump[0], jump[1], color="tab:red", alpha=0.08,
+                   label="time/op changes regime here")
     ax.set_xlabel(result.variable + (f"   ({result.fixed})" if result.fixed else ""))
     ax.set_ylabel("median time per call (ms)")
     verdict = "pass" if result.passed else "FAIL"
