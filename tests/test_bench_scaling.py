@@ -160,6 +160,7 @@ def test_quick_real_sweep_is_sane(name):
     assert isinstance(res.passed, bool)
     assert res.passed == (abs(res.slope - res.exponent) <= res.tol)
     assert res.regime and len(res.half_slopes) in (0, 2)
+    assert res.quick and format_table([res])[-1].endswith("indicative only)")
 
 
 def test_run_sweeps_arguments():

@@ -91,6 +91,7 @@ class SweepResult:
     counted_matches_formula: bool | None = None
     half_slopes: tuple = ()
     rounds: int = 0
+    quick: bool = False          # fewer points and rounds: the verdict is indicative only
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -255,8 +256,8 @@ def regime_note(xs, seconds, ops, nbytes, kind: str, caches: dict | None = None)
 
 def _timing(quick: bool) -> dict:
     if quick:
-        return dict(min_rounds=1, max_rounds=2, budget_s=0.1, warm_s=0.005)
-    return dict(min_rounds=3, max_rounds=9, budget_s=1.5, warm_s=0.02)
+        return dict(min_rounds=2, max_rounds=4, budget_s=0.3, warm_s=0.005)
+    return dict(min_rounds=5, max_rounds=15, budget_s=2.0, warm_s=0.02)
 
 
 def run_sweep(sweep: Sweep, *, quick: bool = False, caches: dict | None = None) -> SweepResult:
@@ -276,7 +277,7 @@ def run_sweep(sweep: Sweep, *, quick: bool = False, caches: dict | None = None) 
         regime=regime_note(xs, secs, ops, nbytes, sweep.kind, caches), ops_label=sweep.ops_label,
         why=sweep.why, fixed=sweep.fixed, formula_ops=formula,
         counted_matches_formula=None if formula is None else formula == ops,
-        half_slopes=_half_slopes(xs, secs), rounds=rounds)
+        half_slopes=_half_slopes(xs, secs), rounds=rounds, quick=quick)
     if sweep.formula_name:
         res.extra["formula"] = sweep.formula_name
     j = jump_index(secs, ops)
@@ -344,5 +345,8 @@ def format_table(results: list[SweepResult]) -> list[str]:
         out.append(line(row))
         out.append(f"    regime: {r.regime}")
     n_ok = sum(r.passed for r in results)
-    out.append(f"{n_ok}/{len(results)} slopes within tolerance")
+    summary = f"{n_ok}/{len(results)} slopes within tolerance"
+    if any(r.quick for r in results):
+        summary += " (quick: 3 points and a few rounds each, indicative only)"
+    out.append(summary)
     return out
