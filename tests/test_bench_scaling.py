@@ -22,7 +22,8 @@ def _result(name="area/x", xs=(1, 2, 4, 8), p=1.0, exponent=1.0, tol=0.25, ops=N
     return SweepResult(name=name, area="area", variable="x", xs=xs, seconds=secs, ops=ops,
                        bytes=[8 * x for x in xs], slope=slope, ops_slope=fit_slope(xs, ops),
                        exponent=exponent, tol=tol, passed=verdict(slope, exponent, tol),
-                       regime="one regime", ops_label="ops", why="", fixed="y=3")
+                       regime="one regime", ops_label="ops", why="", fixed="y=3",
+                       best_seconds=[0.9 * t for t in secs], best_slope=slope)
 
 
 # ---------------------------------------------------------------- the fit
@@ -161,6 +162,8 @@ def test_quick_real_sweep_is_sane(name):
     assert res.passed == (abs(res.slope - res.exponent) <= res.tol)
     assert res.regime and len(res.half_slopes) in (0, 2)
     assert res.quick and format_table([res])[-1].endswith("indicative only)")
+    assert all(0 < b <= t for b, t in zip(res.best_seconds, res.seconds))
+    assert math.isfinite(res.best_slope)
 
 
 def test_run_sweeps_arguments():
@@ -177,8 +180,8 @@ def test_run_sweeps_arguments():
 def test_format_table_rows_and_summary():
     ok, bad = _result("a/N", p=1.0), _result("b/d", p=1.0, exponent=2.0, tol=0.35)
     lines = format_table([ok, bad])
-    assert lines[0].split() == ["sweep", "var", "range", "slope", "ops", "slope", "analytic",
-                                "tol", "result"]
+    assert lines[0].split() == ["sweep", "var", "range", "slope", "fastest", "ops", "slope",
+                                "analytic", "tol", "result"]
     row_ok = next(line for line in lines if line.startswith("a/N"))
     row_bad = next(line for line in lines if line.startswith("b/d"))
     assert "1.00" in row_ok and "pass" in row_ok and "±0.25" in row_ok

@@ -3,8 +3,8 @@ log-log slope, and hold it against the exponent of the operation's analytic coun
 
 Each sweep (``fastdl.bench.scaling_cases.SWEEPS``) varies one size (the vocabulary N,
 the beam width B, the length T, the model width d, ...) with the others fixed.  Every
-point is timed as the median of interleaved rounds (``fastdl.bench.runner.measure``:
-a noisy machine slows all points alike) and its operations are counted by an
+point is timed as the median of interleaved rounds (as ``fastdl.bench.runner.measure``:
+a noisy machine slows all points alike; the fastest sample is kept beside it) and its operations are counted by an
 instrumented run where the code counts them (candidates scored, multiply-adds of the
 GEMMs), else taken from the analytic formula.  The fitted slope of time against x
 passes when it is within the sweep's tolerance of the analytic exponent.
@@ -16,18 +16,21 @@ compute-bound speed as their operands grow.
 """
 from __future__ import annotations
 
+import gc
 import math
 import os
+import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
 
 from fastdl.bench.case import matches
-from fastdl.bench.runner import measure
+from fastdl.bench.runner import _burst
 
 __all__ = ["Point", "Sweep", "SweepResult", "fit_slope", "verdict", "cache_sizes",
-           "jump_index", "regime_note", "run_sweep", "run_sweeps", "format_table"]
+           "jump_index", "regime_note", "time_points", "run_sweep", "run_sweeps", "format_table"]
 
 # a time per operation that changes by less than this between neighbouring points
 # (or between the two ends) is one regime: a repeat on this shared machine varies by ~20 %
@@ -78,7 +81,7 @@ class SweepResult:
     seconds: list
     ops: list
     bytes: list
-    slope: float                 # fitted log-log slope of time against x
+    slope: float                 # fitted log-log slope of the median time against x
     ops_slope: float             # ... of the counted operations against x
     exponent: float
     tol: float
@@ -91,6 +94,10 @@ class SweepResult:
     counted_matches_formula: bool | None = None
     half_slopes: tuple = ()
     rounds: int = 0
+    # the fastest sample of each point and their slope: contention from other processes
+    # only ever slows a call, so where it differs much from ``slope`` the machine was busy
+    best_seconds: list = field(default_factory=list)
+    best_slope: float = float("nan")
     quick: bool = False          # fewer points and rounds: the verdict is indicative only
     extra: dict = field(default_factory=dict)
 
@@ -260,12 +267,35 @@ def _timing(quick: bool) -> dict:
     return dict(min_rounds=5, max_rounds=15, budget_s=2.0, warm_s=0.02)
 
 
+def time_points(thunks: dict, *, min_rounds: int, max_rounds: int, budget_s: float,
+                warm_s: float) -> tuple[dict, dict, int]:
+    """(median, fastest, rounds) per thunk, timed in interleaved rounds as
+    ``fastdl.bench.runner.measure`` does (each contender warmed, then a short burst)."""
+    samples = {k: [] for k in thunks}
+    start, rounds = time.perf_counter(), 0
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        while rounds < max_rounds and (rounds < min_rounds
+                                       or time.perf_counter() - start < budget_s):
+            for k, fn in thunks.items():
+                samples[k].extend(_burst(fn, warm_s))
+            rounds += 1
+    finally:
+        if gc_was:
+            gc.enable()
+    return ({k: statistics.median(v) for k, v in samples.items()},
+            {k: min(v) for k, v in samples.items()}, rounds)
+
+
 def run_sweep(sweep: Sweep, *, quick: bool = False, caches: dict | None = None) -> SweepResult:
     """Build every point of ``sweep``, time them together, fit and judge."""
     xs = list(sweep.quick_xs if quick else sweep.xs)
     points = {x: sweep.make(x) for x in xs}
-    med, rounds = measure({str(x): p.thunk for x, p in points.items()}, **_timing(quick))
+    med, best, rounds = time_points({str(x): p.thunk for x, p in points.items()},
+                                    **_timing(quick))
     secs = [med[str(x)] for x in xs]
+    fastest = [best[str(x)] for x in xs]
     ops = [points[x].ops for x in xs]
     nbytes = [points[x].bytes for x in xs]
     formula = [int(sweep.formula(x)) for x in xs] if sweep.formula is not None else None
@@ -277,7 +307,8 @@ def run_sweep(sweep: Sweep, *, quick: bool = False, caches: dict | None = None) 
         regime=regime_note(xs, secs, ops, nbytes, sweep.kind, caches), ops_label=sweep.ops_label,
         why=sweep.why, fixed=sweep.fixed, formula_ops=formula,
         counted_matches_formula=None if formula is None else formula == ops,
-        half_slopes=_half_slopes(xs, secs), rounds=rounds, quick=quick)
+        half_slopes=_half_slopes(xs, secs), rounds=rounds, quick=quick,
+        best_seconds=fastest, best_slope=fit_slope(xs, fastest))
     if sweep.formula_name:
         res.extra["formula"] = sweep.formula_name
     j = jump_index(secs, ops)
@@ -323,16 +354,18 @@ def _range(xs) -> str:
 
 
 def format_table(results: list[SweepResult]) -> list[str]:
-    """Lines for a terminal: one row per sweep (sweep, variable, range, measured slope,
-    slope of the counted operations, analytic exponent ± tolerance, result), each
-    followed by its regime note; then a one-line summary."""
-    head = ("sweep", "var", "range", "slope", "ops slope", "analytic", "tol", "result")
+    """Lines for a terminal: one row per sweep (sweep, variable, range, measured slope
+    of the median times, slope of the fastest samples, slope of the counted operations,
+    analytic exponent ± tolerance, result of the median slope), each followed by its
+    regime note; then a one-line summary."""
+    head = ("sweep", "var", "range", "slope", "fastest", "ops slope", "analytic", "tol",
+            "result")
     rows = []
     for r in results:
         counted = "" if r.counted_matches_formula is None else (
             " =formula" if r.counted_matches_formula else " ≠formula")
         rows.append((r.name, r.variable, _range(r.xs), f"{r.slope:.2f}",
-                     f"{r.ops_slope:.2f}{counted}", f"{r.exponent:g}", f"±{r.tol:g}",
+                     f"{r.best_slope:.2f}", f"{r.ops_slope:.2f}{counted}", f"{r.exponent:g}", f"±{r.tol:g}",
                      "pass" if r.passed else "FAIL"))
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
               for i, h in enumerate(head)]

@@ -34,6 +34,9 @@ def scaling_figure(result, path) -> str:
     secs = np.asarray(result.seconds, np.float64)
     fig, ax = plt.subplots(figsize=(6.0, 4.2), constrained_layout=True)
     ax.loglog(xs, secs * 1e3, "o", ms=6, label=f"measured (fit slope {result.slope:.2f})")
+    if result.best_seconds:
+        ax.loglog(xs, np.asarray(result.best_seconds) * 1e3, "x", ms=5, color="tab:blue",
+                  alpha=0.6, label=f"fastest sample (slope {result.best_slope:.2f})")
     ax.loglog(xs, _through_centre(xs, secs, result.exponent) * 1e3, "-", lw=1.4,
               label=f"analytic slope {result.exponent:g} (±{result.tol:g})")
     if result.ops and all(o > 0 for o in result.ops):
