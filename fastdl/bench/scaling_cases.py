@@ -68,8 +68,8 @@ def _decode_sweeps():
               fixed=f"N=8192, B={B0}",
               formula=lambda T: complexity.beam_candidates(B0, 8192, T),
               formula_name="complexity.beam_candidates(B, N, T)"),
-        Sweep("greedy/N", "decoding", "N", tuple(65536 << i for i in range(6)),
-              (65536, 262144, 1048576), 1.0, TOL,
+        Sweep("greedy/N", "decoding", "N", tuple(262144 << i for i in range(6)),
+              (262144, 1048576, 4194304), 1.0, TOL,
               lambda N: _search_point(N, 1, T0, greedy=True), "candidates scored",
               "greedy scores T·N candidates (one argmax over N per step)", "search",
               fixed=f"T={T0}", formula=lambda N: complexity.beam_candidates(1, N, T0),
@@ -123,11 +123,11 @@ def _lora_sweeps():
     frozen = ("the frozen GEMMs dominate: (4h+1)·n·d² multiply-adds forward and again "
               "for dH backward")
     return [
-        Sweep("lora/d", "LoRA", "d", (128, 192, 256, 384, 512, 768, 1024), (128, 256, 512),
+        Sweep("lora/d", "LoRA", "d", (192, 256, 384, 512, 768, 1024, 1536), (192, 384, 768),
               2.0, 0.35, lambda d: _lora_point(n0, d, h0, r0), "multiply-adds",
               frozen + " → slope 2 in d (the adapters' and attention's terms are linear in "
-                       "d: ~17 % of the count at d = 128, ~3 % at 1024, so the count's own "
-                       "slope is 1.89).  Tolerance ±0.35: at small d the products "
+                       "d: ~13 % of the count at d = 192, ~2 % at 1536, so the count's own "
+                       "slope is 1.92).  Tolerance ±0.35: at small d the products "
                        "are far from compute-bound and the per-head Python loop weighs, "
                        "which flattens the low end", "gemm",
               fixed=f"n={n0}, h={h0}, r={r0}", formula=lambda d: _lora_macs(n0, d, h0, r0),
@@ -200,7 +200,7 @@ def _rnn_sweeps():
               "backward): 2·T·B·(3d² forward + 6d² backward) multiply-adds, linear in T",
               "gemm", fixed=f"B={B0}, d={d0}", formula=lambda T: _rnn_macs(T, B0, d0),
               formula_name="complexity.birnn_forward_macs + complexity.birnn_backward_macs"),
-        Sweep("birnn/d", "BiRNN", "d", (64, 96, 128, 192, 256, 384, 512), (64, 128, 256), 2.0,
+        Sweep("birnn/d", "BiRNN", "d", (96, 128, 192, 256, 384, 512, 768), (96, 192, 384), 2.0,
               0.35, lambda d: _rnn_point(8, 16, d), "multiply-adds",
               "every product is d×d when d_in = hidden = d_out = d: 18·T·B·d² multiply-adds, "
               "slope 2.  Tolerance ±0.35: the per-step recurrence multiplies a B×d state by "
