@@ -124,12 +124,14 @@ def _lora_sweeps():
               "for dH backward")
     return [
         Sweep("lora/d", "LoRA", "d", (192, 256, 384, 512, 768, 1024, 1536), (192, 384, 768),
-              2.0, 0.35, lambda d: _lora_point(n0, d, h0, r0), "multiply-adds",
+              2.0, 0.45, lambda d: _lora_point(n0, d, h0, r0), "multiply-adds",
               frozen + " → slope 2 in d (the adapters' and attention's terms are linear in "
                        "d: ~13 % of the count at d = 192, ~2 % at 1536, so the count's own "
-                       "slope is 1.92).  Tolerance ±0.35: at small d the products "
-                       "are far from compute-bound and the per-head Python loop weighs, "
-                       "which flattens the low end", "gemm",
+                       "slope is 1.92).  Tolerance ±0.45: the products have n = 32 rows, "
+                       "and their speed per multiply-add grows ~1.6-2.3× from d = 192 to "
+                       "1536 (the fixed cost per call and per head is amortized, the GEMMs "
+                       "get larger), which alone takes 0.2-0.4 off the fitted slope; the "
+                       "upper half's slope is ~2", "gemm",
               fixed=f"n={n0}, h={h0}, r={r0}", formula=lambda d: _lora_macs(n0, d, h0, r0),
               formula_name=_LORA_FORMULA),
         Sweep("lora/n", "LoRA", "n", (48, 64, 96, 128, 192, 256, 384), (48, 96, 192), 1.0, 0.3,
