@@ -348,9 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     pi = sub.add_parser("info", help="build and machine information")
     pi.add_argument("--json", action="store_true", help="print JSON")
     sub.add_parser("backends", help="table of backends x ops")
-    pd = sub.add_parser("demo", help="worked examples (normalization statistics; greedy, "
-                                       "beam and exact search; BiRNN gradients; LoRA / QLoRA "
-                                       "complexity, decision table, fine-tuning), recomputed")
+    pd = sub.add_parser("demo", help="the course's worked answers (normalization statistics; "
+                                       "decoding counts, greedy, beam and exact search; BiRNN "
+                                       "gradients; LoRA / QLoRA complexity, decision table, "
+                                       "fine-tuning) recomputed beside its values, and its "
+                                       "loose places with corrected values")
     pd.add_argument("--out", metavar="DIR", default="fastdl-demo",
                     help="where the unrolled graph (.dot, .svg with Graphviz) and the "
                          "gradient-flow plot (with matplotlib) go (default: fastdl-demo)")

@@ -82,6 +82,15 @@ def measure(thunks: dict[str, Callable[[], object]], *, min_rounds: int, max_rou
     In each round every contender (kernels and memory-limit streams alike)
     runs untimed for WARM_S, then is timed in a short burst: its data is as
     warm as the caches allow and the cores are awake, whoever ran before."""
+    samples, rounds = sample_rounds(thunks, min_rounds=min_rounds, max_rounds=max_rounds,
+                                    budget_s=budget_s, warm_s=warm_s)
+    return {k: statistics.median(v) for k, v in samples.items()}, rounds
+
+
+def sample_rounds(thunks: dict, *, min_rounds: int, max_rounds: int, budget_s: float,
+                  warm_s: float) -> tuple[dict, int]:
+    """Every timed sample of each thunk, from ``measure``'s interleaved rounds
+    (garbage collection off), and the number of rounds."""
     samples: dict[str, list[float]] = {k: [] for k in thunks}
     start = time.perf_counter()
     rounds = 0
@@ -95,7 +104,7 @@ def measure(thunks: dict[str, Callable[[], object]], *, min_rounds: int, max_rou
     finally:
         if gc_was:
             gc.enable()
-    return {k: statistics.median(v) for k, v in samples.items()}, rounds
+    return samples, rounds
 
 
 def _backends_for(case: Case, wanted: Iterable[str] | None) -> list[str]:

@@ -16,18 +16,16 @@ compute-bound speed as their operands grow.
 """
 from __future__ import annotations
 
-import gc
 import math
 import os
 import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
 
+from fastdl.bench import runner
 from fastdl.bench.case import matches
-from fastdl.bench.runner import _burst
 
 __all__ = ["Point", "Sweep", "SweepResult", "fit_slope", "verdict", "cache_sizes",
            "jump_index", "regime_note", "time_points", "run_sweep", "run_sweeps", "format_table"]
@@ -271,19 +269,9 @@ def time_points(thunks: dict, *, min_rounds: int, max_rounds: int, budget_s: flo
                 warm_s: float) -> tuple[dict, dict, int]:
     """(median, fastest, rounds) per thunk, timed in interleaved rounds as
     ``fastdl.bench.runner.measure`` does (each contender warmed, then a short burst)."""
-    samples = {k: [] for k in thunks}
-    start, rounds = time.perf_counter(), 0
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
-        while rounds < max_rounds and (rounds < min_rounds
-                                       or time.perf_counter() - start < budget_s):
-            for k, fn in thunks.items():
-                samples[k].extend(_burst(fn, warm_s))
-            rounds += 1
-    finally:
-        if gc_was:
-            gc.enable()
+    samples, rounds = runner.sample_rounds(thunks, min_rounds=min_rounds,
+                                           max_rounds=max_rounds, budget_s=budget_s,
+                                           warm_s=warm_s)
     return ({k: statistics.median(v) for k, v in samples.items()},
             {k: min(v) for k, v in samples.items()}, rounds)
 

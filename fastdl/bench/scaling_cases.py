@@ -194,7 +194,7 @@ def _rnn_point(T, B, d) -> Point:
 
 
 def _rnn_sweeps():
-    T0, B0, d0 = 32, 8, 128
+    B0, d0 = 8, 128
     return [
         Sweep("birnn/T", "BiRNN", "T", (16, 32, 64, 128, 256, 512), (16, 64, 256), 1.0, TOL,
               lambda T: _rnn_point(T, B0, d0), "multiply-adds",
@@ -247,6 +247,11 @@ _NORM_WHY = ("every element is read for the statistics (mean and variance over i
 NORM_TOL = 0.4
 
 
+def _norm_elements(shape, kind) -> int:
+    from fastdl import complexity
+    return complexity.norm_elements_read(shape, kind)
+
+
 def _norm_sweeps():
     rows = tuple(128 << i for i in range(8))
     return [
@@ -254,14 +259,16 @@ def _norm_sweeps():
               (128 * 1024, 1024 * 1024, 8192 * 1024), 1.0, NORM_TOL,
               lambda n: _norm_point("layer", n // 1024), "elements", _NORM_WHY, "stream",
               fixed="rows × 1024 features",
-              formula_name="elements per statistic × statistics (the norm count "
-                           "formulas of fastdl.complexity, once added)"),
+              formula=lambda n: _norm_elements((n // 1024, 1024), "layer"),
+              formula_name="complexity.norm_elements_read (statistics × elements per "
+                           "statistic)"),
         Sweep("batch_norm/elements", "norms", "elements", tuple(r * 1024 for r in rows),
               (128 * 1024, 1024 * 1024, 8192 * 1024), 1.0, NORM_TOL,
               lambda n: _norm_point("batch", n // 1024), "elements", _NORM_WHY, "stream",
               fixed="(N, 64 channels, 16) training",
-              formula_name="elements per statistic × statistics (the norm count "
-                           "formulas of fastdl.complexity, once added)"),
+              formula=lambda n: _norm_elements((n // 1024, 64, 16), "batch"),
+              formula_name="complexity.norm_elements_read (statistics × elements per "
+                           "statistic)"),
     ]
 
 

@@ -167,11 +167,9 @@ def _beam(lm, B, max_len, *, bos, eos, prompt, attention_mask, length_penalty, n
     model = Model(lm, bos, eos, stats)
     cfg = BeamConfig(B, max_len, alpha=length_penalty, num_return=num_return,
                      early_stopping=early_stopping, min_new=min_len, ngram=no_repeat_ngram_size)
-    hook = None
-    if trace:
-        def hook(t, lp, normalize, scores, bp, cs, cb, cj):
-            stats.trace.append(_trace_step(t, lp, normalize, scores, bp, cs, cb, cj))
-    results, _ = run_beams(model, p, cfg, stats, backend, trace_step=hook)
+    def record(t, lp, normalize, scores, bp, cs, cb, cj):
+        stats.trace.append(_trace_step(t, lp, normalize, scores, bp, cs, cb, cj))
+    results, _ = run_beams(model, p, cfg, stats, backend, trace_step=record if trace else None)
     stats.total_time_s = time.perf_counter() - start
     return _shape(p, [[Hypothesis(tokens, float(lp_), float(s), stats)
                        for tokens, lp_, s, _ in best] for best in results])
