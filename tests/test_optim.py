@@ -1,5 +1,6 @@
 """fastdl.optim against torch.optim (single-tensor path) on the same parameters and gradients."""
 import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -41,6 +42,7 @@ class Pair:
         self.hist = {k: np.abs(np.array(v, dtype=np.float64)) for k, v in params.items()}
         self.ghist = {k: np.zeros(np.shape(v)) for k, v in params.items()}
         self.dtype = dtype
+        self.steps = 0
 
     def step(self, grads):
         self.opt.step(grads)
@@ -50,10 +52,13 @@ class Pair:
             if g is not None:    # the scale of what the moments average (g + wd·p)
                 self.ghist[k] = np.maximum(self.ghist[k], np.abs(g) + self.hist[k])
         self.topt.step()
+        self.steps += 1
         for k, tp in self.t.items():
             ref = tp.detach().numpy()
             self.hist[k] = np.maximum(self.hist[k], np.abs(ref))
-            assert_close(self.np[k], ref, self.hist[k], self.dtype, k)
+            # the two sides round differently at each step (torch fuses a*b + c) and the
+            # parameters carry those differences forward: up to about one ulp per step
+            assert_close(self.np[k], ref, self.hist[k], self.dtype, k, ULPS + self.steps)
 
     def check_state(self):
         for k, tp in self.t.items():
@@ -69,15 +74,15 @@ class Pair:
                                  f"{k}.{key}")
 
 
-def assert_close(ours, ref, scale, dtype, what):
-    """Within ULPS ulps of each element's largest magnitude so far (a subtraction that
+def assert_close(ours, ref, scale, dtype, what, ulps=ULPS):
+    """Within ``ulps`` ulps of each element's largest magnitude so far (a subtraction that
     nearly cancels keeps the absolute error of its operands)."""
     assert ours.dtype == dtype
     ulp = np.spacing(np.asarray(scale, dtype=dtype)).astype(np.float64)
     with np.errstate(invalid="ignore"):
         err = np.abs(ours.astype(np.float64) - ref.astype(np.float64))
     same = (ours == ref) | (np.isnan(ours) & np.isnan(ref))
-    bad = ~same & ~(err <= ULPS * ulp)
+    bad = ~same & ~(err <= ulps * ulp)
     assert not bad.any(), (what, ours[bad][:5], ref[bad][:5], (err / ulp)[bad][:5])
 
 
@@ -97,7 +102,7 @@ def grads_for(rng, shapes, dtype, steps, none_every=0):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kind,kw", CONFIGS, ids=IDS)
 def test_twenty_steps_match_torch(kind, kw, dtype):
-    rng = np.random.default_rng(abs(hash((kind, str(kw)))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((kind, kw)).encode()))  # the same each run
     shapes = {"a": (17, 29), "b": (5,), "c": ()}
     params = {k: np.asarray(rng.standard_normal(s), dtype) for k, s in shapes.items()}
     pair = Pair(kind, kw, params, dtype)
