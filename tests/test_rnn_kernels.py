@@ -67,7 +67,10 @@ def check_against_references(x, w, b, h, L, dy, need_dx):
         scale = np.abs(e).max() + 1e-30
         err_cy, err_np = np.abs(g - e).max() / scale, np.abs(r - e).max() / scale
         assert err_cy <= 4 * err_np + 2e-6, (n, err_cy, err_np)
-        np.testing.assert_allclose(g, r, rtol=1e-5, atol=2e-4 * scale, err_msg=n)
+        # the two float32 results may each be off the exact value by the reference's own
+        # error (a sum that cancels, e.g. db with one hidden unit: both ~5e-4 relative)
+        np.testing.assert_allclose(g, r, rtol=1e-5,
+                                   atol=2e-4 * scale + 5 * np.abs(r - e).max(), err_msg=n)
 
 
 def _exact(x, w, b, h, L, dy, need_dx):
