@@ -13,17 +13,16 @@ from fastdl import complexity
 from fastdl import demo_course as C
 from fastdl.decode import beam_search, exact_search, examples, exhaustive_search, greedy
 
-# Formulas the complexity module does not have yet; computed here.
-
 def selection_comparisons(B: int, N: int) -> dict:
     """Comparisons per step to choose the best B of B·N scores: sorting all of them,
-    B·N·log2(B·N), or one pass with a size-B heap, B·N·log2(B)."""
-    return {"sort": B * N * math.log2(B * N), "heap": B * N * math.log2(max(B, 2))}
+    B·N·log2(B·N), or one pass with a size-B heap, B·N·log2(B)
+    (``complexity.beam_sort_cost`` and ``beam_heap_cost`` of one step)."""
+    return {"sort": complexity.beam_sort_cost(B, N, 1), "heap": complexity.beam_heap_cost(B, N, 1)}
 
 
 def probability_table_bytes(N: int, T: int, itemsize: int = 8) -> int:
     """Bytes to store the joint probability of each of the N^T sequences."""
-    return complexity.exhaustive_sequences(N, T) * itemsize
+    return complexity.full_table_bytes(N, T, itemsize=itemsize)
 
 
 def beam_space_numbers(B: int, N: int, T: int) -> int:
