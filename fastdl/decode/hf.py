@@ -50,7 +50,7 @@ def _peers():
 def _supported_layers(transformers) -> tuple:
     """Cache layers whose updates and selections build new tensors (never write into
     the old ones), so that a state can be shared: full and sliding-window attention,
-    and the placeholder of layers without a cache.  Recurrent (linear-attention)
+    and the empty stand-in of layers that keep no cache.  Recurrent (linear-attention)
     layers update their buffers in place and are refused."""
     cu = transformers.cache_utils
     names = ("DynamicLayer", "DynamicSlidingWindowLayer", "DummyLayer")
