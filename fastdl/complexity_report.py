@@ -156,39 +156,18 @@ def _decode_rows(s) -> list:
 
 # ---------------------------------------------------------------- BiRNN
 
-class _Matmuls(np.ndarray):
-    """An array whose matrix products add m·n·k (times any batch size) to ``total``."""
-
-    total = 0
-
-    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        plain = [a.view(np.ndarray) if isinstance(a, np.ndarray) else a for a in inputs]
-        if ufunc is np.matmul and method == "__call__":
-            a, b = plain
-            _Matmuls.total += int(np.prod(a.shape[:-1])) * a.shape[-1] * b.shape[-1]
-        if "out" in kwargs:
-            kwargs["out"] = tuple(o.view(np.ndarray) for o in kwargs["out"])
-        res = getattr(ufunc, method)(*plain, **kwargs)
-        return res.view(_Matmuls) if isinstance(res, np.ndarray) else res
-
-
-def _counted(fn, *args):
-    _Matmuls.total = 0
-    out = fn(*[a.view(_Matmuls) if isinstance(a, np.ndarray) else a for a in args])
-    return _Matmuls.total, out
-
-
 def _birnn_rows(s) -> list:
     from fastdl._backends.numpy import rnn as ref
     from fastdl.rnn import BiRNNParams, birnn_backward, birnn_forward
+    from fastdl.testing import count_matmuls
     T, B, I, H, O = (s[k] for k in ("T", "B", "d_in", "hidden", "d_out"))
     rng = np.random.default_rng(0)
     p = BiRNNParams.init(I, H, O, rng=rng, dtype=np.float64)
     x = rng.standard_normal((T, B, I))
     w = (p.W_f, p.U_f, p.V_f, p.W_b, p.U_b, p.V_b)
-    fwd, (_, h_f, h_b) = _counted(ref.birnn_fwd, x, *w, None, None, None, None, None, None)
+    fwd, (_, h_f, h_b) = count_matmuls(ref.birnn_fwd, x, *w, None, None, None, None, None, None)
     dy = rng.standard_normal((T, B, O))
-    bwd, _ = _counted(ref.birnn_bwd, dy, x, np.asarray(h_f).view(np.ndarray),
+    bwd, _ = count_matmuls(ref.birnn_bwd, dy, x, np.asarray(h_f).view(np.ndarray),
                       np.asarray(h_b).view(np.ndarray), *w, None, None, None, True)
     y, cache = birnn_forward(x, p, backend="numpy")
     kept = y.nbytes + cache.h_f.nbytes + cache.h_b.nbytes

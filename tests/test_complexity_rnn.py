@@ -7,6 +7,7 @@ import pytest
 from fastdl import complexity as cx
 from fastdl._backends.numpy import rnn as ref
 from fastdl.rnn import BiRNNParams, birnn_backward, birnn_forward
+from fastdl.testing import count_matmuls
 
 
 # ------------------------------------------------------------------ hand-computed
@@ -65,34 +66,11 @@ def test_bad_arguments_name_themselves(fn, kwargs, match):
 
 # ------------------------------------------------------------------ counted multiply-adds
 
-class Counting(np.ndarray):
-    """An array whose matrix products add m·n·k (times any batch size) to ``total``."""
-
-    total = 0
-
-    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        plain = [np.asarray(a).view(np.ndarray) if isinstance(a, np.ndarray) else a
-                 for a in inputs]
-        if ufunc is np.matmul and method == "__call__":
-            a, b = plain
-            assert a.ndim >= 2 and b.ndim == 2, (a.shape, b.shape)   # no vector products
-            Counting.total += int(np.prod(a.shape[:-1])) * a.shape[-1] * b.shape[-1]
-        if "out" in kwargs:
-            kwargs["out"] = tuple(o.view(np.ndarray) for o in kwargs["out"])
-        res = getattr(ufunc, method)(*plain, **kwargs)
-        return res.view(Counting) if isinstance(res, np.ndarray) else res
-
-
-def _counted(fn, *args):
-    Counting.total = 0
-    wrapped = [a.view(Counting) if isinstance(a, np.ndarray) else a for a in args]
-    out = fn(*wrapped)
-    return Counting.total, out
-
-
 def test_the_shim_counts_a_product_and_leaves_the_result_alone():
     a, b = np.ones((2, 3, 4)), np.full((4, 5), 2.0)
-    total, out = _counted(lambda x, y: (x @ y, np.matmul(x[0], y)), a, b)
+    total, out = count_matmuls(lambda x, y: (x @ y, np.matmul(x[0], y)), a, b)
+    with pytest.raises(ValueError, match="matrix products"):       # no vector products
+        count_matmuls(lambda x, y: x[0, 0] @ y, a, b)
     assert total == 2 * 3 * 4 * 5 + 3 * 4 * 5
     np.testing.assert_array_equal(np.asarray(out[0]), np.full((2, 3, 5), 8.0))
 
@@ -105,11 +83,11 @@ def test_the_reference_performs_exactly_the_counted_multiply_adds(T, B, I, H, O,
     p = BiRNNParams.init(I, H, O, rng=rng, dtype=np.float64)
     x = rng.standard_normal((T, B, I))
     weights = (p.W_f, p.U_f, p.V_f, p.W_b, p.U_b, p.V_b)
-    fwd, (y, h_f, h_b) = _counted(ref.birnn_fwd, x, *weights, None, None, None, None, None,
+    fwd, (y, h_f, h_b) = count_matmuls(ref.birnn_fwd, x, *weights, None, None, None, None, None,
                                   None)
     assert fwd == cx.birnn_forward_macs(T, B, I, H, O)
     dy = rng.standard_normal((T, B, O))
-    bwd, _ = _counted(ref.birnn_bwd, dy, x, np.asarray(h_f), np.asarray(h_b), *weights,
+    bwd, _ = count_matmuls(ref.birnn_bwd, dy, x, np.asarray(h_f), np.asarray(h_b), *weights,
                       None, None, None, need_dx)
     assert bwd == cx.birnn_backward_macs(T, B, I, H, O, need_dx=need_dx)
 
