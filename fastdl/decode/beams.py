@@ -135,20 +135,9 @@ def process(lp, m, t, cfg, eos, normalize, model, groups, width, bp, backend):
         m = model.row_max(lp)
     lp = log_softmax(lp, backend=backend) if normalize else lp.copy()
     lp[m == -np.inf] = -np.inf                 # log_softmax made a dead row NaN
-    if cfg.repetition_penalty != 1.0 or cfg.ngram:
-        seqs, real = sequences(model.prompts, groups, width, bp, t)
-        if cfg.repetition_penalty != 1.0:
-            lp = P.repetition_penalty(lp, seqs, real, cfg.repetition_penalty)
-        if cfg.ngram:
-            if cfg.ngram_padding:
-                lp = P.ban_ngrams(lp, seqs, cfg.ngram)
-            else:                               # the search API: padding is not text
-                for r in range(len(seqs)):
-                    toks = P.ngram_bans(seqs[r:r + 1, real[r]], cfg.ngram)[0]
-                    if toks:
-                        lp[r, toks] = -np.inf
-    if ban_eos:
-        lp = P.ban_tokens(lp, eos)
+    lp = P.process(lp, lambda: sequences(model.prompts, groups, width, bp, t),
+                   penalty=cfg.repetition_penalty, ngram=cfg.ngram,
+                   ngram_padding=cfg.ngram_padding, ban=eos if ban_eos else ())
     if cfg.warp:
         live = lp.max(axis=1) > -np.inf
         if live.any():

@@ -255,7 +255,8 @@ def _step_output(model, p, max_new, min_new, ngram, penalty, warp, rng, want_sco
         stats.steps += 1
         stats.candidates_scored += n * N
         stats.hypothesis_tokens += n
-        x = _processed(x, model, live, p, gen, t, min_new, ngram, penalty, eos)
+        x = P.process(x, lambda: _rows(p, live, gen, t), penalty=penalty, ngram=ngram,
+                      ban=eos if t - 1 < min_new else ())
         t0 = time.perf_counter()             # the selection: kernel time
         if warp is not None:
             if (m == -np.inf).any():
@@ -302,21 +303,14 @@ def _step_output(model, p, max_new, min_new, ngram, penalty, warp, rng, want_sco
                           stats)
 
 
+def _rows(p, live, gen, t):
+    """The live rows' tokens so far (prompt, padding included) and which are not padding."""
+    seqs = np.concatenate([p.ids[live], gen[live, :t - 1]], axis=1)
+    counted = np.concatenate([p.full_mask()[live] == 1, np.ones((len(live), t - 1), bool)],
+                             axis=1)
+    return seqs, counted
+
+
 def _dead(t, row):
     raise ValueError(f"step {t}: the language model (after the processors) gives prompt row "
                      f"{int(row)} no token of finite score")
-
-
-def _processed(x, model, live, p, gen, t, min_new, ngram, penalty, eos):
-    """Hugging Face's logits processors on the live rows' scores."""
-    if penalty != 1.0 or ngram:
-        seqs = np.concatenate([p.ids[live], gen[live, :t - 1]], axis=1)
-        if penalty != 1.0:
-            real = np.concatenate([p.full_mask()[live] == 1, np.ones((len(live), t - 1), bool)],
-                                  axis=1)
-            x = P.repetition_penalty(x, seqs, real, penalty)
-        if ngram:
-            x = P.ban_ngrams(x, seqs, ngram)
-    if eos.size and t - 1 < min_new:
-        x = P.ban_tokens(x, eos)
-    return x

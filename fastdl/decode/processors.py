@@ -11,7 +11,7 @@ import numpy as np
 
 from fastdl.decode.ops import topk
 
-__all__ = ["repetition_penalty", "ban_ngrams", "ban_tokens", "warp", "softmax64"]
+__all__ = ["repetition_penalty", "ban_ngrams", "ban_tokens", "process", "warp", "softmax64"]
 
 
 def softmax64(x: np.ndarray) -> np.ndarray:
@@ -62,6 +62,30 @@ def ban_tokens(scores: np.ndarray, tokens) -> np.ndarray:
     out = scores.copy()
     out[:, list(tokens)] = -np.inf
     return out
+
+
+def process(scores: np.ndarray, rows, *, penalty: float = 1.0, ngram: int = 0,
+            ngram_padding: bool = True, ban=()) -> np.ndarray:
+    """Hugging Face's processors in its order: ``repetition_penalty``, the n-gram
+    ban, then ``ban`` (eos before ``min_new_tokens``).  ``rows()`` gives ``(seqs,
+    counted)``: each row's tokens so far (prompt included) and which are not padding;
+    it is called only when a processor needs them.  ``ngram_padding``: n-grams over
+    the padded row (Hugging Face) or over the tokens alone."""
+    if penalty != 1.0 or ngram:
+        seqs, counted = rows()
+        if penalty != 1.0:
+            scores = repetition_penalty(scores, seqs, counted, penalty)
+        if ngram and ngram_padding:
+            scores = ban_ngrams(scores, seqs, ngram)
+        elif ngram:
+            scores = scores.copy()
+            for r in range(len(seqs)):
+                toks = ngram_bans(seqs[r:r + 1, counted[r]], ngram)[0]
+                if toks:
+                    scores[r, toks] = -np.inf
+    if len(ban):
+        scores = ban_tokens(scores, ban)
+    return scores
 
 
 def _temperature(x: np.ndarray, temperature: float) -> np.ndarray:
