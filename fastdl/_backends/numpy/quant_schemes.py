@@ -35,6 +35,7 @@ import numpy as np
 
 from fastdl._backends.numpy.quant import pack_nibbles, round_half_away, unpack_nibbles
 from fastdl._validate import check_choice, check_int
+from fastdl.quant import row_bytes
 
 SCALE_DTYPES = ("float16", "float32")
 SCHEMES = ("absmax", "signmax", "minmax")
@@ -56,7 +57,8 @@ def _scale_dtype(scale_dtype) -> str:
 
 def _weights(w) -> np.ndarray:
     if not isinstance(w, np.ndarray) or w.dtype.kind not in "biuf":
-        raise TypeError(f"w must be a real NumPy array, got {getattr(w, 'dtype', type(w).__name__)}")
+        got = getattr(w, "dtype", type(w).__name__)
+        raise TypeError(f"w must be a real NumPy array, got {got}")
     if w.ndim != 2 or w.size == 0:
         raise ValueError(f"w must be a non-empty 2-D (d_in, d_out) array, got shape {w.shape}")
     with np.errstate(over="ignore"):
@@ -215,11 +217,10 @@ def dequantize_schemes(data, scales, shape, bits, scheme, block_size, mins=None)
         if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != want:
             raise ValueError(f"{name} must be a float32 array of shape {want}, got "
                              f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
-    dshape, ddt = ((d_out, (d_in // 64) * 32 + (d_in % 64 + 1) // 2), np.uint8) if bits <= 4 \
-        else ((d_out, d_in), np.int8)
+    dshape, ddt = ((d_out, row_bytes(d_in)), np.uint8) if bits <= 4 else ((d_out, d_in), np.int8)
     if not isinstance(data, np.ndarray) or data.dtype != ddt or data.shape != dshape:
-        raise ValueError(f"data must be a {np.dtype(ddt)} array of shape {dshape}, got "
-                         f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}")
+        got = f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}"
+        raise ValueError(f"data must be a {np.dtype(ddt)} array of shape {dshape}, got {got}")
     h = np.float32(2 ** (bits - 1))
     units = (unpack_nibbles(data, d_in).astype(np.float32) - h if bits <= 4
              else data.astype(np.float32))
