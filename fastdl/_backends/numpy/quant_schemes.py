@@ -8,7 +8,9 @@ above ``d_in`` is one block per column; the last block of a column is short when
 the float32 one llama.cpp (and ``gguf.quants``) performs, in the same order:
 
 * signmax: ``mx`` = the block's value of largest magnitude, with its sign (the
-  first one on a tie); ``d = mx / -h``; ``id = 1/d`` (0 when d == 0);
+  first one on a tie, in storage order: column by column per tensor; an all-zero
+  block's mx is its first zero, so d is -0.0 or +0.0 as in ``gguf.quants``);
+  ``d = mx / -h``; ``id = 1/d`` (0 when d == 0);
   ``code = min(2^bits - 1, trunc(x*id + (h + 0.5)))``; the signed integer is
   ``q = code - h`` in ``[-h, h-1]``, so the block's extreme gets ``q = -h`` and all
   ``2^bits`` levels are used.  Value: ``d * q``.  ``d`` is negative when ``mx`` is
