@@ -155,11 +155,15 @@ def _as_half(a, name: str, shape) -> np.ndarray:
                          f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
     with np.errstate(over="ignore"):
         h = a.astype(np.float16)
-    bad = ~np.isfinite(a) | (h.astype(np.float32) != a)
+    if not np.isfinite(a).all():
+        j, b = (int(i) for i in np.argwhere(~np.isfinite(a))[0])
+        raise ValueError(f"GGUF cannot store the non-finite {name}[{j}, {b}] = {float(a[j, b])}")
+    bad = h.astype(np.float32) != a
     if bad.any():
         j, b = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"GGUF stores {name} as float16, but {name}[{j}, {b}] = {a[j, b]!r} is "
-                         f"not a float16 value; quantize with scale_dtype='float16'")
+        raise ValueError(f"GGUF stores {name} as float16, but {name}[{j}, {b}] = "
+                         f"{float(a[j, b])!r} is not a float16 value; quantize with "
+                         f"scale_dtype='float16'")
     return h.astype(_F16)
 
 
