@@ -12,7 +12,8 @@ from hypothesis import given, settings, strategies as st
 
 from _quant_helpers import unpack
 from fastdl._backends.numpy.quant_schemes import (dequantize_schemes, quantize_minmax,
-                                                  quantize_q8_0, quantize_signmax)
+                                                  quantize_q8_0, quantize_scheme,
+                                                  quantize_signmax)
 from fastdl.testing import rng_for
 
 F32 = np.float32
@@ -90,16 +91,24 @@ def stored_codes(data, bits, d_in):
 
 
 def run(rule, w, bits, block_size, scale_dtype):
-    if rule == "signmax":
-        data, scales = quantize_signmax(w, bits, block_size, scale_dtype)
-        return data, scales, None
-    if rule == "minmax":
-        return quantize_minmax(w, bits, block_size, scale_dtype)
+    if rule in ("signmax", "minmax"):
+        got = quantize_scheme(w, bits, rule, block_size, scale_dtype)
+        direct = (quantize_minmax if rule == "minmax" else quantize_signmax)(
+            w, bits, block_size, scale_dtype)
+        assert all(np.array_equal(a, b) for a, b in zip(got, direct))
+        return got
     return (*quantize_q8_0(w, block_size, scale_dtype), None)
 
 
 def same_bits(a, b):
     return a.shape == b.shape and (a.view(np.uint32) == b.view(np.uint32)).all()
+
+
+def same_but_zero_sign(a, b):
+    """Bitwise equal except that a zero may have either sign: NumPy's min of -0.0 and
+    +0.0 (what gguf.quants uses too) does not say which it returns."""
+    nz = a != 0
+    return a.shape == b.shape and (a == b).all() and same_bits(a[nz], b[nz])
 
 
 def check_against_reference(rule, w, bits, block_size, scale_dtype):
@@ -110,7 +119,7 @@ def check_against_reference(rule, w, bits, block_size, scale_dtype):
     np.testing.assert_array_equal(stored_codes(data, bits, d_in), codes)
     assert same_bits(scales, want_scales), (scales, want_scales)
     if rule == "minmax":
-        assert same_bits(mins, want_mins)
+        assert same_but_zero_sign(mins, want_mins)
     # values: one float32 product (plus the min) per value, from the test's own codes
     bs = d_in if block_size is None else min(block_size, d_in)
     per = lambda a: np.repeat(a.reshape(-1, 1) if block_size is None else a, bs, axis=1)[:, :d_in]
@@ -119,7 +128,8 @@ def check_against_reference(rule, w, bits, block_size, scale_dtype):
             else per(want_scales) * (c - F32(2 ** (bits - 1))))
     scheme = "absmax" if rule == "q8_0" else rule
     got = dequantize_schemes(data, scales, (d_in, d_out), bits, scheme, block_size, mins)
-    assert same_bits(got, np.broadcast_to(want, got.shape).astype(F32))
+    want = np.broadcast_to(want, got.shape).astype(F32)
+    assert same_but_zero_sign(got, want) if rule == "minmax" else same_bits(got, want)
     return data, scales, mins, got
 
 
@@ -256,7 +266,8 @@ def test_range_overflowing_float32():
     (dict(block_size=2.5), TypeError, "block_size"),
     (dict(scale_dtype="bfloat16"), ValueError, "scale_dtype"),
     (dict(scale_dtype=np.float64), ValueError, "scale_dtype"),
-    (dict(w=np.ones(32, F32)), ValueError, "2-D"), (dict(w=np.ones((0, 3), F32)), ValueError, "2-D"),
+    (dict(w=np.ones(32, F32)), ValueError, "2-D"),
+    (dict(w=np.ones((0, 3), F32)), ValueError, "2-D"),
     (dict(w=[[1.0]]), TypeError, "NumPy"), (dict(w=np.array([["a"]])), TypeError, "real"),
 ])
 @pytest.mark.parametrize("fn", [quantize_signmax, quantize_minmax])
@@ -276,6 +287,11 @@ def test_input_unchanged_and_other_dtypes():
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     ints = quantize_signmax(np.arange(64).reshape(32, 2), 8, None, "float32")
     assert ints[1][0] == F32(63 / -128)
+
+
+def test_quantize_scheme_names():
+    with pytest.raises(ValueError, match="scheme must be one of 'signmax', 'minmax'"):
+        quantize_scheme(np.ones((4, 1), F32), 4, "absmax", None)
 
 
 def test_dequantize_schemes_checks_its_arrays():

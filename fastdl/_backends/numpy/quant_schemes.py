@@ -17,7 +17,8 @@ the float32 one llama.cpp (and ``gguf.quants``) performs, in the same order:
   positive (and -0.0 for an all-zero block).
 * minmax: ``d = (max - min) / (2^bits - 1)``, ``id = 1/d`` (0 when d == 0),
   ``code = clip(trunc((x - min)*id + 0.5), 0, 2^bits - 1)``.  Value: ``d*code + m``
-  with ``m`` = min.
+  with ``m`` = min (a zero min keeps the sign NumPy's ``min`` gives it, as in
+  ``gguf.quants``).
 * q8_0: ``d = absmax / 127``, ``id = 1/d`` (0 when d == 0), ``q = round(x*id)``
   half away from zero.  Value: ``d * q``.  (fastdl's own absmax divides by the
   step rounded down instead, so its codes can differ by one from llama.cpp's.)
@@ -35,7 +36,7 @@ value is ``d * unit`` (signmax, q8_0) or ``d * (unit + h) + m`` (minmax).
 """
 import numpy as np
 
-from fastdl._backends.numpy.quant import pack_nibbles, round_half_away, unpack_nibbles
+from fastdl._backends.numpy.quant import pack_nibbles, unpack_nibbles
 from fastdl._validate import check_choice, check_int
 from fastdl.quant import row_bytes
 
@@ -96,13 +97,29 @@ def _reciprocal(d: np.ndarray) -> np.ndarray:
 
 def _scaled(x: np.ndarray, d: np.ndarray) -> np.ndarray:
     """x * (1/d) per block (llama.cpp's product), x / d where 1/d overflows float32."""
-    inv = _reciprocal(d)[..., None]
-    with np.errstate(over="ignore", invalid="ignore"):
-        v = x * inv
-        tiny = np.broadcast_to(np.isinf(inv), v.shape)
-        if tiny.any():
-            v[tiny] = (x / d[..., None])[tiny]
+    inv = _reciprocal(d)
+    with np.errstate(invalid="ignore", over="ignore"):       # 0 * inf where 1/d overflows
+        v = x * inv[..., None]
+    tiny = np.isinf(inv)
+    if tiny.any():                          # rare: blocks of (near-)subnormal values
+        v[tiny] = x[tiny] / d[tiny][..., None]
     return v
+
+
+def _codes(v: np.ndarray, top: int) -> np.ndarray:
+    """min(top, trunc(v)) for v >= -1 (finite): the int32 cast truncates toward zero."""
+    c = v.astype(np.int32)
+    np.clip(c, 0, top, out=c)
+    return c
+
+
+def _round_half_away(v: np.ndarray) -> np.ndarray:
+    """round(v) half away from zero, exactly, for finite |v| < 2^23 (int32)."""
+    t = v.astype(np.int32)                  # trunc; v - t is exact (the fraction of v)
+    frac = v - t.astype(np.float32)
+    t += frac >= 0.5
+    t -= frac <= -0.5
+    return t
 
 
 def _stored(a: np.ndarray, scale_dtype: str, what: str, w32: np.ndarray) -> np.ndarray:
@@ -156,8 +173,9 @@ def quantize_signmax(w, bits, block_size, scale_dtype="float16"):
     mx = np.take_along_axis(blocks, pos, axis=-1)[..., 0]
     d = (mx / np.float32(-h)).astype(np.float32)
     scales = _stored(d, sdt, "scale", w32)
-    codes = np.trunc(_scaled(blocks, d) + np.float32(h + 0.5))
-    codes = np.clip(codes, 0, 2 ** bits - 1)
+    v = _scaled(blocks, d)
+    v += np.float32(h + 0.5)
+    codes = _codes(v, 2 ** bits - 1)
     return _pack(codes, bits, d_out, d_in), _shape_out(scales, per_tensor)
 
 
@@ -177,8 +195,9 @@ def quantize_minmax(w, bits, block_size, scale_dtype="float16"):
         d = ((hi - lo) / np.float32(2 ** bits - 1)).astype(np.float32)
     mins = _stored(lo, sdt, "minimum", w32)
     scales = _stored(d, sdt, "scale", w32)
-    codes = np.trunc(_scaled(blocks - lo[..., None], d) + np.float32(0.5))
-    codes = np.clip(codes, 0, 2 ** bits - 1)
+    v = _scaled(blocks - lo[..., None], d)
+    v += np.float32(0.5)
+    codes = _codes(v, 2 ** bits - 1)
     return (_pack(codes, bits, d_out, d_in), _shape_out(scales, per_tensor),
             _shape_out(mins, per_tensor))
 
@@ -194,8 +213,16 @@ def quantize_q8_0(w, block_size=32, scale_dtype="float16"):
     blocks = _blocks(w32, bs, per_tensor)
     d = (np.abs(blocks).max(axis=-1) / np.float32(127)).astype(np.float32)
     scales = _stored(d, sdt, "scale", w32)
-    q = np.clip(round_half_away(_scaled(blocks, d)), -127, 127)
+    q = np.clip(_round_half_away(_scaled(blocks, d)), -127, 127)
     return _pack(q + 128, 8, d_out, d_in), _shape_out(scales, per_tensor)
+
+
+def quantize_scheme(w, bits, scheme, block_size, scale_dtype="float16"):
+    """``(data, scales, mins)`` of scheme 'signmax' (mins None) or 'minmax'."""
+    check_choice(scheme, "scheme", ("signmax", "minmax"))
+    if scheme == "minmax":
+        return quantize_minmax(w, bits, block_size, scale_dtype)
+    return (*quantize_signmax(w, bits, block_size, scale_dtype), None)
 
 
 # ---------------------------------------------------------------- values
