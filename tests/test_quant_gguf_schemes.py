@@ -247,8 +247,12 @@ def test_float16_overflow_is_an_error():
 def test_non_finite_weights(fn, bad, msg):
     w = np.ones((64, 2), F32)
     w[40, 1] = bad
-    with pytest.raises(ValueError, match=f"finite, got {msg}"):
+    with pytest.raises(ValueError, match=f"finite.*got {msg}"):
         run(fn, w, 8, 32, "float32")
+    big = np.ones((64, 2))
+    big[3, 0] = 1e39 if msg == "Inf" else np.nan       # float64 beyond float32
+    with pytest.raises(ValueError, match=f"finite.*got {msg}"):
+        run(fn, big, 8, None, "float32")
 
 
 def test_range_overflowing_float32():

@@ -14,7 +14,7 @@ the float32 one llama.cpp (and ``gguf.quants``) performs, in the same order:
   ``code = min(2^bits - 1, trunc(x*id + (h + 0.5)))``; the signed integer is
   ``q = code - h`` in ``[-h, h-1]``, so the block's extreme gets ``q = -h`` and all
   ``2^bits`` levels are used.  Value: ``d * q``.  ``d`` is negative when ``mx`` is
-  positive (and -0.0 for an all-zero block).
+  positive: kernels multiply by it as by any scale.
 * minmax: ``d = (max - min) / (2^bits - 1)``, ``id = 1/d`` (0 when d == 0),
   ``code = clip(trunc((x - min)*id + 0.5), 0, 2^bits - 1)``.  Value: ``d*code + m``
   with ``m`` = min (a zero min keeps the sign NumPy's ``min`` gives it, as in
@@ -128,7 +128,7 @@ def _stored(a: np.ndarray, scale_dtype: str, what: str, w32: np.ndarray) -> np.n
         if np.isnan(w32).any():
             raise ValueError("w must be finite, got NaN")
         if np.isinf(w32).any():
-            raise ValueError("w must be finite, got Inf")
+            raise ValueError("w must be finite (within float32's range), got Inf")
         raise ValueError(f"the {what} of a block overflows float32 (a block's max - min is "
                          f"beyond 3.4e38); scale the weights down")
     if scale_dtype == "float32":
