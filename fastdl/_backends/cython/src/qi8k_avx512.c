@@ -1,0 +1,164 @@
+/* AVX-512 VNNI int8-activation kernels (vpdpbusd); scalar twins in qi8k.c,
+ * bitwise equal: the integer sums are exact and the float part follows
+ * qi8_combine's order (one FMA per 32-block, one per weight block). */
+#include "qi8k_int.h"
+
+#if FDL_HAVE_AVX2_TARGET
+
+/* ---- strip path: 16 rows per zmm (x panel lanes), 4 weight columns broadcast */
+static QI8_T512 ALWAYS_INLINE void mk512(const fdl_qi8_x *X, int64_t t0, const int T,
+                                         const fdl_qi8_w *W, int64_t c0, float *out) {
+    const int64_t nb32 = X->nb32, kp = W->kp, spb = W->spb, nbw = W->nbw;
+    __m512i acc[2][FDL_QI8_NC];
+    __m512 fa[2][FDL_QI8_NC], ft[2][FDL_QI8_NC];
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < FDL_QI8_NC; c++) {
+            fa[t][c] = _mm512_setzero_ps();
+            ft[t][c] = _mm512_setzero_ps();
+        }
+    const int8_t *wu = W->wu + c0 * kp;
+    for (int64_t s = 0; s < nb32; s++) {
+        /* start at -128 * sum(units): the x operand is q + 128 */
+        for (int c = 0; c < FDL_QI8_NC; c++) {
+            __m512i cc = _mm512_set1_epi32(W->wc[(c0 + c) * nb32 + s]);
+            for (int t = 0; t < T; t++) acc[t][c] = cc;
+        }
+        const uint8_t *xs = X->xp + (t0 * nb32 + s) * 512;
+        const int8_t *ws = wu + 32 * s;
+        for (int kg = 0; kg < 8; kg++) {
+            __m512i xv[2];
+            for (int t = 0; t < T; t++) xv[t] = _mm512_loadu_si512(xs + t * nb32 * 512 + 64 * kg);
+            for (int c = 0; c < FDL_QI8_NC; c++) {
+                int32_t wv;
+                memcpy(&wv, ws + c * kp + 4 * kg, 4);
+                __m512i wb = _mm512_set1_epi32(wv);
+                for (int t = 0; t < T; t++) acc[t][c] = _mm512_dpbusd_epi32(acc[t][c], xv[t], wb);
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            __m512 dxv = _mm512_loadu_ps(X->dxp + ((t0 + t) * nb32 + s) * 16);
+            for (int c = 0; c < FDL_QI8_NC; c++)
+                fa[t][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t][c]), dxv, fa[t][c]);
+        }
+        if (qi8_block_end(s, spb, nb32)) {
+            for (int c = 0; c < FDL_QI8_NC; c++) {
+                __m512 swv = _mm512_set1_ps(W->sw[(c0 + c) * nbw + s / spb]);
+                for (int t = 0; t < T; t++) {
+                    ft[t][c] = _mm512_fmadd_ps(fa[t][c], swv, ft[t][c]);
+                    fa[t][c] = _mm512_setzero_ps();
+                }
+            }
+        }
+    }
+    for (int c = 0; c < FDL_QI8_NC; c++)
+        for (int t = 0; t < T; t++) _mm512_storeu_ps(out + c * 32 + 16 * t, ft[t][c]);
+}
+
+QI8_T512 void fdl_qi8_strip_avx512(const fdl_qi8_x *X, const fdl_qi8_w *W, float *y, int64_t ldy,
+                                   float *tbuf) {
+    for (int64_t t0 = 0; t0 < X->ntile; t0 += 2) {
+        int T = X->ntile - t0 >= 2 ? 2 : 1;
+        for (int64_t c0 = 0; c0 < W->jwp; c0 += FDL_QI8_NC) {
+            if (T == 2) mk512(X, t0, 2, W, c0, tbuf);
+            else mk512(X, t0, 1, W, c0, tbuf);
+            for (int c = 0; c < FDL_QI8_NC && c0 + c < W->jw; c++)
+                for (int64_t rr = 0; rr < 16 * T && 16 * t0 + rr < X->n; rr++)
+                    y[(16 * t0 + rr) * ldy + W->j0 + c0 + c] = tbuf[c * 32 + rr];
+        }
+    }
+}
+
+/* ---- small n, straight from the storage rows: 8 columns x 64 values per step;
+ * one zmm per column holds the dpbusd partial sums of two 32-blocks (low / high
+ * 256 bits), reduced across the 8 columns to [block A: c0..c7 | block B: c0..c7] */
+static QI8_T512 ALWAYS_INLINE __m512i hadd512(__m512i a, __m512i b) {
+    __m512 fa = _mm512_castsi512_ps(a), fb = _mm512_castsi512_ps(b);
+    __m512i e = _mm512_castps_si512(_mm512_shuffle_ps(fa, fb, _MM_SHUFFLE(2, 0, 2, 0)));
+    __m512i o = _mm512_castps_si512(_mm512_shuffle_ps(fa, fb, _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_epi32(e, o);
+}
+
+static QI8_T512 ALWAYS_INLINE __m512i reduce8(const __m512i *v) {
+    __m512i a = hadd512(hadd512(v[0], v[1]), hadd512(v[2], v[3]));
+    __m512i b = hadd512(hadd512(v[4], v[5]), hadd512(v[6], v[7]));
+    __m512i p = _mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+    __m512i q = _mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+    __m512i sum = _mm512_add_epi32(p, q);
+    return _mm512_shuffle_i32x4(sum, sum, _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+static QI8_T512 ALWAYS_INLINE void gemv_group(const fdl_qk_desc *q, const fdl_qi8_x *X, float *y,
+                                              int64_t jg, int nc, int32_t *isb, float *swb,
+                                              int8_t *tail, const int nib) {
+    const int64_t n = X->n, nb32 = X->nb32, kp = X->kp, G = q->d_in / 64;
+    const int64_t nbw = q->per_tensor ? 1 : q->nb, spb = fdl_qi8_spb(q, nb32);
+    const int off = nib ? 1 << (q->bits - 1) : 128;
+    const uint8_t *rows[FDL_QI8_GV];
+    for (int c = 0; c < FDL_QI8_GV; c++) rows[c] = q->data + (jg + (c < nc ? c : 0)) * q->rowb;
+    for (int64_t b = 0; b < nbw; b++)
+        for (int c = 0; c < FDL_QI8_GV; c++) swb[b * 8 + c] = c < nc ? qk_scale(q, jg + c, b) : 0.0f;
+    const __m512i m0f = _mm512_set1_epi8(0x0f), m80 = _mm512_set1_epi8((char)0x80);
+    const __m512i shifts = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+    for (int64_t g = 0; g < G; g++) {
+        __m512i w[FDL_QI8_GV];
+        for (int c = 0; c < FDL_QI8_GV; c++) {
+            if (nib) {
+                __m512i b = _mm512_broadcast_i64x4(_mm256_loadu_si256((const void *)(rows[c] + 32 * g)));
+                w[c] = _mm512_and_si512(_mm512_srlv_epi16(b, shifts), m0f);
+            } else {
+                w[c] = _mm512_xor_si512(_mm512_loadu_si512(rows[c] + 64 * g), m80);
+            }
+        }
+        for (int64_t r = 0; r < n; r++) {
+            __m512i xv = _mm512_loadu_si512(X->qx + r * kp + 64 * g), v[FDL_QI8_GV];
+            for (int c = 0; c < FDL_QI8_GV; c++)
+                v[c] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[c], xv);
+            const int32_t *sq = X->sq + r * nb32 + 2 * g;
+            __m512i corr = _mm512_mask_set1_epi32(_mm512_set1_epi32(off * sq[0]), 0xFF00,
+                                                  off * sq[1]);
+            _mm512_storeu_si512(isb + (r * nb32 + 2 * g) * 8, _mm512_sub_epi32(reduce8(v), corr));
+        }
+    }
+    /* the 32-blocks past the whole 64-groups: exact integer sums, scalar */
+    if (2 * G < nb32) {
+        int64_t tl = kp - 64 * G;
+        for (int c = 0; c < FDL_QI8_GV; c++)
+            fdl_qi8_unpack_range(q, jg + (c < nc ? c : 0), 64 * G, kp, tail + c * 64);
+        for (int64_t r = 0; r < n; r++)
+            for (int64_t s = 2 * G; s < nb32; s++)
+                for (int c = 0; c < FDL_QI8_GV; c++) {
+                    int32_t t = 0;
+                    const int8_t *u = tail + c * 64 + 32 * s - 64 * G;
+                    const int8_t *xq = X->qx + r * kp + 32 * s;
+                    for (int i = 0; i < 32; i++) t += (int32_t)xq[i] * u[i];
+                    isb[(r * nb32 + s) * 8 + c] = t;
+                }
+        (void)tl;
+    }
+    for (int64_t r = 0; r < n; r++) {
+        __m256 acc = _mm256_setzero_ps(), tot = _mm256_setzero_ps();
+        for (int64_t s = 0; s < nb32; s++) {
+            __m256 f = _mm256_cvtepi32_ps(_mm256_loadu_si256((const void *)(isb + (r * nb32 + s) * 8)));
+            acc = _mm256_fmadd_ps(f, _mm256_set1_ps(X->dx[r * nb32 + s]), acc);
+            if (qi8_block_end(s, spb, nb32)) {
+                tot = _mm256_fmadd_ps(acc, _mm256_loadu_ps(swb + (s / spb) * 8), tot);
+                acc = _mm256_setzero_ps();
+            }
+        }
+        _mm256_mask_storeu_ps(y + r * q->d_out + jg, (__mmask8)((1u << nc) - 1), tot);
+    }
+}
+
+QI8_T512 void fdl_qi8_gemv_avx512(const fdl_qk_desc *q, const fdl_qi8_x *X, float *y, int64_t j0,
+                                  int64_t j1, void *scratch) {
+    int32_t *isb = (int32_t *)scratch;
+    float *swb = (float *)(isb + X->n * X->nb32 * FDL_QI8_GV);
+    int64_t nbw = q->per_tensor ? 1 : q->nb;
+    int8_t *tail = (int8_t *)(swb + nbw * FDL_QI8_GV);
+    for (int64_t jg = j0; jg < j1; jg += FDL_QI8_GV) {
+        int nc = j1 - jg < FDL_QI8_GV ? (int)(j1 - jg) : FDL_QI8_GV;
+        if (q->bits <= 4) gemv_group(q, X, y, jg, nc, isb, swb, tail, 1);
+        else gemv_group(q, X, y, jg, nc, isb, swb, tail, 0);
+    }
+}
+#endif
