@@ -240,7 +240,7 @@ cdef void _strip(const fdl_qi8_kernels *K, const fdl_qk_desc *d, const fdl_qi8_x
     W.j0 = s * CS
     W.jw = min(CS, d.d_out - W.j0)
     W.jwp = (W.jw + FDL_QI8_NC - 1) // FDL_QI8_NC * FDL_QI8_NC
-    W.kp = X.kp
+    W.kp = X.kp + 64            # rows 4 KiB apart would share L1 sets
     W.nb32 = X.nb32
     W.nbw = 1 if d.per_tensor else d.nb
     W.spb = fdl_qi8_spb(d, X.nb32)
@@ -336,7 +336,7 @@ def int8_qmatmul(x, q, out, int nthreads, path=None, *, bint codes_as_absmax=Fal
     CS = PARAMS["strip"]
     nst = (d_out + CS - 1) // CS
     # per thread: units, corrections, scales, the micro-kernel's output tile
-    cdef int64_t o_wc = (CS * kp + 63) // 64 * 64
+    cdef int64_t o_wc = (CS * (kp + 64) + 63) // 64 * 64
     cdef int64_t o_sw = o_wc + (CS * nb32 * 4 + 63) // 64 * 64
     cdef int64_t o_tb = o_sw + (CS * nbw * 4 + 63) // 64 * 64
     ss = o_tb + FDL_QI8_NC * 32 * 4 + 64

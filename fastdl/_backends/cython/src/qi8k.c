@@ -21,15 +21,6 @@ FDL_TARGET_AVX2 int64_t fdl_qi8_quant_avx2(const float *x, int64_t r0, int64_t r
     return bad;
 }
 
-FDL_TARGET_AVX512 int64_t fdl_qi8_quant_avx512(const float *x, int64_t r0, int64_t r1,
-                                               int64_t d_in, int64_t kp, int8_t *qx, float *dx,
-                                               int32_t *sq) {
-    int64_t nb32 = kp / 32, bad = 0;
-    for (int64_t r = r0; r < r1; r++)
-        bad += qi8_quantize_row(x + r * d_in, d_in, nb32, qx + r * kp, dx + r * nb32,
-                                sq + r * nb32);
-    return bad;
-}
 #endif
 
 void fdl_qi8_xpanel_tile(const fdl_qi8_x *X, int64_t t, uint8_t *xp, float *dxp) {
@@ -91,7 +82,7 @@ void fdl_qi8_unpack_strip(const fdl_qk_desc *q, fdl_qi8_w *W) {
         }
         for (int64_t s = 0; s < nb32; s++) {
             int32_t t = 0;
-            for (int i = 0; i < 32; i++) t += u[32 * s + i];
+            for (int i = 0; i < 32; i++) t += u[32 * s + i];     /* the 32-blocks of x */
             W->wc[c * nb32 + s] = -128 * t;
         }
     }
@@ -109,7 +100,7 @@ void fdl_qi8_strip_scalar(const fdl_qi8_x *X, const fdl_qi8_w *W, float *y, int6
     (void)tbuf;
     int64_t kp = W->kp, nb32 = W->nb32;
     for (int64_t r = 0; r < X->n; r++) {
-        const int8_t *qr = X->qx + r * kp;
+        const int8_t *qr = X->qx + r * X->kp;
         for (int64_t c = 0; c < W->jw; c++) {
             const int8_t *u = W->wu + c * kp;
             float tot = 0.0f, acc = 0.0f;

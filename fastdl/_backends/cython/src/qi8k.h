@@ -34,7 +34,7 @@
 #define FDL_QI8_NTIERS 4
 
 #define FDL_QI8_TILE 16      /* rows per x panel tile */
-#define FDL_QI8_NC 4         /* columns per strip micro-kernel group */
+#define FDL_QI8_NC 8         /* columns per strip micro-kernel group */
 #define FDL_QI8_GV 8         /* columns per small-n group */
 
 /* quantized activations */
@@ -51,7 +51,8 @@ typedef struct {
 /* a strip of unpacked weight columns */
 typedef struct {
     int64_t j0, jw, jwp;         /* first column, columns, columns padded to FDL_QI8_NC */
-    int64_t kp, nb32, nbw, spb;  /* nbw: weight blocks per column; spb: 32-blocks per one */
+    int64_t kp, nb32, nbw, spb;  /* kp: row stride of wu (>= 32 * nb32); nbw: weight blocks
+                                  * per column; spb: 32-blocks per weight block */
     int wide;                    /* units may lie beyond +-15 (int8 weights) */
     int8_t *wu;                  /* (jwp, kp) units, 0 past d_in */
     int32_t *wc;                 /* (jwp, nb32) -128 * sum of units */
@@ -68,7 +69,7 @@ typedef struct fdl_qi8_kernels {
      * path for every n.  scratch: fdl_qi8_gemv_scratch bytes */
     void (*gemv)(const fdl_qk_desc *q, const fdl_qi8_x *X, float *y, int64_t j0, int64_t j1,
                  void *scratch);
-    /* y[:, W->j0 : W->j0 + W->jw] from an unpacked strip; tbuf: NC * 2 * TILE floats */
+    /* y[:, W->j0 : W->j0 + W->jw] from an unpacked strip; tbuf: NC * TILE floats */
     void (*strip)(const fdl_qi8_x *X, const fdl_qi8_w *W, float *y, int64_t ldy, float *tbuf);
 } fdl_qi8_kernels;
 

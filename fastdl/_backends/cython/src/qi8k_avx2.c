@@ -40,6 +40,7 @@ static FDL_TARGET_AVX2 ALWAYS_INLINE void mk256(const fdl_qi8_x *X, int64_t t, c
             fa[h][c] = _mm256_setzero_ps();
             ft[h][c] = _mm256_setzero_ps();
         }
+    int64_t left = spb, B = 0;      /* 32-blocks left in weight block B (no division) */
     for (int64_t s = 0; s < nb32; s++) {
         for (int c = 0; c < NC2; c++) {
             __m256i cc = mode == QI8_S ? _mm256_setzero_si256()
@@ -66,14 +67,16 @@ static FDL_TARGET_AVX2 ALWAYS_INLINE void mk256(const fdl_qi8_x *X, int64_t t, c
             for (int c = 0; c < NC2; c++)
                 fa[h][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[h][c]), dxv, fa[h][c]);
         }
-        if (qi8_block_end(s, spb, nb32)) {
+        if (--left == 0 || s + 1 == nb32) {
+            left = spb;
             for (int c = 0; c < NC2; c++) {
-                __m256 swv = _mm256_set1_ps(W->sw[(c0 + c) * nbw + s / spb]);
+                __m256 swv = _mm256_set1_ps(W->sw[(c0 + c) * nbw + B]);
                 for (int h = 0; h < 2; h++) {
                     ft[h][c] = _mm256_fmadd_ps(fa[h][c], swv, ft[h][c]);
                     fa[h][c] = _mm256_setzero_ps();
                 }
             }
+            B++;
         }
     }
     for (int c = 0; c < NC2; c++)

@@ -5,67 +5,113 @@
 
 #if FDL_HAVE_AVX2_TARGET
 
-/* ---- strip path: 16 rows per zmm (x panel lanes), 4 weight columns broadcast */
-static QI8_T512 ALWAYS_INLINE void mk512(const fdl_qi8_x *X, int64_t t0, const int T,
-                                         const fdl_qi8_w *W, int64_t c0, float *out) {
-    const int64_t nb32 = X->nb32, kp = W->kp, spb = W->spb, nbw = W->nbw;
-    __m512i acc[2][FDL_QI8_NC];
-    __m512 fa[2][FDL_QI8_NC], ft[2][FDL_QI8_NC];
-    for (int t = 0; t < T; t++)
-        for (int c = 0; c < FDL_QI8_NC; c++) {
-            fa[t][c] = _mm512_setzero_ps();
-            ft[t][c] = _mm512_setzero_ps();
+/* ---- the quantizer (twin: qi8_quantize_row): whole 32-blocks in two zmm, the same
+ * float32 operations (max of |x|, one division, one reciprocal, product, trunc,
+ * compare), so the same q and d; a short last block goes through the twin */
+QI8_T512 int64_t fdl_qi8_quant_avx512(const float *x, int64_t r0, int64_t r1, int64_t d_in,
+                                      int64_t kp, int8_t *qx, float *dx, int32_t *sq) {
+    int64_t nb32 = kp / 32, full = d_in / 32, bad = 0;
+    const __m512 fmax = _mm512_set1_ps(FLT_MAX), half = _mm512_set1_ps(0.5f);
+    const __m512 one = _mm512_set1_ps(1.0f), lim = _mm512_set1_ps(127.0f);
+    const __m512 nlim = _mm512_set1_ps(-127.0f), zero = _mm512_setzero_ps();
+    for (int64_t r = r0; r < r1; r++) {
+        const float *xr = x + r * d_in;
+        int8_t *q = qx + r * kp;
+        float *d = dx + r * nb32;
+        int32_t *ss = sq + r * nb32;
+        for (int64_t s = 0; s < full; s++) {
+            __m512 v0 = _mm512_loadu_ps(xr + 32 * s), v1 = _mm512_loadu_ps(xr + 32 * s + 16);
+            __m512 a0 = _mm512_abs_ps(v0), a1 = _mm512_abs_ps(v1);
+            /* finite: |v| <= FLT_MAX (false for inf and nan) */
+            __mmask16 ok = _mm512_cmp_ps_mask(a0, fmax, _CMP_LE_OQ) &
+                           _mm512_cmp_ps_mask(a1, fmax, _CMP_LE_OQ);
+            float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+            int finite = ok == 0xFFFF;
+            float ds = amax / 127.0f;
+            if (!finite || amax < 0x1p-100f) ds = 0.0f;
+            bad += !finite;
+            __m512 id = _mm512_set1_ps(ds != 0.0f ? 1.0f / ds : 0.0f);
+            __m128i qb[2];
+            __m512i sum = _mm512_setzero_si512();
+            for (int h = 0; h < 2; h++) {
+                __m512 t = _mm512_mul_ps(h ? v1 : v0, id);
+                __m512 rr = _mm512_roundscale_ps(t, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+                __m512 f = _mm512_abs_ps(_mm512_sub_ps(t, rr));
+                __mmask16 up = _mm512_cmp_ps_mask(f, half, _CMP_GE_OQ);
+                __mmask16 neg = _mm512_cmp_ps_mask(t, zero, _CMP_LT_OQ);
+                __m512 step = _mm512_mask_blend_ps(neg, one, _mm512_sub_ps(zero, one));
+                rr = _mm512_mask_add_ps(rr, up, rr, step);
+                rr = _mm512_min_ps(_mm512_max_ps(rr, nlim), lim);
+                __m512i qi = _mm512_cvttps_epi32(rr);
+                sum = _mm512_add_epi32(sum, qi);
+                qb[h] = _mm512_cvtepi32_epi8(qi);
+            }
+            _mm_storeu_si128((__m128i *)(q + 32 * s), qb[0]);
+            _mm_storeu_si128((__m128i *)(q + 32 * s + 16), qb[1]);
+            d[s] = ds;
+            ss[s] = _mm512_reduce_add_epi32(sum);
         }
+        if (full < nb32)
+            bad += qi8_quantize_row(xr + 32 * full, d_in - 32 * full, nb32 - full,
+                                    q + 32 * full, d + full, ss + full);
+    }
+    return bad;
+}
+
+/* ---- strip path: 16 rows per zmm (x panel lanes) x 8 weight columns broadcast, one
+ * x load per 8 vpdpbusd; the per-weight-block totals live in `out` (L1) */
+static QI8_T512 ALWAYS_INLINE void mk512(const fdl_qi8_x *X, int64_t t, const fdl_qi8_w *W,
+                                         int64_t c0, float *out) {
+    const int64_t nb32 = X->nb32, kp = W->kp, spb = W->spb, nbw = W->nbw;
+    enum { NC = FDL_QI8_NC };
+    __m512i acc[NC];
+    __m512 fa[NC];
+    for (int c = 0; c < NC; c++) {
+        fa[c] = _mm512_setzero_ps();
+        _mm512_storeu_ps(out + 16 * c, _mm512_setzero_ps());
+    }
     const int8_t *wu = W->wu + c0 * kp;
+    const int32_t *wc = W->wc + c0 * nb32;
+    const float *sw = W->sw + c0 * nbw;
+    int64_t left = spb, B = 0;      /* 32-blocks left in weight block B (no division) */
     for (int64_t s = 0; s < nb32; s++) {
         /* start at -128 * sum(units): the x operand is q + 128 */
-        for (int c = 0; c < FDL_QI8_NC; c++) {
-            __m512i cc = _mm512_set1_epi32(W->wc[(c0 + c) * nb32 + s]);
-            for (int t = 0; t < T; t++) acc[t][c] = cc;
-        }
-        const uint8_t *xs = X->xp + (t0 * nb32 + s) * 512;
+        for (int c = 0; c < NC; c++) acc[c] = _mm512_set1_epi32(wc[c * nb32 + s]);
+        const uint8_t *xs = X->xp + (t * nb32 + s) * 512;
         const int8_t *ws = wu + 32 * s;
         for (int kg = 0; kg < 8; kg++) {
-            __m512i xv[2];
-            for (int t = 0; t < T; t++) xv[t] = _mm512_loadu_si512(xs + t * nb32 * 512 + 64 * kg);
-            for (int c = 0; c < FDL_QI8_NC; c++) {
+            __m512i xv = _mm512_loadu_si512(xs + 64 * kg);
+            for (int c = 0; c < NC; c++) {
                 int32_t wv;
                 memcpy(&wv, ws + c * kp + 4 * kg, 4);
-                __m512i wb = _mm512_set1_epi32(wv);
-                for (int t = 0; t < T; t++) acc[t][c] = _mm512_dpbusd_epi32(acc[t][c], xv[t], wb);
+                acc[c] = _mm512_dpbusd_epi32(acc[c], xv, _mm512_set1_epi32(wv));
             }
         }
-        for (int t = 0; t < T; t++) {
-            __m512 dxv = _mm512_loadu_ps(X->dxp + ((t0 + t) * nb32 + s) * 16);
-            for (int c = 0; c < FDL_QI8_NC; c++)
-                fa[t][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t][c]), dxv, fa[t][c]);
-        }
-        if (qi8_block_end(s, spb, nb32)) {
-            for (int c = 0; c < FDL_QI8_NC; c++) {
-                __m512 swv = _mm512_set1_ps(W->sw[(c0 + c) * nbw + s / spb]);
-                for (int t = 0; t < T; t++) {
-                    ft[t][c] = _mm512_fmadd_ps(fa[t][c], swv, ft[t][c]);
-                    fa[t][c] = _mm512_setzero_ps();
-                }
+        __m512 dxv = _mm512_loadu_ps(X->dxp + (t * nb32 + s) * 16);
+        for (int c = 0; c < NC; c++)
+            fa[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[c]), dxv, fa[c]);
+        if (--left == 0 || s + 1 == nb32) {
+            left = spb;
+            for (int c = 0; c < NC; c++) {
+                __m512 ft = _mm512_loadu_ps(out + 16 * c);
+                ft = _mm512_fmadd_ps(fa[c], _mm512_set1_ps(sw[c * nbw + B]), ft);
+                _mm512_storeu_ps(out + 16 * c, ft);
+                fa[c] = _mm512_setzero_ps();
             }
+            B++;
         }
     }
-    for (int c = 0; c < FDL_QI8_NC; c++)
-        for (int t = 0; t < T; t++) _mm512_storeu_ps(out + c * 32 + 16 * t, ft[t][c]);
 }
 
 QI8_T512 void fdl_qi8_strip_avx512(const fdl_qi8_x *X, const fdl_qi8_w *W, float *y, int64_t ldy,
                                    float *tbuf) {
-    for (int64_t t0 = 0; t0 < X->ntile; t0 += 2) {
-        int T = X->ntile - t0 >= 2 ? 2 : 1;
+    for (int64_t t = 0; t < X->ntile; t++)
         for (int64_t c0 = 0; c0 < W->jwp; c0 += FDL_QI8_NC) {
-            if (T == 2) mk512(X, t0, 2, W, c0, tbuf);
-            else mk512(X, t0, 1, W, c0, tbuf);
+            mk512(X, t, W, c0, tbuf);
             for (int c = 0; c < FDL_QI8_NC && c0 + c < W->jw; c++)
-                for (int64_t rr = 0; rr < 16 * T && 16 * t0 + rr < X->n; rr++)
-                    y[(16 * t0 + rr) * ldy + W->j0 + c0 + c] = tbuf[c * 32 + rr];
+                for (int64_t rr = 0; rr < 16 && 16 * t + rr < X->n; rr++)
+                    y[(16 * t + rr) * ldy + W->j0 + c0 + c] = tbuf[c * 16 + rr];
         }
-    }
 }
 
 /* ---- small n, straight from the storage rows: 8 columns x 64 values per step;
@@ -137,12 +183,14 @@ static QI8_T512 ALWAYS_INLINE void gemv_group(const fdl_qk_desc *q, const fdl_qi
     }
     for (int64_t r = 0; r < n; r++) {
         __m256 acc = _mm256_setzero_ps(), tot = _mm256_setzero_ps();
+        int64_t left = spb, B = 0;
         for (int64_t s = 0; s < nb32; s++) {
             __m256 f = _mm256_cvtepi32_ps(_mm256_loadu_si256((const void *)(isb + (r * nb32 + s) * 8)));
             acc = _mm256_fmadd_ps(f, _mm256_set1_ps(X->dx[r * nb32 + s]), acc);
-            if (qi8_block_end(s, spb, nb32)) {
-                tot = _mm256_fmadd_ps(acc, _mm256_loadu_ps(swb + (s / spb) * 8), tot);
+            if (--left == 0 || s + 1 == nb32) {
+                tot = _mm256_fmadd_ps(acc, _mm256_loadu_ps(swb + (B++) * 8), tot);
                 acc = _mm256_setzero_ps();
+                left = spb;
             }
         }
         _mm256_mask_storeu_ps(y + r * q->d_out + jg, (__mmask8)((1u << nc) - 1), tot);
