@@ -91,7 +91,7 @@ def test_quantizer_is_q8_0():
 CASES = [(4, 64, False, 256, 40), (8, 64, False, 256, 40), (2, 32, False, 96, 9),
          (3, None, False, 100, 11), (4, 32, True, 200, 17), (5, 128, False, 300, 13),
          (6, 96, True, 192, 8), (7, 4096, False, 70, 5), (8, None, False, 33, 3),
-         (4, 128, True, 1000, 21)]
+         (4, 128, True, 1000, 21), (6, 96, False, 1100, 9)]  # 35 blocks of 3: chunk edges mid-block
 
 
 @pytest.mark.parametrize("bits,bs,dq,d_in,d_out", CASES)

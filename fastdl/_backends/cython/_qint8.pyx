@@ -6,7 +6,8 @@ arithmetic, fastdl/_backends/numpy/quant_int8.py is the readable reference).
 x is quantized once per call (parallel over rows).  Small n (``PARAMS["small_n"]``)
 reads the storage rows directly, 8 columns at a time; larger n unpacks strips of
 ``PARAMS["strip"]`` columns into int8 units once and runs register tiles of
-16-32 rows x 4 columns over a packed copy of x.  Both loops are over independent
+16 rows x 8 columns (AVX-512; 16 x 2 on AVX2) over a packed copy of x, in chunks of
+16 32-blocks so a chunk of x stays in L1.  Both loops are over independent
 column groups, so no result depends on the thread count, and every tier follows one
 float order, so no result depends on the tier.
 """
@@ -65,9 +66,11 @@ cdef extern from "qi8k.h" nogil:
 
 TIERS = ("scalar", "avx2", "avxvnni", "avx512vnni")
 
-# small_n: rows up to which the direct (storage rows) kernel runs where the tier has one;
-# strip: columns unpacked per strip (a multiple of 4: x panel + strip stay in L2)
-PARAMS = {"small_n": 8, "strip": 64}
+# small_n: rows up to which the direct (storage rows) kernel runs where the tier has one
+# (4096 x 4096, int4 / int8 blocks of 64, one thread, CPU ms direct vs strips: n = 8
+# 3.8 / 5.6 and 4.2 / 6.7, n = 12 4.4 / 5.6 and 4.2 / 5.5, n = 16 8.0 / 8.1 and 5.9 / 5.8);
+# strip: columns unpacked per strip (a multiple of 8; the strip's units stay in L2)
+PARAMS = {"small_n": 12, "strip": 64}
 _DEFAULTS = dict(PARAMS)
 cdef int _pinned = -1
 _F32 = np.dtype(np.float32)
@@ -80,8 +83,8 @@ def set_params(**kw):
         if k not in PARAMS:
             raise ValueError(f"unknown parameter {k!r}; known: {sorted(PARAMS)}")
         if isinstance(v, bool) or not isinstance(v, int) or v < 0 or \
-                (k == "strip" and (v < 4 or v % 4)):
-            raise ValueError(f"{k} must be a non-negative int (strip: a multiple of 4 >= 4), "
+                (k == "strip" and (v < 8 or v % 8)):
+            raise ValueError(f"{k} must be a non-negative int (strip: a multiple of 8 >= 8), "
                              f"got {v!r}")
         old[k] = PARAMS[k]
     PARAMS.update(kw)
@@ -339,7 +342,7 @@ def int8_qmatmul(x, q, out, int nthreads, path=None, *, bint codes_as_absmax=Fal
     cdef int64_t o_wc = (CS * (kp + 64) + 63) // 64 * 64
     cdef int64_t o_sw = o_wc + (CS * nb32 * 4 + 63) // 64 * 64
     cdef int64_t o_tb = o_sw + (CS * nbw * 4 + 63) // 64 * 64
-    ss = o_tb + FDL_QI8_NC * 32 * 4 + 64
+    ss = o_tb + (CS + FDL_QI8_NC) * 2 * FDL_QI8_TILE * 4 + 64
     nt = team(nthreads, work, nst)
     buf = <char *>_alloc(nt * ss)
     cdef char *b

@@ -69,7 +69,8 @@ typedef struct fdl_qi8_kernels {
      * path for every n.  scratch: fdl_qi8_gemv_scratch bytes */
     void (*gemv)(const fdl_qk_desc *q, const fdl_qi8_x *X, float *y, int64_t j0, int64_t j1,
                  void *scratch);
-    /* y[:, W->j0 : W->j0 + W->jw] from an unpacked strip; tbuf: NC * TILE floats */
+    /* y[:, W->j0 : W->j0 + W->jw] from an unpacked strip; tbuf: 2 * TILE floats per column
+     * of the strip padded to NC (the micro-kernels' float state) */
     void (*strip)(const fdl_qi8_x *X, const fdl_qi8_w *W, float *y, int64_t ldy, float *tbuf);
 } fdl_qi8_kernels;
 

@@ -59,22 +59,23 @@ QI8_T512 int64_t fdl_qi8_quant_avx512(const float *x, int64_t r0, int64_t r1, in
 }
 
 /* ---- strip path: 16 rows per zmm (x panel lanes) x 8 weight columns broadcast, one
- * x load per 8 vpdpbusd; the per-weight-block totals live in `out` (L1) */
+ * x load per 8 vpdpbusd.  The 32-blocks run in chunks of QI8_SK so a chunk of the x
+ * tile stays in L1 across the strip's column groups; between chunks a group's float
+ * state (per-block sums fa, totals ft) waits in `st` (exact copies: same result). */
+#define QI8_SK 16
 static QI8_T512 ALWAYS_INLINE void mk512(const fdl_qi8_x *X, int64_t t, const fdl_qi8_w *W,
-                                         int64_t c0, float *out) {
+                                         int64_t c0, int64_t s0, int64_t s1, float *st) {
     const int64_t nb32 = X->nb32, kp = W->kp, spb = W->spb, nbw = W->nbw;
     enum { NC = FDL_QI8_NC };
     __m512i acc[NC];
     __m512 fa[NC];
-    for (int c = 0; c < NC; c++) {
-        fa[c] = _mm512_setzero_ps();
-        _mm512_storeu_ps(out + 16 * c, _mm512_setzero_ps());
-    }
+    float *ft = st + 16 * NC;
+    for (int c = 0; c < NC; c++) fa[c] = _mm512_loadu_ps(st + 16 * c);
     const int8_t *wu = W->wu + c0 * kp;
     const int32_t *wc = W->wc + c0 * nb32;
     const float *sw = W->sw + c0 * nbw;
-    int64_t left = spb, B = 0;      /* 32-blocks left in weight block B (no division) */
-    for (int64_t s = 0; s < nb32; s++) {
+    int64_t B = s0 / spb, left = spb - s0 % spb;   /* 32-blocks left in weight block B */
+    for (int64_t s = s0; s < s1; s++) {
         /* start at -128 * sum(units): the x operand is q + 128 */
         for (int c = 0; c < NC; c++) acc[c] = _mm512_set1_epi32(wc[c * nb32 + s]);
         const uint8_t *xs = X->xp + (t * nb32 + s) * 512;
@@ -93,25 +94,34 @@ static QI8_T512 ALWAYS_INLINE void mk512(const fdl_qi8_x *X, int64_t t, const fd
         if (--left == 0 || s + 1 == nb32) {
             left = spb;
             for (int c = 0; c < NC; c++) {
-                __m512 ft = _mm512_loadu_ps(out + 16 * c);
-                ft = _mm512_fmadd_ps(fa[c], _mm512_set1_ps(sw[c * nbw + B]), ft);
-                _mm512_storeu_ps(out + 16 * c, ft);
+                __m512 f = _mm512_loadu_ps(ft + 16 * c);
+                f = _mm512_fmadd_ps(fa[c], _mm512_set1_ps(sw[c * nbw + B]), f);
+                _mm512_storeu_ps(ft + 16 * c, f);
                 fa[c] = _mm512_setzero_ps();
             }
             B++;
         }
     }
+    for (int c = 0; c < NC; c++) _mm512_storeu_ps(st + 16 * c, fa[c]);
 }
 
 QI8_T512 void fdl_qi8_strip_avx512(const fdl_qi8_x *X, const fdl_qi8_w *W, float *y, int64_t ldy,
                                    float *tbuf) {
-    for (int64_t t = 0; t < X->ntile; t++)
-        for (int64_t c0 = 0; c0 < W->jwp; c0 += FDL_QI8_NC) {
-            mk512(X, t, W, c0, tbuf);
-            for (int c = 0; c < FDL_QI8_NC && c0 + c < W->jw; c++)
-                for (int64_t rr = 0; rr < 16 && 16 * t + rr < X->n; rr++)
-                    y[(16 * t + rr) * ldy + W->j0 + c0 + c] = tbuf[c * 16 + rr];
+    const int64_t ng = W->jwp / FDL_QI8_NC, nb32 = X->nb32;
+    for (int64_t t = 0; t < X->ntile; t++) {
+        memset(tbuf, 0, (size_t)ng * 32 * FDL_QI8_NC * sizeof(float));
+        for (int64_t s0 = 0; s0 < nb32; s0 += QI8_SK) {
+            int64_t s1 = s0 + QI8_SK < nb32 ? s0 + QI8_SK : nb32;
+            for (int64_t g = 0; g < ng; g++)
+                mk512(X, t, W, g * FDL_QI8_NC, s0, s1, tbuf + g * 32 * FDL_QI8_NC);
         }
+        for (int64_t g = 0; g < ng; g++) {
+            const float *ft = tbuf + g * 32 * FDL_QI8_NC + 16 * FDL_QI8_NC;
+            for (int c = 0; c < FDL_QI8_NC && g * FDL_QI8_NC + c < W->jw; c++)
+                for (int64_t rr = 0; rr < 16 && 16 * t + rr < X->n; rr++)
+                    y[(16 * t + rr) * ldy + W->j0 + g * FDL_QI8_NC + c] = ft[c * 16 + rr];
+        }
+    }
 }
 
 /* ---- small n, straight from the storage rows: 8 columns x 64 values per step;
