@@ -145,24 +145,37 @@ static QI8_T512 ALWAYS_INLINE __m512i reduce8(const __m512i *v) {
 
 static QI8_T512 ALWAYS_INLINE void gemv_group(const fdl_qk_desc *q, const fdl_qi8_x *X, float *y,
                                               int64_t jg, int nc, int32_t *isb, float *swb,
-                                              int8_t *tail, const int nib) {
+                                              int8_t *tail, const int nib, const int full) {
     const int64_t n = X->n, nb32 = X->nb32, kp = X->kp, G = q->d_in / 64;
     const int64_t nbw = q->per_tensor ? 1 : q->nb, spb = fdl_qi8_spb(q, nb32);
     const int off = nib ? 1 << (q->bits - 1) : 128;
+    /* a full group addresses its rows from one base (8 live pointers would spill) */
+    const uint8_t *base = q->data + jg * q->rowb;
+    const int64_t rowb = q->rowb;
     const uint8_t *rows[FDL_QI8_GV];
-    for (int c = 0; c < FDL_QI8_GV; c++) rows[c] = q->data + (jg + (c < nc ? c : 0)) * q->rowb;
-    for (int64_t b = 0; b < nbw; b++)
-        for (int c = 0; c < FDL_QI8_GV; c++) swb[b * 8 + c] = c < nc ? qk_scale(q, jg + c, b) : 0.0f;
+    for (int c = 0; c < FDL_QI8_GV; c++) rows[c] = base + (c < nc ? c : 0) * rowb;
+    /* the group's weight scales, column by column (each column's are contiguous) */
+    for (int c = 0; c < FDL_QI8_GV; c++) {
+        if (c >= nc) {
+            for (int64_t b = 0; b < nbw; b++) swb[b * 8 + c] = 0.0f;
+        } else if (!q->dq) {
+            const float *sc = q->per_tensor ? q->scales : q->scales + (jg + c) * q->nb;
+            for (int64_t b = 0; b < nbw; b++) swb[b * 8 + c] = sc[b];
+        } else {
+            for (int64_t b = 0; b < nbw; b++) swb[b * 8 + c] = qk_scale(q, jg + c, b);
+        }
+    }
     const __m512i m0f = _mm512_set1_epi8(0x0f), m80 = _mm512_set1_epi8((char)0x80);
     const __m512i shifts = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
     for (int64_t g = 0; g < G; g++) {
         __m512i w[FDL_QI8_GV];
         for (int c = 0; c < FDL_QI8_GV; c++) {
+            const uint8_t *rc = full ? base + c * rowb : rows[c];
             if (nib) {
-                __m512i b = _mm512_broadcast_i64x4(_mm256_loadu_si256((const void *)(rows[c] + 32 * g)));
+                __m512i b = _mm512_broadcast_i64x4(_mm256_loadu_si256((const void *)(rc + 32 * g)));
                 w[c] = _mm512_and_si512(_mm512_srlv_epi16(b, shifts), m0f);
             } else {
-                w[c] = _mm512_xor_si512(_mm512_loadu_si512(rows[c] + 64 * g), m80);
+                w[c] = _mm512_xor_si512(_mm512_loadu_si512(rc + 64 * g), m80);
             }
         }
         for (int64_t r = 0; r < n; r++) {
@@ -215,8 +228,11 @@ QI8_T512 void fdl_qi8_gemv_avx512(const fdl_qk_desc *q, const fdl_qi8_x *X, floa
     int8_t *tail = (int8_t *)(swb + nbw * FDL_QI8_GV);
     for (int64_t jg = j0; jg < j1; jg += FDL_QI8_GV) {
         int nc = j1 - jg < FDL_QI8_GV ? (int)(j1 - jg) : FDL_QI8_GV;
-        if (q->bits <= 4) gemv_group(q, X, y, jg, nc, isb, swb, tail, 1);
-        else gemv_group(q, X, y, jg, nc, isb, swb, tail, 0);
+        int full = nc == FDL_QI8_GV;
+        if (q->bits <= 4 && full) gemv_group(q, X, y, jg, nc, isb, swb, tail, 1, 1);
+        else if (q->bits <= 4) gemv_group(q, X, y, jg, nc, isb, swb, tail, 1, 0);
+        else if (full) gemv_group(q, X, y, jg, nc, isb, swb, tail, 0, 1);
+        else gemv_group(q, X, y, jg, nc, isb, swb, tail, 0, 0);
     }
 }
 #endif
