@@ -1,7 +1,7 @@
 /* AVX2 and AVX-VNNI int8-activation strip kernels (ymm: 8 rows of the x panel's
  * 16-row tile per register, 2 weight columns broadcast); scalar twin
  * fdl_qi8_strip_scalar (qi8k.c), bitwise equal: exact integer sums, then
- * qi8_combine's float order.
+ * the float order of fdl_qi8_strip_scalar.
  *
  * Dot step per mode: QI8_VNNI: vpdpbusd (u8 = q_x + 128, s8 = unit).  QI8_U:
  * maddubs on the same operands (|unit| <= 15 for nibble codes: 255 * 15 * 2 fits

@@ -1,6 +1,6 @@
 /* AVX-512 VNNI int8-activation kernels (vpdpbusd); scalar twins in qi8k.c,
  * bitwise equal: the integer sums are exact and the float part follows
- * qi8_combine's order (one FMA per 32-block, one per weight block). */
+ * fdl_qi8_strip_scalar's order (one FMA per 32-block, one per weight block). */
 #include "qi8k_int.h"
 
 #if FDL_HAVE_AVX2_TARGET

@@ -1,6 +1,6 @@
-/* Internals shared by the int8-activation kernel files (qi8k*.c): the one float
- * order of qi8k.h as a scalar function, and the quantizer body every tier
- * compiles (elementwise IEEE operations: identical on every ISA). */
+/* Internals shared by the int8-activation kernel files (qi8k*.c): the block-end
+ * test and the quantizer body every tier compiles (elementwise IEEE operations:
+ * identical on every ISA). */
 #ifndef FASTDL_QI8K_INT_H
 #define FASTDL_QI8K_INT_H
 #include "qi8k.h"
@@ -10,20 +10,7 @@
 #include <math.h>
 #include <string.h>
 
-/* qi8k.h's float part for one (row, column): isum[s], d_x[s] for s < nb32 */
-static inline float qi8_combine(const int32_t *isum, const float *dx, int64_t nb32,
-                                int64_t spb, const float *sw) {
-    float tot = 0.0f, acc = 0.0f;
-    for (int64_t s = 0; s < nb32; s++) {
-        acc = fmaf((float)isum[s], dx[s], acc);
-        if ((s + 1) % spb == 0 || s + 1 == nb32) {
-            tot = fmaf(acc, sw[s / spb], tot);
-            acc = 0.0f;
-        }
-    }
-    return tot;
-}
-
+/* the float order of qi8k.h is written out once, in fdl_qi8_strip_scalar (qi8k.c) */
 static inline int qi8_block_end(int64_t s, int64_t spb, int64_t nb32) {
     return (s + 1) % spb == 0 || s + 1 == nb32;
 }
