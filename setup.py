@@ -34,6 +34,7 @@ EXTENSIONS = {
         "quantk_avx2.c", "quantk_avx512.c", "quantk_table.c")],
     "_rnn": [SRC_DIR + "/rnnk.c"],
     "_lora": [SRC_DIR + "/lorak.c"],
+    "_qint8": [SRC_DIR + "/" + f for f in ("qi8k.c", "qi8k_avx2.c", "qi8k_avx512.c")],
 }
 
 OPENMP_TEST = r"""

@@ -1,0 +1,355 @@
+"""Int8-activation quantized matmul (Cython backend): ``y = x @ dequantize(q)``
+with each row of x quantized in blocks of 32 (llama.cpp's Q8_0) and the products
+summed in integers (AVX-512 VNNI, AVX-VNNI, AVX2 or scalar; src/qi8k.h defines the
+arithmetic, fastdl/_backends/numpy/quant_int8.py is the readable reference).
+
+x is quantized once per call (parallel over rows).  Small n (``PARAMS["small_n"]``)
+reads the storage rows directly, 8 columns at a time; larger n unpacks strips of
+``PARAMS["strip"]`` columns into int8 units once and runs register tiles of
+16 rows x 8 columns (AVX-512; 16 x 2 on AVX2) over a packed copy of x, in chunks of
+16 32-blocks so a chunk of x stays in L1.  Both loops are over independent
+column groups, so no result depends on the thread count, and every tier follows one
+float order, so no result depends on the tier.
+"""
+from libc.stdint cimport int64_t, uint8_t, int8_t, int32_t
+from libc.stdlib cimport malloc, free
+from cython.parallel cimport prange, threadid
+
+import numpy as np
+
+from fastdl.quant import QuantizedTensor, row_bytes
+
+from fastdl._backends.cython._cpu cimport simd_level
+from fastdl._backends.cython._cpu cimport team
+
+cdef extern from "quantk.h" nogil:
+    ctypedef struct fdl_qk_desc:
+        int64_t d_in, d_out, bs, nb, rowb
+        int bits, nf4, per_tensor, dq
+        const uint8_t *data
+        const float *scales
+        const int8_t *sc_codes
+        const float *sc_scales
+        float sc_mean
+
+cdef extern from "qi8k.h" nogil:
+    int FDL_QI8_TILE, FDL_QI8_NC, FDL_QI8_GV
+    ctypedef struct fdl_qi8_x:
+        int64_t n, d_in, kp, nb32
+        const int8_t *qx
+        const float *dx
+        const int32_t *sq
+        const uint8_t *xp
+        const float *dxp
+        int64_t ntile
+    ctypedef struct fdl_qi8_w:
+        int64_t j0, jw, jwp, kp, nb32, nbw, spb
+        int wide
+        int8_t *wu
+        int32_t *wc
+        float *sw
+    ctypedef struct fdl_qi8_kernels:
+        const char *name
+        int64_t (*quant)(const float *x, int64_t r0, int64_t r1, int64_t d_in, int64_t kp,
+                         int8_t *qx, float *dx, int32_t *sq) noexcept nogil
+        void (*gemv)(const fdl_qk_desc *q, const fdl_qi8_x *X, float *y, int64_t j0,
+                     int64_t j1, void *scratch) noexcept nogil
+        void (*strip)(const fdl_qi8_x *X, const fdl_qi8_w *W, float *y, int64_t ldy,
+                      float *tbuf) noexcept nogil
+    int fdl_qi8_best_tier(int simd_level)
+    int fdl_qi8_tier_runs(int tier, int simd_level)
+    const fdl_qi8_kernels *fdl_qi8_table(int tier)
+    void fdl_qi8_xpanel_tile(const fdl_qi8_x *X, int64_t t, uint8_t *xp, float *dxp)
+    int64_t fdl_qi8_spb(const fdl_qk_desc *q, int64_t nb32)
+    void fdl_qi8_unpack_strip(const fdl_qk_desc *q, fdl_qi8_w *W)
+    int64_t fdl_qi8_gemv_scratch(int64_t n, int64_t kp, int64_t nb32, int64_t nbw)
+
+TIERS = ("scalar", "avx2", "avxvnni", "avx512vnni")
+
+# small_n: rows up to which the direct (storage rows) kernel runs where the tier has one
+# (4096 x 4096, int4 / int8 blocks of 64, one thread, CPU ms direct vs strips: n = 8
+# 3.8 / 5.6 and 4.2 / 6.7, n = 12 4.4 / 5.6 and 4.2 / 5.5, n = 16 8.0 / 8.1 and 5.9 / 5.8);
+# strip: columns unpacked per strip (a multiple of 8; the strip's units stay in L2)
+PARAMS = {"small_n": 12, "strip": 64}
+_DEFAULTS = dict(PARAMS)
+cdef int _pinned = -1
+_F32 = np.dtype(np.float32)
+
+
+def set_params(**kw):
+    """Change tuning constants (tests, benchmarks); returns the previous values."""
+    old = {}
+    for k, v in kw.items():
+        if k not in PARAMS:
+            raise ValueError(f"unknown parameter {k!r}; known: {sorted(PARAMS)}")
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0 or \
+                (k == "strip" and (v < 8 or v % 8)):
+            raise ValueError(f"{k} must be a non-negative int (strip: a multiple of 8 >= 8), "
+                             f"got {v!r}")
+        old[k] = PARAMS[k]
+    PARAMS.update(kw)
+    return old
+
+
+def int8_levels():
+    """The int8 tiers this CPU runs at the current SIMD level, lowest first (a pinned
+    ``fastdl.testing.simd("avx2")`` level removes the AVX-512 one)."""
+    cdef int lv = simd_level()
+    return [TIERS[t] for t in range(len(TIERS)) if fdl_qi8_tier_runs(t, lv)]
+
+
+def set_int8_tier(name):
+    """Pin the int8 tier (a name of ``int8_levels()``, or None for the best); returns the
+    previous pin.  A pinned tier the current SIMD level excludes runs the best allowed."""
+    global _pinned
+    old = None if _pinned < 0 else TIERS[_pinned]
+    if name is None:
+        _pinned = -1
+        return old
+    if name not in int8_levels():
+        raise ValueError(f"int8 tier must be one of {int8_levels()} on this CPU, got {name!r}")
+    _pinned = TIERS.index(name)
+    return old
+
+
+cdef int _tier() noexcept:
+    cdef int lv = simd_level()
+    if _pinned >= 0 and fdl_qi8_tier_runs(_pinned, lv):
+        return _pinned
+    return fdl_qi8_best_tier(lv)
+
+
+def active_int8_tier():
+    """The tier int8_qmatmul runs now."""
+    return TIERS[_tier()]
+
+
+def cpu_features():
+    """{"avx512vnni": bool, "avxvnni": bool} of this CPU at the current SIMD level."""
+    cdef int lv = simd_level()
+    return {"avx512vnni": bool(fdl_qi8_tier_runs(3, lv)), "avxvnni": bool(fdl_qi8_tier_runs(2, lv))}
+
+
+# ---------------------------------------------------------------- checks
+
+def _desc_of(a):
+    return f"{type(a).__name__} {getattr(a, 'dtype', '')} {getattr(a, 'shape', '')}".rstrip()
+
+
+cdef _array(a, str name, dtype, tuple shape, bint writeable=False):
+    if not isinstance(a, np.ndarray) or a.dtype != dtype:
+        raise TypeError(f"{name} must be a {np.dtype(dtype)} numpy.ndarray, got {_desc_of(a)}")
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous, got strides {a.strides}")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{name} must be writeable")
+    return a
+
+
+cdef int64_t _dim(v, str name) except -1:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1 \
+            or v > 2 ** 40:
+        raise ValueError(f"{name} must be an int in [1, 2**40], got {v!r}")
+    return int(v)
+
+
+cdef int _desc(fdl_qk_desc *d, q, dict keep, bint codes_as_absmax) except -1:
+    """Check q's fields against each other and fill d (keep holds the arrays alive)."""
+    if not isinstance(q, QuantizedTensor):
+        raise TypeError(f"q must be a fastdl.quant.QuantizedTensor, got {type(q).__name__}")
+    shape, bits, scheme, bsz, dq = q.shape, q.bits, q.scheme, q.block_size, q.double_quant
+    if scheme == "nf4":
+        raise ValueError("activations='int8' needs integer weight codes; NF4 codes are not "
+                         "integers: use the exact path (activations='float32') or "
+                         "compute='bf16' for NF4 weights")
+    if scheme not in ("absmax", "signmax") and not (codes_as_absmax and isinstance(scheme, str)):
+        raise ValueError(f"q.scheme must be 'absmax' or 'signmax' for int8 activations "
+                         f"(other integer schemes with codes_as_absmax=True), got {scheme!r}")
+    if not isinstance(shape, tuple) or len(shape) != 2:
+        raise ValueError(f"q.shape must be a tuple (d_in, d_out), got {shape!r}")
+    cdef int64_t d_in = _dim(shape[0], "q.shape[0]"), d_out = _dim(shape[1], "q.shape[1]")
+    if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, (int, np.integer)) \
+            or not 2 <= bits <= 8:
+        raise ValueError(f"q.bits must be an int in 2..8, got {bits!r}")
+    cdef int64_t bs = d_in, nb = 1
+    if bsz is None:
+        if dq:
+            raise ValueError("q.double_quant needs block-wise scales, got q.block_size=None")
+    else:
+        if isinstance(bsz, (bool, np.bool_)) or not isinstance(bsz, (int, np.integer)) \
+                or bsz < 1:
+            raise ValueError(f"q.block_size must be an int >= 1 or None, got {bsz!r}")
+        bs = min(int(bsz), d_in)
+        nb = (d_in + bs - 1) // bs
+        if nb > 1 and bs % 32:
+            raise ValueError(f"int8 activations need q.block_size a multiple of 32, None (per "
+                             f"tensor) or >= d_in={d_in}, got block_size={bsz}")
+    rowb = d_in if bits > 4 else row_bytes(d_in)
+    data_arr = _array(q.data, "q.data", np.int8 if bits > 4 else np.uint8, (int(d_out), int(rowb)))
+    cdef const uint8_t[:, ::1] data = data_arr.view(np.uint8)
+    cdef const float[::1] sc
+    cdef const int8_t[::1] codes
+    cdef const float[::1] gs
+    d.d_in = d_in
+    d.d_out = d_out
+    d.bits = bits
+    d.nf4 = 0
+    d.per_tensor = bsz is None
+    d.bs = bs
+    d.nb = nb
+    d.rowb = rowb
+    d.data = &data[0, 0]
+    keep["data"] = data_arr
+    d.dq = bool(dq)
+    d.scales = NULL
+    d.sc_codes = NULL
+    d.sc_scales = NULL
+    d.sc_mean = 0
+    if d.dq:
+        count = int(d_out * nb)
+        q_codes = _array(q.scale_codes, "q.scale_codes", np.int8, (count,))
+        q_gs = _array(q.scale_scales, "q.scale_scales", _F32, (-(-count // 256),))
+        mean = _array(q.scale_mean, "q.scale_mean", _F32, ())
+        codes = q_codes
+        gs = q_gs
+        d.sc_codes = &codes[0]
+        d.sc_scales = &gs[0]
+        d.sc_mean = float(mean)
+        keep["codes"] = q_codes
+        keep["gs"] = q_gs
+    else:
+        sc_arr = _array(q.scales, "q.scales", _F32, (1,) if bsz is None else (int(d_out), int(nb)))
+        sc = sc_arr.reshape(-1)
+        d.scales = &sc[0]
+        keep["sc"] = sc_arr
+    return 0
+
+
+# ---------------------------------------------------------------- drivers
+
+cdef void *_alloc(size_t nbytes) except NULL:
+    cdef void *p = malloc(nbytes if nbytes > 0 else 1)
+    if p == NULL:
+        raise MemoryError(f"out of memory for {nbytes} bytes of int8 kernel buffers")
+    return p
+
+
+cdef void _strip(const fdl_qi8_kernels *K, const fdl_qk_desc *d, const fdl_qi8_x *X,
+                 int64_t s, int64_t CS, int8_t *wu, int32_t *wc, float *sw, float *tb,
+                 float *y) noexcept nogil:
+    cdef fdl_qi8_w W
+    W.j0 = s * CS
+    W.jw = min(CS, d.d_out - W.j0)
+    W.jwp = (W.jw + FDL_QI8_NC - 1) // FDL_QI8_NC * FDL_QI8_NC
+    W.kp = X.kp + 64            # rows 4 KiB apart would share L1 sets
+    W.nb32 = X.nb32
+    W.nbw = 1 if d.per_tensor else d.nb
+    W.spb = fdl_qi8_spb(d, X.nb32)
+    W.wide = d.bits > 4
+    W.wu = wu
+    W.wc = wc
+    W.sw = sw
+    fdl_qi8_unpack_strip(d, &W)
+    K.strip(X, &W, y, d.d_out, tb)
+
+
+def int8_qmatmul(x, q, out, int nthreads, path=None, *, bint codes_as_absmax=False):
+    """out = x @ dequantize(q) with int8 activations (arithmetic: src/qi8k.h).
+
+    x: float32 C-contiguous (n, d_in), finite; out: float32 C-contiguous writeable
+    (n, d_out) not overlapping x; q: a QuantizedTensor, scheme absmax or signmax, bits
+    2..8, block size a multiple of 32 / None / >= d_in (double quantization allowed).
+    ``path``: None (by n), "gemv" or "strip" (tests; "gemv" needs a tier that has it).
+    ``codes_as_absmax``: take the codes of another integer scheme (e.g. minmax) as absmax
+    units ``code - 2^(bits-1)`` times the scales, ignoring anything else the scheme adds.
+    Returns out.
+    """
+    cdef fdl_qk_desc d
+    cdef dict keep = {}
+    _desc(&d, q, keep, codes_as_absmax)
+    if not isinstance(x, np.ndarray) or x.dtype != _F32:
+        raise TypeError(f"x must be a float32 numpy.ndarray, got {_desc_of(x)}")
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != d.d_in:
+        raise ValueError(f"x must have shape (n, {d.d_in}) with n >= 1, got {x.shape}")
+    _array(x, "x", _F32, x.shape)
+    _array(out, "out", _F32, (x.shape[0], int(d.d_out)), writeable=True)
+    for a in (x,) + tuple(keep.values()):
+        if np.may_share_memory(out, a):
+            raise ValueError("out must not overlap x or q's arrays")
+    if path not in (None, "gemv", "strip"):
+        raise ValueError(f"path must be None, 'gemv' or 'strip', got {path!r}")
+    cdef const fdl_qi8_kernels *K = fdl_qi8_table(_tier())
+    if path == "gemv" and K.gemv == NULL:
+        raise ValueError(f"the {K.name.decode()} int8 tier has no 'gemv' path")
+    cdef int64_t n = x.shape[0], d_in = d.d_in, d_out = d.d_out
+    cdef int64_t nb32 = (d_in + 31) // 32, kp = 32 * nb32, nbw = 1 if d.per_tensor else d.nb
+    cdef bint small = K.gemv != NULL and (path == "gemv" or (path is None and n <= PARAMS["small_n"]))
+    qx = np.empty((n, kp), np.int8)
+    dx = np.empty((n, nb32), np.float32)
+    sq = np.empty((n, nb32), np.int32)
+    cdef const float[:, ::1] xv = x
+    cdef int8_t[:, ::1] qxv = qx
+    cdef float[:, ::1] dxv = dx
+    cdef int32_t[:, ::1] sqv = sq
+    cdef float[:, ::1] yv = out
+    cdef fdl_qi8_x X
+    X.n = n
+    X.d_in = d_in
+    X.kp = kp
+    X.nb32 = nb32
+    X.qx = &qxv[0, 0]
+    X.dx = &dxv[0, 0]
+    X.sq = &sqv[0, 0]
+    X.xp = NULL
+    X.dxp = NULL
+    X.ntile = (n + FDL_QI8_TILE - 1) // FDL_QI8_TILE
+    cdef int64_t RC = 16, nrc = (n + RC - 1) // RC, c, bad = 0, g, ng, ss, t, s, nst, CS
+    cdef int nt = team(nthreads, n * d_in * 4, nrc)
+    for c in prange(nrc, nogil=True, num_threads=nt, schedule="static"):
+        bad += K.quant(&xv[0, 0], c * RC, min(n, c * RC + RC), d_in, kp, &qxv[0, 0],
+                       &dxv[0, 0], &sqv[0, 0])
+    if bad:
+        raise ValueError(f"x must be finite: {bad} block(s) of 32 values hold inf or nan")
+    cdef char *buf
+    cdef uint8_t[::1] xpv
+    cdef float[::1] dxpv
+    cdef int64_t work = n * d_in * d_out
+    if small:
+        ng = (d_out + FDL_QI8_GV - 1) // FDL_QI8_GV
+        ss = (fdl_qi8_gemv_scratch(n, kp, nb32, nbw) + 63) // 64 * 64
+        nt = team(nthreads, work, ng)
+        buf = <char *>_alloc(nt * ss)
+        with nogil:
+            for g in prange(ng, num_threads=nt, schedule="static"):
+                K.gemv(&d, &X, &yv[0, 0], g * FDL_QI8_GV, min(d_out, g * FDL_QI8_GV + FDL_QI8_GV),
+                       buf + threadid() * ss)
+        free(buf)
+        return out
+    xp = np.empty(X.ntile * nb32 * 512, np.uint8)
+    dxp = np.empty(X.ntile * nb32 * 16, np.float32)
+    xpv = xp
+    dxpv = dxp
+    X.xp = &xpv[0]
+    X.dxp = &dxpv[0]
+    nt = team(nthreads, n * kp * 2, X.ntile)
+    for t in prange(X.ntile, nogil=True, num_threads=nt, schedule="static"):
+        fdl_qi8_xpanel_tile(&X, t, &xpv[0], &dxpv[0])
+    CS = PARAMS["strip"]
+    nst = (d_out + CS - 1) // CS
+    # per thread: units, corrections, scales, the micro-kernel's output tile
+    cdef int64_t o_wc = (CS * (kp + 64) + 63) // 64 * 64
+    cdef int64_t o_sw = o_wc + (CS * nb32 * 4 + 63) // 64 * 64
+    cdef int64_t o_tb = o_sw + (CS * nbw * 4 + 63) // 64 * 64
+    ss = o_tb + (CS + FDL_QI8_NC) * 2 * FDL_QI8_TILE * 4 + 64
+    nt = team(nthreads, work, nst)
+    buf = <char *>_alloc(nt * ss)
+    cdef char *b
+    with nogil:
+        for s in prange(nst, num_threads=nt, schedule="static"):
+            b = buf + threadid() * ss
+            _strip(K, &d, &X, s, CS, <int8_t *>b, <int32_t *>(b + o_wc), <float *>(b + o_sw),
+                   <float *>(b + o_tb), &yv[0, 0])
+    free(buf)
+    return out
