@@ -1,0 +1,81 @@
+/* AVX-512 tier of the lookup-table kernels: the bodies of qlutk_body.h and the
+ * override fdl_qlut_run_avx512 (twin: fdl_qlut_run_scalar in qlutk.c).  One
+ * vpermps looks up 16 columns at once: it reads only the low 4 bits of each
+ * index lane, so the word is shifted right by 4 between nibbles; the rows of a
+ * group share each loaded word. */
+#include "qlutk_int.h"
+
+#if FDL_HAVE_AVX2_TARGET
+#define ATTR FDL_TARGET_AVX512
+#define FN(name) fdl_qlut_##name##_avx512
+#include "qlutk_body.h"
+
+static ATTR QL_ALWAYS_INLINE void run512(const fdl_qlut_desc *q, const uint32_t *w, int64_t c0,
+                                         int64_t c1, const float *tab, int64_t ldt,
+                                         const float *sc, float *st, const int NR, const int W,
+                                         const int NF4) {
+    __m512 A[2][8], Y[2];
+    const int64_t tpc = NF4 ? 512 : 128;
+    for (int r = 0; r < NR; r++) {
+        for (int i = 0; i < 2 * W; i++) A[r][i] = _mm512_loadu_ps(st + r * FDL_QLUT_ST + 16 * i);
+        Y[r] = _mm512_loadu_ps(st + r * FDL_QLUT_ST + 128);
+    }
+    for (int64_t c = c0; c < c1; c++) {
+        const uint32_t *wc = w + (c - c0) * W * 16;
+        const float *tc = tab + (c - c0) * tpc;
+        for (int k = 0; k < W; k++) {
+            __m512i v = _mm512_loadu_si512((const void *)(wc + 16 * k));
+            for (int m = 0; m < 8; m++) {
+                for (int r = 0; r < NR; r++) {
+                    const float *t = tc + r * ldt + 16 * (NF4 ? 8 * k + m : m);
+                    __m512 e = _mm512_permutexvar_ps(v, _mm512_loadu_ps(t));
+                    A[r][2 * k + (m >> 2)] = _mm512_add_ps(A[r][2 * k + (m >> 2)], e);
+                }
+                v = _mm512_srli_epi32(v, 4);
+            }
+        }
+        if (ql_block_end(q, c)) {
+            __m512 s = _mm512_loadu_ps(sc + 16 * (c / q->cpb));
+            for (int r = 0; r < NR; r++) {
+                __m512 part;
+                if (NF4) {
+                    part = _mm512_add_ps(
+                        _mm512_add_ps(_mm512_add_ps(A[r][0], A[r][1]), _mm512_add_ps(A[r][2], A[r][3])),
+                        _mm512_add_ps(_mm512_add_ps(A[r][4], A[r][5]), _mm512_add_ps(A[r][6], A[r][7])));
+                } else {
+                    part = _mm512_add_ps(A[r][0], A[r][1]);
+                    for (int k = 1; k < W - 1; k++)
+                        part = _mm512_add_ps(part, _mm512_mul_ps(_mm512_set1_ps((float)(1 << k)),
+                                                                 _mm512_add_ps(A[r][2 * k], A[r][2 * k + 1])));
+                    part = _mm512_sub_ps(part, _mm512_mul_ps(_mm512_set1_ps((float)(1 << (W - 1))),
+                                                             _mm512_add_ps(A[r][2 * W - 2], A[r][2 * W - 1])));
+                }
+                Y[r] = _mm512_add_ps(Y[r], _mm512_mul_ps(s, part));
+                for (int i = 0; i < 2 * W; i++) A[r][i] = _mm512_setzero_ps();
+            }
+        }
+    }
+    for (int r = 0; r < NR; r++) {
+        for (int i = 0; i < 2 * W; i++) _mm512_storeu_ps(st + r * FDL_QLUT_ST + 16 * i, A[r][i]);
+        _mm512_storeu_ps(st + r * FDL_QLUT_ST + 128, Y[r]);
+    }
+}
+
+/* twin: fdl_qlut_run_scalar */
+ATTR void fdl_qlut_run_avx512(const fdl_qlut_desc *q, const uint32_t *w, int64_t c0, int64_t c1,
+                              const float *tab, int64_t ldt, int nr, const float *sc, float *st) {
+    if (q->nf4) {
+        if (nr == 2) run512(q, w, c0, c1, tab, ldt, sc, st, 2, 4, 1);
+        else run512(q, w, c0, c1, tab, ldt, sc, st, 1, 4, 1);
+        return;
+    }
+    switch (q->bits * 2 + (nr == 2)) {
+    case 4: run512(q, w, c0, c1, tab, ldt, sc, st, 1, 2, 0); break;
+    case 5: run512(q, w, c0, c1, tab, ldt, sc, st, 2, 2, 0); break;
+    case 6: run512(q, w, c0, c1, tab, ldt, sc, st, 1, 3, 0); break;
+    case 7: run512(q, w, c0, c1, tab, ldt, sc, st, 2, 3, 0); break;
+    case 8: run512(q, w, c0, c1, tab, ldt, sc, st, 1, 4, 0); break;
+    default: run512(q, w, c0, c1, tab, ldt, sc, st, 2, 4, 0); break;
+    }
+}
+#endif
