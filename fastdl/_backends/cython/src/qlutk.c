@@ -23,6 +23,7 @@ void fdl_qlut_run_scalar(const fdl_qlut_desc *q, const uint32_t *w, int64_t c0, 
     int64_t tpc = nf4 ? 512 : 128;
     for (int r = 0; r < nr; r++) {
         float A[8][16], *S = st + r * FDL_QLUT_ST, *y = S + 128;
+        ql_bcur bc = ql_bcur_init(q, c0);
         memcpy(A, S, sizeof A);
         for (int64_t c = c0; c < c1; c++) {
             const uint32_t *wc = w + (c - c0) * W * 16;
@@ -35,8 +36,9 @@ void fdl_qlut_run_scalar(const fdl_qlut_desc *q, const uint32_t *w, int64_t c0, 
                         A[2 * k + (m >> 2)][l] = A[2 * k + (m >> 2)][l] + t[v & 15];
                     }
                 }
-            if (ql_block_end(q, c)) {
-                const float *s = sc + 16 * (c / q->cpb);
+            if (c == bc.end) {
+                const float *s = sc + 16 * bc.b;
+                ql_bnext(q, &bc);
                 for (int l = 0; l < 16; l++) y[l] = y[l] + s[l] * ql_part(q, (const float (*)[16])A, l);
                 memset(A, 0, sizeof A);
             }
@@ -65,9 +67,11 @@ const fdl_qlut_kernels *fdl_qlut_table(int level) {
 
 int64_t fdl_qlut_tab_per_chunk(const fdl_qlut_desc *q) { return q->nf4 ? 512 : 128; }
 
-/* scratch: scales (tiles * nb * 16), states (tiles * n * ST), tables (n * ib * tpc) */
+/* scratch: scales (tiles * nb * 16), states (tiles * n * ST), tables (n * ib * tpc, at
+ * least nb: one column's scales before the tables are built) */
 int64_t fdl_qlut_scratch(const fdl_qlut_desc *q, int64_t n, int64_t tiles) {
-    return tiles * q->nb * 16 + tiles * n * FDL_QLUT_ST + n * q->ib * fdl_qlut_tab_per_chunk(q);
+    int64_t tab = n * q->ib * fdl_qlut_tab_per_chunk(q);
+    return tiles * q->nb * 16 + tiles * n * FDL_QLUT_ST + (tab > q->nb ? tab : q->nb);
 }
 
 /* Input blocks of q->ib chunks, outermost: their tables (all rows) stay in L1/L2 while
@@ -79,12 +83,14 @@ void fdl_qlut_tiles(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, const flo
     int64_t nt = t1 - t0, nb = q->nb, NC = q->NC, W = q->bits, tpc = fdl_qlut_tab_per_chunk(q);
     int64_t ldt = q->ib * tpc;
     float *sc = scratch, *st = sc + nt * nb * 16, *tab = st + nt * n * FDL_QLUT_ST;
+    /* the tiles' scales as the kernels read them, sc[16 b + l]; tab is free scratch yet */
     for (int64_t t = t0; t < t1; t++) {
         float *s = sc + (t - t0) * nb * 16;
         for (int l = 0; l < 16; l++) {
             int64_t j = 16 * t + l;
             if (j < q->d_out) {
-                K->scales(q, j, s + l);
+                K->scales(q, j, tab);
+                for (int64_t b = 0; b < nb; b++) s[16 * b + l] = tab[b];
             } else {
                 for (int64_t b = 0; b < nb; b++) s[16 * b + l] = 0.0f;
             }

@@ -18,6 +18,7 @@ static ATTR QL_ALWAYS_INLINE void run256(const fdl_qlut_desc *q, const uint32_t 
         __m256 A[8], Y;
         for (int i = 0; i < 2 * W; i++) A[i] = _mm256_loadu_ps(st + 16 * i + 8 * hf);
         Y = _mm256_loadu_ps(st + 128 + 8 * hf);
+        ql_bcur bc = ql_bcur_init(q, c0);
         for (int64_t c = c0; c < c1; c++) {
             const uint32_t *wc = w + (c - c0) * W * 16 + 8 * hf;
             const float *tc = tab + (c - c0) * tpc;
@@ -32,8 +33,9 @@ static ATTR QL_ALWAYS_INLINE void run256(const fdl_qlut_desc *q, const uint32_t 
                     v = _mm256_srli_epi32(v, 4);
                 }
             }
-            if (ql_block_end(q, c)) {
-                __m256 s = _mm256_loadu_ps(sc + 16 * (c / q->cpb) + 8 * hf), part;
+            if (c == bc.end) {
+                __m256 s = _mm256_loadu_ps(sc + 16 * bc.b + 8 * hf), part;
+                ql_bnext(q, &bc);
                 if (NF4) {
                     part = _mm256_add_ps(
                         _mm256_add_ps(_mm256_add_ps(A[0], A[1]), _mm256_add_ps(A[2], A[3])),

@@ -31,7 +31,8 @@ ATTR void FN(tables)(const fdl_qlut_desc *q, const float *x, int64_t c0, int64_t
     }
 }
 
-/* the block scales of column j, decoded as the rows layout's (fastdl.quant) */
+/* the block scales of column j, decoded as the rows layout's (fastdl.quant), -> dst[b]
+ * (contiguous, so the decode vectorizes) */
 ATTR void FN(scales)(const fdl_qlut_desc *q, int64_t j, float *dst) {
     int64_t nb = q->nb;
     if (q->per_tensor) {
@@ -39,7 +40,7 @@ ATTR void FN(scales)(const fdl_qlut_desc *q, int64_t j, float *dst) {
         return;
     }
     if (!q->dq) {
-        for (int64_t b = 0; b < nb; b++) dst[16 * b] = q->scales[j * nb + b];
+        for (int64_t b = 0; b < nb; b++) dst[b] = q->scales[j * nb + b];
         return;
     }
     const int8_t *codes = q->sc_codes + j * nb;
@@ -52,7 +53,7 @@ ATTR void FN(scales)(const fdl_qlut_desc *q, int64_t j, float *dst) {
         for (int64_t bb = b; bb < e; bb++) {
             float t = (float)codes[bb] * gs;
             t = t + mean;
-            dst[16 * bb] = t > 0.0f ? (t < FLT_MAX ? t : FLT_MAX) : 0.0f;
+            dst[bb] = t > 0.0f ? (t < FLT_MAX ? t : FLT_MAX) : 0.0f;
         }
         b = e;
     }

@@ -19,7 +19,7 @@ struct fdl_qlut_kernels {
     int rmax;
     /* tables of chunks [c0, c1) of one row x (d_in floats) -> tab (tab_per_chunk each) */
     void (*tables)(const fdl_qlut_desc *q, const float *x, int64_t c0, int64_t c1, float *tab);
-    /* the nb block scales of column j -> dst[16 b] */
+    /* the nb block scales of column j -> dst[b] */
     void (*scales)(const fdl_qlut_desc *q, int64_t j, float *dst);
     /* chunks [c0, c1) of one tile (w: its words from chunk c0) for nr <= rmax rows:
      * tables of row r at tab + r*ldt (from chunk c0), the tile's scales sc[16 b + l],
@@ -28,9 +28,20 @@ struct fdl_qlut_kernels {
                 const float *tab, int64_t ldt, int nr, const float *sc, float *st);
 };
 
-/* whether chunk c ends a scale block */
-static inline int ql_block_end(const fdl_qlut_desc *q, int64_t c) {
-    return (c + 1) % q->cpb == 0 || c + 1 == q->NC;
+/* the scale block of chunks from c on and the chunk that ends it, advanced by
+ * ql_bnext (no division per chunk) */
+typedef struct { int64_t b, end; } ql_bcur;
+static inline ql_bcur ql_bcur_init(const fdl_qlut_desc *q, int64_t c) {
+    ql_bcur k;
+    k.b = c / q->cpb;
+    k.end = (k.b + 1) * q->cpb - 1;
+    if (k.end > q->NC - 1) k.end = q->NC - 1;
+    return k;
+}
+static inline void ql_bnext(const fdl_qlut_desc *q, ql_bcur *k) {
+    k->b++;
+    k->end += q->cpb;
+    if (k->end > q->NC - 1) k->end = q->NC - 1;
 }
 
 /* the block partial of lane l from the chains A[2k + h][l] (qlutk.h) */
