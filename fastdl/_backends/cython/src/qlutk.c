@@ -121,6 +121,12 @@ void fdl_qlut_tiles(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, const flo
  * byte i = values i and i + h); inputs >= d_in -> `pad` */
 static void ql_row_chunk(const uint8_t *row, int64_t d_in, int64_t c, unsigned pad, uint8_t *out) {
     int64_t G = d_in >> 6;
+    if ((c >> 1) < G) {                 /* a half of a full group: one nibble of 32 bytes */
+        const uint8_t *p = row + 32 * (c >> 1);
+        int sh = 4 * (int)(c & 1);
+        for (int i = 0; i < 32; i++) out[i] = (uint8_t)((p[i] >> sh) & 15u);
+        return;
+    }
     for (int i = 0; i < 32; i++) {
         int64_t r = 32 * c + i;
         if (r >= d_in) { out[i] = (uint8_t)pad; continue; }
@@ -152,14 +158,10 @@ int fdl_qlut_pack_tile(const uint8_t *rows, int64_t rowb, int64_t d_in, int64_t 
             }
             for (int k = 0; k < W; k++) {
                 uint32_t v = 0;
-                for (int m = 0; m < 8; m++) {
-                    unsigned nib = 0;
-                    if (nf4) {
-                        nib = cd[8 * k + m];
-                    } else {
-                        for (int i = 0; i < 4; i++) nib |= (((cd[4 * m + i] ^ flip) >> k) & 1u) << i;
-                    }
-                    v |= (uint32_t)nib << (4 * m);
+                if (nf4) {
+                    for (int m = 0; m < 8; m++) v |= (uint32_t)cd[8 * k + m] << (4 * m);
+                } else {            /* bit 4m + i = input 4m + i of the chunk */
+                    for (int r = 0; r < 32; r++) v |= (uint32_t)(((cd[r] ^ flip) >> k) & 1u) << r;
                 }
                 wc[16 * k + l] = v;
             }
@@ -182,17 +184,30 @@ void fdl_qlut_unpack_tile(const uint32_t *lut, int64_t d_in, int64_t d_out, int 
         memset(row, 0, (size_t)rowb);
         for (int64_t c = 0; c < NC; c++) {
             const uint32_t *wc = lut + (t * NC + c) * W * 16;
+            uint8_t cd[32];
+            if (nf4) {
+                for (int i = 0; i < 32; i++) cd[i] = (uint8_t)((wc[16 * (i >> 3) + l] >> (4 * (i & 7))) & 15u);
+            } else {
+                memset(cd, 0, 32);
+                for (int k = 0; k < W; k++) {
+                    uint32_t v = wc[16 * k + l];
+                    for (int i = 0; i < 32; i++) cd[i] |= (uint8_t)(((v >> i) & 1u) << k);
+                }
+                for (int i = 0; i < 32; i++) cd[i] ^= (uint8_t)flip;
+            }
+            if ((c >> 1) < G) {             /* a half of a full group: one nibble of 32 bytes */
+                uint8_t *p = row + 32 * (c >> 1);
+                if (c & 1) {
+                    for (int i = 0; i < 32; i++) p[i] |= (uint8_t)(cd[i] << 4);
+                } else {
+                    for (int i = 0; i < 32; i++) p[i] |= cd[i];
+                }
+                continue;
+            }
             for (int i = 0; i < 32; i++) {
                 int64_t r = 32 * c + i;
                 if (r >= d_in) break;
-                unsigned code = 0;
-                if (nf4) {
-                    code = (wc[16 * (i >> 3) + l] >> (4 * (i & 7))) & 15u;
-                } else {
-                    for (int k = 0; k < W; k++)
-                        code |= ((wc[16 * k + l] >> (4 * (i >> 2) + (i & 3))) & 1u) << k;
-                    code ^= flip;
-                }
+                unsigned code = cd[i];
                 int64_t g = r >> 6;
                 if (g < G) {
                     int64_t ii = r & 63;
