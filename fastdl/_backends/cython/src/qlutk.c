@@ -48,12 +48,13 @@ void fdl_qlut_run_scalar(const fdl_qlut_desc *q, const uint32_t *w, int64_t c0, 
 }
 
 static const fdl_qlut_kernels K_SCALAR = {
-    2, fdl_qlut_tables_scalar, fdl_qlut_scales_scalar, fdl_qlut_run_scalar};
+    2, fdl_qlut_tables_scalar, fdl_qlut_scales_scalar, fdl_qlut_run_scalar, NULL};
 #if FDL_HAVE_AVX2_TARGET
 static const fdl_qlut_kernels K_AVX2 = {
-    1, fdl_qlut_tables_avx2, fdl_qlut_scales_avx2, fdl_qlut_run_avx2};
+    1, fdl_qlut_tables_avx2, fdl_qlut_scales_avx2, fdl_qlut_run_avx2, NULL};
 static const fdl_qlut_kernels K_AVX512 = {
-    2, fdl_qlut_tables_avx512, fdl_qlut_scales_avx512, fdl_qlut_run_avx512};
+    2, fdl_qlut_tables_avx512, fdl_qlut_scales_avx512, fdl_qlut_run_avx512,
+    fdl_qlut_run2_avx512};
 #endif
 
 const fdl_qlut_kernels *fdl_qlut_table(int level) {
@@ -102,7 +103,13 @@ void fdl_qlut_tiles(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, const flo
         for (int64_t r = 0; r < n; r++) K->tables(q, x + r * q->d_in, cb, ce, tab + r * ldt);
         for (int64_t r0 = 0; r0 < n; r0 += K->rmax) {
             int nr = (int)(n - r0 < K->rmax ? n - r0 : K->rmax);
-            for (int64_t t = t0; t < t1; t++)
+            int64_t t = t0;
+            if (K->run2 && nr == 1 && q->nf4)
+                for (; t + 1 < t1; t += 2)
+                    K->run2(q, q->lut + (t * NC + cb) * W * 16, NC * W * 16, cb, ce,
+                            tab + r0 * ldt, sc + (t - t0) * nb * 16, nb * 16,
+                            st + ((t - t0) * n + r0) * FDL_QLUT_ST, n * FDL_QLUT_ST);
+            for (; t < t1; t++)
                 K->run(q, q->lut + (t * NC + cb) * W * 16, cb, ce, tab + r0 * ldt, ldt, nr,
                        sc + (t - t0) * nb * 16, st + ((t - t0) * n + r0) * FDL_QLUT_ST);
         }

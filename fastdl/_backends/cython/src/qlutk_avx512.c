@@ -100,4 +100,63 @@ ATTR void fdl_qlut_run_avx512(const fdl_qlut_desc *q, const uint32_t *w, int64_t
     default: run512(q, w, c0, c1, tab, ldt, sc, st, 2, 4, 0); break;
     }
 }
+/* NF4, one row, two tiles (w and w + wstride, their scales sc and sc + sstride, states st
+ * and st + ststride): each table vector is loaded once for both tiles.  The same lane
+ * sequence as run512 (twin: fdl_qlut_run_scalar, tile by tile). */
+ATTR void fdl_qlut_run2_avx512(const fdl_qlut_desc *q, const uint32_t *w, int64_t wstride,
+                               int64_t c0, int64_t c1, const float *tab, const float *sc,
+                               int64_t sstride, float *st, int64_t ststride) {
+    __m512 A[2][8], Y[2];
+    const uint32_t *wend = q->lut + q->NT * q->NC * 4 * 16;
+    for (int u = 0; u < 2; u++) {
+        for (int i = 0; i < 8; i++) A[u][i] = _mm512_loadu_ps(st + u * ststride + 16 * i);
+        Y[u] = _mm512_loadu_ps(st + u * ststride + 128);
+    }
+    ql_bcur bc = ql_bcur_init(q, c0);
+    for (int64_t c = c0; c < c1; c++) {
+        const float *tc = tab + (c - c0) * 512;
+        for (int k = 0; k < 4; k++) {
+            const uint32_t *wk0 = w + (c - c0) * 64 + 16 * k, *wk1 = wk0 + wstride;
+            if (wk1 + 16 < wend) {
+                for (int b = 0; b < 4; b++) {
+                    __m512i u0 = _mm512_loadu_si512((const void *)((const uint8_t *)wk0 + b));
+                    __m512i u1 = _mm512_loadu_si512((const void *)((const uint8_t *)wk1 + b));
+                    __m512 t0 = _mm512_loadu_ps(tc + 16 * (8 * k + 2 * b));
+                    __m512 t1 = _mm512_loadu_ps(tc + 16 * (8 * k + 2 * b + 1));
+                    int h = 2 * k + (b >> 1);
+                    A[0][h] = _mm512_add_ps(A[0][h], _mm512_permutexvar_ps(u0, t0));
+                    A[1][h] = _mm512_add_ps(A[1][h], _mm512_permutexvar_ps(u1, t0));
+                    A[0][h] = _mm512_add_ps(A[0][h], _mm512_permutexvar_ps(_mm512_srli_epi32(u0, 4), t1));
+                    A[1][h] = _mm512_add_ps(A[1][h], _mm512_permutexvar_ps(_mm512_srli_epi32(u1, 4), t1));
+                }
+            } else {
+                __m512i v0 = _mm512_loadu_si512((const void *)wk0);
+                __m512i v1 = _mm512_loadu_si512((const void *)wk1);
+                for (int m = 0; m < 8; m++) {
+                    __m512 t = _mm512_loadu_ps(tc + 16 * (8 * k + m));
+                    int h = 2 * k + (m >> 2);
+                    A[0][h] = _mm512_add_ps(A[0][h], _mm512_permutexvar_ps(v0, t));
+                    A[1][h] = _mm512_add_ps(A[1][h], _mm512_permutexvar_ps(v1, t));
+                    v0 = _mm512_srli_epi32(v0, 4);
+                    v1 = _mm512_srli_epi32(v1, 4);
+                }
+            }
+        }
+        if (c == bc.end) {
+            for (int u = 0; u < 2; u++) {
+                __m512 s = _mm512_loadu_ps(sc + u * sstride + 16 * bc.b);
+                __m512 part = _mm512_add_ps(
+                    _mm512_add_ps(_mm512_add_ps(A[u][0], A[u][1]), _mm512_add_ps(A[u][2], A[u][3])),
+                    _mm512_add_ps(_mm512_add_ps(A[u][4], A[u][5]), _mm512_add_ps(A[u][6], A[u][7])));
+                Y[u] = _mm512_add_ps(Y[u], _mm512_mul_ps(s, part));
+                for (int i = 0; i < 8; i++) A[u][i] = _mm512_setzero_ps();
+            }
+            ql_bnext(q, &bc);
+        }
+    }
+    for (int u = 0; u < 2; u++) {
+        for (int i = 0; i < 8; i++) _mm512_storeu_ps(st + u * ststride + 16 * i, A[u][i]);
+        _mm512_storeu_ps(st + u * ststride + 128, Y[u]);
+    }
+}
 #endif

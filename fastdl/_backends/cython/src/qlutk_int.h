@@ -26,6 +26,11 @@ struct fdl_qlut_kernels {
      * state of row r at st + r*FDL_QLUT_ST (8 chains, then y) */
     void (*run)(const fdl_qlut_desc *q, const uint32_t *w, int64_t c0, int64_t c1,
                 const float *tab, int64_t ldt, int nr, const float *sc, float *st);
+    /* NULL, or NF4 with one row over two tiles at once (the second's words, scales and
+     * state `wstride`, `sstride`, `ststride` on): `run` on each, bitwise */
+    void (*run2)(const fdl_qlut_desc *q, const uint32_t *w, int64_t wstride, int64_t c0,
+                 int64_t c1, const float *tab, const float *sc, int64_t sstride, float *st,
+                 int64_t ststride);
 };
 
 /* the scale block of chunks from c on and the chunk that ends it, advanced by
@@ -71,6 +76,9 @@ void fdl_qlut_tables_avx512(const fdl_qlut_desc *q, const float *x, int64_t c0, 
 void fdl_qlut_scales_avx512(const fdl_qlut_desc *q, int64_t j, float *dst);
 void fdl_qlut_run_avx512(const fdl_qlut_desc *q, const uint32_t *w, int64_t c0, int64_t c1,
                          const float *tab, int64_t ldt, int nr, const float *sc, float *st);
+void fdl_qlut_run2_avx512(const fdl_qlut_desc *q, const uint32_t *w, int64_t wstride,
+                          int64_t c0, int64_t c1, const float *tab, const float *sc,
+                          int64_t sstride, float *st, int64_t ststride);
 #endif
 
 #endif
