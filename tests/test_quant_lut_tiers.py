@@ -22,11 +22,12 @@ def _x(n, d_in, *key):
 
 @pytest.mark.parametrize("bits,scheme,block_size,dq", CASES)
 @pytest.mark.parametrize("level", simd_levels(scalar=False))
-def test_simd_tiers_bitwise_equal_scalar(bits, scheme, block_size, dq, level):
-    q = make(1100, 70, bits, scheme, block_size, dq, "tiers")
+@pytest.mark.parametrize("d_in,d_out", [(1100, 70), (200, 64)])   # odd / even tile counts
+def test_simd_tiers_bitwise_equal_scalar(bits, scheme, block_size, dq, level, d_in, d_out):
+    q = make(d_in, d_out, bits, scheme, block_size, dq, "tiers")
     lut = lut_of(q)
     for n in (1, 2, 3, 5):
-        x = _x(n, 1100, level)
+        x = _x(n, d_in, level)
         with simd("scalar"):
             want = c_matmul(x, q, lut)
         with simd(level):
