@@ -1,0 +1,255 @@
+"""Lookup-table kernels of ``y = x @ W`` for quantized weights in the "lut" layout
+(Cython backend); layout and arithmetic contracts in src/qlutk.h, the NumPy
+definition in fastdl/_backends/numpy/quant_lut.py.
+
+``lut_qmatmul`` splits the output column tiles (16 columns each) in one
+contiguous range per thread; each range runs the serial C driver, so no result
+depends on the thread count.  The SIMD level's kernel table is fetched once per
+call.  ``rows_to_lut`` / ``lut_to_rows`` convert between the rows layout of
+``fastdl.quant`` and this one, a tile per work unit.
+
+Speed (4096 x 4096, blocks of 64, one thread, 2-core AVX-512 Xeon, best of 25
+interleaved runs on a busy machine): int4 n = 1 1.13 ms (the rows layout's fused
+kernel 1.70, a read of the packed bytes 0.47, NumPy float32 x @ W 2.96), NF4 +
+double quantization 1.47 (1.69); n = 16 11.2 / 15.6 ms (15.7 / 15.9).  The AVX-512
+kernel issues about 2.5 vector uops per 16 looked-up weights and row (vpermps, add,
+half a shift) on the two 512-bit ports: compute-bound, not memory-bound.  Pinned to
+AVX2 (two vpermps and a blend per 8 columns) it is slower than the rows layout's
+AVX2 kernel at every n (n = 1: 3.4 vs 2.9 ms, n = 16: 50 vs 22 ms).
+"""
+from libc.stdint cimport int64_t, uint8_t, int8_t, uint32_t
+from libc.stdlib cimport malloc, free
+from cython.parallel cimport prange, threadid
+
+import numbers
+
+import numpy as np
+
+from fastdl.quant import row_bytes
+
+from fastdl._backends.cython._cpu cimport simd_level
+from fastdl._backends.cython._cpu cimport team
+
+cdef extern from "qlutk.h" nogil:
+    ctypedef struct fdl_qlut_desc:
+        int64_t d_in, d_out, NT, NC, cpb, nb, ib
+        int bits, nf4, per_tensor, dq
+        const uint32_t *lut
+        const float *scales
+        const int8_t *sc_codes
+        const float *sc_scales
+        float sc_mean
+    ctypedef struct fdl_qlut_kernels:
+        pass
+    const fdl_qlut_kernels *fdl_qlut_table(int level)
+    int64_t fdl_qlut_scratch(const fdl_qlut_desc *q, int64_t n, int64_t tiles)
+    void fdl_qlut_tiles(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, const float *x,
+                        int64_t n, int64_t t0, int64_t t1, float *y, float *scratch)
+    int fdl_qlut_pack_tile(const uint8_t *rows, int64_t rowb, int64_t d_in, int64_t d_out,
+                           int bits, int nf4, int64_t t, uint32_t *lut)
+    void fdl_qlut_unpack_tile(const uint32_t *lut, int64_t d_in, int64_t d_out, int bits,
+                              int nf4, int64_t t, uint8_t *rows, int64_t rowb)
+
+# Chunks of 32 inputs per input block, whose tables stay in L1 while every tile of a
+# thread streams its codes for the block (n = 1; halved for n >= 2, where two rows'
+# tables are read together): 16 chunks of NF4 tables (16 floats per input) are 32 KiB,
+# 32 of absmax tables (16 floats per 4 inputs) 16 KiB.  Measured on the 2-core
+# AVX-512 Xeon, 4096 x 4096, one thread: 4 / 8 / 16 / 32 chunks, NF4 per tensor
+# 1.15 / 1.03 / 0.99 / 1.29 ms, absmax int4 blocks of 64 with double quantization
+# 1.40 / 1.15 / 1.01 / 0.93 ms (min of 100 on a busy machine).
+PARAMS = {"ib_nf4": 16, "ib_absmax": 32}
+_DEFAULTS = dict(PARAMS)
+_F32 = np.dtype(np.float32)
+
+
+def set_params(**kw):
+    """Change tuning constants (tests, benchmarks); returns the previous values.
+    The input blocking never changes a result (the chains carry across blocks)."""
+    old = {}
+    for k, v in kw.items():
+        if k not in PARAMS:
+            raise ValueError(f"unknown parameter {k!r}; known: {sorted(PARAMS)}")
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096:
+            raise ValueError(f"{k} must be an int in [1, 4096], got {v!r}")
+        old[k] = PARAMS[k]
+    PARAMS.update(kw)
+    return old
+
+
+def _desc_of(a):
+    return f"{type(a).__name__} {getattr(a, 'dtype', '')} {getattr(a, 'shape', '')}".rstrip()
+
+
+cdef _array(a, str name, dtype, tuple shape, bint writeable=False):
+    if not isinstance(a, np.ndarray) or a.dtype != dtype:
+        raise TypeError(f"{name} must be a {np.dtype(dtype)} numpy.ndarray, got {_desc_of(a)}")
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous, got strides {a.strides}")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{name} must be writeable")
+    return a
+
+
+cdef int64_t _dim(v, str name) except -1:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or not 1 <= v <= 2 ** 40:
+        raise ValueError(f"{name} must be an int in [1, 2**40], got {v!r}")
+    return int(v)
+
+
+cdef int _format(bits, nf4) except -1:
+    if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, numbers.Integral) \
+            or not 2 <= bits <= 4:
+        raise ValueError(f"bits must be an int in 2..4 for the lut layout, got {bits!r}")
+    if not isinstance(nf4, (bool, np.bool_)):
+        raise TypeError(f"nf4 must be a bool, got {nf4!r}")
+    if nf4 and bits != 4:
+        raise ValueError(f"nf4=True needs bits=4, got {bits}")
+    return int(bits)
+
+
+def lut_shape(d_in, d_out, bits):
+    """Shape of the uint8 lut array of a (d_in, d_out) weight: (tiles of 16 columns,
+    chunks of 32 inputs * bits * 64 bytes)."""
+    cdef int64_t di = _dim(d_in, "d_in"), do = _dim(d_out, "d_out")
+    cdef int b = _format(bits, False)
+    return (int((do + 15) // 16), int((di + 31) // 32 * b * 64))
+
+
+def lut_supports(bits, scheme_nf4, block_size):
+    """Whether lut_qmatmul takes this format: bits 2..4 (NF4: 4), block_size None
+    (per tensor) or a multiple of 32."""
+    if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, numbers.Integral):
+        return False
+    if not 2 <= bits <= 4 or (bool(scheme_nf4) and bits != 4):
+        return False
+    if block_size is None:
+        return True
+    return (not isinstance(block_size, (bool, np.bool_)) and isinstance(block_size, numbers.Integral)
+            and block_size >= 32 and block_size % 32 == 0)
+
+
+def rows_to_lut(data_rows, d_in, d_out, bits, nf4, int nthreads=1):
+    """The lut layout (uint8, lut_shape(d_in, d_out, bits)) of rows-layout codes
+    ``data_rows`` (uint8 (d_out, row_bytes(d_in))); absmax codes must be < 2**bits."""
+    cdef int64_t di = _dim(d_in, "d_in"), do = _dim(d_out, "d_out")
+    cdef int b = _format(bits, nf4), f = bool(nf4)
+    cdef int64_t rowb = row_bytes(di)
+    _array(data_rows, "data_rows", np.uint8, (int(do), int(rowb)))
+    shape = lut_shape(di, do, b)
+    out = np.empty(shape, np.uint8)
+    cdef const uint8_t[:, ::1] rv = data_rows
+    cdef uint32_t[:, ::1] ov = out.view(np.uint32)
+    cdef int64_t NT = shape[0], t
+    cdef int bad = 0
+    cdef int nt = team(nthreads, di * do, NT)
+    for t in prange(NT, nogil=True, num_threads=nt, schedule="static"):
+        bad += fdl_qlut_pack_tile(&rv[0, 0], rowb, di, do, b, f, t, &ov[0, 0])
+    if bad:
+        raise ValueError(f"data_rows holds codes >= 2**bits = {1 << b} (not {b}-bit absmax codes)")
+    return out
+
+
+def lut_to_rows(lut, d_in, d_out, bits, nf4, int nthreads=1):
+    """The rows layout (uint8 (d_out, row_bytes(d_in)), fastdl.quant) of a lut array."""
+    cdef int64_t di = _dim(d_in, "d_in"), do = _dim(d_out, "d_out")
+    cdef int b = _format(bits, nf4), f = bool(nf4)
+    shape = lut_shape(di, do, b)
+    _array(lut, "lut", np.uint8, shape)
+    cdef int64_t rowb = row_bytes(di)
+    out = np.empty((int(do), int(rowb)), np.uint8)
+    cdef const uint32_t[:, ::1] lv = lut.view(np.uint32)
+    cdef uint8_t[:, ::1] ov = out
+    cdef int64_t NT = shape[0], t
+    cdef int nt = team(nthreads, di * do, NT)
+    for t in prange(NT, nogil=True, num_threads=nt, schedule="static"):
+        fdl_qlut_unpack_tile(&lv[0, 0], di, do, b, f, t, &ov[0, 0], rowb)
+    return out
+
+
+def lut_qmatmul(x, lut, d_in, d_out, bits, nf4, block_size, scales, scale_codes, scale_scales,
+                scale_mean, out, int nthreads):
+    """out[:] = x @ W for W in the lut layout; x float32 (n, d_in), out float32
+    (n, d_out), both C-contiguous.  Scales as fastdl.quant stores them: ``scales``
+    float32 (1,) with block_size None, else (d_out, nblocks); or, block-wise,
+    scales None and the double-quantized scale_codes int8 (d_out*nblocks,),
+    scale_scales float32 (ceil(d_out*nblocks/256),), scale_mean float32."""
+    cdef fdl_qlut_desc d
+    cdef int64_t di = _dim(d_in, "d_in"), do = _dim(d_out, "d_out"), bs, nb = 1
+    cdef int b = _format(bits, nf4)
+    shape = lut_shape(di, do, b)
+    _array(lut, "lut", np.uint8, shape)
+    if not isinstance(x, np.ndarray) or x.dtype != _F32:
+        raise TypeError(f"x must be a float32 numpy.ndarray, got {_desc_of(x)}")
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != di:
+        raise ValueError(f"x must have shape (n, {di}) with n >= 1, got {x.shape}")
+    _array(x, "x", _F32, x.shape)
+    cdef int64_t n = x.shape[0]
+    _array(out, "out", _F32, (int(n), int(do)), writeable=True)
+    d.per_tensor = block_size is None
+    d.dq = scale_codes is not None
+    keep = [lut, x]
+    if d.per_tensor:
+        if d.dq:
+            raise ValueError("double-quantized scales need a block_size, got block_size=None")
+        bs = di
+    else:
+        if not lut_supports(b, nf4, block_size):
+            raise ValueError(f"block_size must be None or a multiple of 32, got {block_size!r}")
+        bs = min(int(block_size), di)
+        nb = (di + bs - 1) // bs
+    cdef int64_t count = do * nb
+    cdef const float[::1] sv
+    cdef const int8_t[::1] cv
+    cdef const float[::1] gv
+    d.scales = NULL
+    d.sc_codes = NULL
+    d.sc_scales = NULL
+    d.sc_mean = 0
+    if d.dq:
+        if scales is not None:
+            raise ValueError("give either scales or the double-quantized scale_* arrays")
+        cv = _array(scale_codes, "scale_codes", np.int8, (int(count),))
+        gv = _array(scale_scales, "scale_scales", _F32, (int((count + 255) // 256),))
+        mean = np.asarray(scale_mean)
+        if mean.dtype != _F32 or mean.shape != ():
+            raise TypeError(f"scale_mean must be a float32 scalar, got {_desc_of(scale_mean)}")
+        d.sc_codes = &cv[0]
+        d.sc_scales = &gv[0]
+        d.sc_mean = float(mean)
+        keep += [scale_codes, scale_scales]
+    else:
+        sa = _array(scales, "scales", _F32, (1,) if d.per_tensor else (int(do), int(nb)))
+        sv = sa.reshape(-1)
+        d.scales = &sv[0]
+        keep.append(scales)
+    for a in keep:
+        if np.may_share_memory(out, a):
+            raise ValueError("out must not overlap the input arrays")
+    cdef const uint32_t[:, ::1] lv = lut.view(np.uint32)
+    cdef const float[:, ::1] xv = x
+    cdef float[:, ::1] yv = out
+    d.d_in = di
+    d.d_out = do
+    d.NT = shape[0]
+    d.NC = (di + 31) // 32
+    d.nb = nb
+    d.cpb = d.NC if nb == 1 else bs // 32
+    d.bits = b
+    d.nf4 = bool(nf4)
+    d.ib = PARAMS["ib_nf4" if nf4 else "ib_absmax"]
+    if n >= 2:
+        d.ib = max(1, d.ib // 2)
+    d.lut = &lv[0, 0]
+    cdef const fdl_qlut_kernels *K = fdl_qlut_table(simd_level())
+    cdef int nt = team(nthreads, shape[0] * shape[1], d.NT)
+    cdef int64_t per = (d.NT + nt - 1) // nt, sz = fdl_qlut_scratch(&d, n, per), c
+    cdef float *buf = <float *>malloc(nt * sz * sizeof(float))
+    if buf == NULL:
+        raise MemoryError(f"lut_qmatmul: out of memory for {nt * sz * 4} bytes of work buffers")
+    for c in prange(nt, nogil=True, num_threads=nt, schedule="static"):
+        fdl_qlut_tiles(K, &d, &xv[0, 0], n, c * d.NT // nt, (c + 1) * d.NT // nt, &yv[0, 0],
+                       buf + threadid() * sz)
+    free(buf)
+    return out
