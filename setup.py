@@ -32,6 +32,7 @@ EXTENSIONS = {
     "_quant": [SRC_DIR + "/" + f for f in (
         "quantk_pack.c", "quantk_pack_avx2.c", "quantk_dec.c", "quantk_gemv.c", "quantk_mt.c",
         "quantk_avx2.c", "quantk_avx512.c", "quantk_table.c")],
+    "_qbf16": [SRC_DIR + "/qbf16k.c", SRC_DIR + "/qbf16k_avx512.c"],
     "_rnn": [SRC_DIR + "/rnnk.c"],
     "_lora": [SRC_DIR + "/lorak.c"],
 }
