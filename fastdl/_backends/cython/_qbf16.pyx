@@ -11,7 +11,7 @@ The instruction runs only where ``bf16_available()`` says so: elsewhere
 ``emulate=True`` runs the scalar emulation of the same arithmetic instead (any
 CPU; bitwise the kernel's results; tests).
 """
-from libc.stdint cimport int64_t, uint8_t, int8_t, uint16_t
+from libc.stdint cimport int64_t, int32_t, uint8_t, int8_t, uint16_t
 from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange, threadid
 
@@ -33,12 +33,14 @@ cdef extern from "qbf16k.h" nogil:
     uint16_t fdl_qb_bf16(float v)
     int64_t fdl_qb_steps(const fdl_qk_desc *q)
     void fdl_qb_xperm(const fdl_qk_desc *q, const float *x, uint16_t *xp)
+    void fdl_qb_lane_blocks(const fdl_qk_desc *q, int32_t *lb)
     const fdl_qb_kernels *fdl_qb_table(int bf16)
     void fdl_qb_cols1(const fdl_qb_kernels *K, const fdl_qk_desc *q, const float *x,
-                      const uint16_t *xp, int64_t j0, int64_t j1, float *ls, float *y)
+                      const uint16_t *xp, int64_t j0, int64_t j1, const int32_t *lb,
+                      float *bsc, float *y)
     void fdl_qb_colsn(const fdl_qb_kernels *K, const fdl_qk_desc *q, const float *x, int64_t n,
-                      const uint16_t *xps, int64_t j0, int64_t j1, uint16_t *wb, float *ls,
-                      float *y)
+                      const uint16_t *xps, int64_t j0, int64_t j1, uint16_t *wb,
+                      const int32_t *lb, float *bsc, float *y)
 
 _cb = np.ascontiguousarray(NF4_CODEBOOK, np.float32)
 cdef const float[::1] _cbv = _cb
@@ -165,36 +167,31 @@ cdef void *_alloc(size_t nbytes) except NULL:
 cdef int _run(const fdl_qb_kernels *K, const fdl_qk_desc *d, const float *x, int64_t n,
               float *y, int nthreads) except -1:
     cdef int64_t G = FDL_QB_COLS, ng = (d.d_out + G - 1) // G, g, i
-    cdef int64_t nst = fdl_qb_steps(d), ldl = 2 * nst, ldw = 64 * nst
-    cdef int64_t wbytes = d.rowb * d.d_out
-    cdef int nt = team(nthreads, wbytes * n, ng)
+    cdef int64_t nst = fdl_qb_steps(d), ldb = d.nb + 1, ldw = 64 * nst
+    cdef int nt = team(nthreads, d.rowb * d.d_out * n, ng)
     cdef int nx = team(nthreads, n * d.d_in * 6, n)
-    cdef uint16_t *xp = <uint16_t *>_alloc(n * ldw * sizeof(uint16_t))
-    cdef float *ls = <float *>malloc(nt * G * ldl * sizeof(float) + 4)
-    cdef uint16_t *wb = NULL
-    if ls == NULL:
-        free(xp)
-        raise MemoryError("bf16_qmatmul: out of memory for the lane scales")
-    if n > 1:
-        wb = <uint16_t *>malloc(nt * G * ldw * sizeof(uint16_t) + 2)
-        if wb == NULL:
-            free(xp)
-            free(ls)
-            raise MemoryError("bf16_qmatmul: out of memory for the decoded columns")
+    # one block of memory: x in lane order, the lane blocks, per thread the block
+    # scales (and for n > 1 the decoded columns)
+    cdef int64_t xb = n * ldw * 2, lbb = 2 * nst * 4 + 4, sb = nt * G * ldb * 4
+    cdef int64_t wbb = nt * G * ldw * 2 if n > 1 else 0
+    cdef char *mem = <char *>_alloc(xb + lbb + sb + wbb + 64)
+    cdef uint16_t *xp = <uint16_t *>mem
+    cdef int32_t *lb = <int32_t *>(mem + ((xb + 15) // 16) * 16)
+    cdef float *bsc = <float *>(<char *>lb + ((lbb + 15) // 16) * 16)
+    cdef uint16_t *wb = <uint16_t *>(<char *>bsc + ((sb + 15) // 16) * 16)
     with nogil:
+        fdl_qb_lane_blocks(d, lb)
         for i in prange(n, num_threads=nx, schedule="static"):
             fdl_qb_xperm(d, x + i * d.d_in, xp + i * ldw)
         if n == 1:
             for g in prange(ng, num_threads=nt, schedule="static"):
-                fdl_qb_cols1(K, d, x, xp, g * G, min(d.d_out, g * G + G),
-                             ls + threadid() * G * ldl, y)
+                fdl_qb_cols1(K, d, x, xp, g * G, min(d.d_out, g * G + G), lb,
+                             bsc + threadid() * G * ldb, y)
         else:
             for g in prange(ng, num_threads=nt, schedule="static"):
                 fdl_qb_colsn(K, d, x, n, xp, g * G, min(d.d_out, g * G + G),
-                             wb + threadid() * G * ldw, ls + threadid() * G * ldl, y)
-    free(xp)
-    free(ls)
-    free(wb)
+                             wb + threadid() * G * ldw, lb, bsc + threadid() * G * ldb, y)
+    free(mem)
     return 0
 
 

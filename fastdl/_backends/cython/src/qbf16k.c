@@ -49,6 +49,10 @@ static inline const uint16_t *qb_table(const fdl_qk_desc *q) {
     return fdl_qb_units[q->nf4 ? 0 : (q->bits <= 4 ? q->bits : 4)];
 }
 
+int fdl_qb_merged(const fdl_qk_desc *q) {
+    return q->bits <= 4 && (q->per_tensor || q->bs % 64 == 0 || q->nb == 1);
+}
+
 int64_t fdl_qb_steps(const fdl_qk_desc *q) {
     if (q->bits > 4) return q->d_in / 64;
     return 2 * ((q->d_in / 64 + 1) / 2);
@@ -73,7 +77,7 @@ void fdl_qb_xperm(const fdl_qk_desc *q, const float *x, uint16_t *xp) {
             }
 }
 
-void fdl_qb_lane_scales(const fdl_qk_desc *q, int64_t j, float *ls) {
+void fdl_qb_lane_blocks(const fdl_qk_desc *q, int32_t *lb) {
     int64_t K = fdl_qb_steps(q), G = q->d_in / 64;
     for (int64_t k = 0; k < K; k++)
         for (int h = 0; h < 2; h++) {
@@ -84,8 +88,32 @@ void fdl_qb_lane_scales(const fdl_qk_desc *q, int64_t j, float *ls) {
                 int64_t g = 2 * (k >> 1) + h;
                 r = g < G ? 64 * g + 32 * (k & 1) : -1;
             }
-            ls[2 * k + h] = r < 0 ? 0.0f : qk_scale(q, j, qk_block(q, r));
+            lb[2 * k + h] = (int32_t)(r < 0 ? q->nb : qk_block(q, r));
         }
+}
+
+void fdl_qb_block_scales(const fdl_qk_desc *q, int64_t j, float *bsc) {
+    int64_t nb = q->nb;
+    bsc[nb] = 0.0f;
+    if (!q->dq) {
+        for (int64_t b = 0; b < nb; b++) bsc[b] = qk_scale(q, j, b);
+        return;
+    }
+    /* qk_scale's arithmetic, in runs of one 256-scale group (a loop the compiler
+     * vectorizes: this runs once per column) */
+    int64_t u0 = j * nb;
+    for (int64_t b0 = 0; b0 < nb;) {
+        int64_t g = (u0 + b0) >> 8, b1 = ((g + 1) << 8) - u0;
+        if (b1 > nb) b1 = nb;
+        float gs = q->sc_scales[g], mean = q->sc_mean;
+        const int8_t *c = q->sc_codes + u0;
+        for (int64_t b = b0; b < b1; b++) {
+            float t = (float)c[b] * gs;
+            t = t + mean;
+            bsc[b] = t > 0.0f ? (t < FLT_MAX ? t : FLT_MAX) : 0.0f;
+        }
+        b0 = b1;
+    }
 }
 
 /* unit code of value r of a 4-bit row (the storage format's nibble order) */
@@ -140,13 +168,19 @@ static void qb_decode_col_scalar(const fdl_qk_desc *q, int64_t j, uint16_t *wb) 
     for (int64_t k = 0; k < K; k++) qb_decode_step(q, row, k, wb + 64 * k);
 }
 
-/* one step of the lane sums: T = fma(dp(dp(0, X0, W0), X1, W1), S, T) */
-static inline void qb_step(float *T, const uint16_t *x0, const uint16_t *w0, float s0, float s1) {
+/* step k of the lane sums: A = dp(dp(A, X0, W0), X1, W1) from A = 0 at the start of
+ * a sum (every step, or every quad when merged), then T = fma(A, S, T) at its end */
+static inline void qb_step(float *A, float (*T)[16], int merged, int64_t k, const uint16_t *x0,
+                           const uint16_t *w0, float s0, float s1) {
+    if (!merged || !(k & 1))
+        for (int l = 0; l < 16; l++) A[l] = 0.0f;
     for (int l = 0; l < 16; l++) {
-        float A = qb_dp(0.0f, x0[2 * l], w0[2 * l], x0[2 * l + 1], w0[2 * l + 1]);
-        A = qb_dp(A, x0[32 + 2 * l], w0[32 + 2 * l], x0[33 + 2 * l], w0[33 + 2 * l]);
-        T[l] = fmaf(A, l < 8 ? s0 : s1, T[l]);
+        A[l] = qb_dp(A[l], x0[2 * l], w0[2 * l], x0[2 * l + 1], w0[2 * l + 1]);
+        A[l] = qb_dp(A[l], x0[32 + 2 * l], w0[32 + 2 * l], x0[33 + 2 * l], w0[33 + 2 * l]);
     }
+    if (merged && !(k & 1)) return;
+    float *t = T[merged ? (k >> 1) & 1 : k & 1];
+    for (int l = 0; l < 16; l++) t[l] = fmaf(A[l], l < 8 ? s0 : s1, t[l]);
 }
 
 static float qb_tree(const float *T0, const float *T1) {
@@ -159,28 +193,31 @@ static float qb_tree(const float *T0, const float *T1) {
 }
 
 static void qb_main_dec_scalar(const uint16_t *wb, int64_t ldw, int jn, int64_t nsteps,
-                               const uint16_t *xp, const float *ls, int64_t ldl, float *res) {
+                               int merged, const uint16_t *xp, const int32_t *lb,
+                               const float *bsc, int64_t ldb, float *res) {
     for (int c = 0; c < jn; c++) {
         const uint16_t *w = wb + c * ldw;
-        const float *s = ls + c * ldl;
-        float T[2][16] = {{0}};
+        const float *s = bsc + c * ldb;
+        float A[16], T[2][16] = {{0}};
         for (int64_t k = 0; k < nsteps; k++)
-            qb_step(T[k & 1], xp + 64 * k, w + 64 * k, s[2 * k], s[2 * k + 1]);
+            qb_step(A, T, merged, k, xp + 64 * k, w + 64 * k, s[lb[2 * k]], s[lb[2 * k + 1]]);
         res[c] = qb_tree(T[0], T[1]);
     }
 }
 
 static void qb_main_cols_scalar(const fdl_qk_desc *q, const uint16_t *xp, int64_t j0, int jn,
-                                const float *ls, int64_t ldl, float *res) {
+                                const int32_t *lb, const float *bsc, int64_t ldb,
+                                float *res) {
     int64_t K = fdl_qb_steps(q);
+    int merged = fdl_qb_merged(q);
     uint16_t w64[64];
     for (int c = 0; c < jn; c++) {
         const uint8_t *row = q->data + (j0 + c) * q->rowb;
-        const float *s = ls + c * ldl;
-        float T[2][16] = {{0}};
+        const float *s = bsc + c * ldb;
+        float A[16], T[2][16] = {{0}};
         for (int64_t k = 0; k < K; k++) {
             qb_decode_step(q, row, k, w64);
-            qb_step(T[k & 1], xp + 64 * k, w64, s[2 * k], s[2 * k + 1]);
+            qb_step(A, T, merged, k, xp + 64 * k, w64, s[lb[2 * k]], s[lb[2 * k + 1]]);
         }
         res[c] = qb_tree(T[0], T[1]);
     }
@@ -199,27 +236,28 @@ const fdl_qb_kernels *fdl_qb_table(int bf16) {
 
 /* ---- drivers */
 void fdl_qb_cols1(const fdl_qb_kernels *K, const fdl_qk_desc *q, const float *x,
-                  const uint16_t *xp, int64_t j0, int64_t j1, float *ls, float *y) {
-    int64_t ldl = 2 * fdl_qb_steps(q);
+                  const uint16_t *xp, int64_t j0, int64_t j1, const int32_t *lb, float *bsc,
+                  float *y) {
+    int64_t ldb = q->nb + 1;
     float res[FDL_QB_COLS];
     int jn = (int)(j1 - j0);
-    for (int c = 0; c < jn; c++) fdl_qb_lane_scales(q, j0 + c, ls + c * ldl);
-    K->main_cols(q, xp, j0, jn, ls, ldl, res);
+    for (int c = 0; c < jn; c++) fdl_qb_block_scales(q, j0 + c, bsc + c * ldb);
+    K->main_cols(q, xp, j0, jn, lb, bsc, ldb, res);
     for (int c = 0; c < jn; c++) y[j0 + c] = res[c] + fdl_qb_tail(q, j0 + c, x);
 }
 
 void fdl_qb_colsn(const fdl_qb_kernels *K, const fdl_qk_desc *q, const float *x, int64_t n,
-                  const uint16_t *xps, int64_t j0, int64_t j1, uint16_t *wb, float *ls,
-                  float *y) {
-    int64_t nst = fdl_qb_steps(q), ldl = 2 * nst, ldw = 64 * nst;
+                  const uint16_t *xps, int64_t j0, int64_t j1, uint16_t *wb, const int32_t *lb,
+                  float *bsc, float *y) {
+    int64_t nst = fdl_qb_steps(q), ldb = q->nb + 1, ldw = 64 * nst;
     float res[FDL_QB_COLS];
     int jn = (int)(j1 - j0);
     for (int c = 0; c < jn; c++) {
-        fdl_qb_lane_scales(q, j0 + c, ls + c * ldl);
+        fdl_qb_block_scales(q, j0 + c, bsc + c * ldb);
         K->decode_col(q, j0 + c, wb + c * ldw);
     }
     for (int64_t i = 0; i < n; i++) {
-        K->main_dec(wb, ldw, jn, nst, xps + i * ldw, ls, ldl, res);
+        K->main_dec(wb, ldw, jn, nst, fdl_qb_merged(q), xps + i * ldw, lb, bsc, ldb, res);
         for (int c = 0; c < jn; c++)
             y[i * q->d_out + j0 + c] = res[c] + fdl_qb_tail(q, j0 + c, x + i * q->d_in);
     }

@@ -18,8 +18,11 @@
  *   dp(acc, a, b)[l] = (acc[l] + a[2l+1] b[2l+1]) + a[2l] b[2l] (each product exact,
  *   each sum rounded to nearest even, denormal results flushed to zero: vdpbf16ps
  *   as the Intel SDM defines it), then T_{k&1} = fma(A, S_k, T_{k&1}) with S_k the
- *   scale of each lane's half (float32, one rounding).  The column's main sum is
- *   tree(T0 + T1): lanes l + 8, then l + 4, l + 2, l + 1 added.
+ *   scale of each lane's half (float32, one rounding).  "Merged" (4-bit rows whose
+ *   64-value groups each lie in one block: block size a multiple of 64, one block,
+ *   or per tensor): the two steps of quad s share one A (dp chain of 4 vectors, from
+ *   0) and one fma, into T_{s&1}.  The column's main sum is tree(T0 + T1): lanes
+ *   l + 8, then l + 4, l + 2, l + 1 added.
  * - The tail (the short last group of a 4-bit row, d_in % 64 values of an int8
  *   row) runs in order: acc = acc + xb*unit (same flushes), at each block end
  *   t = fma(acc, scale, t).  y = main + t.
@@ -42,39 +45,47 @@ uint16_t fdl_qb_bf16(float v);
 /* the bf16 unit tables (0: NF4, 2..4: bits), entry i = unit of code i & 15 */
 extern uint16_t fdl_qb_units[5][32];
 
+/* 1 when the steps of a quad share one sum (see above) */
+int fdl_qb_merged(const fdl_qk_desc *q);
 /* steps per column (see above) and the float32 lane scales per column (2 a step) */
 int64_t fdl_qb_steps(const fdl_qk_desc *q);
 /* x row (d_in floats) -> xp: 64 bf16 per step in the kernels' lane order */
 void fdl_qb_xperm(const fdl_qk_desc *q, const float *x, uint16_t *xp);
-/* ls[2k], ls[2k+1]: scales of lanes 0-7 and 8-15 of step k of column j */
-void fdl_qb_lane_scales(const fdl_qk_desc *q, int64_t j, float *ls);
+/* lb[2k], lb[2k+1]: the blocks of lanes 0-7 and 8-15 of step k (nb: the missing
+ * group of an odd quad, whose scale slot holds 0) */
+void fdl_qb_lane_blocks(const fdl_qk_desc *q, int32_t *lb);
+/* bsc[0..nb]: the block scales of column j (float32, as qk_scale decodes them), then 0 */
+void fdl_qb_block_scales(const fdl_qk_desc *q, int64_t j, float *bsc);
 /* the tail sum t of column j (0 when the row has no tail) */
 float fdl_qb_tail(const fdl_qk_desc *q, int64_t j, const float *x);
 
 typedef struct {
-    /* n = 1, fused: main sums of columns j0..j0+jn-1 (jn 1..FDL_QB_COLS); ls: the
-     * columns' lane scales, ldl apart */
+    /* n = 1, fused: main sums of columns j0..j0+jn-1 (jn 1..FDL_QB_COLS); lane c's
+     * scale of step k: bsc[c * ldb + lb[2k + (lanes 8-15)]] */
     void (*main_cols)(const fdl_qk_desc *q, const uint16_t *xp, int64_t j0, int jn,
-                      const float *ls, int64_t ldl, float *res);
+                      const int32_t *lb, const float *bsc, int64_t ldb, float *res);
     /* n >= 2: column j's units, 64 bf16 per step in lane order -> wb */
     void (*decode_col)(const fdl_qk_desc *q, int64_t j, uint16_t *wb);
     /* n >= 2: main sums of jn decoded columns (wb, ldw apart) against one xp */
-    void (*main_dec)(const uint16_t *wb, int64_t ldw, int jn, int64_t nsteps,
-                     const uint16_t *xp, const float *ls, int64_t ldl, float *res);
+    void (*main_dec)(const uint16_t *wb, int64_t ldw, int jn, int64_t nsteps, int merged,
+                     const uint16_t *xp, const int32_t *lb, const float *bsc, int64_t ldb,
+                     float *res);
 } fdl_qb_kernels;
 
 /* 0: the scalar emulation; 1: AVX512-BF16 (call only when fdl_qb_cpu_bf16()) */
 const fdl_qb_kernels *fdl_qb_table(int bf16);
 
 /* drivers (serial; _qbf16.pyx runs them over column groups) */
-/* n = 1: y[j0..j1) (j1 - j0 <= FDL_QB_COLS); ls: FDL_QB_COLS * 2 * steps floats */
+/* n = 1: y[j0..j1) (j1 - j0 <= FDL_QB_COLS); lb from fdl_qb_lane_blocks; bsc:
+ * FDL_QB_COLS * (nb + 1) floats of scratch */
 void fdl_qb_cols1(const fdl_qb_kernels *K, const fdl_qk_desc *q, const float *x,
-                  const uint16_t *xp, int64_t j0, int64_t j1, float *ls, float *y);
-/* n rows: y (n, d_out); xps: n rows of xp (64 * steps apart); wb: FDL_QB_COLS * 64 *
- * steps bf16, ls as above */
-void fdl_qb_colsn(const fdl_qb_kernels *K, const fdl_qk_desc *q, const float *x, int64_t n,
-                  const uint16_t *xps, int64_t j0, int64_t j1, uint16_t *wb, float *ls,
+                  const uint16_t *xp, int64_t j0, int64_t j1, const int32_t *lb, float *bsc,
                   float *y);
+/* n rows: y (n, d_out); xps: n rows of xp (64 * steps apart); wb: FDL_QB_COLS * 64 *
+ * steps bf16 of scratch; lb, bsc as above */
+void fdl_qb_colsn(const fdl_qb_kernels *K, const fdl_qk_desc *q, const float *x, int64_t n,
+                  const uint16_t *xps, int64_t j0, int64_t j1, uint16_t *wb, const int32_t *lb,
+                  float *bsc, float *y);
 
 #if FDL_HAVE_AVX2_TARGET
 extern const fdl_qb_kernels fdl_qb_kernels_avx512bf16;
