@@ -51,6 +51,12 @@ _SCHEMES = ("absmax", "signmax", "nf4")
 MISSING_CPU = "AVX512-BF16 (vdpbf16ps)"
 
 
+def cpu_has_bf16():
+    """Whether this CPU (and OS) runs AVX512-BF16 and AVX-512 F/BW/VL/DQ, whatever
+    SIMD level is pinned."""
+    return bool(fdl_qb_cpu_bf16())
+
+
 def bf16_available():
     """(True, "") when bf16 compute can run here; else (False, what is missing):
     the CPU's AVX512-BF16 (vdpbf16ps) instruction, or the avx512 SIMD level

@@ -95,8 +95,12 @@ void fdl_qb_lane_blocks(const fdl_qk_desc *q, int32_t *lb) {
 void fdl_qb_block_scales(const fdl_qk_desc *q, int64_t j, float *bsc) {
     int64_t nb = q->nb;
     bsc[nb] = 0.0f;
+    if (q->per_tensor) {
+        bsc[0] = q->scales[0];
+        return;
+    }
     if (!q->dq) {
-        for (int64_t b = 0; b < nb; b++) bsc[b] = qk_scale(q, j, b);
+        memcpy(bsc, q->scales + j * nb, (size_t)nb * sizeof(float));
         return;
     }
     /* qk_scale's arithmetic, in runs of one 256-scale group (a loop the compiler
