@@ -94,6 +94,13 @@ def test_special_values_match_emulation():
     x3[0, :3] = 0.0
     np.testing.assert_array_equal(_bits(_qbf16.bf16_qmatmul(x2, q)),
                                   _bits(_qbf16.bf16_qmatmul(x3, q)))
+    # tiny x: products and sums in the denormal range, flushed by the instruction and
+    # by its emulation alike
+    for scale in (2.0 ** -125, 2.0 ** -120, 1e-38):
+        xs = (x[:1] * np.float32(scale)).astype(np.float32)
+        xs[~np.isfinite(xs)] = 0
+        y = _qbf16.bf16_qmatmul(xs, q)
+        np.testing.assert_array_equal(_bits(y), _bits(_qbf16.bf16_qmatmul(xs, q, emulate=True)))
 
 
 def test_reference_rounding():
