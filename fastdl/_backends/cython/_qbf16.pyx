@@ -1,6 +1,6 @@
 """bf16 compute for ``y = x @ dequantize(q)`` (Cython backend): x rounded to
 bfloat16, the weight's units as bfloat16, products summed in float32 by AVX512-BF16's
-``vdpbf16ps``, one float32 multiply by the scale per 32-value half block.  The
+``vdpbf16ps``, each lane's partial sum of a block scaled by one float32 fma.  The
 arithmetic is defined in src/qbf16k.h; the readable reference is
 fastdl._backends.numpy.quant_bf16.
 
@@ -133,6 +133,9 @@ cdef int _desc(fdl_qk_desc *d, q, dict keep) except -1:
                              f"tensor), got {bs}")
         bs = min(bs, d_in)
         nb = (d_in + bs - 1) // bs
+        if nb >= 2 ** 31 - 1:
+            raise ValueError(f"bf16 compute needs fewer than 2**31 - 1 blocks per row, got "
+                             f"{nb} (d_in={d_in}, block_size={bs})")
     cdef int64_t rowb = d_in if b > 4 else row_bytes(d_in)
     data_arr = _array(q.data, "q.data", np.int8 if b > 4 else np.uint8, (int(d_out), int(rowb)))
     cdef const uint8_t[:, ::1] data = data_arr.view(np.uint8)
