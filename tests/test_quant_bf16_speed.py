@@ -39,6 +39,7 @@ def measure(d=4096, rounds=25, reps=5, threads=2):
 
     cases = {
         "bf16 NF4+dq": lambda: _qbf16.bf16_qmatmul(x, qn, out, threads),
+        "bf16 NF4+dq 1 thread": lambda: _qbf16.bf16_qmatmul(x, qn, out, 1),
         "bf16 int4": lambda: _qbf16.bf16_qmatmul(x, qi, out, threads),
         "numpy f32 x@W": lambda: x @ w,
         "exact NF4+dq": lambda: qmatmul(x, qn),
@@ -58,6 +59,9 @@ def measure(d=4096, rounds=25, reps=5, threads=2):
                 for _ in range(reps):
                     f()
                 times[k].append((time.perf_counter() - t) / reps)
+                # idle OpenMP workers spin a while after a call (torch's, fastdl's):
+                # the next case must not run beside them
+                time.sleep(0.02)
     finally:
         fastdl.set_num_threads(old)
     return {k: float(np.median(v)) for k, v in times.items()}
@@ -70,7 +74,7 @@ def test_bf16_at_least_bitsandbytes_speed():
         pytest.skip(_qbf16.bf16_available()[1])
     t = measure()
     best = min(t["bnb NF4+dq 1 thread"], t["bnb NF4+dq 2 threads"])
-    assert t["bf16 NF4+dq"] <= best, t
+    assert min(t["bf16 NF4+dq"], t["bf16 NF4+dq 1 thread"]) <= best, t
 
 
 if __name__ == "__main__":
