@@ -59,9 +59,11 @@ QB_TARGET static ALWAYS_INLINE void qb_quad(const uint8_t *row, int64_t s, int64
 /* the two vectors of an int8 step at p (64 values) */
 QB_TARGET static ALWAYS_INLINE void qb_i8(const uint8_t *p, __m512i *v) {
     for (int e = 0; e < 2; e++) {
-        __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 16 * e))));
-        __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 32 + 16 * e))));
-        v[e] = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+        __m128i l8 = _mm_loadu_si128((const __m128i *)(p + 16 * e));
+        __m128i h8 = _mm_loadu_si128((const __m128i *)(p + 32 + 16 * e));
+        /* integers up to 128 in magnitude: exact in bf16 */
+        v[e] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(h8)),
+                                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(l8)));
     }
 }
 
