@@ -33,6 +33,7 @@ EXTENSIONS = {
         "quantk_pack.c", "quantk_pack_avx2.c", "quantk_dec.c", "quantk_gemv.c", "quantk_mt.c",
         "quantk_avx2.c", "quantk_avx512.c", "quantk_table.c")],
     "_qlut": [SRC_DIR + "/" + f for f in ("qlutk.c", "qlutk_avx2.c", "qlutk_avx512.c")],
+    "_qbf16": [SRC_DIR + "/qbf16k.c", SRC_DIR + "/qbf16k_avx512.c"],
     "_rnn": [SRC_DIR + "/rnnk.c"],
     "_lora": [SRC_DIR + "/lorak.c"],
     "_qint8": [SRC_DIR + "/" + f for f in ("qi8k.c", "qi8k_avx2.c", "qi8k_avx512.c")],

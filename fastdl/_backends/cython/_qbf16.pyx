@@ -1,0 +1,242 @@
+"""bf16 compute for ``y = x @ dequantize(q)`` (Cython backend): x rounded to
+bfloat16, the weight's units as bfloat16, products summed in float32 by AVX512-BF16's
+``vdpbf16ps``, each lane's partial sum of a block scaled by one float32 fma.  The
+arithmetic is defined in src/qbf16k.h; the readable reference is
+fastdl._backends.numpy.quant_bf16.
+
+The C kernels are serial; the parallel loop here runs over groups of four output
+columns, each computed alone (no result depends on the thread count or on n).
+The instruction runs only where ``bf16_available()`` says so: elsewhere
+``bf16_qmatmul`` raises ValueError naming what is missing (never SIGILL).
+``emulate=True`` runs the scalar emulation of the same arithmetic instead (any
+CPU; bitwise the kernel's results; tests).
+"""
+from libc.stdint cimport int64_t, int32_t, uint8_t, int8_t, uint16_t
+from libc.stdlib cimport malloc, free
+from cython.parallel cimport prange, threadid
+
+import numpy as np
+
+import fastdl
+from fastdl.quant import QuantizedTensor, NF4_CODEBOOK, row_bytes
+
+from fastdl._backends.cython._cpu cimport simd_level, team
+from fastdl._backends.cython import _cpu
+from fastdl._backends.cython._quant cimport fdl_qk_desc
+
+cdef extern from "qbf16k.h" nogil:
+    ctypedef struct fdl_qb_kernels:
+        pass
+    int FDL_QB_COLS
+    void fdl_qb_init(const float *nf4_codebook)
+    int fdl_qb_cpu_bf16()
+    uint16_t fdl_qb_bf16(float v)
+    int64_t fdl_qb_steps(const fdl_qk_desc *q)
+    void fdl_qb_xperm(const fdl_qk_desc *q, const float *x, uint16_t *xp)
+    void fdl_qb_lane_blocks(const fdl_qk_desc *q, int32_t *lb)
+    const fdl_qb_kernels *fdl_qb_table(int bf16)
+    void fdl_qb_cols1(const fdl_qb_kernels *K, const fdl_qk_desc *q, const float *x,
+                      const uint16_t *xp, int64_t j0, int64_t j1, const int32_t *lb,
+                      float *bsc, float *y)
+    void fdl_qb_colsn(const fdl_qb_kernels *K, const fdl_qk_desc *q, const float *x, int64_t n,
+                      const uint16_t *xps, int64_t j0, int64_t j1, uint16_t *wb,
+                      const int32_t *lb, float *bsc, float *y)
+
+_cb = np.ascontiguousarray(NF4_CODEBOOK, np.float32)
+cdef const float[::1] _cbv = _cb
+fdl_qb_init(&_cbv[0])
+
+_F32 = np.dtype(np.float32)
+_SCHEMES = ("absmax", "signmax", "nf4")
+MISSING_CPU = "AVX512-BF16 (vdpbf16ps)"
+
+
+def cpu_has_bf16():
+    """Whether this CPU (and OS) runs AVX512-BF16 and AVX-512 F/BW/VL/DQ, whatever
+    SIMD level is pinned."""
+    return bool(fdl_qb_cpu_bf16())
+
+
+def bf16_available():
+    """(True, "") when bf16 compute can run here; else (False, what is missing):
+    the CPU's AVX512-BF16 (vdpbf16ps) instruction, or the avx512 SIMD level
+    (pinned lower with fastdl.testing.simd / set_simd_level)."""
+    if not fdl_qb_cpu_bf16():
+        return False, f"this CPU lacks {MISSING_CPU}"
+    if simd_level() < 2:
+        return False, (f"SIMD level pinned to {_cpu.active_simd()} (bf16 compute needs the "
+                       f"avx512 level)")
+    return True, ""
+
+
+def to_bf16_bits(x):
+    """float32 array -> uint16 bfloat16 bit patterns, rounded to nearest even (the
+    kernels' rounding of x; tests)."""
+    a = np.ascontiguousarray(x, np.float32).reshape(-1)
+    out = np.empty(a.shape, np.uint16)
+    cdef const float[::1] av = a
+    cdef uint16_t[::1] ov = out
+    cdef Py_ssize_t i
+    for i in range(av.shape[0]):
+        ov[i] = fdl_qb_bf16(av[i])
+    return out.reshape(np.shape(x))
+
+
+def _what(a):
+    return f"{type(a).__name__} {getattr(a, 'dtype', '')} {getattr(a, 'shape', '')}".rstrip()
+
+
+cdef _array(a, str name, dtype, tuple shape, bint writeable=False):
+    if not isinstance(a, np.ndarray) or a.dtype != dtype:
+        raise TypeError(f"{name} must be a {np.dtype(dtype)} numpy.ndarray, got {_what(a)}")
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous, got strides {a.strides}")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{name} must be writeable")
+    return a
+
+
+cdef int64_t _int(v, str name, int64_t lo, int64_t hi) except -1:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) \
+            or not lo <= v <= hi:
+        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {v!r}")
+    return int(v)
+
+
+cdef int _desc(fdl_qk_desc *d, q, dict keep) except -1:
+    """Check q's fields against each other (it may be built by hand) and fill d."""
+    if not isinstance(q, QuantizedTensor):
+        raise TypeError(f"q must be a fastdl.quant.QuantizedTensor, got {type(q).__name__}")
+    shape, bits, scheme, bsz, dq = q.shape, q.bits, q.scheme, q.block_size, q.double_quant
+    if not isinstance(shape, tuple) or len(shape) != 2:
+        raise ValueError(f"q.shape must be a tuple (d_in, d_out), got {shape!r}")
+    cdef int64_t d_in = _int(shape[0], "q.shape[0]", 1, 2 ** 40)
+    cdef int64_t d_out = _int(shape[1], "q.shape[1]", 1, 2 ** 40)
+    cdef int b = _int(bits, "q.bits", 2, 8)
+    if scheme not in _SCHEMES:
+        raise ValueError(f"bf16 compute supports q.scheme in {_SCHEMES}, got {scheme!r}")
+    if scheme == "nf4" and b != 4:
+        raise ValueError(f"q.scheme='nf4' needs q.bits=4, got {b}")
+    if not isinstance(dq, (bool, np.bool_)):
+        raise TypeError(f"q.double_quant must be a bool, got {dq!r}")
+    cdef int64_t bs = d_in, nb = 1
+    if bsz is None:
+        if dq:
+            raise ValueError("q.double_quant needs block-wise scales, got q.block_size=None")
+    else:
+        bs = _int(bsz, "q.block_size", 1, 2 ** 62)
+        if bs % 32 and bs < d_in:
+            # each 32-value half of a row must lie in one block (one scale per lane)
+            raise ValueError(f"bf16 compute needs q.block_size a multiple of 32 or None (per "
+                             f"tensor), got {bs}")
+        bs = min(bs, d_in)
+        nb = (d_in + bs - 1) // bs
+        if nb >= 2 ** 31 - 1:
+            raise ValueError(f"bf16 compute needs fewer than 2**31 - 1 blocks per row, got "
+                             f"{nb} (d_in={d_in}, block_size={bs})")
+    cdef int64_t rowb = d_in if b > 4 else row_bytes(d_in)
+    data_arr = _array(q.data, "q.data", np.int8 if b > 4 else np.uint8, (int(d_out), int(rowb)))
+    cdef const uint8_t[:, ::1] data = data_arr.view(np.uint8)
+    cdef const float[::1] sc
+    cdef const int8_t[::1] codes
+    cdef const float[::1] gs
+    d.d_in, d.d_out, d.bits, d.nf4 = d_in, d_out, b, scheme == "nf4"
+    d.per_tensor, d.bs, d.nb, d.rowb = bsz is None, bs, nb, rowb
+    d.data = &data[0, 0]
+    keep["data"] = data_arr
+    d.dq = bool(dq)
+    d.scales, d.sc_codes, d.sc_scales, d.sc_mean = NULL, NULL, NULL, 0
+    if d.dq:
+        count = int(d_out * nb)
+        q_codes = _array(q.scale_codes, "q.scale_codes", np.int8, (count,))
+        q_gs = _array(q.scale_scales, "q.scale_scales", np.float32, (-(-count // 256),))
+        mean = _array(q.scale_mean, "q.scale_mean", np.float32, ())
+        codes = q_codes
+        gs = q_gs
+        d.sc_codes, d.sc_scales, d.sc_mean = &codes[0], &gs[0], float(mean)
+        keep["codes"], keep["gs"] = q_codes, q_gs
+    else:
+        sc_arr = _array(q.scales, "q.scales", np.float32,
+                        (1,) if bsz is None else (int(d_out), int(nb)))
+        sc = sc_arr.reshape(-1)
+        d.scales = &sc[0]
+        keep["sc"] = sc_arr
+    return 0
+
+
+cdef void *_alloc(size_t nbytes) except NULL:
+    cdef void *p = malloc(nbytes if nbytes > 0 else 1)
+    if p == NULL:
+        raise MemoryError(f"bf16_qmatmul: out of memory for {nbytes} bytes of work buffers")
+    return p
+
+
+cdef int _run(const fdl_qb_kernels *K, const fdl_qk_desc *d, const float *x, int64_t n,
+              float *y, int nthreads) except -1:
+    cdef int64_t G = FDL_QB_COLS, ng = (d.d_out + G - 1) // G, g, i
+    cdef int64_t nst = fdl_qb_steps(d), ldb = d.nb + 1, ldw = 64 * nst
+    cdef int nt = team(nthreads, d.rowb * d.d_out * n, ng)
+    cdef int nx = team(nthreads, n * d.d_in * 6, n)
+    # one block of memory: x in lane order, the lane blocks, per thread the block
+    # scales (and for n > 1 the decoded columns)
+    cdef int64_t xb = n * ldw * 2, lbb = 2 * nst * 4 + 4, sb = nt * G * ldb * 4
+    cdef int64_t wbb = nt * G * ldw * 2 if n > 1 else 0
+    cdef char *mem = <char *>_alloc(xb + lbb + sb + wbb + 64)
+    cdef uint16_t *xp = <uint16_t *>mem
+    cdef int32_t *lb = <int32_t *>(mem + ((xb + 15) // 16) * 16)
+    cdef float *bsc = <float *>(<char *>lb + ((lbb + 15) // 16) * 16)
+    cdef uint16_t *wb = <uint16_t *>(<char *>bsc + ((sb + 15) // 16) * 16)
+    with nogil:
+        fdl_qb_lane_blocks(d, lb)
+        for i in prange(n, num_threads=nx, schedule="static"):
+            fdl_qb_xperm(d, x + i * d.d_in, xp + i * ldw)
+        if n == 1:
+            for g in prange(ng, num_threads=nt, schedule="static"):
+                fdl_qb_cols1(K, d, x, xp, g * G, min(d.d_out, g * G + G), lb,
+                             bsc + threadid() * G * ldb, y)
+        else:
+            for g in prange(ng, num_threads=nt, schedule="static"):
+                fdl_qb_colsn(K, d, x, n, xp, g * G, min(d.d_out, g * G + G),
+                             wb + threadid() * G * ldw, lb, bsc + threadid() * G * ldb, y)
+    free(mem)
+    return 0
+
+
+def bf16_qmatmul(x, q, out=None, nthreads=None, emulate=False):
+    """y = x @ dequantize(q) with bf16 compute: x float32 C-contiguous (n, d_in), n >= 1;
+    q a QuantizedTensor (absmax/signmax bits 2..8 or NF4; block size a multiple of 32,
+    or per tensor; double quantization allowed); out: None or a writeable C-contiguous
+    float32 (n, d_out) not overlapping the inputs; nthreads: None (fastdl's setting)
+    or >= 1.  Raises ValueError naming what is missing when this CPU or the pinned
+    SIMD level cannot run AVX512-BF16.  emulate=True: the scalar emulation (any CPU,
+    bitwise the same results)."""
+    if not isinstance(emulate, (bool, np.bool_)):
+        raise TypeError(f"emulate must be a bool, got {emulate!r}")
+    if not emulate:
+        ok, why = bf16_available()
+        if not ok:
+            raise ValueError(f"compute='bf16' cannot run: {why}")
+    cdef int nt = fastdl.get_num_threads() if nthreads is None else \
+        _int(nthreads, "nthreads", 1, 1 << 20)
+    cdef fdl_qk_desc d
+    cdef dict keep = {}
+    _desc(&d, q, keep)
+    if not isinstance(x, np.ndarray) or x.dtype != _F32:
+        raise TypeError(f"x must be a float32 numpy.ndarray, got {_what(x)}")
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != d.d_in:
+        raise ValueError(f"x must have shape (n, {d.d_in}) with n >= 1, got {x.shape}")
+    _array(x, "x", np.float32, x.shape)
+    cdef int64_t n = x.shape[0]
+    if out is None:
+        out = np.empty((int(n), int(d.d_out)), np.float32)
+    else:
+        _array(out, "out", np.float32, (int(n), int(d.d_out)), writeable=True)
+        for a in (x,) + tuple(keep.values()):
+            if np.may_share_memory(out, a):
+                raise ValueError("out must not overlap the input arrays")
+    cdef const float[:, ::1] xv = x
+    cdef float[:, ::1] ov = out
+    _run(fdl_qb_table(0 if emulate else 1), &d, &xv[0, 0], n, &ov[0, 0], nt)
+    return out
