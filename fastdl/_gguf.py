@@ -29,7 +29,7 @@ import numpy as np
 
 from fastdl._backends.numpy.quant import pack_nibbles, unpack_nibbles
 from fastdl._validate import reject_masked
-from fastdl.quant import row_bytes
+from fastdl._qformat import row_bytes
 
 QK = 32                                          # values per GGUF block (Q4_0, Q4_1, Q8_0)
 # name: (scheme, bits, bytes per block, has a min); GGML type ids in GGML_IDS

@@ -112,7 +112,7 @@ def _check_entry(info: zipfile.ZipInfo, name: str, file_size: int) -> str:
 
 
 _DESCRS = {np.dtype(np.uint8): ("|u1",), np.dtype(np.int8): ("|i1",),
-           np.dtype(np.float32): ("<f4", ">f4")}
+           np.dtype(np.float32): ("<f4", ">f4"), np.dtype(np.float16): ("<f2", ">f2")}
 
 
 def read_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dtype, shape, name: str,
@@ -176,8 +176,9 @@ def _field(meta, key, types, name):
     return v
 
 
-def read_tensor_fields(path, version: int, layout) -> tuple[dict, dict]:
-    """(meta fields, arrays) of the file at ``path``; ``layout(meta)`` gives the
+def read_tensor_fields(path, versions: tuple, layout) -> tuple[dict, dict]:
+    """(meta fields, arrays) of the file at ``path`` (a format version in ``versions``;
+    fields a version lacks get their defaults); ``layout(meta)`` gives the
     ``{entry: (dtype, shape)}`` the format expects for those fields (it raises
     ValueError for fields it rejects)."""
     raw, name = read_bytes(path)
@@ -196,12 +197,16 @@ def read_tensor_fields(path, version: int, layout) -> tuple[dict, dict]:
                 infos[info.filename[:-4]] = info
             meta = _meta(zf, infos, name, len(raw))
             v = meta.get("version")
-            if type(v) is not int or v != version:
-                _fail(name, f"format version {v!r}; this fastdl reads version {version}")
+            if type(v) is not int or v not in versions:
+                _fail(name, f"format version {v!r}; this fastdl reads versions "
+                            f"{', '.join(map(str, versions))}")
             fields = {k: _field(meta, k, t, name) for k, t in (
                 ("shape", (list,)), ("bits", (int,)), ("scheme", (str,)),
                 ("block_size", (int, type(None))), ("rounding", (str,)),
                 ("double_quant", (bool,)))}
+            # version 2 added the scale dtype and the weight layout
+            for k, default in (("scale_dtype", "float32"), ("layout", "rows")):
+                fields[k] = _field(meta, k, (str,), name) if v >= 2 else default
             shape = fields["shape"]
             if len(shape) != 2 or any(type(s) is not int or s < 1 for s in shape):
                 _fail(name, f"'meta' shape is {shape!r}")

@@ -8,6 +8,11 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+class MissingInstructionError(ValueError):
+    """An opt-in path needs an instruction this CPU lacks, or that the pinned SIMD level
+    (``fastdl.testing.simd``, ``FASTDL_SIMD``) keeps off; the message names it."""
+
+
 def compute_dtype(dtype) -> np.dtype:
     """The dtype the kernels compute in for data of ``dtype``: float32 for float16
     (as torch computes float16), else ``dtype`` itself; parameters (a norm's

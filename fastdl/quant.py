@@ -44,6 +44,21 @@ Values (all arithmetic in float32; ``w`` is rounded to float32 first):
 * NF4: scale ``s`` = absmax of the block (of the tensor per tensor); the code of ``w`` is the nearest
   codebook entry to ``w / s`` (ties to the lower code); dequantized:
   ``s * NF4_CODEBOOK[code]``.
+* signmax (llama.cpp's Q4_0 rule for any bits): ``mx`` = the block's value of largest
+  magnitude, with its sign; ``d = mx / -2^(bits-1)`` (so ``mx`` gets the code of
+  ``-2^(bits-1)`` and all 2^bits levels are used; d is negative when mx is positive);
+  ``q = min(2^(bits-1) - 1, trunc(w * (1/d) + 2^(bits-1) + 0.5) - 2^(bits-1))``, the float32
+  arithmetic of llama.cpp.  Stored exactly as absmax (codes ``q + 2^(bits-1)``, int8 q);
+  dequantized: ``d * q``.
+* minmax (llama.cpp's Q4_1 rule): ``m`` = the block minimum, ``d = (max - m) / (2^bits - 1)``,
+  ``code = clip(trunc((w - m) * (1/d) + 0.5), 0, 2^bits - 1)``; ``mins`` holds m beside
+  ``scales``; bits 2..4 store the code itself, bits 5..8 the int8 ``code - 2^(bits-1)``;
+  dequantized: ``d * code + m`` (the product rounded to float32, then the sum).
+* ``scale_dtype="float16"`` (signmax, minmax, and GGUF imports): d and m are computed in
+  float32 and stored rounded to float16 (the codes come from the float32 d, as llama.cpp
+  does); the arrays stay float32 in memory, ``nbytes`` counts 2 bytes each.
+* ``layout="lut"`` (2..4 bits): the same codes in the order of the lookup-table kernels
+  (``fastdl._backends.numpy.quant_lut`` defines it); ``to_layout`` converts either way.
 
 The ops (quantize, dequantize, qmatmul), their arguments and results are
 declared in ``fastdl.ops.quant`` (``print(fastdl.ops.table("quant"))``); every
@@ -51,120 +66,111 @@ backend's functions run behind that one check of what the kernels rely on.
 """
 from __future__ import annotations
 
-import json
-import numbers
-
 import numpy as np
 
-from fastdl import _qfile
+from fastdl import _qlayout, _qpaths
 from fastdl import ops as _ops
-from fastdl._validate import check_choice, check_int, check_out, reject_masked
+from fastdl._qformat import (DEFAULT_BLOCK, DQ_GROUP, LAYOUTS, NF4_CODEBOOK, ROUNDINGS,
+                             SCALE_DTYPES, SCHEMES, check_format, nblocks, nf4_thresholds,
+                             row_bytes, storage_bytes)
+from fastdl._qtensor_io import TensorIO
+from fastdl._validate import MissingInstructionError, check_int, check_out, reject_masked
 
 __all__ = ["QuantizedTensor", "quantize", "dequantize", "qmatmul", "storage_bytes", "row_bytes",
-           "NF4_CODEBOOK", "QUANT_OPS", "SCHEMES", "ROUNDINGS"]
+           "NF4_CODEBOOK", "QUANT_OPS", "SCHEMES", "ROUNDINGS", "SCALE_DTYPES", "LAYOUTS",
+           "ACTIVATIONS", "COMPUTES", "MissingInstructionError", "nf4_thresholds"]
 
 QUANT_OPS = tuple(op.name for op in _ops.QUANT_OPS)
-SCHEMES, ROUNDINGS = _ops.SCHEMES, _ops.ROUNDINGS
-FORMAT_VERSION = 1
-DQ_GROUP = 256            # block scales per group in double quantization
-DEFAULT_BLOCK = 64         # every peer quantizes in blocks; 64 is QLoRA's and bitsandbytes'
-
-NF4_CODEBOOK = np.array([
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0], dtype=np.float32)
-NF4_CODEBOOK.setflags(write=False)
+ACTIVATIONS = (None, "int8")
+COMPUTES = (None, "bf16")
+_check_format = check_format
 
 
-def nf4_thresholds() -> np.ndarray:
-    """float32 t_k with ``v > t_k`` ⇔ ``v`` above the exact midpoint of codes k, k+1
-    (the midpoint rounded toward -inf), for every float32 v: ``code = #{k: v > t_k}``."""
-    cb = NF4_CODEBOOK.astype(np.float64)
-    mid = (cb[:-1] + cb[1:]) / 2
-    t = mid.astype(np.float32)
-    too_big = t.astype(np.float64) > mid
-    t[too_big] = np.nextafter(t[too_big], np.float32(-np.inf))
-    return t
-
-
-def row_bytes(d_in: int) -> int:
-    """Bytes per packed row of d_in codes (two per byte, groups of 64)."""
-    return 32 * (d_in // 64) + (d_in % 64 + 1) // 2
-
-
-def storage_bytes(shape, bits: int, block_size: int | None, double_quant: bool = False) -> int:
-    """Real bytes of a quantized ``shape = (d_in, d_out)`` weight: data + scales."""
-    d_in, d_out = shape
-    if block_size is not None and block_size < 1:
-        raise ValueError(f"block_size must be >= 1 or None, got {block_size}")
-    data = d_out * (row_bytes(d_in) if bits <= 4 else d_in)
-    if block_size is None:
-        return data + 4
-    count = d_out * -(-d_in // block_size)
-    if double_quant:
-        return data + count + 4 * -(-count // DQ_GROUP) + 4
-    return data + 4 * count
-
-
-class QuantizedTensor:
+class QuantizedTensor(TensorIO):
     """A quantized ``(d_in, d_out)`` weight; immutable (its arrays are read-only).
 
     ``shape``, ``bits``, ``scheme``, ``block_size`` (None: one scale for the
-    tensor), ``rounding``, ``double_quant``, ``data``, ``scales`` (None with
-    double quantization), ``scale_codes`` / ``scale_scales`` / ``scale_mean``
-    (double quantization), ``nbytes`` (real storage: data + scales),
-    ``bits_per_param``; ``dequantize()``, ``block_scales()``, ``save(path)``,
+    tensor), ``rounding``, ``double_quant``, ``scale_dtype`` ('float32' or 'float16':
+    the precision the scales are stored in; ``scales`` is float32 either way),
+    ``layout`` ('rows' or 'lut'), ``data``, ``scales`` (None with double
+    quantization), ``mins`` (scheme 'minmax': the block minimums, else None),
+    ``scale_codes`` / ``scale_scales`` / ``scale_mean`` (double quantization),
+    ``nbytes`` (real storage: codes + scales + minimums), ``bits_per_param``;
+    ``dequantize()``, ``block_scales()``, ``to_layout(layout)``, ``save(path)``,
     ``QuantizedTensor.load(path)``.  ``x @ q`` is ``qmatmul(x, q)`` (x of shape
     ``(*, d_in)``), ``q @ y`` is ``dequantize(q) @ y`` computed the same way, and
     ``np.asarray(q)`` is ``q.dequantize()`` (float32, a new array).  The storage
     format is in this module's docstring.  ``QuantizedTensor.from_bnb(weight,
     quant_state)`` / ``q.to_bnb()``: bitsandbytes 4-bit NF4 weights as Hugging Face
-    checkpoints store them.
+    checkpoints store them; ``QuantizedTensor.from_gguf(data, type_name, shape)`` /
+    ``q.to_gguf()``: llama.cpp's Q4_0, Q4_1 and Q8_0 blocks.
     """
 
-    __slots__ = ("shape", "bits", "scheme", "block_size", "rounding", "double_quant", "data",
-                 "scales", "scale_codes", "scale_scales", "scale_mean", "_bnb", "_frozen")
+    __slots__ = ("shape", "bits", "scheme", "block_size", "rounding", "double_quant",
+                 "scale_dtype", "layout", "data", "scales", "mins", "scale_codes",
+                 "scale_scales", "scale_mean", "_bnb", "_twin", "_frozen")
 
     def __init__(self, shape, bits, scheme, block_size, rounding, data, scales=None, *,
-                 scale_codes=None, scale_scales=None, scale_mean=None, _copy=True, _bnb=None):
+                 mins=None, scale_codes=None, scale_scales=None, scale_mean=None,
+                 scale_dtype="float32", layout="rows", _copy=True, _bnb=None):
         d_in, d_out = (check_int(s, "shape entries", minimum=1) for s in shape)
         bits = check_int(bits, "bits", minimum=2)
-        _check_format(bits, scheme, block_size, rounding, double_quant=scale_codes is not None)
+        _check_format(bits, scheme, block_size, rounding, scale_codes is not None, scale_dtype,
+                      layout)
         self._set("shape", (d_in, d_out))
         self._set("bits", bits)
         self._set("scheme", scheme)
         self._set("block_size", None if block_size is None else int(block_size))
         self._set("rounding", rounding)
         self._set("double_quant", scale_codes is not None)
-        nblocks = self.nblocks
-        if bits <= 4:
+        self._set("scale_dtype", scale_dtype)
+        self._set("layout", layout)
+        nb = self.nblocks
+        if layout == "lut":
+            want = ("data", np.uint8, _qlayout.lut_shape(d_in, d_out, bits))
+        elif bits <= 4:
             want = ("data", np.uint8, (d_out, row_bytes(d_in)))
         else:
             want = ("data", np.int8, (d_out, d_in))
         self._set("data", _frozen_array(data, *want, copy=_copy))
+        sshape = (1,) if block_size is None else (d_out, nb)
+        if (mins is None) == (scheme == "minmax"):
+            raise ValueError("scheme 'minmax' needs its block minimums (mins) and the other "
+                             f"schemes take none; got scheme={scheme!r}, mins "
+                             f"{'absent' if mins is None else 'given'}")
+        self._set("mins", None if mins is None else
+                  _frozen_array(mins, "mins", np.float32, sshape, copy=_copy))
         if scale_codes is None:
-            sshape = (1,) if block_size is None else (d_out, nblocks)
             self._set("scales", _frozen_array(scales, "scales", np.float32, sshape, copy=_copy))
             for name in ("scale_codes", "scale_scales", "scale_mean"):
                 self._set(name, None)
         else:
             if scales is not None:
                 raise ValueError("give either scales or the double-quantized scale_* arrays")
-            count = d_out * nblocks
+            count = d_out * nb
             self._set("scales", None)
             self._set("scale_codes", _frozen_array(scale_codes, "scale_codes", np.int8, (count,)))
             self._set("scale_scales", _frozen_array(scale_scales, "scale_scales", np.float32,
                                                     (-(-count // DQ_GROUP),)))
             self._set("scale_mean", _frozen_array(scale_mean, "scale_mean", np.float32, ()))
+        if scale_dtype == "float16":
+            for name in ("scales", "mins"):
+                a = getattr(self, name)
+                if a is not None and not np.array_equal(
+                        a.astype(np.float16).astype(np.float32), a, equal_nan=True):
+                    raise ValueError(f"scale_dtype='float16' needs {name} that float16 holds "
+                                     "exactly; round them to float16 first")
         self._set("_bnb", _bnb)             # what from_bnb read beyond the scales, for to_bnb
+        self._set("_twin", None)            # a LUT tensor's rows form, once a product needs it
         self._set("_frozen", True)
 
     def _set(self, name, value):
         object.__setattr__(self, name, value)
 
     def _fields(self) -> tuple:
-        kw = {}
+        kw = dict(scale_dtype=self.scale_dtype, layout=self.layout)
+        if self.mins is not None:
+            kw["mins"] = self.mins
         if self.double_quant:
             kw = dict(scale_codes=self.scale_codes, scale_scales=self.scale_scales,
                       scale_mean=self.scale_mean)
@@ -188,11 +194,12 @@ class QuantizedTensor:
     @property
     def nblocks(self) -> int:
         """Scale blocks per output column (1 for a per-tensor scale)."""
-        return 1 if self.block_size is None else -(-self.shape[0] // self.block_size)
+        return nblocks(self.shape[0], self.block_size)
 
     @property
     def nbytes(self) -> int:
-        return storage_bytes(self.shape, self.bits, self.block_size, self.double_quant)
+        return storage_bytes(self.shape, self.bits, self.block_size, self.double_quant,
+                             scheme=self.scheme, scale_dtype=self.scale_dtype)
 
     @property
     def bits_per_param(self) -> float:
@@ -213,79 +220,52 @@ class QuantizedTensor:
     def dequantize(self, dtype=None, *, backend: str | None = None) -> np.ndarray:
         return dequantize(self, dtype=dtype, backend=backend)
 
-    @classmethod
-    def from_bnb(cls, weight, quant_state=None) -> "QuantizedTensor":
-        """A bitsandbytes 4-bit NF4 weight (torch shape (out, in)) as the ``(in, out)``
-        tensor whose ``dequantize()`` equals ``bitsandbytes.functional.dequantize_4bit(
-        weight, quant_state).T`` bit for bit (float32; for a float16/bfloat16 state,
-        bitsandbytes' output is these values rounded to that dtype).  ``weight``: the
-        packed uint8 codes, shape (n/2, 1) or flat (NumPy or a torch tensor);
-        ``quant_state``: ``QuantState.as_dict(packed=True)`` as a checkpoint holds it
-        (keys may keep a prefix such as ``weight.``), the QuantState itself, or None for
-        ``weight.quant_state``.  Double quantization (compress_statistics) is rebuilt
-        into float32 block scales exactly as bitsandbytes rebuilds them (4 bytes a
-        block rather than about 1).  fp4 is refused (fastdl decodes NF4 only), and so is
-        a blocksize that does not divide ``in`` (its blocks would span rows)."""
-        from fastdl import _bnb
-        return _bnb.from_bnb(cls, weight, quant_state)
+    def to_layout(self, layout: str) -> "QuantizedTensor":
+        """The same tensor with its codes in ``layout``: 'rows' (one packed row per output
+        column: every path reads it) or 'lut' (2..4-bit codes in tiles of 16 columns,
+        the order the lookup-table kernels of one- to few-row products stream).
+        Values, scales and results do not change; ``self`` when already there.  A LUT
+        tensor keeps the rows form it makes (products the LUT kernels do not run, such
+        as many rows or ``transpose=True``, use it), so that costs the codes' bytes
+        once more."""
+        from fastdl._validate import check_choice
+        check_choice(layout, "layout", LAYOUTS)
+        if layout == self.layout:
+            return self
+        if layout == "rows" and self._twin is not None:
+            return self._twin
+        d_in, d_out = self.shape
+        nf4 = self.scheme == "nf4"
+        if layout == "lut":
+            check_format(self.bits, self.scheme, self.block_size, self.rounding,
+                         self.double_quant, self.scale_dtype, "lut")
+            data = _qlayout.to_lut(self.data, d_in, d_out, self.bits, nf4)
+        else:
+            data = _qlayout.to_rows(self.data, d_in, d_out, self.bits, nf4)
+        shape, bits, scheme, bs, rounding, _, scales, kw = self._fields()
+        kw["layout"] = layout
+        out = QuantizedTensor(shape, bits, scheme, bs, rounding, data, scales, _copy=False, **kw)
+        if layout == "rows":
+            self._set("_twin", out)     # kept: converting the bit planes back costs ~4 ns a code
+        return out
 
-    def to_bnb(self, *, double_quant=None):
-        """``(weight, quant_state)`` as bitsandbytes stores an NF4 ``Linear4bit``: the
-        uint8 codes of shape (n/2, 1) and the dict ``QuantState.as_dict(packed=True)``
-        gives, as NumPy arrays (``{k: torch.from_numpy(v)}`` for ``QuantState.from_dict``).
-        Needs scheme 'nf4' with a block size bitsandbytes accepts (32..4096, powers of 2)
-        whose blocks fit the columns.  ``double_quant``: None keeps the tensor's own
-        choice (an import from bitsandbytes: as imported); False writes the exact float32
-        scales (bitsandbytes then rebuilds ``dequantize()`` bit for bit); True quantizes
-        the scales as compress_statistics does (mean offset, bitsandbytes' dynamic 8-bit
-        map in groups of 256, nearest entry), so values can differ from ``dequantize()``
-        (and a fastdl double-quantized tensor's linear 8-bit scales are re-quantized).
-        A tensor imported from bitsandbytes exports its own state back (the same codes
-        and nested values; a scale code that rebuilds to the same float32 as another may
-        be exchanged for it), also after copy or pickle; ``save`` keeps fastdl's format only."""
-        from fastdl import _bnb
-        return _bnb.to_bnb(self, double_quant)
+    def block_mins(self) -> np.ndarray | None:
+        """float32 (d_out, nblocks) block minimums of scheme 'minmax' (per tensor: (1, 1));
+        None for the other schemes."""
+        if self.mins is None:
+            return None
+        return self.mins.reshape(-1, 1) if self.block_size is None else self.mins
 
     def __repr__(self):
         bs = "tensor" if self.block_size is None else self.block_size
         dq = ", double_quant" if self.double_quant else ""
-        fmt = "nf4" if self.scheme == "nf4" else f"int{self.bits} absmax"
-        return (f"QuantizedTensor(shape={self.shape}, {fmt}, block={bs}{dq}, "
+        f16 = ", float16 scales" if self.scale_dtype == "float16" else ""
+        lut = ", lut layout" if self.layout == "lut" else ""
+        fmt = "nf4" if self.scheme == "nf4" else f"int{self.bits} {self.scheme}"
+        return (f"QuantizedTensor(shape={self.shape}, {fmt}, block={bs}{dq}{f16}{lut}, "
                 f"{self.bits_per_param:.3f} bits/param)")
 
     # ------------------------------------------------------------ files
-
-    def save(self, path) -> None:
-        """Write a NumPy ``.npz`` (no pickle) with a format version."""
-        meta = {"format": "fastdl.QuantizedTensor", "version": FORMAT_VERSION,
-                "shape": list(self.shape), "bits": self.bits, "scheme": self.scheme,
-                "block_size": self.block_size, "rounding": self.rounding,
-                "double_quant": self.double_quant}
-        arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8), "data": self.data}
-        if self.double_quant:
-            arrays.update(scale_codes=self.scale_codes, scale_scales=self.scale_scales,
-                          scale_mean=self.scale_mean)
-        else:
-            arrays["scales"] = self.scales
-        if hasattr(path, "write"):
-            np.savez(path, **arrays)
-        else:
-            with open(path, "wb") as f:
-                np.savez(f, **arrays)
-
-    @classmethod
-    def load(cls, path) -> "QuantizedTensor":
-        """Read a file written by ``save`` (a path or a binary file object).  A damaged
-        file, or one that is not a fastdl QuantizedTensor file, raises ``ValueError``
-        saying so; nothing is allocated from the file's headers before they are checked
-        against its real size."""
-        fields, arrays = _qfile.read_tensor_fields(path, FORMAT_VERSION, _layout)
-        kw = {k: arrays[k] for k in ("scale_codes", "scale_scales", "scale_mean")
-              if fields["double_quant"]}
-        # the reader's arrays are fresh and read-only: the tensor owns them (no copy)
-        return cls(tuple(fields["shape"]), fields["bits"], fields["scheme"],
-                   fields["block_size"], fields["rounding"], arrays["data"],
-                   arrays.get("scales"), _copy=False, **kw)
 
     # ------------------------------------------------------------ NumPy protocols
 
@@ -322,20 +302,6 @@ class QuantizedTensor:
         return np.swapaxes(qmatmul(np.swapaxes(y, -1, -2), self, transpose=True), -1, -2)
 
 
-def _layout(meta) -> dict:
-    """{entry: (dtype, shape)} of a saved tensor with these (type-checked) fields."""
-    d_in, d_out = meta["shape"]
-    bits, bs, dq = meta["bits"], meta["block_size"], meta["double_quant"]
-    _check_format(bits, meta["scheme"], bs, meta["rounding"], dq)
-    data = (np.int8, (d_out, d_in)) if bits > 4 else (np.uint8, (d_out, row_bytes(d_in)))
-    nb = 1 if bs is None else -(-d_in // bs)
-    if not dq:
-        return {"data": data, "scales": (np.float32, (1,) if bs is None else (d_out, nb))}
-    count = d_out * nb
-    return {"data": data, "scale_codes": (np.int8, (count,)),
-            "scale_scales": (np.float32, (-(-count // DQ_GROUP),)), "scale_mean": (np.float32, ())}
-
-
 def _rebuild(shape, bits, scheme, block_size, rounding, data, scales, kw):
     return QuantizedTensor(shape, bits, scheme, block_size, rounding, data, scales, **kw)
 
@@ -353,26 +319,6 @@ def _frozen_array(a, name, dtype, shape, copy=True) -> np.ndarray:
     owner.setflags(write=False)
     base.setflags(write=False)
     return base.view()
-
-
-def _check_format(bits, scheme, block_size, rounding, double_quant):
-    check_choice(scheme, "scheme", SCHEMES)
-    check_choice(rounding, "rounding", ROUNDINGS)
-    if not 2 <= bits <= 8:
-        raise ValueError(f"bits must be in 2..8, got {bits}")
-    if scheme == "nf4" and bits != 4:
-        raise ValueError(f"scheme='nf4' needs bits=4, got bits={bits}")
-    if scheme == "nf4" and rounding == "floor":
-        raise ValueError("rounding='floor' does not apply to scheme='nf4' (its codes are the "
-                         "nearest codebook entries); use rounding='nearest'")
-    if block_size is not None:
-        if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
-            raise ValueError(f"block_size must be an integer >= 2 or None, got {block_size!r}")
-        if block_size < 2:
-            raise ValueError(f"block_size must be an integer >= 2 or None, got {block_size}")
-    if double_quant and block_size is None:
-        raise ValueError("double_quant=True needs block-wise scales (a block_size), got "
-                         "block_size=None")
 
 
 # ---------------------------------------------------------------- functions
@@ -429,7 +375,8 @@ def _dq_scales(scales: np.ndarray):
 
 
 def quantize(w, bits, *, scheme="absmax", block_size=DEFAULT_BLOCK, rounding="nearest",
-             double_quant=False, backend: str | None = None) -> QuantizedTensor:
+             double_quant=False, scale_dtype="float32", layout="rows",
+             backend: str | None = None) -> QuantizedTensor:
     """Quantize a ``(d_in, d_out)`` weight (see the module docstring for the format).
 
     ``block_size`` (default 64, every scheme): one scale per block of that many
@@ -439,29 +386,61 @@ def quantize(w, bits, *, scheme="absmax", block_size=DEFAULT_BLOCK, rounding="ne
     ``quantize(w, m, block_size=None, rounding="floor")`` is exactly
     W̃ = ⌊W/Δ⌋, Δ = max|W| / (2^(m-1) - 1).  ``scheme="nf4"``: QLoRA's
     NormalFloat4 (bits=4; codes are the nearest codebook entry, so
-    ``rounding="floor"`` is an error).  ``double_quant``: quantize the block
-    scales too (8-bit, groups of 256), as QLoRA does.
+    ``rounding="floor"`` is an error).  ``scheme="signmax"``: all 2^bits levels,
+    the block's largest-magnitude value maps to -2^(bits-1) (llama.cpp's Q4_0 rule,
+    bits 2..8); ``scheme="minmax"``: ``min + d * code`` with code 0..2^bits-1 from the
+    block's minimum to its maximum (llama.cpp's Q4_1 rule).  ``double_quant``:
+    quantize the block scales too (8-bit, groups of 256), as QLoRA does (absmax and
+    nf4).  ``scale_dtype``: 'float32' or 'float16' (signmax and minmax; with blocks of
+    32, 4 bits and float16 scales they are GGUF's Q4_0 and Q4_1, 4.5 and 5 bits a
+    weight).  ``layout``: 'rows' (default) or 'lut', the order of the 2..4-bit codes
+    that the lookup-table kernels of one- to 16-row products stream (fastest for
+    token-by-token decoding; other products convert back per call).
     """
     bits = check_int(bits, "bits")
     if not isinstance(double_quant, (bool, np.bool_)):
         raise ValueError(f"double_quant must be a bool, got {double_quant!r}")
-    _check_format(bits, scheme, block_size, rounding, bool(double_quant))
+    _check_format(bits, scheme, block_size, rounding, bool(double_quant), scale_dtype, layout)
+    if scale_dtype == "float16" and scheme not in ("signmax", "minmax") and \
+            not (scheme == "absmax" and bits == 8):
+        raise ValueError(f"scale_dtype='float16' applies to schemes 'signmax' and 'minmax' and "
+                         f"to 8-bit absmax (llama.cpp's rules, which round their scales to "
+                         f"float16), got {bits}-bit {scheme!r}")
     w, w32 = _weights(w)
     d_in, d_out = w32.shape
     bs = d_in if block_size is None else min(int(block_size), d_in)   # a block >= d_in: one
-    data, scales = _ops.quantize(w32, bits, scheme, bs, rounding, block_size is None,
-                                      backend=backend)
-    _check_finite(w, scales)
+    mins = None
+    if scheme in ("signmax", "minmax") or scale_dtype == "float16":
+        # llama.cpp's block rules (NumPy; 8-bit absmax with float16 scales is its Q8_0)
+        from fastdl._backends.numpy import quant_schemes
+        if scheme == "absmax":
+            data, scales = quant_schemes.quantize_q8_0(w32, block_size, scale_dtype)
+        else:
+            data, scales, mins = quant_schemes.quantize_scheme(w32, bits, scheme, block_size,
+                                                               scale_dtype)
+        scales = np.asarray(scales, np.float32)
+        _check_finite(w, scales if mins is None else np.concatenate(
+            [scales.reshape(-1), np.asarray(mins, np.float32).reshape(-1)]))
+        if mins is not None:
+            mins = np.asarray(mins, np.float32)
+    else:
+        data, scales = _ops.quantize(w32, bits, scheme, bs, rounding, block_size is None,
+                                     backend=backend)
+        _check_finite(w, scales)
     if block_size is None:
         scales = np.asarray(scales, np.float32).reshape(1)
+        mins = None if mins is None else mins.reshape(1)
+    bsz = None if block_size is None else int(block_size)
     # the backend's fresh arrays become the tensor's own (no copy)
     if double_quant:
         codes, groups, mean = _dq_scales(scales)
-        return QuantizedTensor((d_in, d_out), bits, scheme, int(block_size), rounding, data,
-                               scale_codes=codes, scale_scales=groups, scale_mean=mean,
-                               _copy=False)
-    return QuantizedTensor((d_in, d_out), bits, scheme, block_size if block_size is None
-                           else int(block_size), rounding, data, scales, _copy=False)
+        q = QuantizedTensor((d_in, d_out), bits, scheme, bsz, rounding, data,
+                            scale_codes=codes, scale_scales=groups, scale_mean=mean,
+                            _copy=False)
+    else:
+        q = QuantizedTensor((d_in, d_out), bits, scheme, bsz, rounding, data, scales, mins=mins,
+                            scale_dtype=scale_dtype, _copy=False)
+    return q.to_layout(layout)
 
 
 def _q(q):
@@ -484,10 +463,14 @@ def dequantize(q, dtype=None, *, out=None, backend: str | None = None) -> np.nda
         raise ValueError("out must be C-contiguous")
     if out is None:
         out = np.empty(q.shape, dtype)
-    return _ops.dequantize(q, out, backend=backend)
+    if q.scheme == "minmax":
+        out[...] = _qpaths.minmax_values(q)
+        return out
+    return _ops.dequantize(_qpaths.kernel_view(q), out, backend=backend)
 
 
-def qmatmul(x, q, *, transpose: bool = False, out=None, backend: str | None = None):
+def qmatmul(x, q, *, transpose: bool = False, activations=None, compute=None, out=None,
+            backend: str | None = None):
     """``x @ dequantize(q)`` (``transpose=True``: ``x @ dequantize(q).T``) without
     building the float matrix; ``x @ q`` is the same call.
 
@@ -498,14 +481,41 @@ def qmatmul(x, q, *, transpose: bool = False, out=None, backend: str | None = No
     and bool in float64); the result has that dtype.  The fused float32 path
     multiplies each block's sum by its scale at the end, so for |x| beyond ~1e33
     a block sum can overflow where ``x @ dequantize(q)`` would not.
+
+    The default (``activations=None, compute=None``) is exact: within float32 (or
+    float64) rounding of ``x @ dequantize(q)``.  Two opt-in paths trade accuracy for
+    speed (float32 result; ``x @ W`` only, not ``transpose``; blocks that 32 divides
+    or per-tensor scales):
+
+    * ``activations="int8"``: each row of x is quantized in blocks of 32 (scale
+      max|x|/127, as llama.cpp's Q8_0) and multiplied in integers (AVX-512 VNNI,
+      AVX-VNNI or AVX2); the README's quantization section gives the error it adds.
+      Not for NF4, whose codes are not integers.
+    * ``compute="bf16"``: x and the weights' units in bfloat16, products summed in
+      float32 (AVX512-BF16 ``vdpbf16ps``); a CPU without it (or a SIMD level pinned
+      below avx512) raises ``MissingInstructionError`` (a ValueError) naming it.
     """
     q = _q(q)
     if not isinstance(transpose, (bool, np.bool_)):
         raise ValueError(f"transpose must be a bool, got {transpose!r}")
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be None (exact) or 'int8', got {activations!r}")
+    if compute not in COMPUTES:
+        raise ValueError(f"compute must be None (exact) or 'bf16', got {compute!r}")
+    if activations is not None and compute is not None:
+        raise ValueError("activations='int8' and compute='bf16' are two different paths; "
+                         f"choose one, got activations={activations!r}, compute={compute!r}")
+    path = activations or compute
+    if path is not None and transpose:
+        raise ValueError(f"{'activations' if activations else 'compute'}={path!r} computes "
+                         "x @ W only; transpose=True (a layer's backward product) runs the "
+                         "exact path: leave activations and compute at None")
     x = _plain(x, "x")
     if x.dtype.kind not in "biuf":
         raise ValueError(f"x must have a real dtype, got {x.dtype}")
-    if x.dtype not in (np.float32, np.float64):
+    if path is not None and x.dtype != np.float32:
+        x = x.astype(np.float32)
+    elif x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float32 if x.dtype.kind == "f" and x.dtype.itemsize < 4 else np.float64)
     d_in, d_out = q.shape
     k, m = (d_out, d_in) if transpose else (d_in, d_out)
@@ -514,6 +524,8 @@ def qmatmul(x, q, *, transpose: bool = False, out=None, backend: str | None = No
             f"dequantize(q) of shape {q.shape}"
         raise ValueError(f"x of shape {x.shape} cannot be multiplied with {what}: the inner "
                          f"dimensions differ (x needs shape (..., {k}))")
+    if path is not None:
+        _qpaths.check_path(q, path)
     lead = x.shape[:-1]
     n = int(np.prod(lead, dtype=np.int64))
     x2 = np.ascontiguousarray(x.reshape(n, k))
@@ -525,5 +537,5 @@ def qmatmul(x, q, *, transpose: bool = False, out=None, backend: str | None = No
     buf = np.empty((n, m), x2.dtype) if out is None else out.reshape(n, m)
     if n == 0:
         return out if out is not None else buf.reshape(res_shape)
-    res = _ops.qmatmul(x2, q, bool(transpose), buf, backend=backend)
+    res = _qpaths.run(x2, q, bool(transpose), path, buf, backend)
     return out if out is not None else res.reshape(res_shape)

@@ -28,7 +28,7 @@ QUANTIZE_ERRORS = [
     (dict(bits=9), "bits must be in 2..8, got 9"),
     (dict(bits=0), "bits must be in 2..8, got 0"),
     (dict(bits=-4), "bits"),
-    (dict(bits=4, scheme="int4"), "scheme must be one of 'absmax', 'nf4', got 'int4'"),
+    (dict(bits=4, scheme="int4"), "scheme must be one of 'absmax', 'nf4', 'signmax', 'minmax', got 'int4'"),
     (dict(bits=4, scheme="NF4"), "scheme"),
     (dict(bits=8, scheme="nf4"), "scheme='nf4' needs bits=4, got bits=8"),
     (dict(bits=3, scheme="nf4", block_size=2), "bits=3"),
@@ -181,7 +181,8 @@ def test_dequantize_bad_arguments(q34):
 def test_module_exports():
     assert {"QuantizedTensor", "quantize", "dequantize", "qmatmul", "NF4_CODEBOOK"} <= \
         set(quant.__all__)
-    assert quant.SCHEMES == ("absmax", "nf4") and set(quant.ROUNDINGS) == {"nearest", "floor"}
+    assert quant.SCHEMES == ("absmax", "nf4", "signmax", "minmax")
+    assert set(quant.ROUNDINGS) == {"nearest", "floor"}
     assert fastdl.quant is quant
 
 

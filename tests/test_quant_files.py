@@ -236,11 +236,11 @@ def test_meta_damage():
     deep = b"[" * 100000 + b"]" * 100000
     assert_not_ours(with_entry("meta.npy", npy("{'descr': '|u1', 'fortran_order': False, "
                                                f"'shape': ({len(deep)},), }}", deep)))
-    for change in (dict(version=2), dict(version="1"), dict(bits=9), dict(bits=4.0),
+    for change in (dict(version=3), dict(version="1"), dict(bits=9), dict(bits=4.0),
                    dict(scheme="int4"), dict(block_size=0), dict(block_size=2 ** 80),
                    dict(rounding=None), dict(double_quant=1), dict(format="other")):
         assert_not_ours(with_entry("meta.npy", meta_entry(**change)))
-    assert_not_ours(with_entry("meta.npy", meta_entry(version=2)), "format version 2")
+    assert_not_ours(with_entry("meta.npy", meta_entry(version=3)), "format version 3")
 
 
 # ---------------------------------------------------------------- foreign files

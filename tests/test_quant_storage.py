@@ -182,7 +182,7 @@ def test_save_load_round_trip(tmp_path, kw):
         assert_same(q, QuantizedTensor.load(f))
     with np.load(path, allow_pickle=False) as z:                 # a plain npz, no pickle
         meta = json.loads(bytes(z["meta"]).decode())
-    assert meta["format"] == "fastdl.QuantizedTensor" and meta["version"] == 1
+    assert meta["format"] == "fastdl.QuantizedTensor" and meta["version"] == 2
 
 
 def saved_bytes(**kw):
@@ -221,7 +221,8 @@ BAD_FILES = {
     "random-bytes": rng_for("random-bytes").bytes(600),
     "npz-without-meta": npz_bytes(data=np.zeros((7, 33), np.uint8),
                                   scales=np.ones((7, 3), np.float32)),
-    "version-2": rewritten(_set("version", 2)),
+    "version-3": rewritten(_set("version", 3)),
+    "version-2-without-layout": rewritten(lambda m: m.pop("layout")),
     "version-0": rewritten(_set("version", 0)),
     "no-version": rewritten(lambda m: m.pop("version")),
     "wrong-format-tag": rewritten(_set("format", "something.else")),

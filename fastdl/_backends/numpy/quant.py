@@ -6,7 +6,7 @@ Cython kernels can match it exactly; ``qmatmul`` materialises the float matrix
 """
 import numpy as np
 
-from fastdl.quant import NF4_CODEBOOK, nf4_thresholds, row_bytes
+from fastdl._qformat import NF4_CODEBOOK, nf4_thresholds, row_bytes
 
 
 def _blocks(wt: np.ndarray, bs: int) -> np.ndarray:
@@ -94,14 +94,18 @@ def _quantize(w, bits, scheme, bs, rounding, per_tensor):
 def values(q) -> np.ndarray:
     """float32 (d_out, d_in): the dequantized transposed weight."""
     d_in, d_out = q.shape
+    data = q.data
+    if q.layout == "lut":
+        from fastdl._backends.numpy.quant_lut import lut_to_rows
+        data = lut_to_rows(data, d_in, d_out, q.bits, q.scheme == "nf4")
     if q.bits <= 4:
-        codes = unpack_nibbles(q.data, d_in)
+        codes = unpack_nibbles(data, d_in)
         if q.scheme == "nf4":
             units = NF4_CODEBOOK[codes]
         else:
             units = codes.astype(np.float32) - np.float32(2 ** (q.bits - 1))
     else:
-        units = q.data.astype(np.float32)
+        units = data.astype(np.float32)
     bs = d_in if q.block_size is None else min(q.block_size, d_in)
     per = np.repeat(q.block_scales(), bs, axis=1)[:, :d_in]   # per-tensor (1, d_in) broadcasts
     return (per * units).astype(np.float32)
@@ -116,3 +120,14 @@ def qmatmul(x, q, transpose, out):
     wt = values(q).astype(x.dtype)            # (d_out, d_in)
     np.matmul(x, wt if transpose else wt.T, out=out)
     return out
+
+
+def qmatmul_int8(x, q, out):
+    from fastdl._backends.numpy import quant_int8
+    out[...] = quant_int8.qmatmul_int8(x, q)
+    return out
+
+
+def qmatmul_bf16(x, q, out):
+    from fastdl._backends.numpy import quant_bf16
+    return quant_bf16.bf16_qmatmul(x, q, out)

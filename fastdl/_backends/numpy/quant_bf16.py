@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastdl._backends.numpy.quant import unpack_nibbles
-from fastdl.quant import NF4_CODEBOOK
+from fastdl._qformat import NF4_CODEBOOK
 
 BF16_MIN_NORMAL = 2.0 ** -126
 

@@ -18,7 +18,7 @@ compiled kernels in their order (src/qlutk.h), so both give the same bits.
 """
 import numpy as np
 
-from fastdl.quant import NF4_CODEBOOK
+from fastdl._qformat import NF4_CODEBOOK
 
 from fastdl._backends.numpy.quant import pack_nibbles, unpack_nibbles
 

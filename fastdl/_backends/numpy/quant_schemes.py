@@ -38,7 +38,7 @@ import numpy as np
 
 from fastdl._backends.numpy.quant import pack_nibbles, unpack_nibbles
 from fastdl._validate import check_choice, check_int
-from fastdl.quant import row_bytes
+from fastdl._qformat import row_bytes
 
 SCALE_DTYPES = ("float16", "float32")
 SCHEMES = ("absmax", "signmax", "minmax")
