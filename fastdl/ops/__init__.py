@@ -15,7 +15,8 @@ from fastdl.ops.decode import DECODE_OPS, beam_topk, log_softmax, topk
 from fastdl.ops.norm import (NORM_KINDS, NORM_OPS, batch_norm_bwd, batch_norm_eval,
                              batch_norm_fwd, group_norm_bwd, group_norm_fwd, layer_norm_bwd,
                              layer_norm_fwd, norm_stats, rms_norm_bwd, rms_norm_fwd)
-from fastdl.ops.quant import QUANT_OPS, ROUNDINGS, SCHEMES, dequantize, qmatmul, quantize
+from fastdl.ops.quant import (QUANT_OPS, ROUNDINGS, SCHEMES, dequantize, qmatmul, qmatmul_bf16,
+                              qmatmul_int8, quantize)
 from fastdl.ops.rnn import RNN_OPS, birnn_bwd, birnn_fwd
 from fastdl.ops.lora import LORA_OPS, attention_bwd, attention_fwd, lora_bwd, lora_fwd
 

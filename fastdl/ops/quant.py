@@ -99,4 +99,45 @@ qmatmul = define(OpSpec(
     doc="x @ dequantize(q) (transpose: x @ dequantize(q).T) into out, without building the "
         "float matrix", assume=_ASSUME, sample=_s_qmatmul))
 
-QUANT_OPS = (quantize, dequantize, qmatmul)
+def _path_tensor(rng, tiny, nf4_ok):
+    """A rows-layout absmax (or NF4) tensor with blocks the opt-in paths take."""
+    from fastdl import quant
+    d_in = 1 if tiny else int(rng.choice([1, 31, 64, 100, 160]))
+    d_out = 1 if tiny else int(rng.choice([1, 3, 17, 33]))
+    w = rng.standard_normal((d_in, d_out)).astype(np.float32)
+    nf4 = nf4_ok and rng.random() < 0.3
+    bits = 4 if nf4 else int(rng.integers(2, 9))
+    bs = None if rng.random() < 0.25 else int(rng.choice([32, 64, 128]))
+    dq = bs is not None and rng.random() < 0.3
+    return quant.quantize(w, bits, scheme="nf4" if nf4 else "absmax", block_size=bs,
+                          double_quant=dq, backend="numpy")
+
+
+def _s_path(nf4_ok):
+    def sample(rng, dtype, tiny=False):
+        q = _path_tensor(rng, tiny, nf4_ok)
+        n = 1 if tiny else int(rng.choice([1, 2, 5, 40]))
+        return (rng.standard_normal((n, q.shape[0])).astype(np.float32), q,
+                np.empty((n, q.shape[1]), np.float32))
+    return sample
+
+
+def _path_op(name, doc, nf4_ok):
+    return define(OpSpec(
+        name, area="quant",
+        args=(Arg("x", dtype="float32", shape=("n", "d_in"), nonempty=True, packed=True),
+              Arg("q", kind="quantized", shape=("d_in", "d_out")),
+              Arg("out", dtype="float32", shape=("n", "d_out"), out=True)),
+        results=(Result("out", "float32", "out"),),
+        doc=doc, assume=_ASSUME + "; q in the rows layout, scheme absmax or nf4, block_size a "
+        "multiple of 32 or per tensor", sample=_s_path(nf4_ok)))
+
+
+qmatmul_int8 = _path_op(
+    "qmatmul_int8", "x @ dequantize(q) with x quantized per row in blocks of 32 (int8, scale "
+    "max|x|/127) and integer products", nf4_ok=False)
+qmatmul_bf16 = _path_op(
+    "qmatmul_bf16", "x @ dequantize(q) with x and the weight units rounded to bfloat16, "
+    "products summed in float32", nf4_ok=True)
+
+QUANT_OPS = (quantize, dequantize, qmatmul, qmatmul_int8, qmatmul_bf16)

@@ -14,7 +14,7 @@ import numpy as np
 
 from fastdl._threads import get_num_threads
 from fastdl import ops
-from fastdl._backends.cython import _cpu, _decode, _lora, _norm, _norm_stats, _quant, _rnn
+from fastdl._backends.cython import _cpu, _decode, _lora, _norm, _norm_stats, _qops, _quant, _rnn
 from fastdl.registry import Backend
 
 def _simd_from_env() -> None:
@@ -56,7 +56,7 @@ _adaptive_from_env()
 # The kernel of op X is the function X of one of these modules, taking the op's arguments
 # (as OpSpec.check delivers them) and then the thread count; an X_f16 beside it takes
 # float16 arrays as their uint16 bits (the decode kernels), returning uint16 for float16.
-KERNEL_MODULES = (_norm_stats, _norm, _decode, _quant, _rnn, _lora)
+KERNEL_MODULES = (_norm_stats, _norm, _decode, _qops, _quant, _rnn, _lora)
 _F16, _U16 = np.dtype(np.float16), np.dtype(np.uint16)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 import fastdl
 from fastdl.quant import QuantizedTensor, NF4_CODEBOOK, row_bytes
+from fastdl._validate import MissingInstructionError
 
 from fastdl._backends.cython._cpu cimport simd_level, team
 from fastdl._backends.cython import _cpu
@@ -217,7 +218,7 @@ def bf16_qmatmul(x, q, out=None, nthreads=None, emulate=False):
     if not emulate:
         ok, why = bf16_available()
         if not ok:
-            raise ValueError(f"compute='bf16' cannot run: {why}")
+            raise MissingInstructionError(f"compute='bf16' cannot run: {why}")
     cdef int nt = fastdl.get_num_threads() if nthreads is None else \
         _int(nthreads, "nthreads", 1, 1 << 20)
     cdef fdl_qk_desc d

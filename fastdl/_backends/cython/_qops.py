@@ -1,0 +1,45 @@
+"""The Cython backend's quantized products that pick among kernel modules.
+
+``qmatmul`` of a LUT-layout tensor runs the lookup-table kernels (``_qlut``) for float32
+``x @ W`` with few rows at the AVX-512 level (where one ``vpermps`` looks up 16
+columns; pinned to AVX2 the rows kernels are faster); every other product runs
+``_quant``'s kernels on the tensor's rows form.  ``qmatmul_int8`` / ``qmatmul_bf16``
+are the opt-in paths (``_qint8``, ``_qbf16``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fastdl._backends.cython import _cpu, _qbf16, _qint8, _qlut, _quant
+
+# Up to this many rows the LUT kernels beat the rows kernels (measured at 4096x4096,
+# one thread: each extra row costs a lookup and an add per 16 weights, against one FMA)
+LUT_ROWS = {"absmax": 16, "nf4": 8}
+
+
+def _lut_ok(x, q, transpose) -> bool:
+    return (not transpose and x.dtype == np.float32 and x.shape[0] <= LUT_ROWS[q.scheme]
+            and _cpu.active_simd() == "avx512"
+            and _qlut.lut_supports(q.bits, q.scheme == "nf4", q.block_size))
+
+
+def qmatmul(x, q, transpose, out, nthreads):
+    if q.layout == "lut":
+        if _lut_ok(x, q, transpose):
+            return _qlut.lut_qmatmul(x, q.data, q.shape[0], q.shape[1], q.bits,
+                                     q.scheme == "nf4", q.block_size, q.scales, q.scale_codes,
+                                     q.scale_scales, q.scale_mean, out, nthreads)
+        q = q.to_layout("rows")
+    return _quant.qmatmul(x, q, transpose, out, nthreads)
+
+
+def qmatmul_int8(x, q, out, nthreads):
+    return _qint8.int8_qmatmul(x, q, out, nthreads)
+
+
+def qmatmul_bf16(x, q, out, nthreads):
+    return _qbf16.bf16_qmatmul(x, q, out, nthreads)
+
+
+def dequantize(q, out, nthreads):
+    return _quant.dequantize(q.to_layout("rows"), out, nthreads)
