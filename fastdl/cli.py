@@ -273,6 +273,10 @@ def cmd_bench(args, console: Console) -> int:
         rows = run_cases(cases, backends=args.backend, full=args.full,
                          with_torch=not args.no_torch, rounds=args.rounds, progress=started,
                          on_result=finished)
+    from fastdl.bench import qpaths_table
+    side = qpaths_table.lines(rows, first)
+    if side:
+        _emit(console, [""] + side)
     decision = None
     if any(c.name.startswith("lora/") for c in cases):
         # the course's LoRA-or-QLoRA table at the benchmark's transformer layer, measured

@@ -84,7 +84,7 @@ def test_contention_set_covers_every_area():
     assert "decode/beam_search/B8xN50257xT32/float32" in names
     for fmt in ("int8-b64", "int4-b64", "nf4-b64-dq"):
         for n in (1, 64):
-            assert f"quant/qmatmul/{fmt}/n{n}/float32" in names
+            assert f"quant/path/{fmt}/n{n}/exact" in names
     assert len(names) == len(cases)
 
 

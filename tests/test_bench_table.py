@@ -53,7 +53,7 @@ def test_compact_table_fits_every_case_and_cuts_nothing(width):
 
 
 def test_targets_are_short():
-    case = next(c for c in all_cases(only="quant/qmatmul/int4-b64/n512/*"))
+    case = next(c for c in all_cases(only="quant/path/int4-b64/n512/exact"))
     assert case.targets["cython"]["vs:numpy x@W f32"] == pytest.approx(1 / 1.15)
     table = tb.compact_table(120, [case])
     text = "\n".join(tb.compact_lines(table, _fake_rows(case), {"cython", "numpy"}, "numpy",

@@ -153,13 +153,20 @@ def test_targets_on_peers_and_metrics():
 
 def test_quant_cases_cover_the_issue_matrix():
     names = {c.name for c in all_cases(only="quant")}
-    for fmt in ("int8-b64", "int4-b64", "nf4-b64-dq"):
+    for fmt in ("int8-b64", "int4-b64", "nf4-b64-dq", "q4_0", "q4_1"):
         for n in (1, 8, 64, 512):
-            assert f"quant/qmatmul/{fmt}/n{n}/float32" in names
+            assert f"quant/path/{fmt}/n{n}/exact" in names
+            if fmt != "nf4-b64-dq":
+                assert f"quant/path/{fmt}/n{n}/int8" in names
+            if fmt != "int8-b64" and n <= 16:
+                assert f"quant/path/{fmt}/n{n}/lut" in names
+        assert f"quant/qmatmul/{fmt}/n128/float32" in names or fmt.startswith("q")
+    for fmt in ("int8-b64", "int4-b64", "nf4-b64-dq"):
         assert f"quant/quantize/{fmt}/4096x4096/float32" in names
-    case = next(c for c in all_cases(only="quant/qmatmul/int4-b64/n1/*"))
-    assert case.targets["cython"] == {"max:bits/param": 4.5, "vs:numpy x@W f32": 5.0,
-                                      "vs_limit": 1.5}
+    case = next(c for c in all_cases(only="quant/path/int4-b64/n1/lut"))
+    assert case.targets["cython"] == {"vs:numpy x@W f32": 4.0, "vs_limit": 2.0}
+    case = next(c for c in all_cases(only="quant/path/int4-b64/n512/int8"))
+    assert case.targets["cython"] == {"vs:torch int8 dynamic": 1.2}
 
 
 def test_bench_plot_writes_the_figures(tmp_path, capsys):

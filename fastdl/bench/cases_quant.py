@@ -5,15 +5,18 @@
 dynamic int8 ``Linear``; the limit is a plain read of the packed bytes (data +
 scales + x).  Metric ``bits/param``: the format's real storage.
 
-Many rows (n = 128, 512), both ``x @ W`` and ``transpose=True`` (``x @ W.T``, the
-backward pass of a quantized layer): the dequantization is O(d^2) against the
+Here: ``x @ W`` at n = 128, ``transpose=True`` (``x @ W.T``, the backward pass of a
+quantized layer) at n = 128 and 512, NF4 with plain block scales at n = 1, and
+``quantize``; ``x @ W`` at n = 1, 8, 64 and 512 is in ``cases_qpaths`` (every
+``qmatmul`` path side by side).  Many rows: the dequantization is O(d^2) against the
 O(n d^2) of the product, so the target is at most 1.15x the time of NumPy's
 float32 ``x @ W`` (``x @ W.T``) on the unquantized weight in the same run.
 
 For n = 1, where the kernels are bound by unpacking rather than memory, the
 Cython backend also runs as two peers pinned to a SIMD level, ``avx512`` and
 ``avx2`` (where the CPU has them), timed in the same rounds: the ``avx512``
-row's ``×avx2`` is the AVX-512 tier's speed-up on the same build.
+row's ``×avx2`` is the AVX-512 tier's speed-up on the same build (so too in
+``cases_qpaths``).
 """
 import importlib.util
 
@@ -164,9 +167,9 @@ def _quantize_case(fmt):
     )
 
 
+# x @ W at n = 1, 8, 64 and 512 is in cases_qpaths (every path side by side)
 for _fmt in FORMATS:
-    for _n in (1, 8, 64, 128, 512):
-        register(_qmatmul_case(_fmt, _n))
+    register(_qmatmul_case(_fmt, 128))
     for _n in MANY_ROWS:
         if _fmt in MANY_ROWS[_n]:
             register(_qmatmul_case(_fmt, _n, transpose=True))

@@ -197,7 +197,7 @@ REGISTERED_SET = [
     "decode/topk/n1e6/k10/float32", "decode/beam_topk/B16xN50257/float32",
     "decode/beam_search/B8xN50257xT32/float32",
     "quant/quantize/int4-b64/4096x4096/float32",
-    *(f"quant/qmatmul/{fmt}/n{n}/float32" for fmt in ("int8-b64", "int4-b64", "nf4-b64-dq")
+    *(f"quant/path/{fmt}/n{n}/exact" for fmt in ("int8-b64", "int4-b64", "nf4-b64-dq")
       for n in (1, 64)),
     "rnn/birnn/loss+grads/T64xB32xd128/float32",
 ]
