@@ -16,6 +16,7 @@ from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange, threadid
 
 import numpy as np
+from fastdl._backends.cython._qcheck import array as _array, what as _what
 
 import fastdl
 from fastdl.quant import QuantizedTensor, NF4_CODEBOOK, row_bytes
@@ -81,22 +82,6 @@ def to_bf16_bits(x):
     for i in range(av.shape[0]):
         ov[i] = fdl_qb_bf16(av[i])
     return out.reshape(np.shape(x))
-
-
-def _what(a):
-    return f"{type(a).__name__} {getattr(a, 'dtype', '')} {getattr(a, 'shape', '')}".rstrip()
-
-
-cdef _array(a, str name, dtype, tuple shape, bint writeable=False):
-    if not isinstance(a, np.ndarray) or a.dtype != dtype:
-        raise TypeError(f"{name} must be a {np.dtype(dtype)} numpy.ndarray, got {_what(a)}")
-    if a.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous, got strides {a.strides}")
-    if writeable and not a.flags.writeable:
-        raise ValueError(f"{name} must be writeable")
-    return a
 
 
 cdef int64_t _int(v, str name, int64_t lo, int64_t hi) except -1:

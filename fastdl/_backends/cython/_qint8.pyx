@@ -16,6 +16,7 @@ from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange, threadid
 
 import numpy as np
+from fastdl._backends.cython._qcheck import array as _array, what as _desc_of, dim as _dim
 
 from fastdl.quant import QuantizedTensor, row_bytes
 
@@ -131,29 +132,6 @@ def cpu_features():
 
 
 # ---------------------------------------------------------------- checks
-
-def _desc_of(a):
-    return f"{type(a).__name__} {getattr(a, 'dtype', '')} {getattr(a, 'shape', '')}".rstrip()
-
-
-cdef _array(a, str name, dtype, tuple shape, bint writeable=False):
-    if not isinstance(a, np.ndarray) or a.dtype != dtype:
-        raise TypeError(f"{name} must be a {np.dtype(dtype)} numpy.ndarray, got {_desc_of(a)}")
-    if a.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous, got strides {a.strides}")
-    if writeable and not a.flags.writeable:
-        raise ValueError(f"{name} must be writeable")
-    return a
-
-
-cdef int64_t _dim(v, str name) except -1:
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1 \
-            or v > 2 ** 40:
-        raise ValueError(f"{name} must be an int in [1, 2**40], got {v!r}")
-    return int(v)
-
 
 cdef int _desc(fdl_qk_desc *d, q, dict keep, bint codes_as_absmax) except -1:
     """Check q's fields against each other and fill d (keep holds the arrays alive)."""

@@ -24,6 +24,7 @@ from cython.parallel cimport prange, threadid
 import numbers
 
 import numpy as np
+from fastdl._backends.cython._qcheck import array as _array, what as _desc_of, dim as _dim
 
 from fastdl.quant import row_bytes
 
@@ -74,28 +75,6 @@ def set_params(**kw):
         old[k] = PARAMS[k]
     PARAMS.update(kw)
     return old
-
-
-def _desc_of(a):
-    return f"{type(a).__name__} {getattr(a, 'dtype', '')} {getattr(a, 'shape', '')}".rstrip()
-
-
-cdef _array(a, str name, dtype, tuple shape, bint writeable=False):
-    if not isinstance(a, np.ndarray) or a.dtype != dtype:
-        raise TypeError(f"{name} must be a {np.dtype(dtype)} numpy.ndarray, got {_desc_of(a)}")
-    if a.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous, got strides {a.strides}")
-    if writeable and not a.flags.writeable:
-        raise ValueError(f"{name} must be writeable")
-    return a
-
-
-cdef int64_t _dim(v, str name) except -1:
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or not 1 <= v <= 2 ** 40:
-        raise ValueError(f"{name} must be an int in [1, 2**40], got {v!r}")
-    return int(v)
 
 
 cdef int _format(bits, nf4) except -1:
