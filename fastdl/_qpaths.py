@@ -19,12 +19,15 @@ PATH_BLOCK = 32          # the opt-in paths work in blocks of 32 inputs
 
 
 def kernel_view(q):
-    """``q`` under a scheme the kernels compute (the same arrays, no copy)."""
+    """``q`` under a scheme the kernels compute (the same arrays, no copy; made once)."""
     if q.scheme in ("absmax", "nf4"):
         return q
-    from fastdl.quant import QuantizedTensor
-    return QuantizedTensor(q.shape, q.bits, "absmax", q.block_size, "nearest", q.data,
-                           q.scales, layout=q.layout, _copy=False)
+    if "view" not in q._derived:
+        from fastdl.quant import QuantizedTensor
+        q._derived["view"] = QuantizedTensor(q.shape, q.bits, "absmax", q.block_size,
+                                             "nearest", q.data, q.scales, layout=q.layout,
+                                             _copy=False)
+    return q._derived["view"]
 
 
 def rows_view(q):
@@ -37,10 +40,23 @@ def _block_edges(d_in: int, block_size):
 
 
 def _shifted_mins(q, dtype):
-    """m + 2^(bits-1) * d per block, (d_out, nblocks), computed in float64."""
-    off = float(1 << (q.bits - 1))
-    m = q.block_mins().astype(np.float64) + off * q.block_scales().astype(np.float64)
-    return np.broadcast_to(m, (q.shape[1], q.nblocks)).astype(dtype)   # per tensor: (1, 1)
+    """m + 2^(bits-1) * d per block, (d_out, nblocks), computed in float64 once."""
+    key = ("mins", np.dtype(dtype).str)
+    if key not in q._derived:
+        off = float(1 << (q.bits - 1))
+        m = q.block_mins().astype(np.float64) + off * q.block_scales().astype(np.float64)
+        m = np.broadcast_to(m, (q.shape[1], q.nblocks)).astype(dtype)   # per tensor: (1, 1)
+        m.setflags(write=False)
+        q._derived[key] = m
+    return q._derived[key]
+
+
+def _blas_threads(n: int) -> int:
+    try:
+        from fastdl._backends.cython import _cpu
+    except ImportError:
+        return 0
+    return _cpu.blas_threads(n)
 
 
 def minmax_term(x2: np.ndarray, q, transpose: bool) -> np.ndarray:
@@ -48,10 +64,14 @@ def minmax_term(x2: np.ndarray, q, transpose: bool) -> np.ndarray:
     d_in = q.shape[0]
     edges = _block_edges(d_in, q.block_size)
     m = _shifted_mins(q, x2.dtype)                      # (d_out, nb)
-    if not transpose:
-        sums = np.add.reduceat(x2, edges, axis=1)        # (n, nb)
-        return sums @ m.T
-    c = x2 @ m                                           # (n, nb)
+    old = _blas_threads(1) if x2.shape[0] <= 16 else 0   # tiny: waking BLAS threads costs more
+    try:
+        if not transpose:
+            return np.add.reduceat(x2, edges, axis=1) @ m.T   # (n, nb) @ (nb, d_out)
+        c = x2 @ m                                           # (n, nb)
+    finally:
+        if old:
+            _blas_threads(old)
     lengths = np.diff(np.append(edges, d_in))
     return np.repeat(c, lengths, axis=1)
 

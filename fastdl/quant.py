@@ -108,7 +108,7 @@ class QuantizedTensor(TensorIO):
 
     __slots__ = ("shape", "bits", "scheme", "block_size", "rounding", "double_quant",
                  "scale_dtype", "layout", "data", "scales", "mins", "scale_codes",
-                 "scale_scales", "scale_mean", "_bnb", "_twin", "_frozen")
+                 "scale_scales", "scale_mean", "_bnb", "_twin", "_derived", "_frozen")
 
     def __init__(self, shape, bits, scheme, block_size, rounding, data, scales=None, *,
                  mins=None, scale_codes=None, scale_scales=None, scale_mean=None,
@@ -162,6 +162,7 @@ class QuantizedTensor(TensorIO):
                                      "exactly; round them to float16 first")
         self._set("_bnb", _bnb)             # what from_bnb read beyond the scales, for to_bnb
         self._set("_twin", None)            # a LUT tensor's rows form, once a product needs it
+        self._set("_derived", {})           # small arrays products reuse (fastdl._qpaths)
         self._set("_frozen", True)
 
     def _set(self, name, value):
