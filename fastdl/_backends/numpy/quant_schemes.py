@@ -157,17 +157,22 @@ def _pack(codes: np.ndarray, bits: int, d_out: int, d_in: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- quantizers
 
+def _setup(w, bits, block_size, scale_dtype):
+    """(bits, scale dtype name, w as float32, per_tensor, blocks (d_out, nb, bs))."""
+    bits = check_int(bits, "bits", minimum=2, maximum=8)
+    sdt = _scale_dtype(scale_dtype)
+    w32 = _weights(w)
+    bs, per_tensor = _block(block_size, w32.shape[0])
+    return bits, sdt, w32, per_tensor, _blocks(w32, bs, per_tensor)
+
+
 def quantize_signmax(w, bits, block_size, scale_dtype="float16"):
     """llama.cpp's Q4_0 rule for ``bits`` 2..8 (the module docstring): ``(data, scales)``
     with data in fastdl's rows layout and float32 scales ``(d_out, nblocks)`` (``(1,)``
     per tensor) holding values of ``scale_dtype``.  bits=4, block_size=32, float16 is
     GGUF's Q4_0 exactly (bits=5: Q5_0's values)."""
-    bits = check_int(bits, "bits", minimum=2, maximum=8)
-    sdt = _scale_dtype(scale_dtype)
-    w32 = _weights(w)
+    bits, sdt, w32, per_tensor, blocks = _setup(w, bits, block_size, scale_dtype)
     d_in, d_out = w32.shape
-    bs, per_tensor = _block(block_size, d_in)
-    blocks = _blocks(w32, bs, per_tensor)
     h = 2 ** (bits - 1)
     pos = np.abs(blocks).argmax(axis=-1)[..., None]
     mx = np.take_along_axis(blocks, pos, axis=-1)[..., 0]
@@ -184,12 +189,8 @@ def quantize_minmax(w, bits, block_size, scale_dtype="float16"):
     ``scale * code + min`` with ``code`` 0..2^bits-1 stored as absmax stores
     ``q + 2^(bits-1)`` (nibbles for bits <= 4, int8 ``code - 2^(bits-1)`` above).
     bits=4, block_size=32, float16 is GGUF's Q4_1 exactly."""
-    bits = check_int(bits, "bits", minimum=2, maximum=8)
-    sdt = _scale_dtype(scale_dtype)
-    w32 = _weights(w)
+    bits, sdt, w32, per_tensor, blocks = _setup(w, bits, block_size, scale_dtype)
     d_in, d_out = w32.shape
-    bs, per_tensor = _block(block_size, d_in)
-    blocks = _blocks(w32, bs, per_tensor)
     lo, hi = blocks.min(axis=-1), blocks.max(axis=-1)
     with np.errstate(over="ignore", invalid="ignore"):
         d = ((hi - lo) / np.float32(2 ** bits - 1)).astype(np.float32)
