@@ -43,6 +43,9 @@ class Case:
     # untimed calls before each contender's timed burst (None: the runner's default);
     # longer where a peer leaves threads spinning (OpenBLAS spins ~0.1 s after a call)
     warm_s: float | None = None
+    # time the NumPy backend too (False where its reference would take seconds a call
+    # and say nothing the peers do not: the opt-in paths' float64 references at many rows)
+    reference: bool = True
 
 
 _CASES: dict[str, Case] = {}

@@ -112,6 +112,8 @@ def _backends_for(case: Case, wanted: Iterable[str] | None) -> list[str]:
     names = [n for n, info in infos.items() if info.loaded and case.op in info.ops]
     if wanted:
         names = [n for n in names if n in wanted or n == registry.REFERENCE]
+    if not case.reference and len(names) > 1:
+        names = [n for n in names if n != registry.REFERENCE]
     return names
 
 
