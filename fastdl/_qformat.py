@@ -1,4 +1,5 @@
-"""The QuantizedTensor format: its choices, sizes and checks (no arrays are built here).
+"""The QuantizedTensor format: its choices, sizes and checks, and the 8-bit quantization
+of block scales (double quantization).
 
 ``fastdl.quant``'s module docstring describes the storage; this module holds the
 rules every part of it (the tensor, the file reader, the quantizers) shares.
@@ -120,3 +121,30 @@ def file_entries(meta) -> dict:
     count = d_out * nblocks(d_in, bs)
     return {"data": data, "scale_codes": (np.int8, (count,)),
             "scale_scales": (np.float32, (-(-count // DQ_GROUP),)), "scale_mean": (np.float32, ())}
+
+
+def check_finite_scales(w, scales):
+    """Every backend's block absmax keeps NaN and inf, so non-finite weights show up as
+    non-finite scales: no separate pass over w."""
+    if np.isfinite(scales).all():
+        return
+    if w.dtype.kind == "f" and np.isnan(w).any():
+        raise ValueError("w must be finite, got NaN")
+    if w.dtype.kind == "f" and np.isinf(w).any():
+        raise ValueError("w must be finite, got Inf")
+    raise ValueError("w must fit in float32, got values beyond ±3.4e38")
+
+
+def dq_scales(scales: np.ndarray):
+    """Double quantization of block scales: mean, then 8-bit absmax in groups of 256."""
+    flat = scales.reshape(-1).astype(np.float32)
+    mean = np.float32(flat.mean(dtype=np.float64))
+    c = flat - mean
+    pad = (-c.size) % DQ_GROUP
+    groups = np.concatenate([c, np.zeros(pad, np.float32)]).reshape(-1, DQ_GROUP)
+    delta = (np.abs(groups).max(axis=1) / np.float32(127)).astype(np.float32)
+    safe = np.where(delta > 0, delta, np.float32(1))
+    v = groups / safe[:, None]
+    q = np.trunc(v) + np.where(np.abs(v - np.trunc(v)) >= 0.5, np.sign(v), 0)
+    q = np.clip(q, -127, 127).astype(np.int8).reshape(-1)[:c.size]
+    return q, delta, np.array(mean, np.float32)

@@ -16,6 +16,7 @@ import numpy as np
 from fastdl import ops as _ops
 
 PATH_BLOCK = 32          # the opt-in paths work in blocks of 32 inputs
+SMALL_ROWS = 16          # up to here minmax's small product stays off BLAS
 
 
 def kernel_view(q):
@@ -39,39 +40,33 @@ def _block_edges(d_in: int, block_size):
     return np.arange(0, d_in, bs)
 
 
-def _shifted_mins(q, dtype):
-    """m + 2^(bits-1) * d per block, (d_out, nblocks), computed in float64 once."""
-    key = ("mins", np.dtype(dtype).str)
+def _shifted_mins(q, dtype, transposed=False):
+    """m + 2^(bits-1) * d per block, (d_out, nblocks) (``transposed``: (nblocks, d_out),
+    C-contiguous either way: the small product reads it straight), made once."""
+    key = ("mins", np.dtype(dtype).str, transposed)
     if key not in q._derived:
         off = float(1 << (q.bits - 1))
         m = q.block_mins().astype(np.float64) + off * q.block_scales().astype(np.float64)
-        m = np.broadcast_to(m, (q.shape[1], q.nblocks)).astype(dtype)   # per tensor: (1, 1)
+        m = np.broadcast_to(m, (q.shape[1], q.nblocks))          # per tensor: (1, 1)
+        m = np.ascontiguousarray(m.T if transposed else m, dtype=dtype)
         m.setflags(write=False)
         q._derived[key] = m
     return q._derived[key]
-
-
-def _blas_threads(n: int) -> int:
-    try:
-        from fastdl._backends.cython import _cpu
-    except ImportError:
-        return 0
-    return _cpu.blas_threads(n)
 
 
 def minmax_term(x2: np.ndarray, q, transpose: bool) -> np.ndarray:
     """What 'minmax' adds to the absmax view's product (shape of the result)."""
     d_in = q.shape[0]
     edges = _block_edges(d_in, q.block_size)
-    m = _shifted_mins(q, x2.dtype)                      # (d_out, nb)
-    old = _blas_threads(1) if x2.shape[0] <= 16 else 0   # tiny: waking BLAS threads costs more
-    try:
-        if not transpose:
-            return np.add.reduceat(x2, edges, axis=1) @ m.T   # (n, nb) @ (nb, d_out)
-        c = x2 @ m                                           # (n, nb)
-    finally:
-        if old:
-            _blas_threads(old)
+    if not transpose:
+        sums = np.add.reduceat(x2, edges, axis=1)                  # (n, nb)
+        m = _shifted_mins(q, x2.dtype, transposed=True)              # (nb, d_out)
+        if x2.shape[0] <= SMALL_ROWS:
+            # einsum's own loop, not BLAS: OpenBLAS's threads spin ~0.1 s after a call and
+            # would take a core from the next few-row kernel (many rows use BLAS anyway)
+            return np.einsum("nb,bj->nj", sums, m)
+        return sums @ m
+    c = x2 @ _shifted_mins(q, x2.dtype)                             # (n, nb)
     lengths = np.diff(np.append(edges, d_in))
     return np.repeat(c, lengths, axis=1)
 

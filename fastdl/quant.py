@@ -71,7 +71,8 @@ import numpy as np
 from fastdl import _qlayout, _qpaths
 from fastdl import ops as _ops
 from fastdl._qformat import (DEFAULT_BLOCK, DQ_GROUP, LAYOUTS, NF4_CODEBOOK, ROUNDINGS,
-                             SCALE_DTYPES, SCHEMES, check_format, nblocks, nf4_thresholds,
+                             SCALE_DTYPES, SCHEMES, check_finite_scales as _check_finite,
+                             check_format, dq_scales as _dq_scales, nblocks, nf4_thresholds,
                              row_bytes, storage_bytes)
 from fastdl._qtensor_io import TensorIO
 from fastdl._validate import MissingInstructionError, check_int, check_out, reject_masked
@@ -346,33 +347,6 @@ def _weights(w) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"w must not be empty, got shape {w.shape}")
     with np.errstate(over="ignore"):
         return w, np.ascontiguousarray(w, dtype=np.float32)
-
-
-def _check_finite(w, scales):
-    """Every backend's block absmax keeps NaN and inf, so non-finite weights show up as
-    non-finite scales: no separate pass over w."""
-    if np.isfinite(scales).all():
-        return
-    if w.dtype.kind == "f" and np.isnan(w).any():
-        raise ValueError("w must be finite, got NaN")
-    if w.dtype.kind == "f" and np.isinf(w).any():
-        raise ValueError("w must be finite, got Inf")
-    raise ValueError("w must fit in float32, got values beyond ±3.4e38")
-
-
-def _dq_scales(scales: np.ndarray):
-    """Double quantization of block scales: mean, then 8-bit absmax in groups of 256."""
-    flat = scales.reshape(-1).astype(np.float32)
-    mean = np.float32(flat.mean(dtype=np.float64))
-    c = flat - mean
-    pad = (-c.size) % DQ_GROUP
-    groups = np.concatenate([c, np.zeros(pad, np.float32)]).reshape(-1, DQ_GROUP)
-    delta = (np.abs(groups).max(axis=1) / np.float32(127)).astype(np.float32)
-    safe = np.where(delta > 0, delta, np.float32(1))
-    v = groups / safe[:, None]
-    q = np.trunc(v) + np.where(np.abs(v - np.trunc(v)) >= 0.5, np.sign(v), 0)
-    q = np.clip(q, -127, 127).astype(np.int8).reshape(-1)[:c.size]
-    return q, delta, np.array(mean, np.float32)
 
 
 def quantize(w, bits, *, scheme="absmax", block_size=DEFAULT_BLOCK, rounding="nearest",

@@ -51,8 +51,10 @@ def _s_quantize(rng, dtype, tiny=False):
 def _tensor(rng, tiny):
     from fastdl import quant
     w, bits, scheme, bs, rounding, per_tensor = _s_quantize(rng, np.float32, tiny)
-    return quant.quantize(w, bits, scheme=scheme, block_size=None if per_tensor else max(bs, 2),
-                          rounding=rounding, backend="numpy")
+    q = quant.quantize(w, bits, scheme=scheme, block_size=None if per_tensor else max(bs, 2),
+                       rounding=rounding, backend="numpy")
+    # the LUT layout too: its kernels run where the blocks allow, the rows form elsewhere
+    return q.to_layout("lut") if bits <= 4 and rng.random() < 0.4 else q
 
 
 def _s_dequantize(rng, dtype, tiny=False):
