@@ -52,7 +52,7 @@ class TensorIO:
         and nested values; a scale code that rebuilds to the same float32 as another may
         be exchanged for it), also after copy or pickle; ``save`` keeps fastdl's format only."""
         from fastdl import _bnb
-        return _bnb.to_bnb(self, double_quant)
+        return _bnb.to_bnb(self.to_layout("rows"), double_quant)
 
     @classmethod
     def from_gguf(cls, data, type_name, shape) -> "QuantizedTensor":

@@ -201,3 +201,12 @@ def test_to_gguf_refuses_what_gguf_cannot_hold():
     dq = quantize(_w("nogguf", (64, 4)), 4, block_size=32, double_quant=True)
     with pytest.raises(ValueError, match="8-bit ones"):
         dq.to_gguf()
+
+
+def test_lut_tensors_export_what_their_rows_form_exports():
+    q = quantize(_w("bnb-lut", (128, 16)), 4, scheme="nf4", block_size=64)
+    lq = q.to_layout("lut")
+    (w1, s1), (w2, s2) = q.to_bnb(), lq.to_bnb()
+    assert np.array_equal(np.asarray(w1), np.asarray(w2))
+    assert s1.keys() == s2.keys()
+    assert all(np.array_equal(np.asarray(s1[k]), np.asarray(s2[k])) for k in s1)
