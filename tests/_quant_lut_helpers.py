@@ -17,8 +17,7 @@ def make(d_in, d_out, bits, scheme, block_size, dq, *key):
     rng = rng_for("lut", d_in, d_out, bits, scheme, block_size, dq, *key)
     w = rng.standard_normal((d_in, d_out)).astype(np.float32)
     w *= rng.uniform(0.1, 10, size=(1, d_out)).astype(np.float32)   # scales differ per column
-    q = quantize(w, bits=bits, scheme=scheme, block_size=block_size, double_quant=dq)
-    return q
+    return quantize(w, bits=bits, scheme=scheme, block_size=block_size, double_quant=dq)
 
 
 def lut_of(q):
@@ -76,3 +75,10 @@ def rounding_bound(x, q):
 
 def reference(x, q):
     return x.astype(np.float64) @ dequantize(q).astype(np.float64)
+
+
+def assert_within_bound(y, x, q):
+    """y is within the lookup-table arithmetic's float32 rounding bound of x @ W (float64)."""
+    err = np.abs(y - reference(x, q))
+    bound = rounding_bound(x, q)
+    assert np.all(err <= bound), float((err / bound).max())

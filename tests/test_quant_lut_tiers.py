@@ -7,8 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from fastdl.testing import bitwise_equal, fixed_teams, rng_for, simd, simd_levels, threads
 
-from _quant_lut_helpers import (FORMATS, c_matmul, lut_of, make, np_matmul, reference,
-                                rounding_bound)
+from _quant_lut_helpers import FORMATS, assert_within_bound, c_matmul, lut_of, make, np_matmul
 
 _qlut = pytest.importorskip("fastdl._backends.cython._qlut")
 
@@ -85,6 +84,6 @@ def test_property_shapes(d_in, d_out, n, fmt, block, dq, seed):
     x = _x(n, d_in, seed)
     y = c_matmul(x, q, lut, nthreads=2)
     assert bitwise_equal(y, np_matmul(x, q, lut).astype(np.float32))
-    assert np.all(np.abs(y - reference(x, q)) <= rounding_bound(x, q))
+    assert_within_bound(y, x, q)
     np.testing.assert_array_equal(_qlut.lut_to_rows(lut, d_in, d_out, bits, scheme == "nf4"),
                                   q.data)
