@@ -23,15 +23,7 @@ from fastdl.quant import QuantizedTensor, row_bytes
 from fastdl._backends.cython._cpu cimport simd_level
 from fastdl._backends.cython._cpu cimport team
 
-cdef extern from "quantk.h" nogil:
-    ctypedef struct fdl_qk_desc:
-        int64_t d_in, d_out, bs, nb, rowb
-        int bits, nf4, per_tensor, dq
-        const uint8_t *data
-        const float *scales
-        const int8_t *sc_codes
-        const float *sc_scales
-        float sc_mean
+from fastdl._backends.cython._quant cimport fdl_qk_desc
 
 cdef extern from "qi8k.h" nogil:
     int FDL_QI8_TILE, FDL_QI8_NC, FDL_QI8_GV
