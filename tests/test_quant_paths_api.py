@@ -210,3 +210,14 @@ def test_lut_tensors_export_what_their_rows_form_exports():
     assert np.array_equal(np.asarray(w1), np.asarray(w2))
     assert s1.keys() == s2.keys()
     assert all(np.array_equal(np.asarray(s1[k]), np.asarray(s2[k])) for k in s1)
+
+
+def test_raw_kernels_read_signmax_as_the_absmax_codes_they_are():
+    cy = pytest.importorskip("fastdl._backends.cython._quant")
+    from fastdl import _qpaths
+    q = quantize(_w("raw-signmax", (64, 8)), 4, scheme="signmax", block_size=32)
+    x = rng_for("raw-signmax-x").standard_normal((2, 64)).astype(np.float32)
+    a, b = np.empty((2, 8), np.float32), np.empty((2, 8), np.float32)
+    cy.qmatmul(x, q, False, a, 1)
+    cy.qmatmul(x, _qpaths.kernel_view(q), False, b, 1)
+    assert np.array_equal(a, b)

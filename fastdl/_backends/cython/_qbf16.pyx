@@ -19,12 +19,12 @@ import numpy as np
 from fastdl._backends.cython._qcheck import array as _array, what as _what
 
 import fastdl
-from fastdl.quant import QuantizedTensor, NF4_CODEBOOK, row_bytes
+from fastdl.quant import QuantizedTensor, NF4_CODEBOOK
 from fastdl._validate import MissingInstructionError
 
 from fastdl._backends.cython._cpu cimport simd_level, team
 from fastdl._backends.cython import _cpu
-from fastdl._backends.cython._quant cimport fdl_qk_desc
+from fastdl._backends.cython._quant cimport fdl_qk_desc, _desc as _quant_desc
 
 cdef extern from "qbf16k.h" nogil:
     ctypedef struct fdl_qb_kernels:
@@ -92,63 +92,25 @@ cdef int64_t _int(v, str name, int64_t lo, int64_t hi) except -1:
 
 
 cdef int _desc(fdl_qk_desc *d, q, dict keep) except -1:
-    """Check q's fields against each other (it may be built by hand) and fill d."""
+    """_quant's checked descriptor of q, with what bf16 compute adds: its schemes, and
+    blocks that hold whole 32-value halves of a row (one scale per lane)."""
     if not isinstance(q, QuantizedTensor):
         raise TypeError(f"q must be a fastdl.quant.QuantizedTensor, got {type(q).__name__}")
-    shape, bits, scheme, bsz, dq = q.shape, q.bits, q.scheme, q.block_size, q.double_quant
-    if not isinstance(shape, tuple) or len(shape) != 2:
-        raise ValueError(f"q.shape must be a tuple (d_in, d_out), got {shape!r}")
-    cdef int64_t d_in = _int(shape[0], "q.shape[0]", 1, 2 ** 40)
-    cdef int64_t d_out = _int(shape[1], "q.shape[1]", 1, 2 ** 40)
-    cdef int b = _int(bits, "q.bits", 2, 8)
+    scheme = q.scheme
+    cdef int b = _int(q.bits, "q.bits", 2, 8)
     if scheme not in _SCHEMES:
         raise ValueError(f"bf16 compute supports q.scheme in {_SCHEMES}, got {scheme!r}")
     if scheme == "nf4" and b != 4:
         raise ValueError(f"q.scheme='nf4' needs q.bits=4, got {b}")
-    if not isinstance(dq, (bool, np.bool_)):
-        raise TypeError(f"q.double_quant must be a bool, got {dq!r}")
-    cdef int64_t bs = d_in, nb = 1
-    if bsz is None:
-        if dq:
-            raise ValueError("q.double_quant needs block-wise scales, got q.block_size=None")
-    else:
-        bs = _int(bsz, "q.block_size", 1, 2 ** 62)
-        if bs % 32 and bs < d_in:
-            # each 32-value half of a row must lie in one block (one scale per lane)
-            raise ValueError(f"bf16 compute needs q.block_size a multiple of 32 or None (per "
-                             f"tensor), got {bs}")
-        bs = min(bs, d_in)
-        nb = (d_in + bs - 1) // bs
-        if nb >= 2 ** 31 - 1:
-            raise ValueError(f"bf16 compute needs fewer than 2**31 - 1 blocks per row, got "
-                             f"{nb} (d_in={d_in}, block_size={bs})")
-    cdef int64_t rowb = d_in if b > 4 else row_bytes(d_in)
-    data_arr = _array(q.data, "q.data", np.int8 if b > 4 else np.uint8, (int(d_out), int(rowb)))
-    cdef const uint8_t[:, ::1] data = data_arr.view(np.uint8)
-    cdef const float[::1] sc
-    cdef const int8_t[::1] codes
-    cdef const float[::1] gs
-    d.d_in, d.d_out, d.bits, d.nf4 = d_in, d_out, b, scheme == "nf4"
-    d.per_tensor, d.bs, d.nb, d.rowb = bsz is None, bs, nb, rowb
-    d.data = &data[0, 0]
-    keep["data"] = data_arr
-    d.dq = bool(dq)
-    d.scales, d.sc_codes, d.sc_scales, d.sc_mean = NULL, NULL, NULL, 0
-    if d.dq:
-        count = int(d_out * nb)
-        q_codes = _array(q.scale_codes, "q.scale_codes", np.int8, (count,))
-        q_gs = _array(q.scale_scales, "q.scale_scales", np.float32, (-(-count // 256),))
-        mean = _array(q.scale_mean, "q.scale_mean", np.float32, ())
-        codes = q_codes
-        gs = q_gs
-        d.sc_codes, d.sc_scales, d.sc_mean = &codes[0], &gs[0], float(mean)
-        keep["codes"], keep["gs"] = q_codes, q_gs
-    else:
-        sc_arr = _array(q.scales, "q.scales", np.float32,
-                        (1,) if bsz is None else (int(d_out), int(nb)))
-        sc = sc_arr.reshape(-1)
-        d.scales = &sc[0]
-        keep["sc"] = sc_arr
+    if q.block_size is not None:
+        _int(q.block_size, "q.block_size", 1, 2 ** 62)
+    _quant_desc(d, q, keep)
+    if not d.per_tensor and d.bs % 32 and d.nb > 1:
+        raise ValueError(f"bf16 compute needs q.block_size a multiple of 32 or None (per "
+                         f"tensor), got {q.block_size}")
+    if d.nb >= 2 ** 31 - 1:
+        raise ValueError(f"bf16 compute needs fewer than 2**31 - 1 blocks per row, got "
+                         f"{d.nb} (d_in={d.d_in}, block_size={d.bs})")
     return 0
 
 

@@ -16,14 +16,14 @@ from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange, threadid
 
 import numpy as np
-from fastdl._backends.cython._qcheck import array as _array, what as _desc_of, dim as _dim
+from fastdl._backends.cython._qcheck import array as _array, what as _desc_of
 
-from fastdl.quant import QuantizedTensor, row_bytes
+from fastdl.quant import QuantizedTensor
 
 from fastdl._backends.cython._cpu cimport simd_level
 from fastdl._backends.cython._cpu cimport team
 
-from fastdl._backends.cython._quant cimport fdl_qk_desc
+from fastdl._backends.cython._quant cimport fdl_qk_desc, _desc as _quant_desc
 
 cdef extern from "qi8k.h" nogil:
     int FDL_QI8_TILE, FDL_QI8_NC, FDL_QI8_GV
@@ -126,10 +126,11 @@ def cpu_features():
 # ---------------------------------------------------------------- checks
 
 cdef int _desc(fdl_qk_desc *d, q, dict keep, bint codes_as_absmax) except -1:
-    """Check q's fields against each other and fill d (keep holds the arrays alive)."""
+    """_quant's checked descriptor of q, with what int8 activations add: integer codes, and
+    weight blocks that hold whole 32-value activation blocks."""
     if not isinstance(q, QuantizedTensor):
         raise TypeError(f"q must be a fastdl.quant.QuantizedTensor, got {type(q).__name__}")
-    shape, bits, scheme, bsz, dq = q.shape, q.bits, q.scheme, q.block_size, q.double_quant
+    scheme, bsz = q.scheme, q.block_size
     if scheme == "nf4":
         raise ValueError("activations='int8' needs integer weight codes; NF4 codes are not "
                          "integers: use the exact path (activations='float32') or "
@@ -137,63 +138,10 @@ cdef int _desc(fdl_qk_desc *d, q, dict keep, bint codes_as_absmax) except -1:
     if scheme not in ("absmax", "signmax") and not (codes_as_absmax and isinstance(scheme, str)):
         raise ValueError(f"q.scheme must be 'absmax' or 'signmax' for int8 activations "
                          f"(other integer schemes with codes_as_absmax=True), got {scheme!r}")
-    if not isinstance(shape, tuple) or len(shape) != 2:
-        raise ValueError(f"q.shape must be a tuple (d_in, d_out), got {shape!r}")
-    cdef int64_t d_in = _dim(shape[0], "q.shape[0]"), d_out = _dim(shape[1], "q.shape[1]")
-    if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, (int, np.integer)) \
-            or not 2 <= bits <= 8:
-        raise ValueError(f"q.bits must be an int in 2..8, got {bits!r}")
-    cdef int64_t bs = d_in, nb = 1
-    if bsz is None:
-        if dq:
-            raise ValueError("q.double_quant needs block-wise scales, got q.block_size=None")
-    else:
-        if isinstance(bsz, (bool, np.bool_)) or not isinstance(bsz, (int, np.integer)) \
-                or bsz < 1:
-            raise ValueError(f"q.block_size must be an int >= 1 or None, got {bsz!r}")
-        bs = min(int(bsz), d_in)
-        nb = (d_in + bs - 1) // bs
-        if nb > 1 and bs % 32:
-            raise ValueError(f"int8 activations need q.block_size a multiple of 32, None (per "
-                             f"tensor) or >= d_in={d_in}, got block_size={bsz}")
-    rowb = d_in if bits > 4 else row_bytes(d_in)
-    data_arr = _array(q.data, "q.data", np.int8 if bits > 4 else np.uint8, (int(d_out), int(rowb)))
-    cdef const uint8_t[:, ::1] data = data_arr.view(np.uint8)
-    cdef const float[::1] sc
-    cdef const int8_t[::1] codes
-    cdef const float[::1] gs
-    d.d_in = d_in
-    d.d_out = d_out
-    d.bits = bits
-    d.nf4 = 0
-    d.per_tensor = bsz is None
-    d.bs = bs
-    d.nb = nb
-    d.rowb = rowb
-    d.data = &data[0, 0]
-    keep["data"] = data_arr
-    d.dq = bool(dq)
-    d.scales = NULL
-    d.sc_codes = NULL
-    d.sc_scales = NULL
-    d.sc_mean = 0
-    if d.dq:
-        count = int(d_out * nb)
-        q_codes = _array(q.scale_codes, "q.scale_codes", np.int8, (count,))
-        q_gs = _array(q.scale_scales, "q.scale_scales", _F32, (-(-count // 256),))
-        mean = _array(q.scale_mean, "q.scale_mean", _F32, ())
-        codes = q_codes
-        gs = q_gs
-        d.sc_codes = &codes[0]
-        d.sc_scales = &gs[0]
-        d.sc_mean = float(mean)
-        keep["codes"] = q_codes
-        keep["gs"] = q_gs
-    else:
-        sc_arr = _array(q.scales, "q.scales", _F32, (1,) if bsz is None else (int(d_out), int(nb)))
-        sc = sc_arr.reshape(-1)
-        d.scales = &sc[0]
-        keep["sc"] = sc_arr
+    _quant_desc(d, q, keep, codes_as_absmax)
+    if d.nb > 1 and d.bs % 32:
+        raise ValueError(f"int8 activations need q.block_size a multiple of 32, None (per "
+                         f"tensor) or >= d_in={d.d_in}, got block_size={bsz}")
     return 0
 
 

@@ -48,3 +48,6 @@ cdef extern from "quantk.h" nogil:
 ctypedef fused real:
     float
     double
+
+# the checked descriptor of a QuantizedTensor (keep holds its arrays alive)
+cdef int _desc(fdl_qk_desc *d, q, dict keep, bint as_absmax=*) except -1

@@ -380,10 +380,12 @@ def quantize(w, int bits, scheme, int64_t block_size, rounding, bint per_tensor,
     return data, scales
 
 
-cdef int _desc(fdl_qk_desc *d, q, dict keep) except -1:
+cdef int _desc(fdl_qk_desc *d, q, dict keep, bint as_absmax=False) except -1:
     """Check the QuantizedTensor q field by field against each other (it may have been
     built by hand or be a subclass) and fill d; each field is read once, and keep holds
-    the arrays alive."""
+    the arrays alive.  'signmax' codes are stored as absmax's and read so; ``as_absmax``
+    reads any other integer scheme's codes as absmax units too (the _qint8 kernels'
+    codes_as_absmax).  The other kernel modules (_qint8, _qbf16) build their desc here."""
     if not isinstance(q, QuantizedTensor):
         raise TypeError(f"q must be a fastdl.quant.QuantizedTensor, got {type(q).__name__}")
     shape, bits, scheme, bsz, dq = q.shape, q.bits, q.scheme, q.block_size, q.double_quant
@@ -393,6 +395,8 @@ cdef int _desc(fdl_qk_desc *d, q, dict keep) except -1:
     if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, (int, np.integer)) \
             or not 2 <= bits <= 8:
         raise ValueError(f"q.bits must be an int in 2..8, got {bits!r}")
+    if scheme == "signmax" or (as_absmax and isinstance(scheme, str) and scheme != "nf4"):
+        scheme = "absmax"
     _check_format(int(bits), scheme, "nearest")
     if not isinstance(dq, (bool, np.bool_)):
         raise TypeError(f"q.double_quant must be a bool, got {dq!r}")
