@@ -87,3 +87,47 @@ def test_property_shapes(d_in, d_out, n, fmt, block, dq, seed):
     assert_within_bound(y, x, q)
     np.testing.assert_array_equal(_qlut.lut_to_rows(lut, d_in, d_out, bits, scheme == "nf4"),
                                   q.data)
+
+
+@pytest.mark.parametrize("bits,scheme,block_size,dq", CASES)
+def test_kept_tile_scales_give_the_same_bits(bits, scheme, block_size, dq):
+    """Scales decoded once in the kernels' order (what a LUT tensor keeps) give the bits
+    of decoding them on every call, at every tier and thread count."""
+    from _quant_lut_helpers import scale_args
+    d_in, d_out = 300, 70                                 # a partial last tile
+    q = make(d_in, d_out, bits, scheme, block_size, dq, "tsc")
+    lut = lut_of(q)
+    args = (lut, d_in, d_out, bits, scheme == "nf4", block_size, *scale_args(q))
+    ts = _qlut.lut_tile_scales(*args)
+    nb = q.block_scales().shape[1]
+    assert ts.shape == ((d_out + 15) // 16, nb * 16)
+    want_ts = np.zeros((ts.shape[0] * 16, nb), np.float32)
+    want_ts[:d_out] = q.block_scales()
+    assert bitwise_equal(ts.reshape(-1, nb, 16).transpose(0, 2, 1).reshape(-1, nb), want_ts)
+    x = _x(3, d_in, "tsc")
+    for level in simd_levels():
+        with simd(level):
+            for nt in (1, 2):
+                want = c_matmul(x, q, lut, nthreads=nt)
+                out = np.full_like(want, np.nan)
+                got = _qlut.lut_qmatmul(x, *args, out, nt, tile_scales=ts)
+                assert bitwise_equal(got, want), (level, nt)
+    out = np.empty((3, d_out), np.float32)
+    with pytest.raises(ValueError, match="tile_scales"):
+        _qlut.lut_qmatmul(x, *args, out, 1, tile_scales=ts[:-1])
+    with pytest.raises(TypeError, match="tile_scales"):
+        _qlut.lut_qmatmul(x, *args, out, 1, tile_scales=ts.astype(np.float64))
+
+
+def test_lut_tensor_keeps_its_tile_scales():
+    from fastdl.quant import qmatmul
+    q = make(256, 48, 4, "absmax", 64, True, "keep").to_layout("lut")
+    x = _x(1, 256, "keep")
+    y = qmatmul(x, q, backend="cython")
+    ts = q._derived.get("lut_scales")
+    from fastdl._backends.cython import _cpu
+    if _cpu.active_simd() != "avx512":
+        pytest.skip("the LUT kernels run at the AVX-512 level only")
+    assert ts is not None and not ts.flags.writeable
+    assert bitwise_equal(qmatmul(x, q, backend="cython"), y)
+    assert q._derived["lut_scales"] is ts

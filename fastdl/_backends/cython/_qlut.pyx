@@ -40,10 +40,13 @@ cdef extern from "qlutk.h" nogil:
         const int8_t *sc_codes
         const float *sc_scales
         float sc_mean
+        const float *tsc
     ctypedef struct fdl_qlut_kernels:
         pass
     const fdl_qlut_kernels *fdl_qlut_table(int level)
     int64_t fdl_qlut_scratch(const fdl_qlut_desc *q, int64_t n, int64_t tiles)
+    void fdl_qlut_tile_scales(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, int64_t t0,
+                              int64_t t1, float *out, float *tmp)
     void fdl_qlut_tiles(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, const float *x,
                         int64_t n, int64_t t0, int64_t t1, float *y, float *scratch)
     int fdl_qlut_pack_tile(const uint8_t *rows, int64_t rowb, int64_t d_in, int64_t d_out,
@@ -51,14 +54,15 @@ cdef extern from "qlutk.h" nogil:
     void fdl_qlut_unpack_tile(const uint32_t *lut, int64_t d_in, int64_t d_out, int bits,
                               int nf4, int64_t t, uint8_t *rows, int64_t rowb)
 
-# Chunks of 32 inputs per input block, whose tables stay in L1 while every tile of a
+# Chunks of 32 inputs per input block, whose tables stay close while every tile of a
 # thread streams its codes for the block (n = 1; halved for n >= 2, where two rows'
-# tables are read together): 16 chunks of NF4 tables (16 floats per input) are 32 KiB,
-# 32 of absmax tables (16 floats per 4 inputs) 16 KiB.  Measured on the 2-core
-# AVX-512 Xeon, 4096 x 4096, one thread: 4 / 8 / 16 / 32 chunks, NF4 per tensor
-# 1.15 / 1.03 / 0.99 / 1.29 ms, absmax int4 blocks of 64 with double quantization
-# 1.40 / 1.15 / 1.01 / 0.93 ms (min of 100 on a busy machine).
-PARAMS = {"ib_nf4": 16, "ib_absmax": 32}
+# tables are read together).  NF4 reads a 16-float table per input and lookup, so its
+# block stays in L1: 16 chunks are 32 KiB (4 / 8 / 16 / 32 chunks at 4096 x 4096, one
+# thread, 2-core AVX-512 Xeon: 1.15 / 1.03 / 0.99 / 1.29 ms).  absmax loads its 8
+# tables once per chunk for all its planes, so they may sit in L2 and each tile's codes
+# stream in one run: 128 chunks (64 KiB) were 0.63 ns per 16 weights against 0.73 at
+# 32 (interleaved, tile-ordered scales).
+PARAMS = {"ib_nf4": 16, "ib_absmax": 128}
 _DEFAULTS = dict(PARAMS)
 _F32 = np.dtype(np.float32)
 
@@ -147,28 +151,16 @@ def lut_to_rows(lut, d_in, d_out, bits, nf4, int nthreads=1):
     return out
 
 
-def lut_qmatmul(x, lut, d_in, d_out, bits, nf4, block_size, scales, scale_codes, scale_scales,
-                scale_mean, out, int nthreads):
-    """out[:] = x @ W for W in the lut layout; x float32 (n, d_in), out float32
-    (n, d_out), both C-contiguous.  Scales as fastdl.quant stores them: ``scales``
-    float32 (1,) with block_size None, else (d_out, nblocks); or, block-wise,
-    scales None and the double-quantized scale_codes int8 (d_out*nblocks,),
-    scale_scales float32 (ceil(d_out*nblocks/256),), scale_mean float32."""
-    cdef fdl_qlut_desc d
+cdef list _fill_desc(fdl_qlut_desc *d, lut, d_in, d_out, bits, nf4, block_size, scales,
+                     scale_codes, scale_scales, scale_mean):
+    """Check the weight arguments and fill d (all but ib); the arrays d points into."""
     cdef int64_t di = _dim(d_in, "d_in"), do = _dim(d_out, "d_out"), bs, nb = 1
     cdef int b = _format(bits, nf4)
     shape = lut_shape(di, do, b)
     _array(lut, "lut", np.uint8, shape)
-    if not isinstance(x, np.ndarray) or x.dtype != _F32:
-        raise TypeError(f"x must be a float32 numpy.ndarray, got {_desc_of(x)}")
-    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != di:
-        raise ValueError(f"x must have shape (n, {di}) with n >= 1, got {x.shape}")
-    _array(x, "x", _F32, x.shape)
-    cdef int64_t n = x.shape[0]
-    _array(out, "out", _F32, (int(n), int(do)), writeable=True)
     d.per_tensor = block_size is None
     d.dq = scale_codes is not None
-    keep = [lut, x]
+    keep = [lut]
     if d.per_tensor:
         if d.dq:
             raise ValueError("double-quantized scales need a block_size, got block_size=None")
@@ -186,6 +178,7 @@ def lut_qmatmul(x, lut, d_in, d_out, bits, nf4, block_size, scales, scale_codes,
     d.sc_codes = NULL
     d.sc_scales = NULL
     d.sc_mean = 0
+    d.tsc = NULL
     if d.dq:
         if scales is not None:
             raise ValueError("give either scales or the double-quantized scale_* arrays")
@@ -203,12 +196,7 @@ def lut_qmatmul(x, lut, d_in, d_out, bits, nf4, block_size, scales, scale_codes,
         sv = sa.reshape(-1)
         d.scales = &sv[0]
         keep.append(scales)
-    for a in keep:
-        if np.may_share_memory(out, a):
-            raise ValueError("out must not overlap the input arrays")
     cdef const uint32_t[:, ::1] lv = lut.view(np.uint32)
-    cdef const float[:, ::1] xv = x
-    cdef float[:, ::1] yv = out
     d.d_in = di
     d.d_out = do
     d.NT = shape[0]
@@ -217,12 +205,70 @@ def lut_qmatmul(x, lut, d_in, d_out, bits, nf4, block_size, scales, scale_codes,
     d.cpb = d.NC if nb == 1 else bs // 32
     d.bits = b
     d.nf4 = bool(nf4)
+    d.ib = 1
+    d.lut = &lv[0, 0]
+    return keep
+
+
+def lut_tile_scales(lut, d_in, d_out, bits, nf4, block_size, scales, scale_codes,
+                    scale_scales, scale_mean, int nthreads=1):
+    """The block scales decoded (as the rows layout decodes them) and put in the order
+    lut_qmatmul reads them: float32 (tiles, nblocks * 16), row t = for each block, the
+    16 columns of tile t (0 past d_out).  lut_qmatmul(..., tile_scales=this) then reads
+    them instead of decoding them on every call; the arguments are lut_qmatmul's."""
+    cdef fdl_qlut_desc d
+    _fill_desc(&d, lut, d_in, d_out, bits, nf4, block_size, scales, scale_codes,
+               scale_scales, scale_mean)
+    out = np.empty((int(d.NT), int(d.nb * 16)), _F32)
+    cdef float[:, ::1] ov = out
+    cdef const fdl_qlut_kernels *K = fdl_qlut_table(simd_level())
+    cdef int nt = team(nthreads, d.NT * d.nb * 16, d.NT)
+    cdef int64_t t
+    cdef float *tmp = <float *>malloc(nt * d.nb * sizeof(float))
+    if tmp == NULL:
+        raise MemoryError(f"lut_tile_scales: out of memory for {nt * d.nb * 4} bytes")
+    for t in prange(d.NT, nogil=True, num_threads=nt, schedule="static"):
+        fdl_qlut_tile_scales(K, &d, t, t + 1, &ov[t, 0], tmp + threadid() * d.nb)
+    free(tmp)
+    return out
+
+
+def lut_qmatmul(x, lut, d_in, d_out, bits, nf4, block_size, scales, scale_codes, scale_scales,
+                scale_mean, out, int nthreads, tile_scales=None):
+    """out[:] = x @ W for W in the lut layout; x float32 (n, d_in), out float32
+    (n, d_out), both C-contiguous.  Scales as fastdl.quant stores them: ``scales``
+    float32 (1,) with block_size None, else (d_out, nblocks); or, block-wise,
+    scales None and the double-quantized scale_codes int8 (d_out*nblocks,),
+    scale_scales float32 (ceil(d_out*nblocks/256),), scale_mean float32.
+    ``tile_scales``: None, or lut_tile_scales of the same arguments (then the scales
+    are read from it, not decoded per call)."""
+    cdef fdl_qlut_desc d
+    keep = _fill_desc(&d, lut, d_in, d_out, bits, nf4, block_size, scales, scale_codes,
+                      scale_scales, scale_mean)
+    cdef int64_t di = d.d_in, do = d.d_out
+    if not isinstance(x, np.ndarray) or x.dtype != _F32:
+        raise TypeError(f"x must be a float32 numpy.ndarray, got {_desc_of(x)}")
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != di:
+        raise ValueError(f"x must have shape (n, {di}) with n >= 1, got {x.shape}")
+    _array(x, "x", _F32, x.shape)
+    cdef int64_t n = x.shape[0]
+    _array(out, "out", _F32, (int(n), int(do)), writeable=True)
+    cdef const float[:, ::1] tv
+    if tile_scales is not None:
+        tv = _array(tile_scales, "tile_scales", _F32, (int(d.NT), int(d.nb * 16)))
+        d.tsc = &tv[0, 0]
+        keep.append(tile_scales)
+    keep.append(x)
+    for a in keep:
+        if np.may_share_memory(out, a):
+            raise ValueError("out must not overlap the input arrays")
+    cdef const float[:, ::1] xv = x
+    cdef float[:, ::1] yv = out
     d.ib = PARAMS["ib_nf4" if nf4 else "ib_absmax"]
     if n >= 2:
         d.ib = max(1, d.ib // 2)
-    d.lut = &lv[0, 0]
     cdef const fdl_qlut_kernels *K = fdl_qlut_table(simd_level())
-    cdef int nt = team(nthreads, shape[0] * shape[1], d.NT)
+    cdef int nt = team(nthreads, d.NT * (d.NC * d.bits * 64), d.NT)
     cdef int64_t per = (d.NT + nt - 1) // nt, sz = fdl_qlut_scratch(&d, n, per), c
     cdef float *buf = <float *>malloc(nt * sz * sizeof(float))
     if buf == NULL:

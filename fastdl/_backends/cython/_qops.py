@@ -23,12 +23,28 @@ def _lut_ok(x, q, transpose) -> bool:
             and _qlut.lut_supports(q.bits, q.scheme == "nf4", q.block_size))
 
 
+def _lut_args(q):
+    return (q.data, q.shape[0], q.shape[1], q.bits, q.scheme == "nf4", q.block_size, q.scales,
+            q.scale_codes, q.scale_scales, q.scale_mean)
+
+
+def _tile_scales(q, nthreads):
+    """The tensor's block scales in the LUT kernels' order, decoded once and kept with
+    it (4 bytes per block: decoding and reordering them cost a quarter of a 4096 x 4096
+    product at n = 1)."""
+    ts = q._derived.get("lut_scales")
+    if ts is None:
+        ts = _qlut.lut_tile_scales(*_lut_args(q), nthreads)
+        ts.flags.writeable = False
+        q._derived["lut_scales"] = ts
+    return ts
+
+
 def qmatmul(x, q, transpose, out, nthreads):
     if q.layout == "lut":
         if _lut_ok(x, q, transpose):
-            return _qlut.lut_qmatmul(x, q.data, q.shape[0], q.shape[1], q.bits,
-                                     q.scheme == "nf4", q.block_size, q.scales, q.scale_codes,
-                                     q.scale_scales, q.scale_mean, out, nthreads)
+            return _qlut.lut_qmatmul(x, *_lut_args(q), out, nthreads,
+                                     tile_scales=_tile_scales(q, nthreads))
         q = q.to_layout("rows")
     return _quant.qmatmul(x, q, transpose, out, nthreads)
 

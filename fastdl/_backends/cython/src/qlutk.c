@@ -68,35 +68,44 @@ const fdl_qlut_kernels *fdl_qlut_table(int level) {
 
 int64_t fdl_qlut_tab_per_chunk(const fdl_qlut_desc *q) { return q->nf4 ? 512 : 128; }
 
-/* scratch: scales (tiles * nb * 16), states (tiles * n * ST), tables (n * ib * tpc, at
+/* scratch: scales (tiles * nb * 16, none with q->tsc), states (tiles * n * ST), tables (n * ib * tpc, at
  * least nb: one column's scales before the tables are built) */
 int64_t fdl_qlut_scratch(const fdl_qlut_desc *q, int64_t n, int64_t tiles) {
     int64_t tab = n * q->ib * fdl_qlut_tab_per_chunk(q);
-    return tiles * q->nb * 16 + tiles * n * FDL_QLUT_ST + (tab > q->nb ? tab : q->nb);
+    return (q->tsc ? 0 : tiles * q->nb * 16) + tiles * n * FDL_QLUT_ST + (tab > q->nb ? tab : q->nb);
 }
 
-/* Input blocks of q->ib chunks, outermost: their tables (all rows) stay in L1/L2 while
- * every tile of the range streams its codes for the block; rows in groups of rmax share
- * each loaded word.  The states carry the chains across input blocks, so the blocking
- * does not change any sum. */
-void fdl_qlut_tiles(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, const float *x, int64_t n,
-                    int64_t t0, int64_t t1, float *y, float *scratch) {
-    int64_t nt = t1 - t0, nb = q->nb, NC = q->NC, W = q->bits, tpc = fdl_qlut_tab_per_chunk(q);
-    int64_t ldt = q->ib * tpc;
-    float *sc = scratch, *st = sc + nt * nb * 16, *tab = st + nt * n * FDL_QLUT_ST;
-    /* the tiles' scales as the kernels read them, sc[16 b + l]; tab is free scratch yet */
+/* the block scales of tiles [t0, t1) as the kernels read them, out[((t - t0) nb + b) 16 + l]
+ * (0 past d_out); tmp: nb floats */
+void fdl_qlut_tile_scales(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, int64_t t0,
+                          int64_t t1, float *out, float *tmp) {
+    int64_t nb = q->nb;
     for (int64_t t = t0; t < t1; t++) {
-        float *s = sc + (t - t0) * nb * 16;
+        float *s = out + (t - t0) * nb * 16;
         for (int l = 0; l < 16; l++) {
             int64_t j = 16 * t + l;
             if (j < q->d_out) {
-                K->scales(q, j, tab);
-                for (int64_t b = 0; b < nb; b++) s[16 * b + l] = tab[b];
+                K->scales(q, j, tmp);
+                for (int64_t b = 0; b < nb; b++) s[16 * b + l] = tmp[b];
             } else {
                 for (int64_t b = 0; b < nb; b++) s[16 * b + l] = 0.0f;
             }
         }
     }
+}
+
+/* Input blocks of q->ib chunks, outermost: their tables (all rows) stay in L1/L2 while
+ * every tile of the range streams its codes for the block; rows in groups of rmax share
+ * each loaded word.  The states carry the chains across input blocks, so the blocking
+ * does not change any sum.  The tiles' scales come from q->tsc when the caller keeps
+ * them (fdl_qlut_tile_scales once per tensor), else they are decoded here. */
+void fdl_qlut_tiles(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, const float *x, int64_t n,
+                    int64_t t0, int64_t t1, float *y, float *scratch) {
+    int64_t nt = t1 - t0, nb = q->nb, NC = q->NC, W = q->bits, tpc = fdl_qlut_tab_per_chunk(q);
+    int64_t ldt = q->ib * tpc;
+    float *st = scratch + (q->tsc ? 0 : nt * nb * 16), *tab = st + nt * n * FDL_QLUT_ST;
+    const float *sc = q->tsc ? q->tsc + t0 * nb * 16 : scratch;
+    if (!q->tsc) fdl_qlut_tile_scales(K, q, t0, t1, scratch, tab);   /* tab: free scratch yet */
     memset(st, 0, (size_t)(nt * n * FDL_QLUT_ST) * sizeof(float));
     for (int64_t cb = 0; cb < NC; cb += q->ib) {
         int64_t ce = cb + q->ib < NC ? cb + q->ib : NC;

@@ -48,6 +48,7 @@ typedef struct {
     const int8_t *sc_codes;
     const float *sc_scales;
     float sc_mean;
+    const float *tsc;    /* NULL, or the scales in tile order (fdl_qlut_tile_scales) */
 } fdl_qlut_desc;
 
 typedef struct fdl_qlut_kernels fdl_qlut_kernels;
@@ -57,6 +58,11 @@ const fdl_qlut_kernels *fdl_qlut_table(int level);
 int64_t fdl_qlut_tab_per_chunk(const fdl_qlut_desc *q);
 /* scratch floats one fdl_qlut_tiles call needs for at most `tiles` tiles and n rows */
 int64_t fdl_qlut_scratch(const fdl_qlut_desc *q, int64_t n, int64_t tiles);
+/* the block scales of tiles [t0, t1) in the order the kernels read them:
+ * out[((t - t0) * nb + b) * 16 + l] = scale of block b of column 16t + l (0 past d_out);
+ * tmp holds nb floats */
+void fdl_qlut_tile_scales(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, int64_t t0,
+                          int64_t t1, float *out, float *tmp);
 /* y[:, 16 t0 .. 16 t1) (clipped to d_out) for x (n, d_in); serial */
 void fdl_qlut_tiles(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, const float *x, int64_t n,
                     int64_t t0, int64_t t1, float *y, float *scratch);

@@ -3,6 +3,7 @@
  * suffixed name).  Elementwise float32 operations only, in the order qlutk.h
  * defines, so every compilation gives the same bits. */
 
+#ifndef QL_OWN_TABLES
 /* the tables (qlutk.h) of chunks [c0, c1); inputs >= d_in count as 0 */
 ATTR void FN(tables)(const fdl_qlut_desc *q, const float *x, int64_t c0, int64_t c1,
                      float *tab) {
@@ -30,6 +31,7 @@ ATTR void FN(tables)(const fdl_qlut_desc *q, const float *x, int64_t c0, int64_t
         }
     }
 }
+#endif
 
 /* the block scales of column j, decoded as the rows layout's (fastdl.quant), -> dst[b]
  * (contiguous, so the decode vectorizes) */
