@@ -36,7 +36,7 @@ EXTENSIONS = {
     "_qbf16": [SRC_DIR + "/qbf16k.c", SRC_DIR + "/qbf16k_avx512.c"],
     "_rnn": [SRC_DIR + "/rnnk.c"],
     "_lora": [SRC_DIR + "/lorak.c"],
-    "_qint8": [SRC_DIR + "/" + f for f in ("qi8k.c", "qi8k_avx2.c", "qi8k_avx512.c")],
+    "_qint8": [SRC_DIR + "/" + f for f in ("qi8k.c", "qi8k_avx2.c", "qi8k_avx512.c", "qi8k_amx.c")],
 }
 
 OPENMP_TEST = r"""

@@ -33,11 +33,11 @@ def _x(n, d_in, seed=0):
     return rng_for("x", n, d_in, seed).standard_normal((n, d_in)).astype(np.float32)
 
 
-def _run(x, q, nthreads=1, path=None, tier=None):
+def _run(x, q, nthreads=1, path=None, tier=None, tiles=None):
     out = np.full((x.shape[0], q.shape[1]), np.nan, np.float32)
     old = _qint8.set_int8_tier(tier)
     try:
-        _qint8.int8_qmatmul(x, q, out, nthreads, path)
+        _qint8.int8_qmatmul(x, q, out, nthreads, path, tiles=tiles)
     finally:
         _qint8.set_int8_tier(old)
     return out
@@ -100,14 +100,52 @@ def test_tiers_and_paths_bitwise(bits, bs, dq, d_in, d_out, n):
     q, x = _q(bits, bs, dq, d_in, d_out), _x(n, d_in)
     base = _run(x, q, path="strip", tier="scalar")
     assert not np.isnan(base).any()
+    tiles = _qint8.int8_tiles(q)
     for tier in _qint8.int8_levels():
-        for path in ("gemv", "strip"):
+        for path in ("gemv", "tiles", "amx", "strip", None):
             try:
-                got = _run(x, q, path=path, tier=tier)
-            except ValueError as e:               # a tier without the direct kernel
-                assert "no 'gemv' path" in str(e) and path == "gemv"
+                got = _run(x, q, path=path, tier=tier, tiles=tiles)
+            except ValueError as e:               # a tier without the direct kernels
+                assert path in ("gemv", "tiles", "amx") and "path" in str(e), e
+                assert tier != "amx" and (tier != "avx512vnni" or path == "amx")
                 continue
             assert same(got, base), (tier, path)
+
+
+@pytest.mark.parametrize("n", [1, 6, 13, 35])      # the small-n kernel, AMX tile products
+def test_tiles_threads_and_arguments(n):
+    q, x = _q(4, 64, True, 320, 70), _x(n, 320)
+    tiles = _qint8.int8_tiles(q, 2)
+    assert tiles[0].shape == (5, 10 * 256) and tiles[1].shape == (5, 5 * 16)
+    assert same(_qint8.int8_tiles(q, 1)[0], tiles[0]) and same(_qint8.int8_tiles(q, 1)[1], tiles[1])
+    with fixed_teams():
+        outs = [_run(x, q, nthreads=t, tiles=tiles) for t in (1, 2, 3)]
+    assert same(outs[0], outs[1]) and same(outs[0], outs[2])
+    assert same(outs[0], _run(x, q, path="strip", tier="scalar"))
+    out = np.empty((n, 70), np.float32)
+    with pytest.raises(TypeError, match="tiles must be"):
+        _qint8.int8_qmatmul(x, q, out, 1, tiles=tiles[0])
+    with pytest.raises(ValueError, match=r"tiles\[0\]"):
+        _qint8.int8_qmatmul(x, q, out, 1, tiles=(tiles[0][:, :-1].copy(), tiles[1]))
+    with pytest.raises(TypeError, match=r"tiles\[1\]"):
+        _qint8.int8_qmatmul(x, q, out, 1, tiles=(tiles[0], tiles[1].astype(np.float64)))
+    with pytest.raises(ValueError, match="path='tiles' needs"):
+        _qint8.int8_qmatmul(x, q, out, 1, "tiles")
+
+
+def test_int8_product_keeps_its_tiles():
+    """The public path builds the reordered weights once (where the kernel runs) and keeps
+    them with the tensor."""
+    q, x = _q(4, 64, False, 256, 48), _x(1, 256)
+    y = quant.qmatmul(x, q, activations="int8", backend="cython")
+    if not _qint8.tiles_run(1):
+        assert "int8_tiles" not in q._derived
+        return
+    kept = q._derived["int8_tiles"]
+    assert not kept[0].flags.writeable and not kept[1].flags.writeable
+    assert same(quant.qmatmul(x, q, activations="int8", backend="cython"), y)
+    assert q._derived["int8_tiles"] is kept
+    assert same(y, _run(x, q, path="strip", tier="scalar"))
 
 
 def test_tier_list_and_pinning():
@@ -257,3 +295,32 @@ def test_input_not_changed():
     x0 = x.copy()
     _run(x, q)
     assert same(x, x0)
+
+
+def test_amx_tier_in_a_forked_child():
+    """The tile state the AMX tier asked the OS for is the process's, and a forked child
+    inherits it: its tile products give the parent's bits (and no SIGILL).  In a fresh
+    interpreter, so the fork happens in a process whose threads this test knows."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent("""
+        import os, numpy as np
+        from fastdl import quant
+        from fastdl._backends.cython import _qint8
+        rng = np.random.default_rng(3)
+        q = quant.quantize(rng.standard_normal((256, 40)).astype(np.float32), 4, block_size=64)
+        x = rng.standard_normal((20, 256)).astype(np.float32)
+        tiles = _qint8.int8_tiles(q)
+        def run():
+            out = np.empty((20, 40), np.float32)
+            return _qint8.int8_qmatmul(x, q, out, 2, tiles=tiles)
+        want = run()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if np.array_equal(run(), want) else 3)
+        _, st = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(st), _qint8.active_int8_tier())
+        """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("child 0 "), (r.stdout, r.stderr[-3000:])

@@ -3,8 +3,12 @@ with each row of x quantized in blocks of 32 (llama.cpp's Q8_0) and the products
 summed in integers (AVX-512 VNNI, AVX-VNNI, AVX2 or scalar; src/qi8k.h defines the
 arithmetic, fastdl/_backends/numpy/quant_int8.py is the readable reference).
 
-x is quantized once per call (parallel over rows).  Small n (``PARAMS["small_n"]``)
-reads the storage rows directly, 8 columns at a time; larger n unpacks strips of
+x is quantized once per call (parallel over rows).  Given the weights reordered by
+``int8_tiles`` (16 columns in the lanes of a register), small n (``PARAMS["small_n"]``)
+runs 8 ``vpdpbusd`` per 32-block and column tile, with no reduction across lanes, and
+larger n at the AMX tier runs tile products of 16 rows x 16 columns x 32 values
+(``tdpbssd``) on them.  Without that copy, small n reads the storage rows directly, 8
+columns at a time; larger n unpacks strips of
 ``PARAMS["strip"]`` columns into int8 units once and runs register tiles of
 16 rows x 8 columns (AVX-512; 16 x 2 on AVX2) over a packed copy of x, in chunks of
 16 32-blocks so a chunk of x stays in L1.  Both loops are over independent
@@ -41,6 +45,11 @@ cdef extern from "qi8k.h" nogil:
         int8_t *wu
         int32_t *wc
         float *sw
+    ctypedef struct fdl_qi8_t:
+        int64_t d_out, NT, nb32, nbw, spb
+        int wide, off
+        const uint8_t *wt
+        const float *st
     ctypedef struct fdl_qi8_kernels:
         const char *name
         int64_t (*quant)(const float *x, int64_t r0, int64_t r1, int64_t d_in, int64_t kp,
@@ -49,6 +58,11 @@ cdef extern from "qi8k.h" nogil:
                      int64_t j1, void *scratch) noexcept nogil
         void (*strip)(const fdl_qi8_x *X, const fdl_qi8_w *W, float *y, int64_t ldy,
                       float *tbuf) noexcept nogil
+        void (*tiles)(const fdl_qi8_t *T, const fdl_qi8_x *X, float *y, int64_t t0,
+                      int64_t t1) noexcept nogil
+        void (*amx)(const fdl_qi8_t *T, const fdl_qi8_x *X, const int8_t *qxp,
+                    const float *dxp, float *y, int64_t t0, int64_t t1,
+                    void *scratch) noexcept nogil
     int fdl_qi8_best_tier(int simd_level)
     int fdl_qi8_tier_runs(int tier, int simd_level)
     const fdl_qi8_kernels *fdl_qi8_table(int tier)
@@ -56,8 +70,12 @@ cdef extern from "qi8k.h" nogil:
     int64_t fdl_qi8_spb(const fdl_qk_desc *q, int64_t nb32)
     void fdl_qi8_unpack_strip(const fdl_qk_desc *q, fdl_qi8_w *W)
     int64_t fdl_qi8_gemv_scratch(int64_t n, int64_t kp, int64_t nb32, int64_t nbw)
+    int64_t fdl_qi8_amx_scratch(int64_t nb32)
+    void fdl_qi8_amx_pack_x(const fdl_qi8_x *X, int64_t rt, int8_t *xk, float *dk)
+    void fdl_qi8_pack_tile(const fdl_qk_desc *q, int64_t t, int64_t nb32, uint8_t *wt,
+                           float *st, int8_t *tmp)
 
-TIERS = ("scalar", "avx2", "avxvnni", "avx512vnni")
+TIERS = ("scalar", "avx2", "avxvnni", "avx512vnni", "amx")
 
 # small_n: rows up to which the direct (storage rows) kernel runs where the tier has one
 # (4096 x 4096, int4 / int8 blocks of 64, one thread, CPU ms direct vs strips: n = 8
@@ -118,9 +136,11 @@ def active_int8_tier():
 
 
 def cpu_features():
-    """{"avx512vnni": bool, "avxvnni": bool} of this CPU at the current SIMD level."""
+    """{"amx": bool, "avx512vnni": bool, "avxvnni": bool} of this CPU (and OS, for AMX)
+    at the current SIMD level."""
     cdef int lv = simd_level()
-    return {"avx512vnni": bool(fdl_qi8_tier_runs(3, lv)), "avxvnni": bool(fdl_qi8_tier_runs(2, lv))}
+    return {"amx": bool(fdl_qi8_tier_runs(4, lv)), "avx512vnni": bool(fdl_qi8_tier_runs(3, lv)),
+            "avxvnni": bool(fdl_qi8_tier_runs(2, lv))}
 
 
 # ---------------------------------------------------------------- checks
@@ -173,13 +193,53 @@ cdef void _strip(const fdl_qi8_kernels *K, const fdl_qk_desc *d, const fdl_qi8_x
     K.strip(X, &W, y, d.d_out, tb)
 
 
-def int8_qmatmul(x, q, out, int nthreads, path=None, *, bint codes_as_absmax=False):
+def tiles_run(n):
+    """Whether int8_qmatmul of n rows takes reordered weights (int8_tiles) at the current
+    tier: its small-n kernel reads them where the tier has one (AVX-512 VNNI), and so do
+    the AMX tile products for more rows."""
+    cdef const fdl_qi8_kernels *K = fdl_qi8_table(_tier())
+    return K.tiles != NULL and (n <= PARAMS["small_n"] or K.amx != NULL)
+
+
+cdef tuple _tiles_shape(fdl_qk_desc *d):
+    cdef int64_t nb32 = (d.d_in + 31) // 32, NT = (d.d_out + 15) // 16
+    cdef int64_t nbw = 1 if d.per_tensor else d.nb
+    return (int(NT), int(nb32 * (512 if d.bits > 4 else 256))), (int(NT), int(nbw * 16))
+
+
+def int8_tiles(q, int nthreads=1, *, bint codes_as_absmax=False):
+    """q's codes and weight scales reordered for the small-n kernel (src/qi8k.h,
+    fdl_qi8_t): (wt uint8, st float32); int8_qmatmul(..., tiles=(wt, st)) reads them.
+    As large as the codes (4-bit formats: half a byte per weight) plus 4 bytes per
+    weight block."""
+    cdef fdl_qk_desc d
+    cdef dict keep = {}
+    _desc(&d, q, keep, codes_as_absmax)
+    ws, ss = _tiles_shape(&d)
+    wt = np.empty(ws, np.uint8)
+    st = np.empty(ss, np.float32)
+    cdef uint8_t[:, ::1] wv = wt
+    cdef float[:, ::1] sv = st
+    cdef int64_t nb32 = (d.d_in + 31) // 32, NT = ws[0], t
+    cdef int nt = team(nthreads, NT * ws[1], NT)
+    cdef int8_t *tmp = <int8_t *>_alloc(nt * 32 * nb32)
+    with nogil:
+        for t in prange(NT, num_threads=nt, schedule="static"):
+            fdl_qi8_pack_tile(&d, t, nb32, &wv[0, 0], &sv[0, 0], tmp + threadid() * 32 * nb32)
+    free(tmp)
+    return wt, st
+
+
+def int8_qmatmul(x, q, out, int nthreads, path=None, *, bint codes_as_absmax=False,
+                 tiles=None):
     """out = x @ dequantize(q) with int8 activations (arithmetic: src/qi8k.h).
 
     x: float32 C-contiguous (n, d_in), finite; out: float32 C-contiguous writeable
     (n, d_out) not overlapping x; q: a QuantizedTensor, scheme absmax or signmax, bits
     2..8, block size a multiple of 32 / None / >= d_in (double quantization allowed).
-    ``path``: None (by n), "gemv" or "strip" (tests; "gemv" needs a tier that has it).
+    ``path``: None (by n), "gemv", "tiles" or "strip" (tests; "gemv" and "tiles" need a
+    tier that has them, "tiles" the ``tiles`` argument).  ``tiles``: None, or
+    int8_tiles(q) (then small n runs the kernel that reads them, where the tier has it).
     ``codes_as_absmax``: take the codes of another integer scheme (e.g. minmax) as absmax
     units ``code - 2^(bits-1)`` times the scales, ignoring anything else the scheme adds.
     Returns out.
@@ -196,14 +256,46 @@ def int8_qmatmul(x, q, out, int nthreads, path=None, *, bint codes_as_absmax=Fal
     for a in (x,) + tuple(keep.values()):
         if np.may_share_memory(out, a):
             raise ValueError("out must not overlap x or q's arrays")
-    if path not in (None, "gemv", "strip"):
-        raise ValueError(f"path must be None, 'gemv' or 'strip', got {path!r}")
+    if path not in (None, "gemv", "tiles", "amx", "strip"):
+        raise ValueError(f"path must be None, 'gemv', 'tiles', 'amx' or 'strip', got {path!r}")
     cdef const fdl_qi8_kernels *K = fdl_qi8_table(_tier())
     if path == "gemv" and K.gemv == NULL:
         raise ValueError(f"the {K.name.decode()} int8 tier has no 'gemv' path")
+    if path == "tiles" and (K.tiles == NULL or tiles is None):
+        raise ValueError(f"path='tiles' needs the tiles argument and a tier with that path "
+                         f"(this is {K.name.decode()})")
+    if path == "amx" and (K.amx == NULL or tiles is None):
+        raise ValueError(f"path='amx' needs the tiles argument and the amx tier (this is "
+                         f"{K.name.decode()})")
+    cdef fdl_qi8_t T
+    cdef const uint8_t[:, ::1] twv
+    cdef const float[:, ::1] tsv
+    if tiles is not None:
+        if not isinstance(tiles, tuple) or len(tiles) != 2:
+            raise TypeError(f"tiles must be the (wt, st) pair int8_tiles returns, got "
+                            f"{_desc_of(tiles)}")
+        tws, tss = _tiles_shape(&d)
+        twv = _array(tiles[0], "tiles[0]", np.uint8, tws)
+        tsv = _array(tiles[1], "tiles[1]", _F32, tss)
+        for a in tiles:
+            if np.may_share_memory(out, a):
+                raise ValueError("out must not overlap the tiles")
+        T.d_out = d.d_out
+        T.NT = tws[0]
+        T.nb32 = (d.d_in + 31) // 32
+        T.nbw = 1 if d.per_tensor else d.nb
+        T.spb = fdl_qi8_spb(&d, T.nb32)
+        T.wide = d.bits > 4
+        T.off = 128 if d.bits > 4 else 1 << (d.bits - 1)
+        T.wt = &twv[0, 0]
+        T.st = &tsv[0, 0]
     cdef int64_t n = x.shape[0], d_in = d.d_in, d_out = d.d_out
     cdef int64_t nb32 = (d_in + 31) // 32, kp = 32 * nb32, nbw = 1 if d.per_tensor else d.nb
     cdef bint small = K.gemv != NULL and (path == "gemv" or (path is None and n <= PARAMS["small_n"]))
+    cdef bint by_tiles = K.tiles != NULL and tiles is not None and (
+        path == "tiles" or (path is None and n <= PARAMS["small_n"]))
+    cdef bint by_amx = K.amx != NULL and tiles is not None and (
+        path == "amx" or (path is None and n > PARAMS["small_n"]))
     qx = np.empty((n, kp), np.int8)
     dx = np.empty((n, nb32), np.float32)
     sq = np.empty((n, nb32), np.int32)
@@ -234,6 +326,33 @@ def int8_qmatmul(x, q, out, int nthreads, path=None, *, bint codes_as_absmax=Fal
     cdef uint8_t[::1] xpv
     cdef float[::1] dxpv
     cdef int64_t work = n * d_in * d_out
+    cdef int8_t[::1] xkv
+    cdef float[::1] dkv
+    cdef int64_t nrt = (n + 15) // 16
+    if by_amx:
+        # x's q per 16-row tile and 32-block: each tile load reads 512 contiguous bytes
+        xk = np.empty(nrt * nb32 * 512, np.int8)
+        dk = np.empty(nrt * nb32 * 16, np.float32)
+        xkv = xk
+        dkv = dk
+        nt = team(nthreads, n * kp * 2, nrt)
+        for t in prange(nrt, nogil=True, num_threads=nt, schedule="static"):
+            fdl_qi8_amx_pack_x(&X, t, &xkv[0], &dkv[0])
+        ss = (fdl_qi8_amx_scratch(nb32) + 63) // 64 * 64
+        nt = team(nthreads, work, T.NT)
+        buf = <char *>_alloc(nt * ss)
+        with nogil:
+            for c in prange(nt, num_threads=nt, schedule="static"):
+                K.amx(&T, &X, &xkv[0], &dkv[0], &yv[0, 0], c * T.NT // nt,
+                      (c + 1) * T.NT // nt, buf + threadid() * ss)
+        free(buf)
+        return out
+    if by_tiles:
+        nt = team(nthreads, work, T.NT)
+        with nogil:
+            for t in prange(T.NT, num_threads=nt, schedule="static"):
+                K.tiles(&T, &X, &yv[0, 0], t, t + 1)
+        return out
     if small:
         ng = (d_out + FDL_QI8_GV - 1) // FDL_QI8_GV
         ss = (fdl_qi8_gemv_scratch(n, kp, nb32, nbw) + 63) // 64 * 64

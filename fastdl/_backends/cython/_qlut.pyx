@@ -8,14 +8,13 @@ depends on the thread count.  The SIMD level's kernel table is fetched once per
 call.  ``rows_to_lut`` / ``lut_to_rows`` convert between the rows layout of
 ``fastdl.quant`` and this one, a tile per work unit.
 
-Speed (4096 x 4096, blocks of 64, one thread, 2-core AVX-512 Xeon, best of 25
-interleaved runs on a busy machine): int4 n = 1 1.13 ms (the rows layout's fused
-kernel 1.70, a read of the packed bytes 0.47, NumPy float32 x @ W 2.96), NF4 +
-double quantization 1.47 (1.69); n = 16 11.2 / 15.6 ms (15.7 / 15.9).  The AVX-512
-kernel issues about 2.5 vector uops per 16 looked-up weights and row (vpermps, add,
-half a shift) on the two 512-bit ports: compute-bound, not memory-bound.  Pinned to
-AVX2 (two vpermps and a blend per 8 columns) it is slower than the rows layout's
-AVX2 kernel at every n (n = 1: 3.4 vs 2.9 ms, n = 16: 50 vs 22 ms).
+Speed (4096 x 4096, blocks of 64, 2-core AVX-512 Xeon): the AVX-512 kernel issues
+about 2.5 vector uops per 16 looked-up weights and row (vpermps, add, half a shift) on
+the two 512-bit ports, so it is bound by instructions: about 0.6 ns per 16 weights and
+row on one thread; int4 n = 1 on 2 threads best 0.39-0.40 ms, median 0.45-0.57 ms
+(NumPy float32 x @ W about 1.4 ms), once the tensor keeps its scales in tile order (``lut_tile_scales``).  Pinned to AVX2
+(two vpermps and a blend per 8 columns) it is slower than the rows layout's AVX2 kernel
+at every n (n = 1: 3.4 vs 2.9 ms, n = 16: 50 vs 22 ms).
 """
 from libc.stdint cimport int64_t, uint8_t, int8_t, uint32_t
 from libc.stdlib cimport malloc, free

@@ -4,7 +4,9 @@
 ``x @ W`` with few rows at the AVX-512 level (where one ``vpermps`` looks up 16
 columns; pinned to AVX2 the rows kernels are faster); every other product runs
 ``_quant``'s kernels on the tensor's rows form.  ``qmatmul_int8`` / ``qmatmul_bf16``
-are the opt-in paths (``_qint8``, ``_qbf16``).
+are the opt-in paths (``_qint8``, ``_qbf16``).  What a kernel needs reordered (a LUT
+tensor's scales in tile order, the int8 kernels' column tiles) is built on first use and
+kept in the tensor's ``_derived`` cache (tensors are immutable).
 """
 from __future__ import annotations
 
@@ -49,8 +51,21 @@ def qmatmul(x, q, transpose, out, nthreads):
     return _quant.qmatmul(x, q, transpose, out, nthreads)
 
 
+def _int8_tiles(q, nthreads):
+    """q's codes reordered for the int8 small-n kernel, built on the first product that
+    runs it and kept with q (as large as its codes, plus 4 bytes per weight block)."""
+    tiles = q._derived.get("int8_tiles")
+    if tiles is None:
+        tiles = _qint8.int8_tiles(q, nthreads)
+        for a in tiles:
+            a.flags.writeable = False
+        q._derived["int8_tiles"] = tiles
+    return tiles
+
+
 def qmatmul_int8(x, q, out, nthreads):
-    return _qint8.int8_qmatmul(x, q, out, nthreads)
+    tiles = _int8_tiles(q, nthreads) if _qint8.tiles_run(x.shape[0]) else None
+    return _qint8.int8_qmatmul(x, q, out, nthreads, tiles=tiles)
 
 
 def qmatmul_bf16(x, q, out, nthreads):

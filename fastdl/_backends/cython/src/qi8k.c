@@ -38,6 +38,21 @@ void fdl_qi8_xpanel_tile(const fdl_qi8_x *X, int64_t t, uint8_t *xp, float *dxp)
     }
 }
 
+void fdl_qi8_amx_pack_x(const fdl_qi8_x *X, int64_t rt, int8_t *xk, float *dk) {
+    for (int64_t s = 0; s < X->nb32; s++)
+        for (int r = 0; r < 16; r++) {
+            int64_t row = 16 * rt + r;
+            int8_t *o = xk + ((rt * X->nb32 + s) * 16 + r) * 32;
+            if (row < X->n) {
+                memcpy(o, X->qx + row * X->kp + 32 * s, 32);
+                dk[(rt * X->nb32 + s) * 16 + r] = X->dx[row * X->nb32 + s];
+            } else {
+                memset(o, 0, 32);
+                dk[(rt * X->nb32 + s) * 16 + r] = 0.0f;
+            }
+        }
+}
+
 int64_t fdl_qi8_spb(const fdl_qk_desc *q, int64_t nb32) {
     return q->per_tensor || q->nb == 1 ? nb32 : q->bs / 32;
 }
@@ -94,6 +109,37 @@ int64_t fdl_qi8_gemv_scratch(int64_t n, int64_t kp, int64_t nb32, int64_t nbw) {
     return scalar > simd ? scalar : simd;
 }
 
+void fdl_qi8_pack_tile(const fdl_qk_desc *q, int64_t t, int64_t nb32, uint8_t *wt, float *st,
+                       int8_t *tmp) {
+    int wide = q->bits > 4, off = wide ? 128 : 1 << (q->bits - 1);
+    int64_t kp = 32 * nb32, bps = wide ? 512 : 256, nbw = q->per_tensor ? 1 : q->nb;
+    uint8_t *w = wt + t * nb32 * bps;
+    float *sc = st + t * nbw * 16;
+    for (int l = 0; l < 16; l++) {
+        int64_t j = 16 * t + l;
+        if (j < q->d_out) {
+            fdl_qi8_unpack_range(q, j, 0, kp, tmp);
+            for (int64_t b = 0; b < nbw; b++) sc[16 * b + l] = qk_scale(q, j, b);
+        } else {
+            memset(tmp, 0, (size_t)kp);
+            for (int64_t b = 0; b < nbw; b++) sc[16 * b + l] = 0.0f;
+        }
+        for (int64_t s = 0; s < nb32; s++) {
+            const int8_t *u = tmp + 32 * s;
+            for (int i = 0; i < 8; i++)
+                for (int b = 0; b < 4; b++) {
+                    unsigned c = (unsigned)(u[4 * i + b] + off);
+                    if (wide)
+                        w[s * 512 + 64 * i + 4 * l + b] = (uint8_t)c;
+                    else if (i & 1)
+                        w[s * 256 + 64 * (i >> 1) + 4 * l + b] |= (uint8_t)(c << 4);
+                    else
+                        w[s * 256 + 64 * (i >> 1) + 4 * l + b] = (uint8_t)c;
+                }
+        }
+    }
+}
+
 /* scalar twin of the strip path: isum by the definition, then the one float order */
 void fdl_qi8_strip_scalar(const fdl_qi8_x *X, const fdl_qi8_w *W, float *y, int64_t ldy,
                           float *tbuf) {
@@ -139,18 +185,26 @@ void fdl_qi8_gemv_scalar(const fdl_qk_desc *q, const fdl_qi8_x *X, float *y, int
 }
 
 static const fdl_qi8_kernels K_SCALAR = {"scalar", fdl_qi8_quant_scalar, fdl_qi8_gemv_scalar,
-                                         fdl_qi8_strip_scalar};
+                                         fdl_qi8_strip_scalar, NULL, NULL};
 #if FDL_HAVE_AVX2_TARGET
-static const fdl_qi8_kernels K_AVX2 = {"avx2", fdl_qi8_quant_avx2, NULL, fdl_qi8_strip_avx2};
+static const fdl_qi8_kernels K_AVX2 = {"avx2", fdl_qi8_quant_avx2, NULL, fdl_qi8_strip_avx2,
+                                       NULL, NULL};
 static const fdl_qi8_kernels K_AVXVNNI = {"avxvnni", fdl_qi8_quant_avx2, NULL,
-                                          fdl_qi8_strip_avxvnni};
+                                          fdl_qi8_strip_avxvnni, NULL, NULL};
 static const fdl_qi8_kernels K_AVX512 = {"avx512vnni", fdl_qi8_quant_avx512, fdl_qi8_gemv_avx512,
-                                         fdl_qi8_strip_avx512};
+                                         fdl_qi8_strip_avx512, fdl_qi8_tiles_avx512, NULL};
+#if FDL_QI8_HAVE_AMX
+/* AMX: the AVX-512 kernels, and tile products from 16 rows up where the weights come
+ * reordered */
+static const fdl_qi8_kernels K_AMX = {"amx", fdl_qi8_quant_avx512, fdl_qi8_gemv_avx512,
+                                      fdl_qi8_strip_avx512, fdl_qi8_tiles_avx512, fdl_qi8_amx};
+#endif
 #endif
 
 int fdl_qi8_best_tier(int simd_level) {
 #if FDL_HAVE_AVX2_TARGET
     __builtin_cpu_init();
+    if (simd_level >= FDL_SIMD_AVX512 && fdl_qi8_amx_ok()) return FDL_QI8_AMX;
     if (simd_level >= FDL_SIMD_AVX512 && __builtin_cpu_supports("avx512vnni"))
         return FDL_QI8_AVX512VNNI;
     if (simd_level >= FDL_SIMD_AVX2)
@@ -163,6 +217,9 @@ int fdl_qi8_best_tier(int simd_level) {
 const fdl_qi8_kernels *fdl_qi8_table(int tier) {
 #if FDL_HAVE_AVX2_TARGET
     switch (tier) {
+#if FDL_QI8_HAVE_AMX
+    case FDL_QI8_AMX: return &K_AMX;
+#endif
     case FDL_QI8_AVX512VNNI: return &K_AVX512;
     case FDL_QI8_AVXVNNI: return &K_AVXVNNI;
     case FDL_QI8_AVX2: return &K_AVX2;
@@ -182,6 +239,7 @@ int fdl_qi8_tier_runs(int tier, int simd_level) {
     case FDL_QI8_AVXVNNI: return simd_level >= FDL_SIMD_AVX2 && !!__builtin_cpu_supports("avxvnni");
     case FDL_QI8_AVX512VNNI:
         return simd_level >= FDL_SIMD_AVX512 && !!__builtin_cpu_supports("avx512vnni");
+    case FDL_QI8_AMX: return simd_level >= FDL_SIMD_AVX512 && fdl_qi8_amx_ok();
     default: return 0;
     }
 #endif

@@ -31,7 +31,14 @@
 #define FDL_QI8_AVX2 1
 #define FDL_QI8_AVXVNNI 2
 #define FDL_QI8_AVX512VNNI 3
-#define FDL_QI8_NTIERS 4
+#define FDL_QI8_AMX 4
+#define FDL_QI8_NTIERS 5
+/* the AMX tier is built for x86-64 Linux (the OS grants the tile state per process) */
+#if (defined(__x86_64__) && defined(__linux__)) && (defined(__GNUC__) || defined(__clang__))
+#define FDL_QI8_HAVE_AMX 1
+#else
+#define FDL_QI8_HAVE_AMX 0
+#endif
 
 #define FDL_QI8_TILE 16      /* rows per x panel tile */
 #define FDL_QI8_NC 8         /* columns per strip micro-kernel group */
@@ -59,6 +66,20 @@ typedef struct {
     float *sw;                   /* (jwp, nbw) weight scales */
 } fdl_qi8_w;
 
+/* the weights reordered for the small-n kernel (fdl_qi8_pack_tile): tiles of 16 columns
+ * (lanes); per tile and 32-block s, 8 operands of 64 bytes, operand i holding for lane l
+ * the codes + off (u8) of inputs 32s + 4i .. 32s + 4i + 3.  Nibble formats (bits <= 4,
+ * off = 2^(bits-1)) pack operands 2p and 2p+1 into one 64-byte vector: low nibbles
+ * operand 2p, high nibbles 2p+1 (256 bytes per tile and block); byte formats (off = 128)
+ * store them as bytes (512).  Inputs past d_in hold code off (unit 0), columns past
+ * d_out code off and scale 0.  st: the weight scales per tile, st[(t nbw + B) 16 + l]. */
+typedef struct {
+    int64_t d_out, NT, nb32, nbw, spb;
+    int wide, off;
+    const uint8_t *wt;           /* NT * nb32 * (wide ? 512 : 256) bytes */
+    const float *st;             /* NT * nbw * 16 */
+} fdl_qi8_t;
+
 typedef struct fdl_qi8_kernels {
     const char *name;
     /* rows [r0, r1) of x (n, d_in) -> qx, dx, sq; returns the number of blocks holding
@@ -72,6 +93,12 @@ typedef struct fdl_qi8_kernels {
     /* y[:, W->j0 : W->j0 + W->jw] from an unpacked strip; tbuf: 2 * TILE floats per column
      * of the strip padded to NC (the micro-kernels' float state) */
     void (*strip)(const fdl_qi8_x *X, const fdl_qi8_w *W, float *y, int64_t ldy, float *tbuf);
+    /* NULL, or small n from the reordered weights: y[:, 16 t0 .. 16 t1) (clipped to d_out);
+     * the same integers and float order as gemv */
+    void (*tiles)(const fdl_qi8_t *T, const fdl_qi8_x *X, float *y, int64_t t0, int64_t t1);
+    /* NULL, or many rows from the reordered weights by tile products (fdl_qi8_amx) */
+    void (*amx)(const fdl_qi8_t *T, const fdl_qi8_x *X, const int8_t *xk, const float *dk,
+                float *y, int64_t t0, int64_t t1, void *scratch);
 } fdl_qi8_kernels;
 
 /* best tier the CPU runs at SIMD level `simd_level` (FDL_SIMD_*) */
@@ -87,6 +114,21 @@ int64_t fdl_qi8_spb(const fdl_qk_desc *q, int64_t nb32);
 /* unpack columns [j0, j0 + jw) into W (its buffers sized for jwp columns) */
 void fdl_qi8_unpack_strip(const fdl_qk_desc *q, fdl_qi8_w *W);
 int64_t fdl_qi8_gemv_scratch(int64_t n, int64_t kp, int64_t nb32, int64_t nbw);
+/* whether the CPU and OS run the AMX tier (asks the OS for the tile state once) */
+int fdl_qi8_amx_ok(void);
+/* scratch bytes of one fdl_qi8_amx call */
+int64_t fdl_qi8_amx_scratch(int64_t nb32);
+/* y[:, 16 t0 .. 16 t1) by AMX tile products; xk / dk: X's q and d packed per 16-row tile
+ * and 32-block (fdl_qi8_amx_pack_x) */
+void fdl_qi8_amx(const fdl_qi8_t *T, const fdl_qi8_x *X, const int8_t *xk, const float *dk,
+                 float *y, int64_t t0, int64_t t1, void *scratch);
+/* row tile rt of X into xk[((rt nb32 + s) 16 + r) 32 + k], dk[(rt nb32 + s) 16 + r]
+ * (rows past n zero) */
+void fdl_qi8_amx_pack_x(const fdl_qi8_x *X, int64_t rt, int8_t *xk, float *dk);
+/* tile t of the reordered weights (fdl_qi8_t) of q: wt, st as there (whole arrays);
+ * tmp: 32 * nb32 bytes */
+void fdl_qi8_pack_tile(const fdl_qk_desc *q, int64_t t, int64_t nb32, uint8_t *wt, float *st,
+                       int8_t *tmp);
 
 /* scalar twins (also the tails of the SIMD kernels) */
 void fdl_qi8_gemv_scalar(const fdl_qk_desc *q, const fdl_qi8_x *X, float *y, int64_t j0,
@@ -102,5 +144,7 @@ void fdl_qi8_strip_avx512(const fdl_qi8_x *X, const fdl_qi8_w *W, float *y, int6
                           float *tbuf);
 void fdl_qi8_gemv_avx512(const fdl_qk_desc *q, const fdl_qi8_x *X, float *y, int64_t j0,
                          int64_t j1, void *scratch);
+void fdl_qi8_tiles_avx512(const fdl_qi8_t *T, const fdl_qi8_x *X, float *y, int64_t t0,
+                          int64_t t1);
 #endif
 #endif

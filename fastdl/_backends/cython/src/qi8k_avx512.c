@@ -220,6 +220,83 @@ static QI8_T512 ALWAYS_INLINE void gemv_group(const fdl_qk_desc *q, const fdl_qi
     }
 }
 
+/* ---- small n from the reordered weights (fdl_qi8_t): lanes are 16 columns, so the
+ * 32-block sums need no reduction across lanes; the unpacked operands of a block serve
+ * NR rows (twin: fdl_qi8_gemv_scalar, the same integers and float order) */
+static QI8_T512 ALWAYS_INLINE void tile_rows(const fdl_qi8_t *T, const fdl_qi8_x *X, float *y,
+                                             int64_t t, int64_t r0, const int NR, const int WIDE) {
+    const int64_t nb32 = X->nb32, kp = X->kp, spb = T->spb, bps = WIDE ? 512 : 256;
+    const uint8_t *w = T->wt + t * nb32 * bps;
+    const float *sc = T->st + t * T->nbw * 16;
+    const __m512i m0f = _mm512_set1_epi8(0x0f);
+    __m512 fa[4], tot[4];
+    for (int r = 0; r < NR; r++) fa[r] = tot[r] = _mm512_setzero_ps();
+    int64_t left = spb, B = 0;
+    for (int64_t s = 0; s < nb32; s++) {
+        const uint8_t *ws = w + s * bps;
+        __m512i op[8];
+        /* the codes 8 blocks on: each tile's codes are one stream */
+        for (int p = 0; p < (WIDE ? 8 : 4); p++)
+            _mm_prefetch((const char *)(ws + 8 * bps + 64 * p), _MM_HINT_T0);
+        if (WIDE) {
+            for (int i = 0; i < 8; i++) op[i] = _mm512_loadu_si512(ws + 64 * i);
+        } else {
+            for (int p = 0; p < 4; p++) {
+                __m512i v = _mm512_loadu_si512(ws + 64 * p);
+                op[2 * p] = _mm512_and_si512(v, m0f);
+                op[2 * p + 1] = _mm512_and_si512(_mm512_srli_epi32(v, 4), m0f);
+            }
+        }
+        for (int r = 0; r < NR; r++) {
+            const int64_t row = r0 + r;
+            const int8_t *xq = X->qx + row * kp + 32 * s;
+            __m512i acc = _mm512_set1_epi32(-T->off * X->sq[row * nb32 + s]);
+            for (int i = 0; i < 8; i++) {
+                int32_t xv;
+                memcpy(&xv, xq + 4 * i, 4);
+                acc = _mm512_dpbusd_epi32(acc, op[i], _mm512_set1_epi32(xv));
+            }
+            fa[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(X->dx[row * nb32 + s]),
+                                    fa[r]);
+        }
+        if (--left == 0 || s + 1 == nb32) {
+            __m512 sv = _mm512_loadu_ps(sc + 16 * B);
+            for (int r = 0; r < NR; r++) {
+                tot[r] = _mm512_fmadd_ps(fa[r], sv, tot[r]);
+                fa[r] = _mm512_setzero_ps();
+            }
+            B++;
+            left = spb;
+        }
+    }
+    int64_t nl = T->d_out - 16 * t;
+    __mmask16 m = nl >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nl) - 1);
+    for (int r = 0; r < NR; r++) _mm512_mask_storeu_ps(y + (r0 + r) * T->d_out + 16 * t, m, tot[r]);
+}
+
+QI8_T512 void fdl_qi8_tiles_avx512(const fdl_qi8_t *T, const fdl_qi8_x *X, float *y, int64_t t0,
+                                   int64_t t1) {
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t r0 = 0; r0 < X->n; r0 += 4) {
+            int64_t nr = X->n - r0 < 4 ? X->n - r0 : 4;
+            if (T->wide) {
+                switch (nr) {
+                case 1: tile_rows(T, X, y, t, r0, 1, 1); break;
+                case 2: tile_rows(T, X, y, t, r0, 2, 1); break;
+                case 3: tile_rows(T, X, y, t, r0, 3, 1); break;
+                default: tile_rows(T, X, y, t, r0, 4, 1); break;
+                }
+            } else {
+                switch (nr) {
+                case 1: tile_rows(T, X, y, t, r0, 1, 0); break;
+                case 2: tile_rows(T, X, y, t, r0, 2, 0); break;
+                case 3: tile_rows(T, X, y, t, r0, 3, 0); break;
+                default: tile_rows(T, X, y, t, r0, 4, 0); break;
+                }
+            }
+        }
+}
+
 QI8_T512 void fdl_qi8_gemv_avx512(const fdl_qk_desc *q, const fdl_qi8_x *X, float *y, int64_t j0,
                                   int64_t j1, void *scratch) {
     int32_t *isb = (int32_t *)scratch;
