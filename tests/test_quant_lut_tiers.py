@@ -131,3 +131,20 @@ def test_lut_tensor_keeps_its_tile_scales():
     assert ts is not None and not ts.flags.writeable
     assert bitwise_equal(qmatmul(x, q, backend="cython"), y)
     assert q._derived["lut_scales"] is ts
+
+
+def test_tile_grouping_does_not_change_bits():
+    """The threads take tiles in groups as they come free; a tile's sums do not depend
+    on its group or on which thread runs it."""
+    for bits, scheme, bs, dq in CASES[:3]:
+        q = make(300, 200, bits, scheme, bs, dq, "groups")     # 13 tiles: odd groups too
+        lut = lut_of(q)
+        x = _x(3, 300, "groups")
+        want = c_matmul(x, q, lut, nthreads=1)
+        for groups in (1, 3, 64):
+            old = _qlut.set_params(groups=groups)
+            try:
+                for nt in (1, 2, 3):
+                    assert bitwise_equal(c_matmul(x, q, lut, nthreads=nt), want), (groups, nt)
+            finally:
+                _qlut.set_params(**old)

@@ -2,10 +2,11 @@
 (Cython backend); layout and arithmetic contracts in src/qlutk.h, the NumPy
 definition in fastdl/_backends/numpy/quant_lut.py.
 
-``lut_qmatmul`` splits the output column tiles (16 columns each) in one
-contiguous range per thread; each range runs the serial C driver, so no result
-depends on the thread count.  The SIMD level's kernel table is fetched once per
-call.  ``rows_to_lut`` / ``lut_to_rows`` convert between the rows layout of
+``lut_qmatmul`` builds every row's tables once, then the threads take groups of
+output column tiles (16 columns each; ``PARAMS["groups"]`` groups per thread) as they
+come free, each group through the serial C driver; a tile's sums depend neither on its
+group nor on the thread, so no result depends on the thread count.  The SIMD level's
+kernel table is fetched once per call.  ``rows_to_lut`` / ``lut_to_rows`` convert between the rows layout of
 ``fastdl.quant`` and this one, a tile per work unit.
 
 Speed (4096 x 4096, blocks of 64, 2-core AVX-512 Xeon): the AVX-512 kernel issues
@@ -40,12 +41,16 @@ cdef extern from "qlutk.h" nogil:
         const float *sc_scales
         float sc_mean
         const float *tsc
+        const float *tabs
     ctypedef struct fdl_qlut_kernels:
         pass
     const fdl_qlut_kernels *fdl_qlut_table(int level)
     int64_t fdl_qlut_scratch(const fdl_qlut_desc *q, int64_t n, int64_t tiles)
     void fdl_qlut_tile_scales(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, int64_t t0,
                               int64_t t1, float *out, float *tmp)
+    int64_t fdl_qlut_tab_per_chunk(const fdl_qlut_desc *q)
+    void fdl_qlut_tables_rows(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, const float *x,
+                              int64_t n, int64_t c0, int64_t c1, float *tabs)
     void fdl_qlut_tiles(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, const float *x,
                         int64_t n, int64_t t0, int64_t t1, float *y, float *scratch)
     int fdl_qlut_pack_tile(const uint8_t *rows, int64_t rowb, int64_t d_in, int64_t d_out,
@@ -61,7 +66,11 @@ cdef extern from "qlutk.h" nogil:
 # tables once per chunk for all its planes, so they may sit in L2 and each tile's codes
 # stream in one run: 128 chunks (64 KiB) were 0.63 ns per 16 weights against 0.73 at
 # 32 (interleaved, tile-ordered scales).
-PARAMS = {"ib_nf4": 16, "ib_absmax": 128}
+# groups: tile groups per thread.  Taken dynamically, a thread whose core is shared
+# (with an OpenBLAS worker spinning after a GEMM, say) takes fewer; against one static
+# range per thread, interleaved with NumPy GEMVs: NF4 median 1.05-1.11 vs 1.13-1.20 ms,
+# int4 the same within noise
+PARAMS = {"ib_nf4": 16, "ib_absmax": 128, "groups": 8}
 _DEFAULTS = dict(PARAMS)
 _F32 = np.dtype(np.float32)
 
@@ -178,6 +187,7 @@ cdef list _fill_desc(fdl_qlut_desc *d, lut, d_in, d_out, bits, nf4, block_size, 
     d.sc_scales = NULL
     d.sc_mean = 0
     d.tsc = NULL
+    d.tabs = NULL
     if d.dq:
         if scales is not None:
             raise ValueError("give either scales or the double-quantized scale_* arrays")
@@ -268,12 +278,30 @@ def lut_qmatmul(x, lut, d_in, d_out, bits, nf4, block_size, scales, scale_codes,
         d.ib = max(1, d.ib // 2)
     cdef const fdl_qlut_kernels *K = fdl_qlut_table(simd_level())
     cdef int nt = team(nthreads, d.NT * (d.NC * d.bits * 64), d.NT)
-    cdef int64_t per = (d.NT + nt - 1) // nt, sz = fdl_qlut_scratch(&d, n, per), c
+    # every row's tables once, shared by the threads; then groups of tiles taken as the
+    # threads come free (a core shared with another busy thread, an OpenBLAS worker
+    # spinning after a GEMM say, takes fewer groups instead of holding the others up);
+    # a tile's sums do not depend on its group
+    cdef int64_t tpc = fdl_qlut_tab_per_chunk(&d), c, g
+    cdef int64_t gpt = PARAMS["groups"]
+    cdef int64_t tg = max(2, (d.NT + gpt * nt - 1) // (gpt * nt))
+    tg += tg % 2                              # NF4 runs tiles in pairs
+    cdef int64_t ng = (d.NT + tg - 1) // tg
+    cdef int64_t tsz = n * d.NC * tpc
+    cdef float *tabs = <float *>malloc(tsz * sizeof(float))
+    if tabs == NULL:
+        raise MemoryError(f"lut_qmatmul: out of memory for {tsz * 4} bytes of tables")
+    with nogil:
+        fdl_qlut_tables_rows(K, &d, &xv[0, 0], n, 0, d.NC, tabs)
+    d.tabs = tabs
+    cdef int64_t sz = fdl_qlut_scratch(&d, n, tg)
     cdef float *buf = <float *>malloc(nt * sz * sizeof(float))
     if buf == NULL:
+        free(tabs)
         raise MemoryError(f"lut_qmatmul: out of memory for {nt * sz * 4} bytes of work buffers")
-    for c in prange(nt, nogil=True, num_threads=nt, schedule="static"):
-        fdl_qlut_tiles(K, &d, &xv[0, 0], n, c * d.NT // nt, (c + 1) * d.NT // nt, &yv[0, 0],
+    for g in prange(ng, nogil=True, num_threads=nt, schedule="dynamic"):
+        fdl_qlut_tiles(K, &d, &xv[0, 0], n, g * tg, min(d.NT, g * tg + tg), &yv[0, 0],
                        buf + threadid() * sz)
     free(buf)
+    free(tabs)
     return out
