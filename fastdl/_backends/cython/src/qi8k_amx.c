@@ -70,16 +70,13 @@ QI8_TAMX void fdl_qi8_amx(const fdl_qi8_t *T, const fdl_qi8_x *X, const int8_t *
     const int64_t nb32 = X->nb32, spb = T->spb, nrt = (X->n + 15) / 16;
     int8_t *bb = (int8_t *)scratch;
     int32_t *cb = (int32_t *)(bb + nb32 * 512);
-    float *tot = (float *)(cb + 512);
+    float *tot = (float *)(cb + 256);
     qi8_tilecfg cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
     cfg.rows[0] = 16; cfg.colsb[0] = 64;     /* C: 16 rows x 16 int32 */
     cfg.rows[1] = 16; cfg.colsb[1] = 32;     /* A: 16 rows x one 32-block of q */
     cfg.rows[2] = 8;  cfg.colsb[2] = 64;     /* B: 8 rows of 4 inputs x 16 columns */
-    cfg.rows[3] = 16; cfg.colsb[3] = 64;     /* the second set */
-    cfg.rows[4] = 16; cfg.colsb[4] = 32;
-    cfg.rows[5] = 8;  cfg.colsb[5] = 64;
     _tile_loadconfig(&cfg);
     for (int64_t rc = 0; rc < nrt; rc += QI8_AMX_RCH) {
         int64_t rce = rc + QI8_AMX_RCH < nrt ? rc + QI8_AMX_RCH : nrt;
@@ -97,31 +94,16 @@ QI8_TAMX void fdl_qi8_amx(const fdl_qi8_t *T, const fdl_qi8_x *X, const int8_t *
                 const int8_t *xa = xk + rt * nb32 * 512;
                 const float *dr = dk + rt * nb32 * 16;
                 int64_t left = spb, B = 0;
-                /* two tile sets in turn: block s's products run while block s - 1's
-                 * sums are scaled (a tile store is slow to read back) */
-                for (int64_t s = 0; s <= nb32; s++) {
-                    if (s < nb32) {
-                        if (s & 1) {
-                            _tile_zero(3);
-                            _tile_loadd(4, xa + 512 * s, 32);
-                            _tile_loadd(5, bb + s * 512, 64);
-                            _tile_dpbssd(3, 4, 5);
-                            _tile_stored(3, cb + 256, 64);
-                        } else {
-                            _tile_zero(0);
-                            _tile_loadd(1, xa + 512 * s, 32);
-                            _tile_loadd(2, bb + s * 512, 64);
-                            _tile_dpbssd(0, 1, 2);
-                            _tile_stored(0, cb, 64);
-                        }
-                    }
-                    if (s == 0) continue;
-                    const int64_t sp = s - 1;          /* the block whose sums are scaled */
-                    const int32_t *c = cb + 256 * (sp & 1);
+                for (int64_t s = 0; s < nb32; s++) {
+                    _tile_zero(0);
+                    _tile_loadd(1, xa + 512 * s, 32);
+                    _tile_loadd(2, bb + s * 512, 64);
+                    _tile_dpbssd(0, 1, 2);
+                    _tile_stored(0, cb, 64);
                     for (int r = 0; r < 16; r++)
-                        fa[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(c + 16 * r)),
-                                                _mm512_set1_ps(dr[16 * sp + r]), fa[r]);
-                    if (--left == 0 || sp + 1 == nb32) {
+                        fa[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(cb + 16 * r)),
+                                                _mm512_set1_ps(dr[16 * s + r]), fa[r]);
+                    if (--left == 0 || s + 1 == nb32) {
                         __m512 sv = _mm512_loadu_ps(sc + 16 * B);
                         for (int r = 0; r < 16; r++) {
                             _mm512_storeu_ps(tot + 16 * r,
@@ -144,4 +126,4 @@ QI8_TAMX void fdl_qi8_amx(const fdl_qi8_t *T, const fdl_qi8_x *X, const int8_t *
 int fdl_qi8_amx_ok(void) { return 0; }
 #endif
 
-int64_t fdl_qi8_amx_scratch(int64_t nb32) { return nb32 * 512 + 512 * 4 + 256 * 4 + 64; }
+int64_t fdl_qi8_amx_scratch(int64_t nb32) { return nb32 * 512 + 256 * 4 + 256 * 4 + 64; }
