@@ -62,12 +62,63 @@ static QI8_TAMX void amx_units(const fdl_qi8_t *T, int64_t t, int8_t *bb) {
  * 32-block) stays in L2 while the tiles' units stream once per pass */
 #define QI8_AMX_RCH 8
 
+/* row tile rt x column tile t over all 32-blocks.  ONE (weight blocks of one 32-block,
+ * llama.cpp's formats): every block ends a weight block, so the totals stay in registers
+ * and the block sum is a temporary; else the block sums stay in registers and the totals
+ * wait in tot (the same operations either way) */
+static QI8_TAMX ALWAYS_INLINE void amx_rows(const fdl_qi8_t *T, const fdl_qi8_x *X,
+                                            const int8_t *xk, const float *dk, float *y,
+                                            int64_t t, int64_t rt, const int8_t *bb,
+                                            int32_t *cb, float *tot, __mmask16 m, const int ONE) {
+    const int64_t nb32 = X->nb32, spb = T->spb;
+    const int8_t *xa = xk + rt * nb32 * 512;
+    const float *dr = dk + rt * nb32 * 16;
+    const float *sc = T->st + t * T->nbw * 16;
+    __m512 acc[16];                      /* ONE: the totals; else the block sums */
+    for (int r = 0; r < 16; r++) {
+        acc[r] = _mm512_setzero_ps();
+        if (!ONE) _mm512_storeu_ps(tot + 16 * r, acc[r]);
+    }
+    int64_t left = spb, B = 0;
+    for (int64_t s = 0; s < nb32; s++) {
+        _tile_zero(0);
+        _tile_loadd(1, xa + 512 * s, 32);
+        _tile_loadd(2, bb + s * 512, 64);
+        _tile_dpbssd(0, 1, 2);
+        _tile_stored(0, cb, 64);
+        if (ONE) {
+            __m512 sv = _mm512_loadu_ps(sc + 16 * s);
+            for (int r = 0; r < 16; r++) {
+                __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(cb + 16 * r)),
+                                           _mm512_set1_ps(dr[16 * s + r]), _mm512_setzero_ps());
+                acc[r] = _mm512_fmadd_ps(f, sv, acc[r]);
+            }
+            continue;
+        }
+        for (int r = 0; r < 16; r++)
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(cb + 16 * r)),
+                                     _mm512_set1_ps(dr[16 * s + r]), acc[r]);
+        if (--left == 0 || s + 1 == nb32) {
+            __m512 sv = _mm512_loadu_ps(sc + 16 * B);
+            for (int r = 0; r < 16; r++) {
+                _mm512_storeu_ps(tot + 16 * r, _mm512_fmadd_ps(acc[r], sv, _mm512_loadu_ps(tot + 16 * r)));
+                acc[r] = _mm512_setzero_ps();
+            }
+            B++;
+            left = spb;
+        }
+    }
+    for (int r = 0; r < 16 && 16 * rt + r < X->n; r++)
+        _mm512_mask_storeu_ps(y + (16 * rt + r) * T->d_out + 16 * t, m,
+                              ONE ? acc[r] : _mm512_loadu_ps(tot + 16 * r));
+}
+
 /* y[:, 16 t0 .. 16 t1) for all rows.  xk: x's q packed per 16-row tile and 32-block,
  * xk[((rt nb32 + s) 16 + r) 32 + k] (rows past n zero), dk: its scales likewise,
  * dk[(rt nb32 + s) 16 + r]; scratch: fdl_qi8_amx_scratch bytes */
 QI8_TAMX void fdl_qi8_amx(const fdl_qi8_t *T, const fdl_qi8_x *X, const int8_t *xk,
                           const float *dk, float *y, int64_t t0, int64_t t1, void *scratch) {
-    const int64_t nb32 = X->nb32, spb = T->spb, nrt = (X->n + 15) / 16;
+    const int64_t nb32 = X->nb32, nrt = (X->n + 15) / 16;
     int8_t *bb = (int8_t *)scratch;
     int32_t *cb = (int32_t *)(bb + nb32 * 512);
     float *tot = (float *)(cb + 256);
@@ -82,41 +133,11 @@ QI8_TAMX void fdl_qi8_amx(const fdl_qi8_t *T, const fdl_qi8_x *X, const int8_t *
         int64_t rce = rc + QI8_AMX_RCH < nrt ? rc + QI8_AMX_RCH : nrt;
         for (int64_t t = t0; t < t1; t++) {
             amx_units(T, t, bb);
-            const float *sc = T->st + t * T->nbw * 16;
             int64_t nl = T->d_out - 16 * t;
             __mmask16 m = nl >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nl) - 1);
             for (int64_t rt = rc; rt < rce; rt++) {
-                __m512 fa[16];
-                for (int r = 0; r < 16; r++) {
-                    fa[r] = _mm512_setzero_ps();
-                    _mm512_storeu_ps(tot + 16 * r, fa[r]);
-                }
-                const int8_t *xa = xk + rt * nb32 * 512;
-                const float *dr = dk + rt * nb32 * 16;
-                int64_t left = spb, B = 0;
-                for (int64_t s = 0; s < nb32; s++) {
-                    _tile_zero(0);
-                    _tile_loadd(1, xa + 512 * s, 32);
-                    _tile_loadd(2, bb + s * 512, 64);
-                    _tile_dpbssd(0, 1, 2);
-                    _tile_stored(0, cb, 64);
-                    for (int r = 0; r < 16; r++)
-                        fa[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(cb + 16 * r)),
-                                                _mm512_set1_ps(dr[16 * s + r]), fa[r]);
-                    if (--left == 0 || s + 1 == nb32) {
-                        __m512 sv = _mm512_loadu_ps(sc + 16 * B);
-                        for (int r = 0; r < 16; r++) {
-                            _mm512_storeu_ps(tot + 16 * r,
-                                             _mm512_fmadd_ps(fa[r], sv, _mm512_loadu_ps(tot + 16 * r)));
-                            fa[r] = _mm512_setzero_ps();
-                        }
-                        B++;
-                        left = spb;
-                    }
-                }
-                for (int r = 0; r < 16 && 16 * rt + r < X->n; r++)
-                    _mm512_mask_storeu_ps(y + (16 * rt + r) * T->d_out + 16 * t, m,
-                                          _mm512_loadu_ps(tot + 16 * r));
+                if (T->spb == 1) amx_rows(T, X, xk, dk, y, t, rt, bb, cb, tot, m, 1);
+                else amx_rows(T, X, xk, dk, y, t, rt, bb, cb, tot, m, 0);
             }
         }
     }
