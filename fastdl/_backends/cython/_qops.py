@@ -32,7 +32,7 @@ def _lut_args(q):
 
 def _tile_scales(q, nthreads):
     """The tensor's block scales in the LUT kernels' order, decoded once and kept with
-    it (4 bytes per block: decoding and reordering them cost a quarter of a 4096 x 4096
+    it (4 bytes per block: decoding and reordering them cost a fifth of a 4096 x 4096
     product at n = 1)."""
     ts = q._derived.get("lut_scales")
     if ts is None:
@@ -52,7 +52,7 @@ def qmatmul(x, q, transpose, out, nthreads):
 
 
 def _int8_tiles(q, nthreads):
-    """q's codes reordered for the int8 small-n kernel, built on the first product that
+    """q's codes reordered for the int8 small-n and AMX kernels, built on the first product that
     runs it and kept with q (as large as its codes, plus 4 bytes per weight block)."""
     tiles = q._derived.get("int8_tiles")
     if tiles is None:
