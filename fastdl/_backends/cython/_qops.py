@@ -52,8 +52,9 @@ def qmatmul(x, q, transpose, out, nthreads):
 
 
 def _int8_tiles(q, nthreads):
-    """q's codes reordered for the int8 small-n and AMX kernels, built on the first product that
-    runs it and kept with q (as large as its codes, plus 4 bytes per weight block)."""
+    """q's codes reordered for the int8 small-n and AMX kernels, built on the first
+    product that runs one and kept with q (as large as its codes, plus 4 bytes per
+    weight block)."""
     tiles = q._derived.get("int8_tiles")
     if tiles is None:
         tiles = _qint8.int8_tiles(q, nthreads)
