@@ -51,8 +51,8 @@ cdef extern from "qlutk.h" nogil:
     int64_t fdl_qlut_tab_per_chunk(const fdl_qlut_desc *q)
     void fdl_qlut_tables_rows(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, const float *x,
                               int64_t n, int64_t c0, int64_t c1, float *tabs)
-    void fdl_qlut_tiles(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, const float *x,
-                        int64_t n, int64_t t0, int64_t t1, float *y, float *scratch)
+    void fdl_qlut_tiles(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, int64_t n,
+                        int64_t t0, int64_t t1, float *y, float *scratch)
     int fdl_qlut_pack_tile(const uint8_t *rows, int64_t rowb, int64_t d_in, int64_t d_out,
                            int bits, int nf4, int64_t t, uint32_t *lut)
     void fdl_qlut_unpack_tile(const uint32_t *lut, int64_t d_in, int64_t d_out, int bits,
@@ -282,7 +282,7 @@ def lut_qmatmul(x, lut, d_in, d_out, bits, nf4, block_size, scales, scale_codes,
     # threads come free (a core shared with another busy thread, an OpenBLAS worker
     # spinning after a GEMM say, takes fewer groups instead of holding the others up);
     # a tile's sums do not depend on its group
-    cdef int64_t tpc = fdl_qlut_tab_per_chunk(&d), c, g
+    cdef int64_t tpc = fdl_qlut_tab_per_chunk(&d), g
     cdef int64_t gpt = PARAMS["groups"]
     cdef int64_t tg = max(2, (d.NT + gpt * nt - 1) // (gpt * nt))
     tg += tg % 2                              # NF4 runs tiles in pairs
@@ -300,7 +300,7 @@ def lut_qmatmul(x, lut, d_in, d_out, bits, nf4, block_size, scales, scale_codes,
         free(tabs)
         raise MemoryError(f"lut_qmatmul: out of memory for {nt * sz * 4} bytes of work buffers")
     for g in prange(ng, nogil=True, num_threads=nt, schedule="dynamic"):
-        fdl_qlut_tiles(K, &d, &xv[0, 0], n, g * tg, min(d.NT, g * tg + tg), &yv[0, 0],
+        fdl_qlut_tiles(K, &d, n, g * tg, min(d.NT, g * tg + tg), &yv[0, 0],
                        buf + threadid() * sz)
     free(buf)
     free(tabs)

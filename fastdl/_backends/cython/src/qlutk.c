@@ -68,11 +68,10 @@ const fdl_qlut_kernels *fdl_qlut_table(int level) {
 
 int64_t fdl_qlut_tab_per_chunk(const fdl_qlut_desc *q) { return q->nf4 ? 512 : 128; }
 
-/* scratch: scales (tiles * nb * 16, none with q->tsc), states (tiles * n * ST), tables (n * ib * tpc,
- * none with q->tabs; at least nb: one column's scales before the tables are built) */
+/* scratch: scales (tiles * nb * 16) and one column's decoded scales (nb), none with q->tsc;
+ * states (tiles * n * ST) */
 int64_t fdl_qlut_scratch(const fdl_qlut_desc *q, int64_t n, int64_t tiles) {
-    int64_t tab = q->tabs ? 0 : n * q->ib * fdl_qlut_tab_per_chunk(q);
-    return (q->tsc ? 0 : tiles * q->nb * 16) + tiles * n * FDL_QLUT_ST + (tab > q->nb ? tab : q->nb);
+    return (q->tsc ? 0 : tiles * q->nb * 16 + q->nb) + tiles * n * FDL_QLUT_ST;
 }
 
 /* the block scales of tiles [t0, t1) as the kernels read them, out[((t - t0) nb + b) 16 + l]
@@ -101,24 +100,22 @@ void fdl_qlut_tables_rows(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, con
         K->tables(q, x + r * q->d_in, c0, c1, tabs + (r * q->NC + c0) * tpc);
 }
 
-/* Input blocks of q->ib chunks, outermost: their tables (all rows) stay in L1/L2 while
- * every tile of the range streams its codes for the block; rows in groups of rmax share
- * each loaded word.  The states carry the chains across input blocks, so the blocking
- * does not change any sum.  The tiles' scales come from q->tsc when the caller keeps
- * them (fdl_qlut_tile_scales once per tensor), else they are decoded here. */
-void fdl_qlut_tiles(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, const float *x, int64_t n,
-                    int64_t t0, int64_t t1, float *y, float *scratch) {
+/* Input blocks of q->ib chunks, outermost: their tables (q->tabs, all rows) stay in
+ * L1/L2 while every tile of the range streams its codes for the block; rows in groups of
+ * rmax share each loaded word.  The states carry the chains across input blocks, so the
+ * blocking does not change any sum.  The tiles' scales come from q->tsc when the caller
+ * keeps them (fdl_qlut_tile_scales once per tensor), else they are decoded here. */
+void fdl_qlut_tiles(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, int64_t n, int64_t t0,
+                    int64_t t1, float *y, float *scratch) {
     int64_t nt = t1 - t0, nb = q->nb, NC = q->NC, W = q->bits, tpc = fdl_qlut_tab_per_chunk(q);
-    int64_t ldt = q->tabs ? NC * tpc : q->ib * tpc;
-    float *st = scratch + (q->tsc ? 0 : nt * nb * 16), *tab = st + nt * n * FDL_QLUT_ST;
+    int64_t ldt = NC * tpc;                  /* a row's tables */
+    float *st = scratch + (q->tsc ? 0 : nt * nb * 16 + nb);
     const float *sc = q->tsc ? q->tsc + t0 * nb * 16 : scratch;
-    if (!q->tsc) fdl_qlut_tile_scales(K, q, t0, t1, scratch, tab);   /* tab: free scratch yet */
+    if (!q->tsc) fdl_qlut_tile_scales(K, q, t0, t1, scratch, scratch + nt * nb * 16);
     memset(st, 0, (size_t)(nt * n * FDL_QLUT_ST) * sizeof(float));
     for (int64_t cb = 0; cb < NC; cb += q->ib) {
         int64_t ce = cb + q->ib < NC ? cb + q->ib : NC;
-        const float *tb = q->tabs ? q->tabs + cb * tpc : tab;
-        if (!q->tabs)
-            for (int64_t r = 0; r < n; r++) K->tables(q, x + r * q->d_in, cb, ce, tab + r * ldt);
+        const float *tb = q->tabs + cb * tpc;
         for (int64_t r0 = 0; r0 < n; r0 += K->rmax) {
             int nr = (int)(n - r0 < K->rmax ? n - r0 : K->rmax);
             int64_t t = t0;

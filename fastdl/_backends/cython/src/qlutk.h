@@ -49,7 +49,7 @@ typedef struct {
     const float *sc_scales;
     float sc_mean;
     const float *tsc;    /* NULL, or the scales in tile order (fdl_qlut_tile_scales) */
-    const float *tabs;   /* NULL, or every row's tables (fdl_qlut_tables_rows) */
+    const float *tabs;   /* every row's tables (fdl_qlut_tables_rows), for fdl_qlut_tiles */
 } fdl_qlut_desc;
 
 typedef struct fdl_qlut_kernels fdl_qlut_kernels;
@@ -65,14 +65,13 @@ int64_t fdl_qlut_scratch(const fdl_qlut_desc *q, int64_t n, int64_t tiles);
 void fdl_qlut_tile_scales(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, int64_t t0,
                           int64_t t1, float *out, float *tmp);
 /* the tables of chunks [c0, c1) of every row of x (n, d_in) into tabs: row r's chunk c at
- * tabs + (r * NC + c) * fdl_qlut_tab_per_chunk(q); with q->tabs set to them,
- * fdl_qlut_tiles reads them instead of building its own (so any split of the tiles
- * shares one set) */
+ * tabs + (r * NC + c) * fdl_qlut_tab_per_chunk(q); fdl_qlut_tiles reads them from q->tabs
+ * (built once, so any split of the tiles shares one set) */
 void fdl_qlut_tables_rows(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, const float *x,
                           int64_t n, int64_t c0, int64_t c1, float *tabs);
-/* y[:, 16 t0 .. 16 t1) (clipped to d_out) for x (n, d_in); serial */
-void fdl_qlut_tiles(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, const float *x, int64_t n,
-                    int64_t t0, int64_t t1, float *y, float *scratch);
+/* y[:, 16 t0 .. 16 t1) (clipped to d_out) for the n rows whose tables are q->tabs; serial */
+void fdl_qlut_tiles(const fdl_qlut_kernels *K, const fdl_qlut_desc *q, int64_t n, int64_t t0,
+                    int64_t t1, float *y, float *scratch);
 
 /* layout conversion of tile t: rows (d_out, rowb) bytes of the rows layout
  * (fastdl.quant) <-> lut; pack returns 1 when a code does not fit `bits` (absmax) */
