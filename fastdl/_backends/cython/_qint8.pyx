@@ -72,8 +72,10 @@ cdef extern from "qi8k.h" nogil:
     int64_t fdl_qi8_gemv_scratch(int64_t n, int64_t kp, int64_t nb32, int64_t nbw)
     int64_t fdl_qi8_amx_scratch(int64_t nb32)
     void fdl_qi8_amx_pack_x(const fdl_qi8_x *X, int64_t rt, int8_t *xk, float *dk)
-    void fdl_qi8_pack_tile(const fdl_qk_desc *q, int64_t t, int64_t nb32, uint8_t *wt,
-                           float *st, int8_t *tmp)
+    void fdl_qi8_tiles_init(const fdl_qk_desc *q, const uint8_t *wt, const float *st,
+                            fdl_qi8_t *T)
+    void fdl_qi8_pack_tile(const fdl_qk_desc *q, int64_t t, uint8_t *wt, float *st,
+                           int8_t *tmp)
 
 TIERS = ("scalar", "avx2", "avxvnni", "avx512vnni", "amx")
 
@@ -201,31 +203,32 @@ def tiles_run(n):
     return K.tiles != NULL and (n <= PARAMS["small_n"] or K.amx != NULL)
 
 
-cdef tuple _tiles_shape(fdl_qk_desc *d):
-    cdef int64_t nb32 = (d.d_in + 31) // 32, NT = (d.d_out + 15) // 16
-    cdef int64_t nbw = 1 if d.per_tensor else d.nb
-    return (int(NT), int(nb32 * (512 if d.bits > 4 else 256))), (int(NT), int(nbw * 16))
+cdef tuple _tiles_shape(const fdl_qi8_t *T):
+    return ((int(T.NT), int(T.nb32 * (512 if T.wide else 256))),
+            (int(T.NT), int(T.nbw * 16)))
 
 
 def int8_tiles(q, int nthreads=1, *, bint codes_as_absmax=False):
-    """q's codes and weight scales reordered for the small-n kernel (src/qi8k.h,
+    """q's codes and weight scales reordered for the small-n and AMX kernels (src/qi8k.h,
     fdl_qi8_t): (wt uint8, st float32); int8_qmatmul(..., tiles=(wt, st)) reads them.
     As large as the codes (4-bit formats: half a byte per weight) plus 4 bytes per
     weight block."""
     cdef fdl_qk_desc d
     cdef dict keep = {}
     _desc(&d, q, keep, codes_as_absmax)
-    ws, ss = _tiles_shape(&d)
+    cdef fdl_qi8_t T
+    fdl_qi8_tiles_init(&d, NULL, NULL, &T)
+    ws, ss = _tiles_shape(&T)
     wt = np.empty(ws, np.uint8)
     st = np.empty(ss, np.float32)
     cdef uint8_t[:, ::1] wv = wt
     cdef float[:, ::1] sv = st
-    cdef int64_t nb32 = (d.d_in + 31) // 32, NT = ws[0], t
-    cdef int nt = team(nthreads, NT * ws[1], NT)
+    cdef int64_t nb32 = T.nb32, t
+    cdef int nt = team(nthreads, T.NT * ws[1], T.NT)
     cdef int8_t *tmp = <int8_t *>_alloc(nt * 32 * nb32)
     with nogil:
-        for t in prange(NT, num_threads=nt, schedule="static"):
-            fdl_qi8_pack_tile(&d, t, nb32, &wv[0, 0], &sv[0, 0], tmp + threadid() * 32 * nb32)
+        for t in prange(T.NT, num_threads=nt, schedule="static"):
+            fdl_qi8_pack_tile(&d, t, &wv[0, 0], &sv[0, 0], tmp + threadid() * 32 * nb32)
     free(tmp)
     return wt, st
 
@@ -237,9 +240,10 @@ def int8_qmatmul(x, q, out, int nthreads, path=None, *, bint codes_as_absmax=Fal
     x: float32 C-contiguous (n, d_in), finite; out: float32 C-contiguous writeable
     (n, d_out) not overlapping x; q: a QuantizedTensor, scheme absmax or signmax, bits
     2..8, block size a multiple of 32 / None / >= d_in (double quantization allowed).
-    ``path``: None (by n), "gemv", "tiles" or "strip" (tests; "gemv" and "tiles" need a
-    tier that has them, "tiles" the ``tiles`` argument).  ``tiles``: None, or
-    int8_tiles(q) (then small n runs the kernel that reads them, where the tier has it).
+    ``path``: None (by n), "gemv", "tiles", "amx" or "strip" (tests; "gemv", "tiles" and
+    "amx" need a tier that has them, "tiles" and "amx" the ``tiles`` argument).
+    ``tiles``: None, or int8_tiles(q) (then small n, and at the AMX tier larger n, run
+    the kernels that read them).
     ``codes_as_absmax``: take the codes of another integer scheme (e.g. minmax) as absmax
     units ``code - 2^(bits-1)`` times the scales, ignoring anything else the scheme adds.
     Returns out.
@@ -274,19 +278,13 @@ def int8_qmatmul(x, q, out, int nthreads, path=None, *, bint codes_as_absmax=Fal
         if not isinstance(tiles, tuple) or len(tiles) != 2:
             raise TypeError(f"tiles must be the (wt, st) pair int8_tiles returns, got "
                             f"{_desc_of(tiles)}")
-        tws, tss = _tiles_shape(&d)
+        fdl_qi8_tiles_init(&d, NULL, NULL, &T)
+        tws, tss = _tiles_shape(&T)
         twv = _array(tiles[0], "tiles[0]", np.uint8, tws)
         tsv = _array(tiles[1], "tiles[1]", _F32, tss)
         for a in tiles:
             if np.may_share_memory(out, a):
                 raise ValueError("out must not overlap the tiles")
-        T.d_out = d.d_out
-        T.NT = tws[0]
-        T.nb32 = (d.d_in + 31) // 32
-        T.nbw = 1 if d.per_tensor else d.nb
-        T.spb = fdl_qi8_spb(&d, T.nb32)
-        T.wide = d.bits > 4
-        T.off = 128 if d.bits > 4 else 1 << (d.bits - 1)
         T.wt = &twv[0, 0]
         T.st = &tsv[0, 0]
     cdef int64_t n = x.shape[0], d_in = d.d_in, d_out = d.d_out

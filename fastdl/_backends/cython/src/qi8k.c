@@ -109,10 +109,23 @@ int64_t fdl_qi8_gemv_scratch(int64_t n, int64_t kp, int64_t nb32, int64_t nbw) {
     return scalar > simd ? scalar : simd;
 }
 
-void fdl_qi8_pack_tile(const fdl_qk_desc *q, int64_t t, int64_t nb32, uint8_t *wt, float *st,
-                       int8_t *tmp) {
-    int wide = q->bits > 4, off = wide ? 128 : 1 << (q->bits - 1);
-    int64_t kp = 32 * nb32, bps = wide ? 512 : 256, nbw = q->per_tensor ? 1 : q->nb;
+void fdl_qi8_tiles_init(const fdl_qk_desc *q, const uint8_t *wt, const float *st, fdl_qi8_t *T) {
+    T->d_out = q->d_out;
+    T->NT = (q->d_out + 15) / 16;
+    T->nb32 = (q->d_in + 31) / 32;
+    T->nbw = q->per_tensor ? 1 : q->nb;
+    T->spb = fdl_qi8_spb(q, T->nb32);
+    T->wide = q->bits > 4;
+    T->off = T->wide ? 128 : 1 << (q->bits - 1);
+    T->wt = wt;
+    T->st = st;
+}
+
+void fdl_qi8_pack_tile(const fdl_qk_desc *q, int64_t t, uint8_t *wt, float *st, int8_t *tmp) {
+    fdl_qi8_t T;
+    fdl_qi8_tiles_init(q, wt, st, &T);
+    const int wide = T.wide, off = T.off;
+    const int64_t nb32 = T.nb32, kp = 32 * nb32, bps = wide ? 512 : 256, nbw = T.nbw;
     uint8_t *w = wt + t * nb32 * bps;
     float *sc = st + t * nbw * 16;
     for (int l = 0; l < 16; l++) {

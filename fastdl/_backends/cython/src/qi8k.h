@@ -125,10 +125,12 @@ void fdl_qi8_amx(const fdl_qi8_t *T, const fdl_qi8_x *X, const int8_t *xk, const
 /* row tile rt of X into xk[((rt nb32 + s) 16 + r) 32 + k], dk[(rt nb32 + s) 16 + r]
  * (rows past n zero) */
 void fdl_qi8_amx_pack_x(const fdl_qi8_x *X, int64_t rt, int8_t *xk, float *dk);
+/* T for q's reordered weights at wt, st (their sizes: NT * nb32 * (wide ? 512 : 256)
+ * bytes, NT * nbw * 16 floats) */
+void fdl_qi8_tiles_init(const fdl_qk_desc *q, const uint8_t *wt, const float *st, fdl_qi8_t *T);
 /* tile t of the reordered weights (fdl_qi8_t) of q: wt, st as there (whole arrays);
  * tmp: 32 * nb32 bytes */
-void fdl_qi8_pack_tile(const fdl_qk_desc *q, int64_t t, int64_t nb32, uint8_t *wt, float *st,
-                       int8_t *tmp);
+void fdl_qi8_pack_tile(const fdl_qk_desc *q, int64_t t, uint8_t *wt, float *st, int8_t *tmp);
 
 /* scalar twins (also the tails of the SIMD kernels) */
 void fdl_qi8_gemv_scalar(const fdl_qk_desc *q, const fdl_qi8_x *X, float *y, int64_t j0,
