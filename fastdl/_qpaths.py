@@ -19,16 +19,27 @@ PATH_BLOCK = 32          # the opt-in paths work in blocks of 32 inputs
 SMALL_ROWS = 16          # up to here minmax's small product stays off BLAS
 
 
+def kept(q, key, build):
+    """``q._derived[key]``, made by ``build()`` on first use and kept (tensors are
+    immutable, so it stays valid); the arrays in it are made read-only."""
+    got = q._derived.get(key)
+    if got is None:
+        got = build()
+        for a in got if isinstance(got, tuple) else (got,):
+            if isinstance(a, np.ndarray):
+                a.setflags(write=False)
+        q._derived[key] = got
+    return got
+
+
 def kernel_view(q):
     """``q`` under a scheme the kernels compute (the same arrays, no copy; made once)."""
     if q.scheme in ("absmax", "nf4"):
         return q
-    if "view" not in q._derived:
-        from fastdl.quant import QuantizedTensor
-        q._derived["view"] = QuantizedTensor(q.shape, q.bits, "absmax", q.block_size,
-                                             "nearest", q.data, q.scales, layout=q.layout,
-                                             _copy=False)
-    return q._derived["view"]
+    from fastdl.quant import QuantizedTensor
+    return kept(q, "view", lambda: QuantizedTensor(q.shape, q.bits, "absmax", q.block_size,
+                                                   "nearest", q.data, q.scales,
+                                                   layout=q.layout, _copy=False))
 
 
 def rows_view(q):
@@ -43,15 +54,12 @@ def _block_edges(d_in: int, block_size):
 def _shifted_mins(q, dtype, transposed=False):
     """m + 2^(bits-1) * d per block, (d_out, nblocks) (``transposed``: (nblocks, d_out),
     C-contiguous either way: the small product reads it straight), made once."""
-    key = ("mins", np.dtype(dtype).str, transposed)
-    if key not in q._derived:
+    def build():
         off = float(1 << (q.bits - 1))
         m = q.block_mins().astype(np.float64) + off * q.block_scales().astype(np.float64)
         m = np.broadcast_to(m, (q.shape[1], q.nblocks))          # per tensor: (1, 1)
-        m = np.ascontiguousarray(m.T if transposed else m, dtype=dtype)
-        m.setflags(write=False)
-        q._derived[key] = m
-    return q._derived[key]
+        return np.ascontiguousarray(m.T if transposed else m, dtype=dtype)
+    return kept(q, ("mins", np.dtype(dtype).str, transposed), build)
 
 
 _blas = None

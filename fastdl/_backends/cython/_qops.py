@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastdl._backends.cython import _cpu, _qbf16, _qint8, _qlut, _quant
+from fastdl._qpaths import kept
 
 # Up to this many rows the LUT kernels beat the rows kernels (measured at 4096x4096,
 # one thread: each extra row costs a lookup and an add per 16 weights, against one FMA)
@@ -34,12 +35,7 @@ def _tile_scales(q, nthreads):
     """The tensor's block scales in the LUT kernels' order, decoded once and kept with
     it (4 bytes per block: decoding and reordering them cost a fifth of a 4096 x 4096
     product at n = 1)."""
-    ts = q._derived.get("lut_scales")
-    if ts is None:
-        ts = _qlut.lut_tile_scales(*_lut_args(q), nthreads)
-        ts.flags.writeable = False
-        q._derived["lut_scales"] = ts
-    return ts
+    return kept(q, "lut_scales", lambda: _qlut.lut_tile_scales(*_lut_args(q), nthreads))
 
 
 def qmatmul(x, q, transpose, out, nthreads):
@@ -55,13 +51,7 @@ def _int8_tiles(q, nthreads):
     """q's codes reordered for the int8 small-n and AMX kernels, built on the first
     product that runs one and kept with q (as large as its codes, plus 4 bytes per
     weight block)."""
-    tiles = q._derived.get("int8_tiles")
-    if tiles is None:
-        tiles = _qint8.int8_tiles(q, nthreads)
-        for a in tiles:
-            a.flags.writeable = False
-        q._derived["int8_tiles"] = tiles
-    return tiles
+    return kept(q, "int8_tiles", lambda: _qint8.int8_tiles(q, nthreads))
 
 
 def qmatmul_int8(x, q, out, nthreads):
